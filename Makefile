@@ -1,0 +1,38 @@
+# Everything a fresh machine needs is set up by these targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+INSTANCE ?= one
+
+.PHONY: run test lint typecheck check bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the quickstart instance (a local directory is the bucket)
+run: $(STAMP)
+	EVSYNC_INSTANCE=$(INSTANCE) $(BIN)/evsync -c config/quickstart.yaml sync
+
+## test: set everything up and run the whole suite, lint and type checks included
+test: $(STAMP)
+	$(BIN)/ruff check evsync tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check evsync tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/propagation.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

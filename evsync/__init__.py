@@ -1,0 +1,49 @@
+"""evsync: event-driven sync of LMDB databases through S3, compatible with Lightning Stream."""
+
+from evsync._version import __version__
+from evsync.config import Config, LmdbConfig, load_config, load_config_text
+from evsync.daemon import Daemon
+from evsync.errors import (
+    ConfigError,
+    CorruptObjectError,
+    EvsyncError,
+    HeaderError,
+    InvalidNameError,
+    LmdbError,
+    ObjectNotFoundError,
+    SnapshotError,
+    StorageError,
+    StorageUnavailableError,
+    SyncError,
+)
+from evsync.storage import BlobStore, FsStore, MemoryStore, ObjectInfo, open_store
+from evsync.syncer import Syncer
+from evsync.triggers import Hint, HintQueue
+
+__all__ = [
+    "BlobStore",
+    "Config",
+    "ConfigError",
+    "CorruptObjectError",
+    "Daemon",
+    "EvsyncError",
+    "FsStore",
+    "HeaderError",
+    "Hint",
+    "HintQueue",
+    "InvalidNameError",
+    "LmdbConfig",
+    "LmdbError",
+    "MemoryStore",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "SnapshotError",
+    "StorageError",
+    "StorageUnavailableError",
+    "SyncError",
+    "Syncer",
+    "__version__",
+    "load_config",
+    "load_config_text",
+    "open_store",
+]

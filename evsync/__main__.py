@@ -1,0 +1,7 @@
+"""``python -m evsync`` runs the command line."""
+
+import sys
+
+from evsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""The ``evsync`` command line: global flags here, one module per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from evsync._version import __version__
+from evsync.config import Config, default_config_path, load_config
+from evsync.errors import ConfigError, EvsyncError
+from evsync.log import setup_logging
+
+log = logging.getLogger("evsync")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command registered."""
+    from evsync.cli import dump, snapshots, sync, version
+
+    parser = argparse.ArgumentParser(
+        prog="evsync",
+        description="Event-driven sync of LMDB databases through an S3 bucket "
+        "(Lightning Stream compatible).",
+    )
+    parser.add_argument(
+        "-c", "--config", default=None, help="config file (default: $EVSYNC_CONFIG or evsync.yaml)"
+    )
+    parser.add_argument("-i", "--instance", default=None, help="override the instance name")
+    parser.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warning", "error", "fatal"]
+    )
+    parser.add_argument("--log-format", default=None, choices=["human", "logfmt", "json"])
+    parser.add_argument(
+        "--log-config",
+        action="store_true",
+        help="log the effective config (secrets masked) at startup",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in (sync, snapshots, dump, version):
+        module.register(sub)
+    return parser
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Load the config the global flags point at, and set up logging from it."""
+    config = load_config(args.config or default_config_path(), instance=args.instance)
+    setup_logging(
+        args.log_level or config.log.level,
+        args.log_format or config.log.format,
+        config.log.timestamp,
+    )
+    if args.log_config:
+        log.info("effective config: %s", json.dumps(config.masked(), default=str))
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "version":
+        setup_logging(args.log_level or "info", args.log_format or "human")
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"evsync: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EvsyncError as exc:
+        print(f"evsync: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+__all__ = ["__version__", "build_parser", "load", "main"]

@@ -1,0 +1,84 @@
+"""``evsync dump``: print the raw contents of the configured LMDBs, headers decoded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from evsync.cli._format import show_bytes, show_time
+from evsync.errors import ConfigError, HeaderError
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.header import parse_header
+
+
+def register(sub: Any) -> None:
+    """Add ``dump`` to the parser."""
+    p = sub.add_parser("dump", help="print the contents of the local LMDB(s)")
+    p.add_argument("-n", "--name", default=None, metavar="DB", help="only this db")
+    p.add_argument("-H", "--hide", action="store_true", help="hide _sync* DBIs")
+    p.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dump every DBI of every (or one) configured db."""
+    from evsync.cli import load
+
+    config = load(args)
+    names = [args.name] if args.name else list(config.lmdbs)
+    out: dict[str, Any] = {}
+    for name in names:
+        if name not in config.lmdbs:
+            raise ConfigError(f"--name: {name!r} is not configured under lmdbs")
+        lenv = LmdbEnv(config.lmdbs[name], readonly=True)
+        try:
+            out[name] = _dump_env(lenv, hide_sync=args.hide, text=args.format == "text")
+        finally:
+            lenv.close()
+    if args.format == "json":
+        json.dump(out, sys.stdout, indent=1)
+        print()
+    return 0
+
+
+def _dump_env(lenv: LmdbEnv, *, hide_sync: bool, text: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with lenv.read_synced_dbis(include_sync=not hide_sync) as (txn, dbis):
+        for dbi, handle in dbis:
+            dbi_name = dbi.decode(errors="replace")
+            if text:
+                print(f"### {lenv.name} / {dbi_name}")
+            rows = []
+            for key, value in txn.cursor(db=handle).iternext():
+                row = _row(bytes(key), bytes(value))
+                rows.append(row)
+                if text:
+                    print(_text(row))
+            result[dbi_name] = rows
+    return result
+
+
+def _row(key: bytes, value: bytes) -> dict[str, Any]:
+    try:
+        header = parse_header(value)
+    except HeaderError as exc:
+        return {"key": key.decode(errors="replace"), "raw": value.hex(), "header_error": str(exc)}
+    return {
+        "key": key.decode(errors="replace"),
+        "value": value[header.offset :].decode(errors="replace"),
+        "ts": header.timestamp,
+        "txn": header.txn_id,
+        "deleted": header.deleted,
+    }
+
+
+def _text(row: dict[str, Any]) -> str:
+    if "header_error" in row:
+        return f"{row['key']} = <raw {row['raw'][:80]}> ({row['header_error']})"
+    deleted = " deleted" if row["deleted"] else ""
+    return (
+        f"{show_bytes(row['key'].encode())} = {show_bytes(row['value'].encode())}  "
+        f"ts={show_time(row['ts'])} txn={row['txn']}{deleted}"
+    )

@@ -1,0 +1,160 @@
+"""``evsync snapshots list|get|put|remove|dump``: inspect and manage objects in the bucket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from evsync.cli._format import show_bytes, show_time
+from evsync.errors import EvsyncError, InvalidNameError
+from evsync.snapshot.codec import SnapshotReader
+from evsync.snapshot.name import SnapshotName
+from evsync.storage import open_store
+
+
+def register(sub: Any) -> None:
+    """Add ``snapshots`` and its subcommands to the parser."""
+    p = sub.add_parser("snapshots", help="list, fetch, upload, remove and show objects")
+    ssub = p.add_subparsers(dest="snapshots_command", metavar="SUBCOMMAND")
+    ssub.required = True
+
+    ls = ssub.add_parser("list", help="list objects")
+    ls.add_argument("-p", "--prefix", default="", help="only names with this prefix")
+    ls.add_argument("-l", "--long", action="store_true", help="show sizes")
+    ls.add_argument(
+        "-t",
+        "--time",
+        action="store_true",
+        help="sort by the timestamp in the name (unparseable names first)",
+    )
+    ls.set_defaults(func=run_list)
+
+    get = ssub.add_parser("get", help="download an object")
+    get.add_argument("name")
+    get.add_argument("-o", "--output", default=None, help="file to write (default: the name)")
+    get.set_defaults(func=run_get)
+
+    put = ssub.add_parser("put", help="upload a file as an object")
+    put.add_argument("file")
+    put.add_argument("-n", "--name", default=None, help="object name (default: file name)")
+    put.add_argument("--force", action="store_true", help="allow a name that does not parse")
+    put.set_defaults(func=run_put)
+
+    rm = ssub.add_parser("remove", help="delete an object")
+    rm.add_argument("name")
+    rm.set_defaults(func=run_remove)
+
+    dump = ssub.add_parser("dump", help="print an object's header and entries")
+    dump.add_argument("name")
+    dump.add_argument("-d", "--dbi", default=None, help="only this DBI")
+    dump.add_argument("-l", "--local", action="store_true", help="NAME is a local file")
+    dump.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    dump.set_defaults(func=run_dump)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from evsync.cli import load
+
+    return open_store(load(args).storage)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print object names, one per line."""
+    store = _store(args)
+    objects = store.list(args.prefix)
+    if args.time:
+
+        def key(o: Any) -> tuple[int, int, str]:
+            try:
+                return (1, SnapshotName.parse(o.name).timestamp_ns, o.name)
+            except InvalidNameError:
+                return (0, 0, o.name)
+
+        objects.sort(key=key)
+    for obj in objects:
+        print(f"{obj.name}\t{obj.size}" if args.long else obj.name)
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    """Download one object to a file."""
+    store = _store(args)
+    out = Path(args.output or args.name)
+    with store.open(args.name) as src, out.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_put(args: argparse.Namespace) -> int:
+    """Upload a file under a snapshot name."""
+    name = args.name or Path(args.file).name
+    if not args.force:
+        SnapshotName.parse(name)
+    store = _store(args)
+    with open(args.file, "rb") as src:
+        store.store(name, src)
+    print(f"stored {name}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    """Delete one object."""
+    _store(args).delete(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def run_dump(args: argparse.Namespace) -> int:
+    """Print an object: header as JSON, then per DBI one line per entry."""
+    if args.local:
+        src: IO[bytes] = open(args.name, "rb")  # noqa: SIM115 - closed below
+    else:
+        src = _store(args).fetch(args.name)
+    with src:
+        reader = SnapshotReader(src)
+        header = reader.header
+        want = args.dbi.encode() if args.dbi else None
+        if args.format == "json":
+            return _dump_json(reader, want)
+        meta = header.to_wire()
+        meta["dbis"] = [{**d, "name": d["name"].decode(errors="replace")} for d in meta["dbis"]]
+        print(json.dumps(meta, indent=2))
+        for info, entries in reader.dbis():
+            if want is not None and info.name != want:
+                continue
+            print(
+                f"### {info.name.decode(errors='replace')} "
+                f"(transform={info.transform!r}, flags={info.flags:#x}, entries={info.entries})"
+            )
+            for key, ts, flags, value in entries:
+                deleted = " deleted" if flags & 1 else ""
+                print(f"{show_bytes(key)} = {show_bytes(value)}  ts={show_time(ts)}{deleted}")
+    return 0
+
+
+def _dump_json(reader: SnapshotReader, want: bytes | None) -> int:
+    out: dict[str, Any] = {"header": {**reader.header.to_wire(), "dbis": None}, "dbis": {}}
+    out["header"]["dbis"] = [d.name.decode(errors="replace") for d in reader.header.dbis]
+    for info, entries in reader.dbis():
+        if want is not None and info.name != want:
+            continue
+        out["dbis"][info.name.decode(errors="replace")] = [
+            {
+                "key": k.decode(errors="replace"),
+                "ts": ts,
+                "flags": fl,
+                "value": v.decode(errors="replace"),
+            }
+            for k, ts, fl, v in entries
+        ]
+    json.dump(out, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+__all__ = ["EvsyncError", "register"]

@@ -1,0 +1,68 @@
+"""``evsync sync`` and ``evsync receive``: run the daemon, or one pass with --only-once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from evsync.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    """Add ``sync`` and ``receive`` to the parser."""
+    p = sub.add_parser("sync", help="continuous two-way sync of every configured LMDB")
+    p.add_argument(
+        "--only-once",
+        action="store_true",
+        help="merge every instance's newest object, upload if needed, exit",
+    )
+    p.add_argument(
+        "--only-db",
+        action="append",
+        default=None,
+        metavar="DB",
+        help="sync only this db (repeatable)",
+    )
+    p.set_defaults(func=run_sync, receive_only=False)
+    r = sub.add_parser("receive", help="like sync, but never upload")
+    r.add_argument("--only-once", action="store_true")
+    r.add_argument("--only-db", action="append", default=None, metavar="DB")
+    r.set_defaults(func=run_sync, receive_only=True)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT, or one pass."""
+    from evsync.cli import load
+
+    config = load(args)
+    only_once = args.only_once or config.only_once
+    daemon = Daemon(config, only_dbs=args.only_db, receive_only=args.receive_only)
+    try:
+        if only_once:
+            ok = daemon.run_once()
+            if not ok:
+                log.error("only-once sync did not complete")
+            return 0 if ok else 1
+        _install_signal_handlers(daemon.stop_event)
+        daemon.start()
+        daemon.wait()
+        log.info("stopping")
+        daemon.stop()
+        return 0
+    finally:
+        daemon.close()
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,828 @@
+"""Load, validate and mask the YAML config: frozen dataclasses checked once at load.
+
+Keys follow Lightning Stream (DESIGN §8) so that an LS config mostly works as is.
+Every error is a :class:`~evsync.errors.ConfigError` whose message starts with the
+dotted key it is about, e.g. ``lmdbs.main.path: missing``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evsync.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "evsync.yaml"
+CONFIG_ENV_VAR = "EVSYNC_CONFIG"
+
+DEFAULT_LMDB_POLL_INTERVAL = 1.0
+MIN_POLL_INTERVAL = 0.01
+DEFAULT_STORAGE_POLL_INTERVAL = 1.0
+DEFAULT_STORAGE_RETRY_INTERVAL = 5.0
+DEFAULT_STORAGE_RETRY_COUNT = 100
+DEFAULT_FORCE_SNAPSHOT_INTERVAL = 4 * 3600.0
+MIN_FORCE_SNAPSHOT_INTERVAL = 60.0
+DEFAULT_LISTING_INTERVAL_WITH_PUSH = 60.0
+DEFAULT_MAP_SIZE_ON_CREATE = 1 << 30
+DEFAULT_MAX_DBS = 64
+DEFAULT_CLEANUP_INTERVAL = 300.0
+DEFAULT_MUST_KEEP_INTERVAL = 600.0
+DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL = 168 * 3600.0
+DEFAULT_RETENTION_DAYS = 370.0
+DEFAULT_SWEEP_INTERVAL = 6 * 3600.0
+DEFAULT_SWEEP_FIRST_INTERVAL = 600.0
+DEFAULT_SWEEP_LOCK_DURATION = 0.05
+DEFAULT_MQTT_TOPIC = "evsync"
+DEFAULT_S3_REGION = "us-east-1"
+DEFAULT_HEALTH = (5.0, 60.0, 300.0)  # interval, warn_duration, error_duration
+
+INSTANCE_RE = re.compile(r"^[a-zA-Z0-9-]+$")
+DB_NAME_RE = re.compile(r"^[a-z0-9-]+$")
+SECRET_KEYS = frozenset({"secret_key", "access_key", "password"})
+MASK = "***"
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "fatal")
+LOG_FORMATS = ("human", "logfmt", "json")
+
+# LS keys that evsync accepts so an LS config loads, but that have no effect here.
+LS_ACCEPTED_NOOP_KEYS = frozenset(
+    {
+        "lmdb_log_stats_interval",
+        "lmdb_scrape_smaps",
+        "memory_downloaded_snapshots",
+        "memory_decompressed_snapshots",
+    }
+)
+
+
+# ---------------------------------------------------------------- value parsing
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Parse a Go-style duration (``500ms``, ``1h30m``, ``168h``) into seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
+    if isinstance(value, int | float) and value == 0:
+        return 0.0
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(text):
+        raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
+    return total
+
+
+def parse_size(value: object, key: str) -> int:
+    """Parse a size (``256MB``, ``1GB``, bytes as an integer); units are powers of 1024."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like 256MB or 1GB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            unit = (match.group(2) or "").upper().replace("I", "").rstrip("B") or ""
+            if unit in _SIZE_UNITS:
+                return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    raise ConfigError(f"{key}: expected a size like 256MB or 1GB, got {value!r}")
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; ``$$`` is a literal ``$``.
+
+    An unset variable without a default is an error rather than an empty string,
+    so a missing secret fails loudly at load instead of as an auth error later.
+    """
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(3)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"config: environment variable {name} is not set (used as ${{{name}}})")
+
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, text)
+
+
+# ---------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class LmdbOptions:
+    """How to open one LMDB environment (LS ``lmdbs.<db>.options``)."""
+
+    no_subdir: bool = False
+    create: bool = False
+    map_size: int = 0
+    max_dbs: int = DEFAULT_MAX_DBS
+
+
+@dataclass(frozen=True)
+class DbiOptions:
+    """Per-DBI overrides (LS ``dbi_options.<dbi>``)."""
+
+    override_create_flags: int | None = None
+
+
+@dataclass(frozen=True)
+class LmdbConfig:
+    """One synced LMDB (a "db"): its name is part of every object name."""
+
+    name: str
+    path: str
+    schema_tracks_changes: bool = False
+    dupsort_hack: bool = False
+    options: LmdbOptions = field(default_factory=LmdbOptions)
+    dbi_options: Mapping[str, DbiOptions] = field(default_factory=dict)
+
+    @property
+    def data_file(self) -> Path:
+        """The LMDB data file that the watcher observes."""
+        p = Path(self.path)
+        return p if self.options.no_subdir else p / "data.mdb"
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Options of the ``s3`` storage backend."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str = DEFAULT_S3_REGION
+    access_key: str | None = None
+    secret_key: str | None = None
+    global_prefix: str = ""
+    create_bucket: bool = False
+
+
+@dataclass(frozen=True)
+class FsOptions:
+    """Options of the ``fs`` storage backend: a directory used as the bucket."""
+
+    root_path: str
+    watch: bool = True
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """The ``memory`` backend has no options; it lives and dies with the process."""
+
+
+StorageOptions = S3Options | FsOptions | MemoryOptions
+
+
+@dataclass(frozen=True)
+class CleanupConfig:
+    """Snapshot cleanup (LS ``storage.cleanup``); on by default, unlike LS."""
+
+    enabled: bool = True
+    interval: float = DEFAULT_CLEANUP_INTERVAL
+    must_keep_interval: float = DEFAULT_MUST_KEEP_INTERVAL
+    remove_old_instances_interval: float = DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where snapshot objects live."""
+
+    type: str
+    options: StorageOptions
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+
+
+@dataclass(frozen=True)
+class SweeperConfig:
+    """Tombstone sweeper (LS ``sweeper``); off by default as in LS."""
+
+    enabled: bool = False
+    retention_days: float = DEFAULT_RETENTION_DAYS
+    interval: float = DEFAULT_SWEEP_INTERVAL
+    first_interval: float = DEFAULT_SWEEP_FIRST_INTERVAL
+    lock_duration: float = DEFAULT_SWEEP_LOCK_DURATION
+    release_duration: float = DEFAULT_SWEEP_LOCK_DURATION
+    retention_load_cutoff_duration: float = 0.0
+
+    @property
+    def retention(self) -> float:
+        """The retention in seconds."""
+        return self.retention_days * 86400.0
+
+    @property
+    def load_cutoff(self) -> float:
+        """Seconds subtracted from the retention when skipping stale remote tombstones."""
+        cutoff = self.retention_load_cutoff_duration or 0.01 * self.retention
+        return min(cutoff, 0.75 * self.retention)
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """TLS material for ``mqtts://``; empty means the system CAs."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """An MQTT broker that delivers S3 events and peer announcements."""
+
+    url: str
+    topics: tuple[str, ...] = (DEFAULT_MQTT_TOPIC,)
+    qos: int = 1
+    username: str | None = None
+    password: str | None = None
+    tls: MqttTls = field(default_factory=MqttTls)
+    publish: bool = False
+    protocol: int = 4  # 4 = MQTT 3.1.1, 5 = MQTT 5
+
+
+@dataclass(frozen=True)
+class SqsConfig:
+    """An SQS queue that receives S3 events (directly or through SNS)."""
+
+    queue_url: str
+    region: str = DEFAULT_S3_REGION
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Event sources that wake the syncer (evsync's addition to the LS keys)."""
+
+    watch_lmdb: bool = True
+    listing_interval: float | None = None
+    mqtt: MqttConfig | None = None
+    sqs: SqsConfig | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """Thresholds of one health check: continuous failure for warn/error durations."""
+
+    interval: float = DEFAULT_HEALTH[0]
+    warn_duration: float = DEFAULT_HEALTH[1]
+    error_duration: float = DEFAULT_HEALTH[2]
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Health thresholds per storage operation (LS ``health``)."""
+
+    storage_list: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    storage_load: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    storage_store: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging level and format."""
+
+    level: str = "info"
+    format: str = "human"
+    timestamp: str = "short"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    instance: str
+    lmdbs: Mapping[str, LmdbConfig]
+    storage: StorageConfig
+    lmdb_poll_interval: float = DEFAULT_LMDB_POLL_INTERVAL
+    storage_poll_interval: float = DEFAULT_STORAGE_POLL_INTERVAL
+    storage_retry_interval: float = DEFAULT_STORAGE_RETRY_INTERVAL
+    storage_retry_count: int = DEFAULT_STORAGE_RETRY_COUNT
+    storage_retry_forever: bool = False
+    storage_force_snapshot_interval: float = DEFAULT_FORCE_SNAPSHOT_INTERVAL
+    only_once: bool = False
+    sweeper: SweeperConfig = field(default_factory=SweeperConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    http_address: str = ""
+    log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    @property
+    def listing_interval(self) -> float:
+        """Seconds between fallback listings (DESIGN §8)."""
+        if self.notify.listing_interval is not None:
+            return self.notify.listing_interval
+        if self.notify.mqtt is not None or self.notify.sqs is not None:
+            return DEFAULT_LISTING_INTERVAL_WITH_PUSH
+        return self.storage_poll_interval
+
+    def with_instance(self, instance: str) -> Config:
+        """A copy with another instance name (the ``-i`` flag), validated."""
+        return dataclasses.replace(self, instance=validate_instance(instance, "--instance"))
+
+    def masked(self) -> dict[str, Any]:
+        """The config as plain data with every secret replaced by ``***``."""
+        masked: dict[str, Any] = _mask(dataclasses.asdict(self))
+        return masked
+
+
+def _mask(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: (MASK if k in SECRET_KEYS and v else _mask(v)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_mask(v) for v in data]
+    return data
+
+
+# ---------------------------------------------------------------- section reader
+
+
+class _Section:
+    """A mapping being read: takes keys one by one and rejects the leftovers."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+        self._data = dict(data)
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self._data and self._data[name] is not None
+
+    def raw(self, name: str) -> object:
+        return self._data.pop(name, None)
+
+    def section(self, name: str) -> _Section:
+        return _Section(self.raw(name), self.key(name))
+
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.raw(name)
+        if value is None or value == "":
+            if required:
+                raise ConfigError(f"{self.key(name)}: missing")
+            return default if default is not None else ""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{self.key(name)}: expected a string, got {value!r}")
+        return str(value)
+
+    def optional_string(self, name: str) -> str | None:
+        value = self.string(name)
+        return value or None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(name)}: expected true or false, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.key(name)}: expected an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.key(name)}: must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self.key(name)}: expected a number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.key(name)}: must be at least {minimum}, got {value}")
+        return float(value)
+
+    def duration(self, name: str, default: float, *, minimum: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        seconds = parse_duration(value, self.key(name))
+        if minimum is not None and seconds < minimum:
+            raise ConfigError(f"{self.key(name)}: must be at least {minimum:g}s, got {value}")
+        return seconds
+
+    def size(self, name: str, default: int) -> int:
+        value = self.raw(name)
+        return default if value is None else parse_size(value, self.key(name))
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.key(name)}: must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def done(self) -> None:
+        """Reject every key that was not read: LS loads YAML strictly too."""
+        for name in self._data:
+            raise ConfigError(f"{self.key(str(name))}: unknown key")
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def sanitize_instance(name: str) -> str:
+    """LS's rule for a default instance name: anything outside [a-zA-Z0-9-] becomes '-'."""
+    return re.sub(r"[^a-zA-Z0-9-]", "-", name)
+
+
+def validate_instance(name: str, key: str = "instance") -> str:
+    """Check an instance name: it is part of object names split on '__'."""
+    if not name:
+        raise ConfigError(f"{key}: missing")
+    if not INSTANCE_RE.match(name):
+        raise ConfigError(
+            f"{key}: {name!r} may only hold letters, digits and '-' (no '_', '/' or spaces)"
+        )
+    return name
+
+
+def validate_db_name(name: str, key: str) -> str:
+    """Check a db name: lowercase, digits and '-' so object names parse."""
+    if not DB_NAME_RE.match(name):
+        raise ConfigError(
+            f"{key}: db name {name!r} may only hold lowercase letters, digits and '-'"
+        )
+    return name
+
+
+_DBI_FLAG_NAMES = {
+    "REVERSEKEY": 0x02,
+    "DUPSORT": 0x04,
+    "INTEGERKEY": 0x08,
+    "DUPFIXED": 0x10,
+    "INTEGERDUP": 0x20,
+    "REVERSEDUP": 0x40,
+}
+
+
+def parse_dbi_flags(value: object, key: str) -> int:
+    """Parse LS's flag syntax: names joined by | , + or space, or a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        flags = value
+    elif isinstance(value, str):
+        flags = 0
+        for part in re.split(r"[|,+\s]+", value.strip()):
+            if not part:
+                continue
+            name = part.upper().removeprefix("MDB_")
+            if name in _DBI_FLAG_NAMES:
+                flags |= _DBI_FLAG_NAMES[name]
+            else:
+                try:
+                    flags |= int(part, 0)
+                except ValueError:
+                    raise ConfigError(f"{key}: unknown DBI flag {part!r}") from None
+    else:
+        raise ConfigError(f"{key}: expected flag names like MDB_DUPSORT|MDB_DUPFIXED")
+    if flags & ~sum(_DBI_FLAG_NAMES.values()):
+        raise ConfigError(f"{key}: only persistent DBI flags are allowed, got {flags:#x}")
+    return flags
+
+
+# ---------------------------------------------------------------- section loaders
+
+
+def _load_lmdb(name: str, data: object, path: str) -> LmdbConfig:
+    sec = _Section(data, path)
+    db_path = sec.string("path", required=True)
+    tracks = sec.boolean("schema_tracks_changes", False)
+    dupsort = sec.boolean("dupsort_hack", False)
+    if tracks and dupsort:
+        raise ConfigError(
+            f"{sec.key('dupsort_hack')}: cannot be combined with schema_tracks_changes"
+        )
+    opt = sec.section("options")
+    create = opt.boolean("create", False)
+    map_size = opt.size("map_size", 0)
+    if create and map_size == 0:
+        map_size = DEFAULT_MAP_SIZE_ON_CREATE
+    options = LmdbOptions(
+        no_subdir=opt.boolean("no_subdir", False),
+        create=create,
+        map_size=map_size,
+        max_dbs=opt.integer("max_dbs", 0, minimum=0) or DEFAULT_MAX_DBS,
+    )
+    opt.raw("dir_mask")  # accepted for LS compatibility; the umask applies
+    opt.raw("file_mask")
+    opt.done()
+    dbi_sec = sec.section("dbi_options")
+    dbi_options: dict[str, DbiOptions] = {}
+    for dbi_name in list(dbi_sec._data):
+        dsec = dbi_sec.section(str(dbi_name))
+        flags_raw = dsec.raw("override_create_flags")
+        flags = (
+            None
+            if flags_raw is None
+            else parse_dbi_flags(flags_raw, dsec.key("override_create_flags"))
+        )
+        dsec.done()
+        dbi_options[str(dbi_name)] = DbiOptions(override_create_flags=flags)
+    dbi_sec.done()
+    sec.raw("header_extra_padding_block")  # LS dev/test-only option, not supported
+    sec.done()
+    if not tracks:
+        raise ConfigError(
+            f"{path}.schema_tracks_changes: false (shadow mode for non-native LMDBs such as "
+            "PowerDNS 4.7) is not supported yet; set it to true for native-schema LMDBs"
+        )
+    return LmdbConfig(
+        name=name,
+        path=db_path,
+        schema_tracks_changes=tracks,
+        dupsort_hack=dupsort,
+        options=options,
+        dbi_options=dbi_options,
+    )
+
+
+def _load_storage(data: object) -> StorageConfig:
+    sec = _Section(data, "storage")
+    kind = sec.choice("type", "", ("s3", "fs", "memory")) if sec.has("type") else ""
+    if not kind:
+        raise ConfigError("storage.type: missing (one of s3, fs, memory)")
+    opt = sec.section("options")
+    if sec.has("root_path"):  # LS's deprecated spelling of options.root_path
+        opt._data.setdefault("root_path", sec.raw("root_path"))
+    options: StorageOptions
+    if kind == "s3":
+        options = S3Options(
+            bucket=opt.string("bucket", required=True),
+            endpoint_url=opt.optional_string("endpoint_url"),
+            region=opt.string("region", DEFAULT_S3_REGION),
+            access_key=opt.optional_string("access_key"),
+            secret_key=opt.optional_string("secret_key"),
+            global_prefix=opt.string("global_prefix", ""),
+            create_bucket=opt.boolean("create_bucket", False),
+        )
+        if (options.access_key is None) != (options.secret_key is None):
+            raise ConfigError(
+                "storage.options: access_key and secret_key must be set together "
+                "(or neither, to use the AWS credential chain)"
+            )
+        if len(options.bucket) < 3:
+            raise ConfigError(f"storage.options.bucket: {options.bucket!r} is too short")
+    elif kind == "fs":
+        options = FsOptions(
+            root_path=opt.string("root_path", required=True),
+            watch=opt.boolean("watch", True),
+        )
+    else:
+        options = MemoryOptions()
+    opt.done()
+    csec = sec.section("cleanup")
+    cleanup = CleanupConfig(
+        enabled=csec.boolean("enabled", True),
+        interval=csec.duration("interval", DEFAULT_CLEANUP_INTERVAL, minimum=1.0),
+        must_keep_interval=csec.duration("must_keep_interval", DEFAULT_MUST_KEEP_INTERVAL),
+        remove_old_instances_interval=csec.duration(
+            "remove_old_instances_interval", DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL
+        ),
+    )
+    csec.done()
+    sec.done()
+    return StorageConfig(type=kind, options=options, cleanup=cleanup)
+
+
+def _load_sweeper(sec: _Section) -> SweeperConfig:
+    cfg = SweeperConfig(
+        enabled=sec.boolean("enabled", False),
+        retention_days=sec.number("retention_days", DEFAULT_RETENTION_DAYS, minimum=0.0),
+        interval=sec.duration("interval", DEFAULT_SWEEP_INTERVAL, minimum=1.0),
+        first_interval=sec.duration("first_interval", DEFAULT_SWEEP_FIRST_INTERVAL),
+        lock_duration=sec.duration("lock_duration", DEFAULT_SWEEP_LOCK_DURATION),
+        release_duration=sec.duration("release_duration", DEFAULT_SWEEP_LOCK_DURATION),
+        retention_load_cutoff_duration=sec.duration("retention_load_cutoff_duration", 0.0),
+    )
+    sec.done()
+    if cfg.retention_days <= 0:
+        raise ConfigError("sweeper.retention_days: must be greater than 0")
+    return cfg
+
+
+def _load_mqtt(sec: _Section) -> MqttConfig:
+    url = sec.string("url", required=True)
+    if not re.match(r"^mqtts?://[^/]+", url):
+        raise ConfigError(f"{sec.key('url')}: expected mqtt://host[:port] or mqtts://host[:port]")
+    topic_raw = sec.raw("topic")
+    if topic_raw is None:
+        topics: tuple[str, ...] = (DEFAULT_MQTT_TOPIC,)
+    elif isinstance(topic_raw, str) and topic_raw:
+        topics = (topic_raw,)
+    elif (
+        isinstance(topic_raw, list)
+        and topic_raw
+        and all(isinstance(t, str) and t for t in topic_raw)
+    ):
+        topics = tuple(topic_raw)
+    else:
+        raise ConfigError(f"{sec.key('topic')}: expected a topic or a list of topics")
+    qos = sec.integer("qos", 1, minimum=0)
+    if qos > 2:
+        raise ConfigError(f"{sec.key('qos')}: must be 0, 1 or 2, got {qos}")
+    tsec = sec.section("tls")
+    tls = MqttTls(
+        ca_file=tsec.optional_string("ca_file"),
+        cert_file=tsec.optional_string("cert_file"),
+        key_file=tsec.optional_string("key_file"),
+        insecure=tsec.boolean("insecure", False),
+    )
+    tsec.done()
+    protocol = sec.integer("protocol", 4)
+    if protocol not in (4, 5):
+        raise ConfigError(f"{sec.key('protocol')}: must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
+    cfg = MqttConfig(
+        url=url,
+        topics=topics,
+        qos=qos,
+        username=sec.optional_string("username"),
+        password=sec.optional_string("password"),
+        tls=tls,
+        publish=sec.boolean("publish", False),
+        protocol=protocol,
+    )
+    sec.done()
+    return cfg
+
+
+def _load_notify(sec: _Section) -> NotifyConfig:
+    watch = sec.boolean("watch_lmdb", True)
+    listing = (
+        sec.duration("listing_interval", 0.0, minimum=MIN_POLL_INTERVAL)
+        if sec.has("listing_interval")
+        else None
+    )
+    mqtt = _load_mqtt(sec.section("mqtt")) if sec.has("mqtt") else None
+    sqs = None
+    if sec.has("sqs"):
+        ssec = sec.section("sqs")
+        sqs = SqsConfig(
+            queue_url=ssec.string("queue_url", required=True),
+            region=ssec.string("region", DEFAULT_S3_REGION),
+            endpoint_url=ssec.optional_string("endpoint_url"),
+        )
+        ssec.done()
+    sec.done()
+    return NotifyConfig(watch_lmdb=watch, listing_interval=listing, mqtt=mqtt, sqs=sqs)
+
+
+def _load_health(sec: _Section) -> HealthConfig:
+    checks = {}
+    for name in ("storage_list", "storage_load", "storage_store"):
+        hsec = sec.section(name)
+        checks[name] = HealthCheckConfig(
+            interval=max(1.0, hsec.duration("interval", DEFAULT_HEALTH[0])),
+            warn_duration=hsec.duration("warn_duration", DEFAULT_HEALTH[1]),
+            error_duration=hsec.duration("error_duration", DEFAULT_HEALTH[2]),
+        )
+        hsec.done()
+    sec.raw("start")  # LS's startup tracker settings; evsync always reports startup
+    sec.done()
+    return HealthConfig(**checks)
+
+
+def _load_log(sec: _Section) -> LogConfig:
+    cfg = LogConfig(
+        level=sec.choice("level", "info", LOG_LEVELS),
+        format=sec.choice("format", "human", LOG_FORMATS),
+        timestamp=sec.choice("timestamp", "short", ("short", "disable", "full")),
+    )
+    sec.done()
+    return cfg
+
+
+def _load_http(sec: _Section) -> str:
+    address = sec.string("address", "")
+    sec.done()
+    if address and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):\d{1,5}$", address):
+        raise ConfigError(f"http.address: expected host:port, got {address!r}")
+    return address
+
+
+def config_from_dict(data: object, *, instance: str | None = None) -> Config:
+    """Validate parsed YAML into a :class:`Config`; ``instance`` overrides the file's."""
+    sec = _Section(data, "")
+    inst_raw = sec.string("instance", "")
+    inst = instance or inst_raw or sanitize_instance(socket.gethostname())
+    validate_instance(inst, "--instance" if instance else "instance")
+
+    lmdbs_raw = sec.raw("lmdbs")
+    if not isinstance(lmdbs_raw, dict) or not lmdbs_raw:
+        raise ConfigError("lmdbs: missing (at least one db is needed)")
+    lmdbs = {}
+    for name, ldata in lmdbs_raw.items():
+        key = f"lmdbs.{name}"
+        validate_db_name(str(name), key)
+        lmdbs[str(name)] = _load_lmdb(str(name), ldata, key)
+
+    if not sec.has("storage"):
+        raise ConfigError("storage: missing")
+    storage = _load_storage(sec.raw("storage"))
+
+    force = sec.duration("storage_force_snapshot_interval", DEFAULT_FORCE_SNAPSHOT_INTERVAL)
+    if 0 < force < MIN_FORCE_SNAPSHOT_INTERVAL:
+        raise ConfigError(
+            f"storage_force_snapshot_interval: must be 0 (off) or at least 1m, got {force:g}s"
+        )
+    for noop in LS_ACCEPTED_NOOP_KEYS:
+        sec.raw(noop)
+    cfg = Config(
+        instance=inst,
+        lmdbs=lmdbs,
+        storage=storage,
+        lmdb_poll_interval=sec.duration(
+            "lmdb_poll_interval", DEFAULT_LMDB_POLL_INTERVAL, minimum=MIN_POLL_INTERVAL
+        ),
+        storage_poll_interval=sec.duration(
+            "storage_poll_interval", DEFAULT_STORAGE_POLL_INTERVAL, minimum=MIN_POLL_INTERVAL
+        ),
+        storage_retry_interval=sec.duration(
+            "storage_retry_interval", DEFAULT_STORAGE_RETRY_INTERVAL, minimum=MIN_POLL_INTERVAL
+        ),
+        storage_retry_count=sec.integer(
+            "storage_retry_count", DEFAULT_STORAGE_RETRY_COUNT, minimum=1
+        ),
+        storage_retry_forever=sec.boolean("storage_retry_forever", False),
+        storage_force_snapshot_interval=force,
+        only_once=sec.boolean("only_once", False),
+        sweeper=_load_sweeper(sec.section("sweeper")),
+        notify=_load_notify(sec.section("notify")),
+        http_address=_load_http(sec.section("http")),
+        log=_load_log(sec.section("log")),
+        health=_load_health(sec.section("health")),
+    )
+    sec.done()
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], *, instance: str | None = None) -> Config:
+    """Read, expand and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config: file {str(p)!r} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(p)!r}: {exc.strerror}") from None
+    return load_config_text(text, instance=instance, source=str(p))
+
+
+def load_config_text(text: str, *, instance: str | None = None, source: str = "config") -> Config:
+    """Expand ``${ENV}`` in YAML text and validate it."""
+    expanded = expand_env(text)
+    try:
+        data = yaml.safe_load(expanded)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config: {source}{where}: invalid YAML: {problem}") from None
+    return config_from_dict(data, instance=instance)
+
+
+def default_config_path() -> str:
+    """``$EVSYNC_CONFIG`` when set, else ``evsync.yaml``."""
+    return os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE

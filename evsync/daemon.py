@@ -1,0 +1,134 @@
+"""Wire config, storage, syncers and triggers together and run them until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from evsync.config import Config, FsOptions
+from evsync.errors import ConfigError
+from evsync.storage import BlobStore, open_store
+from evsync.syncer import Syncer
+from evsync.triggers.base import HintQueue, Trigger
+from evsync.triggers.fs_watch import FsBucketWatcher
+from evsync.triggers.listing import Lister
+from evsync.triggers.lmdb_watch import LmdbWatcher, TxnObserver, TxnPoller
+
+log = logging.getLogger(__name__)
+
+SYNCER_JOIN_SECONDS = 30.0
+
+
+class Daemon:
+    """All syncers of one process, one thread each, plus their triggers."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        only_dbs: Iterable[str] | None = None,
+        receive_only: bool = False,
+        store: BlobStore | None = None,
+    ) -> None:
+        self.config = config
+        names = list(only_dbs or config.lmdbs)
+        for name in names:
+            if name not in config.lmdbs:
+                raise ConfigError(f"--only-db: {name!r} is not configured under lmdbs")
+        self.stop_event = threading.Event()
+        self.store = store or open_store(config.storage)
+        self.receive_only = receive_only
+        self.syncers: dict[str, Syncer] = {}
+        self.triggers: list[Trigger] = []
+        self._threads: list[threading.Thread] = []
+        try:
+            for name in names:
+                self.syncers[name] = Syncer(
+                    config,
+                    config.lmdbs[name],
+                    self.store,
+                    HintQueue(name),
+                    receive_only=receive_only,
+                    stop_event=self.stop_event,
+                )
+        except Exception:
+            self.close()
+            raise
+
+    def _build_triggers(self) -> None:
+        cfg = self.config
+        for syncer in self.syncers.values():
+            observer = TxnObserver(syncer.lenv, syncer.queue)
+            if cfg.notify.watch_lmdb:
+                self.triggers.append(LmdbWatcher(syncer.cfg.data_file, observer))
+            self.triggers.append(TxnPoller(observer, cfg.lmdb_poll_interval))
+            self.triggers.append(
+                Lister(
+                    self.store,
+                    syncer.db,
+                    syncer.queue,
+                    cfg.listing_interval,
+                    on_result=syncer.on_listing,
+                )
+            )
+        opts = cfg.storage.options
+        if isinstance(opts, FsOptions) and opts.watch:
+            queues = [s.queue for s in self.syncers.values()]
+            self.triggers.append(FsBucketWatcher(Path(opts.root_path), queues))
+
+    def start(self) -> None:
+        """Start triggers first (so no commit is missed), then one thread per syncer."""
+        log.info(
+            "evsync starting: instance %s, dbs %s, storage %s, listing every %gs",
+            self.config.instance,
+            ", ".join(self.syncers),
+            self.store.describe(),
+            self.config.listing_interval,
+        )
+        self._build_triggers()
+        for trigger in self.triggers:
+            trigger.start()
+        for name, syncer in self.syncers.items():
+            thread = threading.Thread(target=syncer.run, name=f"syncer-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (e.g. by a signal handler)."""
+        while not self.stop_event.wait(0.5):
+            if not any(t.is_alive() for t in self._threads):
+                log.error("every syncer stopped; exiting")
+                break
+
+    def stop(self) -> None:
+        """Stop syncers after their current step, then the triggers."""
+        self.stop_event.set()
+        for syncer in self.syncers.values():
+            syncer.stop()
+        for thread in self._threads:
+            thread.join(timeout=SYNCER_JOIN_SECONDS)
+        for trigger in self.triggers:
+            trigger.stop()
+
+    def run_once(self) -> bool:
+        """Merge every instance's newest object into every db, upload if needed."""
+        ok = True
+        for syncer in self.syncers.values():
+            ok = syncer.run_once() and ok
+        return ok
+
+    def close(self) -> None:
+        """Release the LMDBs and the storage client."""
+        for syncer in self.syncers.values():
+            syncer.close()
+        self.store.close()
+
+    def status(self) -> dict[str, object]:
+        """Status of every db."""
+        return {
+            "instance": self.config.instance,
+            "storage": self.store.describe(),
+            "dbs": {name: s.status() for name, s in self.syncers.items()},
+        }

@@ -1,0 +1,63 @@
+"""The one exception tree of evsync, so callers can catch exactly what they handle.
+
+::
+
+    EvsyncError                      base of everything evsync raises on purpose
+    ├── ConfigError                  a bad config file, key or value (names the key)
+    ├── LmdbError                    the local LMDB cannot be used as configured
+    │   └── HeaderError              a value does not carry a valid native header
+    ├── SnapshotError                a snapshot object cannot be trusted
+    │   ├── InvalidNameError         a name does not follow db__instance__ts__gen.ext
+    │   └── CorruptObjectError       truncated, bad checksum, foreign format, bad counts
+    │                                or entries out of order; the object is marked bad
+    ├── StorageError                 the bucket could not do what was asked
+    │   ├── ObjectNotFoundError      the named object does not exist (any more)
+    │   └── StorageUnavailableError  the backend is down or refused; worth retrying
+    └── SyncError                    a sync run could not complete (only-once mode)
+"""
+
+from __future__ import annotations
+
+
+class EvsyncError(Exception):
+    """Base class of all errors evsync raises on purpose."""
+
+
+class ConfigError(EvsyncError):
+    """A config file, key or value is wrong; the message names the key."""
+
+
+class LmdbError(EvsyncError):
+    """The local LMDB cannot be opened or used as configured."""
+
+
+class HeaderError(LmdbError):
+    """A value does not start with a valid native (Lightning Stream) header."""
+
+
+class SnapshotError(EvsyncError):
+    """A snapshot object or its name cannot be trusted."""
+
+
+class InvalidNameError(SnapshotError):
+    """An object name does not parse as a snapshot name."""
+
+
+class CorruptObjectError(SnapshotError):
+    """An object is truncated, fails its checksum, or does not follow the format."""
+
+
+class StorageError(EvsyncError):
+    """The storage backend failed to do what was asked."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The named object does not exist."""
+
+
+class StorageUnavailableError(StorageError):
+    """The backend is unreachable or refused the request; retrying may help."""
+
+
+class SyncError(EvsyncError):
+    """A sync run could not complete."""

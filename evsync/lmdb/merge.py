@@ -1,0 +1,184 @@
+"""Last-writer-wins merge of remote entries into the LMDB (DESIGN §3), in batched write txns."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+
+from evsync.errors import HeaderError, LmdbError
+from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
+from evsync.lmdb.header import FLAG_DELETED, SYNC_FLAG_MASK, encode_value, parse_header
+from evsync.snapshot.codec import DbiInfo, Entry
+
+log = logging.getLogger(__name__)
+
+# A write txn is committed after this many entries or this long, whichever comes first,
+# so that the application's writers never wait long for the LMDB write lock.
+BATCH_MAX_ENTRIES = 10_000
+BATCH_MAX_SECONDS = 0.05
+MAX_MAP_GROWTHS = 16
+
+
+def merge_entry(
+    local: bytes | None,
+    entry: Entry,
+    txn_id: int,
+    deleted_cutoff_ns: int = 0,
+) -> bytes | None:
+    """The value to write for a remote entry, or None to keep the local one.
+
+    Rules, as Lightning Stream: a missing local entry is inserted (except a tombstone
+    older than the cutoff); an older remote loses; at equal timestamps the byte-wise
+    smaller application value wins, so a delete (empty value) wins a tie; a newer
+    remote is written with the current txn id. Raises HeaderError on a corrupt local value.
+    """
+    _key, ts, flags, value = entry
+    flags &= SYNC_FLAG_MASK
+    if flags & FLAG_DELETED:
+        value = b""
+    if not local:
+        if flags & FLAG_DELETED and ts < deleted_cutoff_ns:
+            return None
+        return encode_value(ts, txn_id, flags, value)
+    header = parse_header(local)
+    if ts < header.timestamp:
+        return None
+    if ts == header.timestamp and bytes(local[header.offset :]) <= value:
+        return None
+    new = encode_value(ts, txn_id, flags, value)
+    return None if new == local else new
+
+
+@dataclass
+class MergeResult:
+    """What one object's merge did."""
+
+    entries: int = 0
+    written: int = 0
+    txns: int = 0
+    #: ids of committed txns that wrote something, in order
+    txn_ids: list[int] = field(default_factory=list)
+    dbis_created: list[bytes] = field(default_factory=list)
+    longest_txn_seconds: float = 0.0
+
+
+class Merger:
+    """Merges a stream of (DbiInfo, entries) into one LMDB in short write transactions.
+
+    The syncer verifies an object completely before it hands it over, so a batch
+    never fails half-way because of the object; a corrupt *local* value aborts the
+    current batch and raises LmdbError naming the DBI and key.
+    """
+
+    def __init__(
+        self,
+        lenv: LmdbEnv,
+        *,
+        deleted_cutoff_ns: int = 0,
+        create_flags: Callable[[DbiInfo], int] | None = None,
+        max_entries: int = BATCH_MAX_ENTRIES,
+        max_seconds: float = BATCH_MAX_SECONDS,
+    ) -> None:
+        self.lenv = lenv
+        self.deleted_cutoff_ns = deleted_cutoff_ns
+        self.create_flags = create_flags or (lambda info: info.flags)
+        self.max_entries = max_entries
+        self.max_seconds = max_seconds
+        self.result = MergeResult()
+
+    def merge(self, dbis: Iterable[tuple[DbiInfo, Iterable[Entry]]]) -> MergeResult:
+        """Merge every DBI; returns the counts."""
+        for info, entries in dbis:
+            if is_sync_dbi(info.name):
+                log.warning(
+                    "lmdb %s: ignoring remote DBI %r (reserved _sync prefix)",
+                    self.lenv.name,
+                    info.name,
+                )
+                continue
+            if info.flags & DUP_FLAGS or info.transform:
+                log.error(
+                    "lmdb %s: cannot merge DBI %r: DUPSORT/transform %r needs shadow "
+                    "mode with dupsort_hack",
+                    self.lenv.name,
+                    info.name,
+                    info.transform,
+                )
+                continue
+            self._merge_dbi(info, entries)
+        return self.result
+
+    def _merge_dbi(self, info: DbiInfo, entries: Iterable[Entry]) -> None:
+        batch: list[Entry] = []
+        started = time.monotonic()
+        for entry in entries:
+            batch.append(entry)
+            if len(batch) >= self.max_entries or time.monotonic() - started > self.max_seconds:
+                self._apply_batch(info, batch)
+                batch = []
+                started = time.monotonic()
+        if batch:
+            self._apply_batch(info, batch)
+
+    def _apply_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
+        for _attempt in range(MAX_MAP_GROWTHS):
+            try:
+                self._write_batch(info, batch)
+                return
+            except lmdb.MapFullError:
+                self.lenv.forget_dbi(info.name)
+                self.lenv.grow_map()
+        raise LmdbError(f"lmdb {self.lenv.name}: map still full after {MAX_MAP_GROWTHS} growths")
+
+    def _write_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
+        t0 = time.monotonic()
+        opened_here = not self.lenv.is_cached(info.name)
+        created = False
+        with self.lenv.begin(write=True) as txn:
+            try:
+                if self.lenv.has_dbi(txn, info.name):
+                    handle = self.lenv.open_dbi(info.name, txn)
+                else:
+                    flags = self.create_flags(info) & ~DUP_FLAGS
+                    handle = self.lenv.open_dbi(info.name, txn, create_flags=flags)
+                    created = True
+                txn_id = txn.id()
+                written = self._put_entries(txn, handle, info, batch, txn_id)
+            except BaseException:
+                if opened_here:  # the handle dies with this txn
+                    self.lenv.forget_dbi(info.name)
+                raise
+        if created:
+            self.result.dbis_created.append(info.name)
+        self.result.entries += len(batch)
+        self.result.written += written
+        self.result.txns += 1
+        if written or created:
+            self.result.txn_ids.append(txn_id)
+        self.result.longest_txn_seconds = max(
+            self.result.longest_txn_seconds, time.monotonic() - t0
+        )
+
+    def _put_entries(
+        self, txn: Any, handle: Any, info: DbiInfo, batch: list[Entry], txn_id: int
+    ) -> int:
+        written = 0
+        for entry in batch:
+            key = entry[0]
+            local = txn.get(key, db=handle)
+            try:
+                new = merge_entry(local, entry, txn_id, self.deleted_cutoff_ns)
+            except HeaderError as exc:
+                raise LmdbError(
+                    f"lmdb {self.lenv.name}: DBI {info.name.decode(errors='replace')!r} "
+                    f"key {key[:64]!r}: corrupt local value: {exc}"
+                ) from None
+            if new is not None:
+                txn.put(key, new, db=handle)
+                written += 1
+        return written

@@ -1,0 +1,340 @@
+"""The ``evs.zst`` object format (DESIGN §4), written and read as bounded-memory streams.
+
+Layout: one zstd frame (content checksum on) holding a msgpack stream::
+
+    header map        {"format": "evsync-snapshot", "version": 1, "db", "instance",
+                       "hostname", "timestamp_ns", "txn_id", "kind", "base_timestamp_ns",
+                       "dbis": [{"name": bytes, "flags": int, "transform": str,
+                                 "entries": int}, ...]}
+    entries           per DBI, in header order, exactly "entries" arrays
+                      [key: bytes, timestamp_ns: int, flags: int, value: bytes]
+                      in strictly increasing key order
+    trailer map       {"trailer": true, "entries": total}
+
+The reader rejects a truncated frame, a bad checksum, a foreign format or version,
+counts that disagree, malformed entries and keys out of order with
+:class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked,
+and a caller that must not apply partial data verifies the whole object first.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgpack
+import zstandard
+
+from evsync.errors import CorruptObjectError
+
+FORMAT_NAME = "evsync-snapshot"
+FORMAT_VERSION = 1
+KIND_FULL = "full"
+KIND_DELTA = "delta"
+KINDS = (KIND_FULL, KIND_DELTA)
+TRANSFORMS = ("", "dupsort_hack_v1")
+MDB_INTEGERKEY = 0x08
+
+ZSTD_LEVEL = 3
+# Small compressed reads bound how much one decompress call can produce.
+READ_CHUNK = 4096
+MAX_ENTRY_BYTES = 256 << 20
+_HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
+
+
+@dataclass(frozen=True)
+class DbiInfo:
+    """One DBI in an object: its name, the original DBI flags, transform and entry count."""
+
+    name: bytes
+    flags: int = 0
+    transform: str = ""
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """The header map of an object."""
+
+    db: str
+    instance: str
+    hostname: str
+    timestamp_ns: int
+    txn_id: int
+    dbis: tuple[DbiInfo, ...]
+    kind: str = KIND_FULL
+    base_timestamp_ns: int | None = None
+    version: int = FORMAT_VERSION
+
+    @property
+    def total_entries(self) -> int:
+        """Entries over all DBIs."""
+        return sum(d.entries for d in self.dbis)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map written at the start of an object."""
+        return {
+            "format": FORMAT_NAME,
+            "version": self.version,
+            "db": self.db,
+            "instance": self.instance,
+            "hostname": self.hostname,
+            "timestamp_ns": self.timestamp_ns,
+            "txn_id": self.txn_id,
+            "kind": self.kind,
+            "base_timestamp_ns": self.base_timestamp_ns,
+            "dbis": [
+                {"name": d.name, "flags": d.flags, "transform": d.transform, "entries": d.entries}
+                for d in self.dbis
+            ],
+        }
+
+
+Entry = tuple[bytes, int, int, bytes]
+"""key, timestamp_ns, flags, application value (without the LMDB header)."""
+
+
+# ------------------------------------------------------------------ writing
+
+
+@dataclass
+class WriteStats:
+    """What a writer produced."""
+
+    entries: int = 0
+    raw_bytes: int = 0
+    per_dbi: list[int] = field(default_factory=list)
+
+
+def write_snapshot(
+    out: IO[bytes],
+    header: SnapshotHeader,
+    dbi_entries: Iterable[Iterable[Entry]],
+    *,
+    level: int = ZSTD_LEVEL,
+) -> WriteStats:
+    """Write one object to ``out``: ``dbi_entries`` yields one entry iterable per header DBI.
+
+    The caller promises the counts in the header; a mismatch raises ValueError before
+    the frame is closed, so no valid-looking object with wrong counts is ever produced.
+    """
+    stats = WriteStats()
+    packer = msgpack.Packer(use_bin_type=True)
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    with cctx.stream_writer(out, closefd=False) as zw:
+        zw.write(packer.pack(header.to_wire()))
+        dbis = iter(dbi_entries)
+        for info in header.dbis:
+            count = 0
+            for key, ts, flags, value in next(dbis):
+                zw.write(packer.pack([key, ts, flags, value]))
+                count += 1
+                stats.raw_bytes += len(key) + len(value)
+            if count != info.entries:
+                raise ValueError(
+                    f"DBI {info.name!r}: header promised {info.entries} entries, wrote {count}"
+                )
+            stats.per_dbi.append(count)
+            stats.entries += count
+        zw.write(packer.pack({"trailer": True, "entries": stats.entries}))
+    return stats
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _msgpack_objects(source: IO[bytes]) -> Iterator[Any]:
+    """Yield msgpack objects from a zstd frame, detecting truncation and bad checksums."""
+    dctx = zstandard.ZstdDecompressor().decompressobj()
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=False,
+        max_buffer_size=MAX_ENTRY_BYTES,
+        max_array_len=1 << 16,
+        max_map_len=1 << 10,
+    )
+    fed = 0
+    while True:
+        chunk = source.read(READ_CHUNK)
+        if not chunk:
+            break
+        if dctx.eof:
+            raise CorruptObjectError("data after the end of the zstd frame")
+        try:
+            data = dctx.decompress(chunk)
+        except zstandard.ZstdError as exc:
+            raise CorruptObjectError(f"zstd: {exc}") from None
+        if dctx.eof and dctx.unused_data:
+            raise CorruptObjectError("data after the end of the zstd frame")
+        if data:
+            fed += len(data)
+            try:
+                unpacker.feed(data)
+                yield from unpacker
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+                raise CorruptObjectError(f"msgpack: {exc}") from None
+    if not dctx.eof:
+        raise CorruptObjectError("truncated: the zstd frame does not end")
+    if unpacker.tell() != fed:
+        raise CorruptObjectError("truncated: the msgpack stream ends inside an object")
+
+
+def _parse_header(obj: Any) -> SnapshotHeader:
+    if not isinstance(obj, dict):
+        raise CorruptObjectError("foreign format: the object does not start with a header map")
+    if obj.get("format") != FORMAT_NAME:
+        raise CorruptObjectError(f"foreign format {obj.get('format')!r}")
+    version = obj.get("version")
+    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise CorruptObjectError(f"unsupported format version {version!r}")
+    for key in _HEADER_KEYS:
+        if key not in obj:
+            raise CorruptObjectError(f"header lacks {key!r}")
+    dbis_raw = obj["dbis"]
+    if not isinstance(dbis_raw, list):
+        raise CorruptObjectError("header 'dbis' is not a list")
+    dbis = []
+    for d in dbis_raw:
+        if not (
+            isinstance(d, dict)
+            and isinstance(d.get("name"), bytes)
+            and isinstance(d.get("flags"), int)
+            and isinstance(d.get("entries"), int)
+            and d["entries"] >= 0
+            and d.get("transform", "") in TRANSFORMS
+        ):
+            raise CorruptObjectError(f"bad DBI description in header: {d!r:.200}")
+        dbis.append(DbiInfo(d["name"], d["flags"], d.get("transform", ""), d["entries"]))
+    names = [d.name for d in dbis]
+    if len(set(names)) != len(names):
+        raise CorruptObjectError("header lists a DBI twice")
+    kind = obj["kind"]
+    if kind not in KINDS:
+        raise CorruptObjectError(f"unknown object kind {kind!r}")
+    for key, typ in (("db", str), ("instance", str), ("timestamp_ns", int), ("txn_id", int)):
+        if not isinstance(obj[key], typ):
+            raise CorruptObjectError(f"header {key!r} has the wrong type")
+    base = obj.get("base_timestamp_ns")
+    return SnapshotHeader(
+        db=obj["db"],
+        instance=obj["instance"],
+        hostname=str(obj.get("hostname", "")),
+        timestamp_ns=obj["timestamp_ns"],
+        txn_id=obj["txn_id"],
+        dbis=tuple(dbis),
+        kind=kind,
+        base_timestamp_ns=base if isinstance(base, int) else None,
+        version=version,
+    )
+
+
+def _key_order(flags: int) -> Any:
+    """Sort key for a DBI's keys: INTEGERKEY DBIs order native (little-endian) integers."""
+    if flags & MDB_INTEGERKEY:
+
+        def int_key(k: bytes) -> tuple[int, bytes]:
+            if len(k) == 4:
+                return (struct.unpack("<I", k)[0], k)
+            if len(k) == 8:
+                return (struct.unpack("<Q", k)[0], k)
+            return (-1, k)
+
+        return int_key
+    return None
+
+
+def _check_entry(obj: Any, dbi: DbiInfo, index: int) -> Entry:
+    if not (isinstance(obj, list) and len(obj) == 4):
+        raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: not a 4-element entry")
+    key, ts, flags, value = obj
+    if not (
+        isinstance(key, bytes)
+        and isinstance(value, bytes)
+        and isinstance(ts, int)
+        and isinstance(flags, int)
+        and 0 <= ts < 1 << 64
+        and 0 <= flags < 256
+    ):
+        raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: wrong field types")
+    if not key or len(key) > 511:
+        raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: key length {len(key)}")
+    return key, ts, flags, value
+
+
+class SnapshotReader:
+    """Read an object as a stream: the header first, then each DBI's entries in order.
+
+    Every entry is checked as it is read; the trailer and the frame end are checked
+    after the last DBI. Use :func:`verify_snapshot` before applying anything.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._objects = _msgpack_objects(source)
+        try:
+            first = next(self._objects)
+        except StopIteration:
+            raise CorruptObjectError("empty object") from None
+        self.header = _parse_header(first)
+        self._consumed = False
+
+    def dbis(self) -> Iterator[tuple[DbiInfo, Iterator[Entry]]]:
+        """Yield (DbiInfo, entries) in header order; each iterator must be drained in turn."""
+        if self._consumed:
+            raise RuntimeError("a SnapshotReader can be read once")
+        self._consumed = True
+        for info in self.header.dbis:
+            entries = self._entries(info)
+            yield info, entries
+            for _ in entries:  # drain what the caller left, to stay in step
+                pass
+        self._finish()
+
+    def _entries(self, info: DbiInfo) -> Iterator[Entry]:
+        order = _key_order(info.flags)
+        prev: Any = None
+        for index in range(info.entries):
+            try:
+                obj = next(self._objects)
+            except StopIteration:
+                raise CorruptObjectError(
+                    f"truncated: DBI {info.name!r} has {index} of {info.entries} entries"
+                ) from None
+            entry = _check_entry(obj, info, index)
+            sort_key = order(entry[0]) if order else entry[0]
+            if prev is not None and sort_key <= prev:
+                raise CorruptObjectError(
+                    f"DBI {info.name!r} entry {index}: keys out of order ({entry[0][:40]!r})"
+                )
+            prev = sort_key
+            yield entry
+
+    def _finish(self) -> None:
+        try:
+            trailer = next(self._objects)
+        except StopIteration:
+            raise CorruptObjectError("truncated: no trailer") from None
+        if not (isinstance(trailer, dict) and trailer.get("trailer") is True):
+            raise CorruptObjectError("more entries than the header counts")
+        if trailer.get("entries") != self.header.total_entries:
+            raise CorruptObjectError(
+                f"trailer counts {trailer.get('entries')!r} entries, "
+                f"header {self.header.total_entries}"
+            )
+        for _extra in self._objects:
+            raise CorruptObjectError("data after the trailer")
+
+
+def read_header(source: IO[bytes]) -> SnapshotHeader:
+    """Only the header (cheap; nothing else is checked)."""
+    return SnapshotReader(source).header
+
+
+def verify_snapshot(source: IO[bytes]) -> SnapshotHeader:
+    """Read a whole object and check everything; return its header or raise CorruptObjectError."""
+    reader = SnapshotReader(source)
+    for _info, entries in reader.dbis():
+        for _entry in entries:
+            pass
+    return reader.header

@@ -1,0 +1,134 @@
+"""Snapshot object names (DESIGN §4): ``<db>__<instance>__<ts>__<gen>[__<extra>…].<ext>``.
+
+Names sort by time within one (db, instance) because the timestamp has a fixed width;
+the syncer and the cleaner rely on that, as Lightning Stream does.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from dataclasses import dataclass
+
+from evsync.errors import InvalidNameError
+
+SEPARATOR = "__"
+GENERATION = "GX"
+EXT_EVSYNC = "evs.zst"
+EXT_LIGHTNINGSTREAM = "pb.gz"
+KNOWN_EXTENSIONS = frozenset({EXT_EVSYNC, EXT_LIGHTNINGSTREAM})
+DELTA_EXTRA = "D"  # extra field of a delta: D<base timestamp>
+
+_TS_RE = re.compile(r"^(\d{8})-(\d{6})-(\d{9})$")
+_DB_RE = re.compile(r"^[a-z0-9-]+$")
+_INSTANCE_RE = re.compile(r"^[a-zA-Z0-9-]+$")
+_NS = 1_000_000_000
+
+
+def format_timestamp(timestamp_ns: int) -> str:
+    """``YYYYMMDD-HHMMSS-nnnnnnnnn`` in UTC."""
+    seconds, nanos = divmod(timestamp_ns, _NS)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds)) + f"-{nanos:09d}"
+
+
+def parse_timestamp(text: str) -> int:
+    """Inverse of :func:`format_timestamp`; raises InvalidNameError."""
+    match = _TS_RE.match(text)
+    if not match:
+        raise InvalidNameError(f"bad timestamp {text!r}, expected YYYYMMDD-HHMMSS-nnnnnnnnn")
+    try:
+        st = time.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S")
+    except ValueError:
+        raise InvalidNameError(f"bad timestamp {text!r}") from None
+    return calendar.timegm(st) * _NS + int(match.group(3))
+
+
+@dataclass(frozen=True, order=True)
+class SnapshotName:
+    """A parsed object name; ordering follows the name string, i.e. time per instance."""
+
+    name: str
+    db: str
+    instance: str
+    timestamp_ns: int
+    generation: str = GENERATION
+    extras: tuple[str, ...] = ()
+    ext: str = EXT_EVSYNC
+
+    @classmethod
+    def build(
+        cls,
+        db: str,
+        instance: str,
+        timestamp_ns: int,
+        *,
+        extras: tuple[str, ...] = (),
+        ext: str = EXT_EVSYNC,
+    ) -> SnapshotName:
+        """Build a name for a new object."""
+        parts = [db, instance, format_timestamp(timestamp_ns), GENERATION, *sorted(extras)]
+        return cls(
+            SEPARATOR.join(parts) + "." + ext,
+            db,
+            instance,
+            timestamp_ns,
+            GENERATION,
+            tuple(sorted(extras)),
+            ext,
+        )
+
+    @classmethod
+    def parse(cls, name: str) -> SnapshotName:
+        """Parse a name; raises InvalidNameError naming what is wrong."""
+        base, dot, ext = name.partition(".")
+        if not dot or not ext:
+            raise InvalidNameError(f"{name!r}: no extension")
+        parts = base.split(SEPARATOR)
+        if len(parts) < 4:
+            raise InvalidNameError(f"{name!r}: expected db__instance__timestamp__generation")
+        db, instance, ts_text, generation, *extras = parts
+        if not _DB_RE.match(db):
+            raise InvalidNameError(f"{name!r}: bad db name {db!r}")
+        if not _INSTANCE_RE.match(instance):
+            raise InvalidNameError(f"{name!r}: bad instance name {instance!r}")
+        if not generation.startswith("G"):
+            raise InvalidNameError(f"{name!r}: bad generation {generation!r}")
+        seen_types = set()
+        for extra in extras:
+            if not extra or not extra[0].isupper() or extra[0] == "G" or extra[0] in seen_types:
+                raise InvalidNameError(f"{name!r}: bad extra field {extra!r}")
+            seen_types.add(extra[0])
+        return cls(name, db, instance, parse_timestamp(ts_text), generation, tuple(extras), ext)
+
+    @property
+    def is_evsync(self) -> bool:
+        """True when evsync can read this object."""
+        return self.ext == EXT_EVSYNC
+
+    @property
+    def delta_base_ns(self) -> int | None:
+        """For a delta, the timestamp of the object it builds on."""
+        for extra in self.extras:
+            if extra.startswith(DELTA_EXTRA):
+                try:
+                    return parse_timestamp(extra[1:])
+                except InvalidNameError:
+                    return None
+        return None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def db_prefix(db: str) -> str:
+    """The listing prefix of one db's objects."""
+    return db + SEPARATOR
+
+
+def try_parse(name: str) -> SnapshotName | None:
+    """Parse a name, or None when it is not a snapshot name."""
+    try:
+        return SnapshotName.parse(name)
+    except InvalidNameError:
+        return None

@@ -1,0 +1,164 @@
+"""The S3 backend (boto3): AWS, moto, LocalStack, MinIO, Ceph — anything speaking the S3 API."""
+
+from __future__ import annotations
+
+import logging
+from typing import IO, Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config as BotoConfig
+
+from evsync.config import S3Options
+from evsync.errors import ObjectNotFoundError, StorageError, StorageUnavailableError
+from evsync.storage.base import BlobStore, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0
+# evsync retries with its own backoff (storage_retry_*); botocore's retries stay short
+# so that an outage is noticed and reported quickly.
+BOTO_MAX_ATTEMPTS = 2
+LIST_PAGE_SIZE = 1000
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_CONFIG_ERROR_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "InvalidBucketName",
+    }
+)
+
+
+class S3Store(BlobStore):
+    """Objects in an S3 bucket, optionally under a global prefix."""
+
+    kind = "s3"
+
+    def __init__(self, options: S3Options) -> None:
+        self.options = options
+        self.bucket = options.bucket
+        self.prefix = options.global_prefix
+        session_args: dict[str, Any] = {}
+        if options.access_key and options.secret_key:
+            session_args = {
+                "aws_access_key_id": options.access_key,
+                "aws_secret_access_key": options.secret_key,
+            }
+        self._client = boto3.session.Session(**session_args).client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            region_name=options.region,
+            config=BotoConfig(
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+                retries={"max_attempts": BOTO_MAX_ATTEMPTS, "mode": "standard"},
+            ),
+        )
+        if options.create_bucket:
+            self._create_bucket()
+
+    def describe(self) -> str:
+        where = self.options.endpoint_url or "aws"
+        return f"s3://{self.bucket}/{self.prefix} at {where}"
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _wrap(self, exc: Exception, action: str) -> StorageError:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            msg = f"s3: {action}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip()
+            if code in _NOT_FOUND_CODES:
+                return ObjectNotFoundError(msg)
+            if code in _CONFIG_ERROR_CODES:
+                return StorageUnavailableError(msg + f" (bucket {self.bucket!r})")
+            return StorageUnavailableError(msg)
+        if isinstance(exc, botocore.exceptions.BotoCoreError):
+            return StorageUnavailableError(f"s3: {action}: {exc}")
+        return StorageUnavailableError(f"s3: {action}: {type(exc).__name__}: {exc}")
+
+    def _create_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchBucket"):
+                raise self._wrap(exc, f"head bucket {self.bucket}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._wrap(exc, f"head bucket {self.bucket}") from None
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        if self.options.region and self.options.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.options.region}
+        try:
+            self._client.create_bucket(**args)
+            log.info("created bucket %s", self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._wrap(exc, f"create bucket {self.bucket}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._wrap(exc, f"create bucket {self.bucket}") from None
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self._key(prefix),
+                PaginationConfig={"PageSize": LIST_PAGE_SIZE},
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    name = key[len(self.prefix) :]
+                    if "/" in name:
+                        continue  # a "folder" below the prefix is not ours
+                    out.append(ObjectInfo(name, int(obj.get("Size", 0))))
+        except Exception as exc:  # noqa: BLE001 - every boto failure maps to a StorageError
+            raise self._wrap(exc, f"list {prefix!r}") from None
+        out.sort(key=lambda o: o.name)
+        return out
+
+    def open(self, name: str) -> IO[bytes]:
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap(exc, f"get {name}") from None
+        body: IO[bytes] = resp["Body"]
+        return body
+
+    def fetch(self, name: str) -> IO[bytes]:
+        try:
+            return super().fetch(name)
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a read error mid-body
+            raise self._wrap(exc, f"get {name}") from None
+
+    def store(self, name: str, data: IO[bytes]) -> None:
+        try:
+            self._client.upload_fileobj(
+                data,
+                self.bucket,
+                self._key(name),
+                Config=boto3.s3.transfer.TransferConfig(use_threads=False),
+            )
+        except Exception as exc:  # noqa: BLE001
+            inner = getattr(exc, "last_exception", None) or exc
+            raise self._wrap(inner, f"put {name}") from None
+
+    def delete(self, name: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:  # noqa: BLE001
+            err = self._wrap(exc, f"delete {name}")
+            if not isinstance(err, ObjectNotFoundError):
+                raise err from None
+
+    def close(self) -> None:
+        self._client.close()

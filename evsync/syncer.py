@@ -1,0 +1,653 @@
+"""One loop per LMDB: hints in, uploads and merges out. The syncer thread is the only LMDB writer.
+
+Rules that protect data (DESIGN §5, as Lightning Stream):
+
+- at startup, list the bucket and merge the newest object of every instance, the own
+  one included, before uploading anything, so a wiped instance never overwrites its
+  own history;
+- an empty LMDB never uploads; merged remote data is not re-uploaded when nothing
+  changed locally (the merge txns right after the last synced txn count as synced);
+- a store that fails is retried with backoff and the change stays pending: a storage
+  outage makes the daemon unhealthy, never makes it exit or lose a change;
+- an object is verified completely before any of it is applied, so a corrupt object
+  leaves the LMDB exactly as it was; it is marked bad and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+import tenacity
+
+from evsync.config import Config, LmdbConfig
+from evsync.errors import (
+    CorruptObjectError,
+    LmdbError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageUnavailableError,
+)
+from evsync.health import HealthTracker
+from evsync.lmdb.dump import count_entries, dump_native
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.merge import Merger, MergeResult
+from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, verify_snapshot
+from evsync.snapshot.name import SnapshotName, db_prefix
+from evsync.storage.base import BlobStore
+from evsync.triggers.base import Batch, Hint, HintQueue
+from evsync.triggers.listing import newest_per_instance
+
+log = logging.getLogger(__name__)
+
+# Objects up to this size are built in memory; larger dumps spill to a temp file.
+DUMP_SPOOL_BYTES = 8 << 20
+# Backoff between attempts of a failing load or listing, doubling up to the retry interval.
+RETRY_BACKOFF_START = 0.1
+# The loop wakes at least this often even when nothing is queued (deadlines, stop).
+MAX_IDLE_SECONDS = 1.0
+NS = 1_000_000_000
+
+
+@dataclass
+class InstanceState:
+    """What this syncer knows about one remote (or its own) instance."""
+
+    newest_seen: SnapshotName | None = None
+    merged: SnapshotName | None = None
+    merged_at: float | None = None  # wall clock
+    lag_seconds: float | None = None  # object timestamp -> merged
+
+
+@dataclass
+class SyncStats:
+    """Counters for status output and, later, metrics."""
+
+    objects_stored: int = 0
+    objects_loaded: int = 0
+    objects_rejected: int = 0
+    store_failures: int = 0
+    load_failures: int = 0
+    list_failures: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    entries_merged: int = 0
+    entries_written: int = 0
+    last_store_name: str | None = None
+    last_store_at: float | None = None
+    startup_done: bool = False
+    rejected: list[str] = field(default_factory=list)
+
+
+class Backoff:
+    """Exponential backoff for one failing operation, reset by a success."""
+
+    def __init__(self, start: float, cap: float) -> None:
+        self.start = start
+        self.cap = max(cap, start)
+        self.delay = 0.0
+        self.not_before = 0.0
+
+    def failed(self) -> None:
+        self.delay = self.start if self.delay == 0 else min(self.delay * 2, self.cap)
+        self.not_before = time.monotonic() + self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+        self.not_before = 0.0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.not_before
+
+
+class Syncer:
+    """Keeps one LMDB and the bucket in sync; call :meth:`run` in its own thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        lmdb_cfg: LmdbConfig,
+        store: BlobStore,
+        queue: HintQueue,
+        *,
+        lenv: LmdbEnv | None = None,
+        receive_only: bool = False,
+        stop_event: threading.Event | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.cfg = lmdb_cfg
+        self.db = lmdb_cfg.name
+        self.instance = config.instance
+        self.store = store
+        self.queue = queue
+        self.lenv = lenv or LmdbEnv(lmdb_cfg)
+        self.receive_only = receive_only
+        self.stop_event = stop_event or threading.Event()
+        self.clock_ns = clock_ns
+        self.health = HealthTracker(
+            {
+                "list": config.health.storage_list,
+                "load": config.health.storage_load,
+                "store": config.health.storage_store,
+            }
+        )
+        self.stats = SyncStats()
+        self.instances: dict[str, InstanceState] = {}
+        self.bad_objects: set[str] = set()
+        self.waiting_for: set[str] = set()
+        self.last_synced_txn = 0
+        self._last_name_ts = 0
+        self._last_store_mono = time.monotonic()
+        self._relist = False
+        self._list_backoff = Backoff(RETRY_BACKOFF_START, config.storage_retry_interval)
+        self._load_backoff: dict[str, Backoff] = {}
+        self._store_backoff = Backoff(config.storage_retry_interval, config.storage_retry_interval)
+        self._logged_once: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Startup, then serve hints until stopped."""
+        self.startup(retry_forever=True)
+        step_backoff = Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
+        while not self.stop_event.is_set():
+            batch = self.queue.wait(self._idle_timeout())
+            if batch.stop or self.stop_event.is_set():
+                break
+            try:
+                self.step(batch)
+                step_backoff.succeeded()
+            except Exception as exc:  # the daemon keeps serving whatever one step hit
+                step_backoff.failed()
+                log.exception(
+                    "db %s: sync step failed (%s); retrying in %.1fs",
+                    self.db,
+                    exc,
+                    step_backoff.delay,
+                )
+                self.queue.put(Hint("retry", local=True))
+                self.stop_event.wait(step_backoff.delay)
+
+    def run_once(self) -> bool:
+        """``sync --only-once``: merge every instance's newest object, upload if needed.
+
+        Returns True when everything completed; False (with a logged reason) otherwise.
+        """
+        if not self.startup(retry_forever=False):
+            return False
+        ok = self._merge_pending(include_own=True, retry=True)
+        ok = self._maybe_upload(only_once=True) and ok
+        if self.waiting_for:
+            log.error(
+                "db %s: could not merge the newest object of: %s",
+                self.db,
+                ", ".join(sorted(self.waiting_for)),
+            )
+            ok = False
+        return ok
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current step."""
+        self.stop_event.set()
+        self.queue.stop()
+
+    def close(self) -> None:
+        """Close the LMDB."""
+        self.lenv.close()
+
+    # ------------------------------------------------------------------ startup
+
+    def startup(self, *, retry_forever: bool) -> bool:
+        """Initial listing, then merge every instance's newest object, own first."""
+        attempts = 0
+        while not self._list_and_note(startup=True):
+            attempts += 1
+            if self.stop_event.is_set():
+                return False
+            if not retry_forever and attempts >= self.config.storage_retry_count:
+                log.error("db %s: cannot list the bucket after %d attempts", self.db, attempts)
+                return False
+            self.stop_event.wait(self._list_backoff.delay)
+        self.waiting_for = {i for i, st in self.instances.items() if st.newest_seen}
+        log.info(
+            "db %s: startup listing found %d instance(s)%s",
+            self.db,
+            len(self.waiting_for),
+            (": " + ", ".join(sorted(self.waiting_for))) if self.waiting_for else "",
+        )
+        if retry_forever:
+            self._merge_pending(include_own=True, retry=False)
+            self._maybe_upload()
+        self.stats.startup_done = not self.waiting_for
+        return True
+
+    # ------------------------------------------------------------------ main loop
+
+    def step(self, batch: Batch) -> None:
+        """Handle one drained batch of hints, then whatever deadlines are due."""
+        for instance, name in batch.remote.items():
+            self._note_name(instance, name)
+        if self._relist and self._list_backoff.ready():
+            self._list_and_note(startup=False)
+        self._merge_pending(include_own=bool(self.waiting_for), retry=False)
+        if not self.waiting_for:
+            self.stats.startup_done = True
+        self._maybe_upload()
+
+    def _idle_timeout(self) -> float:
+        deadlines = [MAX_IDLE_SECONDS]
+        force = self.config.storage_force_snapshot_interval
+        if force and not self.receive_only:
+            deadlines.append(self._last_store_mono + force - time.monotonic())
+        return max(0.0, min(deadlines))
+
+    # ------------------------------------------------------------------ listing
+
+    def _list_and_note(self, *, startup: bool) -> bool:
+        try:
+            objects = self.store.list(db_prefix(self.db))
+        except StorageError as exc:
+            self.health.failure("list", str(exc))
+            self.stats.list_failures += 1
+            self._list_backoff.failed()
+            self._log_limited("list", logging.WARNING, "db %s: listing failed: %s", self.db, exc)
+            return False
+        self.health.success("list")
+        self._list_backoff.succeeded()
+        self._logged_once.discard("list")
+        self._relist = False
+        good = [o for o in objects if o.name not in self.bad_objects]
+        present = newest_per_instance(good, self.db)
+        for instance, name in present.items():
+            if instance == self.instance and not startup:
+                continue
+            self._note_name(instance, name)
+        # An instance with nothing (valid) left in the bucket is no longer waited for.
+        self.waiting_for.intersection_update(present)
+        return True
+
+    def on_listing(self, ok: bool) -> None:
+        """Callback for the lister trigger, which lists from its own thread."""
+        if ok:
+            self.health.success("list")
+        else:
+            self.health.failure("list", "listing failed")
+            self.stats.list_failures += 1
+
+    def _note_name(self, instance: str, name: SnapshotName) -> None:
+        if name.name in self.bad_objects:
+            return
+        if instance == self.instance and self.stats.startup_done:
+            return  # our own uploads; only merged at startup
+        st = self.instances.setdefault(instance, InstanceState())
+        if st.merged is not None and name.name <= st.merged.name:
+            return
+        if st.newest_seen is None or name.name > st.newest_seen.name:
+            st.newest_seen = name
+
+    # ------------------------------------------------------------------ merging
+
+    def _pending(self, include_own: bool) -> list[tuple[str, SnapshotName]]:
+        out = []
+        for instance, st in self.instances.items():
+            if st.newest_seen is None:
+                continue
+            if st.merged is not None and st.newest_seen.name <= st.merged.name:
+                continue
+            if instance == self.instance and not include_own:
+                continue
+            out.append((instance, st.newest_seen))
+        out.sort(key=lambda item: item[0] != self.instance)  # own history first
+        return out
+
+    def _merge_pending(self, *, include_own: bool, retry: bool) -> bool:
+        """Merge the newest unmerged object of each instance; True when none failed."""
+        ok = True
+        for instance, name in self._pending(include_own):
+            if self.stop_event.is_set():
+                return False
+            backoff = self._load_backoff.setdefault(
+                instance, Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
+            )
+            attempts = 0
+            while True:
+                if not retry and not backoff.ready():
+                    ok = False
+                    break
+                outcome = self._merge_object(instance, name)
+                if outcome != "retry":
+                    break
+                attempts += 1
+                if not retry or attempts >= self.config.storage_retry_count:
+                    ok = False
+                    break
+                self.stop_event.wait(backoff.delay)
+                if self.stop_event.is_set():
+                    return False
+            if self._relist:
+                self._list_and_note(startup=not self.stats.startup_done)
+                if retry:
+                    return self._merge_pending(include_own=include_own, retry=retry) and ok
+        return ok
+
+    def _merge_object(self, instance: str, name: SnapshotName) -> str:
+        """Fetch, verify and merge one object: returns ``done``, ``skipped`` or ``retry``."""
+        backoff = self._load_backoff[instance]
+        t0 = time.monotonic()
+        try:
+            data = self.store.fetch(name.name)
+        except ObjectNotFoundError:
+            log.info("db %s: %s vanished before it was fetched; listing again", self.db, name)
+            self._forget_newest(instance, name)
+            return "skipped"
+        except StorageError as exc:
+            self.health.failure("load", str(exc))
+            self.stats.load_failures += 1
+            backoff.failed()
+            self._log_limited(
+                f"load-{instance}",
+                logging.WARNING,
+                "db %s: cannot fetch %s: %s",
+                self.db,
+                name,
+                exc,
+            )
+            return "retry"
+        self.health.success("load")
+        backoff.succeeded()
+        self._logged_once.discard(f"load-{instance}")
+        with data:
+            size = _stream_size(data)
+            self.stats.bytes_down += size
+            try:
+                header = verify_snapshot(data)
+                self._check_header(header, name)
+            except CorruptObjectError as exc:
+                self._reject(instance, name, str(exc))
+                return "skipped"
+            data.seek(0)
+            try:
+                result = self._apply(SnapshotReader(data))
+            except CorruptObjectError as exc:  # only if the temp file changed under us
+                self._reject(instance, name, str(exc))
+                return "skipped"
+            except LmdbError as exc:
+                backoff.failed()
+                self._log_limited(
+                    f"merge-{instance}",
+                    logging.ERROR,
+                    "db %s: merge of %s failed: %s",
+                    self.db,
+                    name,
+                    exc,
+                )
+                return "retry"
+        self._advance_synced(result.txn_ids)
+        st = self.instances.setdefault(instance, InstanceState())
+        st.merged = name
+        st.merged_at = time.time()
+        st.lag_seconds = max(0.0, self.clock_ns() / NS - name.timestamp_ns / NS)
+        self.waiting_for.discard(instance)
+        self.stats.objects_loaded += 1
+        self.stats.entries_merged += result.entries
+        self.stats.entries_written += result.written
+        log.info(
+            "db %s: merged %s (%d entries, %d written, %d txns, %.1f ms, lag %.1f ms)",
+            self.db,
+            name,
+            result.entries,
+            result.written,
+            result.txns,
+            (time.monotonic() - t0) * 1000,
+            st.lag_seconds * 1000,
+        )
+        return "done"
+
+    def _apply(self, reader: SnapshotReader) -> MergeResult:
+        merger = Merger(
+            self.lenv,
+            deleted_cutoff_ns=self._deleted_cutoff_ns(),
+            create_flags=self._create_flags,
+        )
+        return merger.merge(reader.dbis())
+
+    def _check_header(self, header: SnapshotHeader, name: SnapshotName) -> None:
+        if (header.db, header.instance, header.timestamp_ns) != (
+            name.db,
+            name.instance,
+            name.timestamp_ns,
+        ):
+            raise CorruptObjectError(
+                f"header ({header.db}, {header.instance}, {header.timestamp_ns}) does not match "
+                "the object name"
+            )
+
+    def _reject(self, instance: str, name: SnapshotName, reason: str) -> None:
+        log.error("db %s: rejecting corrupt object %s: %s", self.db, name, reason)
+        self.bad_objects.add(name.name)
+        self.stats.objects_rejected += 1
+        self.stats.rejected.append(name.name)
+        self._forget_newest(instance, name)
+
+    def _forget_newest(self, instance: str, name: SnapshotName) -> None:
+        """Drop a name that cannot be merged, so a listing can promote an older one."""
+        st = self.instances.get(instance)
+        if st is not None and st.newest_seen == name:
+            st.newest_seen = None
+        self.queue.forget_instance(instance)
+        if instance in self.waiting_for and st is not None and st.newest_seen is None:
+            # A listing decides whether an older object of this instance exists.
+            pass
+        self._relist = True
+
+    def _advance_synced(self, txn_ids: list[int]) -> None:
+        """Merge txns that directly follow the last synced txn hold no local change."""
+        for txn_id in txn_ids:
+            if txn_id == self.last_synced_txn + 1:
+                self.last_synced_txn = txn_id
+            else:
+                break
+
+    def _deleted_cutoff_ns(self) -> int:
+        sweeper = self.config.sweeper
+        if not sweeper.enabled:
+            return 0
+        return self.clock_ns() - int((sweeper.retention - sweeper.load_cutoff) * NS)
+
+    def _create_flags(self, info: DbiInfo) -> int:
+        opt = self.cfg.dbi_options.get(info.name.decode(errors="replace"))
+        if opt is not None and opt.override_create_flags is not None:
+            return opt.override_create_flags
+        return info.flags
+
+    # ------------------------------------------------------------------ uploading
+
+    def _maybe_upload(self, *, only_once: bool = False) -> bool:
+        """Upload when the LMDB changed (or a forced snapshot is due); False on failure."""
+        if self.receive_only:
+            return True
+        if self.instance in self.waiting_for:
+            self._log_limited(
+                "wait-own",
+                logging.INFO,
+                "db %s: waiting to load own old snapshot before writing a new one",
+                self.db,
+            )
+            return not only_once
+        txn_id = self.lenv.last_txn_id()
+        force_every = self.config.storage_force_snapshot_interval
+        forced = bool(force_every) and (time.monotonic() - self._last_store_mono >= force_every)
+        if txn_id <= self.last_synced_txn and not forced:
+            return True
+        if not only_once and not self._store_backoff.ready():
+            return False
+        if count_entries(self.lenv) == 0:
+            self._log_limited(
+                "empty", logging.INFO, "db %s: LMDB is empty, waiting for data", self.db
+            )
+            return True
+        self._logged_once.discard("empty")
+        return self._upload(only_once=only_once, forced=forced and txn_id <= self.last_synced_txn)
+
+    def _next_timestamp(self) -> int:
+        ts = max(self.clock_ns(), self._last_name_ts + 1)
+        self._last_name_ts = ts
+        return ts
+
+    def _upload(self, *, only_once: bool, forced: bool) -> bool:
+        t0 = time.monotonic()
+        ts = self._next_timestamp()
+        name = SnapshotName.build(self.db, self.instance, ts)
+        with tempfile.SpooledTemporaryFile(max_size=DUMP_SPOOL_BYTES) as spool:
+            try:
+                dumped = dump_native(
+                    self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
+                )
+            except LmdbError as exc:
+                self._log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
+                self._store_backoff.failed()
+                return False
+            size = spool.tell()
+            t_dump = time.monotonic() - t0
+            try:
+                self._store_with_retry(name.name, spool)
+            except StorageError as exc:
+                self.health.failure("store", str(exc))
+                self.stats.store_failures += 1
+                self._store_backoff.failed()
+                log.error(
+                    "db %s: could not store %s: %s; the change stays pending", self.db, name, exc
+                )
+                return False
+        self.health.success("store")
+        self._store_backoff.succeeded()
+        self._logged_once.discard("store")
+        self.last_synced_txn = max(self.last_synced_txn, dumped.header.txn_id)
+        self._last_store_mono = time.monotonic()
+        self.stats.objects_stored += 1
+        self.stats.bytes_up += size
+        self.stats.last_store_name = name.name
+        self.stats.last_store_at = time.time()
+        own = self.instances.setdefault(self.instance, InstanceState())
+        own.merged = own.newest_seen = name
+        log.info(
+            "db %s: stored %s (%d entries, %d bytes, txn %d, dump %.1f ms, total %.1f ms%s)",
+            self.db,
+            name,
+            dumped.stats.entries,
+            size,
+            dumped.header.txn_id,
+            t_dump * 1000,
+            (time.monotonic() - t0) * 1000,
+            ", forced" if forced else "",
+        )
+        return True
+
+    def _store_with_retry(self, name: str, spool: IO[bytes]) -> None:
+        cfg = self.config
+        attempts: tenacity.stop.stop_base = (
+            tenacity.stop_never
+            if cfg.storage_retry_forever
+            else tenacity.stop_after_attempt(cfg.storage_retry_count)
+        )
+        stop = attempts | _StopOnEvent(self.stop_event)
+
+        def attempt() -> None:
+            spool.seek(0)
+            self.store.store(name, spool)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            self.stats.store_failures += 1
+            exc = state.outcome.exception() if state.outcome else None
+            self.health.failure("store", str(exc))
+            self._log_limited(
+                "store",
+                logging.WARNING,
+                "db %s: store of %s failed (attempt %d): %s; retrying",
+                self.db,
+                name,
+                state.attempt_number,
+                exc,
+            )
+
+        retrying = tenacity.Retrying(
+            stop=stop,
+            wait=tenacity.wait_exponential(
+                multiplier=RETRY_BACKOFF_START,
+                min=RETRY_BACKOFF_START,
+                max=cfg.storage_retry_interval,
+            ),
+            retry=tenacity.retry_if_exception_type(StorageUnavailableError),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        retrying(attempt)
+
+    def _sleep(self, seconds: float) -> None:
+        """Retry sleeps end early on shutdown."""
+        self.stop_event.wait(seconds)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _log_limited(self, key: str, level: int, msg: str, *args: object) -> None:
+        """Log a repeating condition once per streak; a success clears it elsewhere."""
+        if key in self._logged_once and level < logging.ERROR:
+            log.debug(msg, *args)
+            return
+        self._logged_once.add(key)
+        log.log(level, msg, *args)
+
+    def status(self) -> dict[str, object]:
+        """Plain data describing this db's sync state."""
+        now_ns = self.clock_ns()
+        return {
+            "db": self.db,
+            "instance": self.instance,
+            "last_txn_id": self.lenv.last_txn_id(),
+            "last_synced_txn_id": self.last_synced_txn,
+            "last_upload": self.stats.last_store_name,
+            "startup_done": self.stats.startup_done,
+            "waiting_for": sorted(self.waiting_for),
+            "instances": {
+                inst: {
+                    "newest_seen": st.newest_seen.name if st.newest_seen else None,
+                    "merged": st.merged.name if st.merged else None,
+                    "merged_age_seconds": (now_ns - st.merged.timestamp_ns) / NS
+                    if st.merged
+                    else None,
+                    "lag_seconds": st.lag_seconds,
+                }
+                for inst, st in sorted(self.instances.items())
+            },
+            "hints": {
+                "received": dict(self.queue.received),
+                "first": dict(self.queue.first),
+            },
+            "health": self.health.snapshot(),
+            "stats": {k: v for k, v in vars(self.stats).items() if k != "rejected"},
+            "rejected_objects": list(self.stats.rejected[-20:]),
+        }
+
+
+class _StopOnEvent(tenacity.stop.stop_base):
+    """Stop retrying once shutdown was requested."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self.event.is_set()
+
+
+def _stream_size(data: IO[bytes]) -> int:
+    data.seek(0, 2)
+    size = data.tell()
+    data.seek(0)
+    return size

@@ -1,0 +1,1 @@
+"""Small helpers shipped with evsync for demos and tests; not part of the sync engine."""

@@ -1,0 +1,135 @@
+"""Hints and the per-db queue every trigger feeds; the syncer drains it, coalesced.
+
+A hint says "look": the local LMDB may have changed, or an instance may have a
+newer object. Hints are never trusted as truth — the syncer re-reads the txn id
+and only acts on names newer than what it merged — so losing, duplicating or
+reordering them costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from evsync.snapshot.name import SnapshotName, try_parse
+
+SOURCE_WATCHER = "watcher"
+SOURCE_POLL = "poll"
+SOURCE_LISTING = "listing"
+SOURCE_FSWATCH = "fswatch"
+SOURCE_MQTT = "mqtt"
+SOURCE_SQS = "sqs"
+SOURCES = (SOURCE_WATCHER, SOURCE_POLL, SOURCE_LISTING, SOURCE_FSWATCH, SOURCE_MQTT, SOURCE_SQS)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """One wake-up: either a local change or the name of a (possibly) new remote object."""
+
+    source: str
+    local: bool = False
+    name: str | None = None
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Batch:
+    """What accumulated in the queue since the last drain."""
+
+    local: bool = False
+    remote: dict[str, SnapshotName] = field(default_factory=dict)
+    stop: bool = False
+
+
+class HintQueue:
+    """Coalescing queue for one db: one local flag plus the newest name per instance."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self._cond = threading.Condition()
+        self._local = False
+        self._remote: dict[str, SnapshotName] = {}
+        self._newest_seen: dict[str, SnapshotName] = {}
+        self._stop = False
+        #: every hint received, by source
+        self.received: Counter[str] = Counter()
+        #: hints that were the first to announce something new, by source
+        self.first: Counter[str] = Counter()
+        #: hints ignored (other db, foreign or unparseable names)
+        self.ignored: Counter[str] = Counter()
+
+    def put(self, hint: Hint) -> bool:
+        """Queue a hint; returns True when it told the syncer something new."""
+        with self._cond:
+            self.received[hint.source] += 1
+            if hint.local:
+                new = not self._local
+                self._local = True
+            else:
+                new = self._put_remote(hint)
+            if new:
+                self.first[hint.source] += 1
+                self._cond.notify_all()
+            return new
+
+    def _put_remote(self, hint: Hint) -> bool:
+        parsed = try_parse(hint.name or "")
+        if parsed is None or parsed.db != self.db or not parsed.is_evsync:
+            self.ignored[hint.source] += 1
+            return False
+        seen = self._newest_seen.get(parsed.instance)
+        if seen is not None and parsed.name <= seen.name:
+            return False
+        self._newest_seen[parsed.instance] = parsed
+        self._remote[parsed.instance] = parsed
+        return True
+
+    def forget_instance(self, instance: str) -> None:
+        """Let an older name of ``instance`` count as new again (after its newest went bad)."""
+        with self._cond:
+            self._newest_seen.pop(instance, None)
+
+    def wait(self, timeout: float | None) -> Batch:
+        """Block until something is queued, ``timeout`` passes or stop; then drain."""
+        with self._cond:
+            if not (self._local or self._remote or self._stop):
+                self._cond.wait(timeout)
+            batch = Batch(self._local, self._remote, self._stop)
+            self._local = False
+            self._remote = {}
+            return batch
+
+    def stop(self) -> None:
+        """Wake the syncer for shutdown."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+
+class Trigger(abc.ABC):
+    """A source of hints running in its own daemon thread."""
+
+    #: the hint source name this trigger reports under
+    source: str = "base"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @abc.abstractmethod
+    def run(self) -> None:
+        """The thread body; return when ``self._stop`` is set."""
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread = threading.Thread(target=self.run, name=f"trigger-{self.source}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait briefly for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

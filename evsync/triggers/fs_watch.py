@@ -1,0 +1,61 @@
+"""With the ``fs`` backend the bucket is a local directory, so inotify on it is a push source."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from evsync.storage.fs import is_temp_name
+from evsync.triggers.base import SOURCE_FSWATCH, Hint, HintQueue, Trigger
+
+log = logging.getLogger(__name__)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, queues: list[HintQueue]) -> None:
+        self.queues = queues
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type == "moved":
+            path = event.dest_path
+        elif event.event_type in ("created", "closed"):
+            path = event.src_path
+        else:
+            return
+        name = os.path.basename(os.fsdecode(path))
+        if is_temp_name(name):
+            return
+        for queue in self.queues:
+            if name.startswith(queue.db + "__"):
+                queue.put(Hint(SOURCE_FSWATCH, name=name))
+
+
+class FsBucketWatcher(Trigger):
+    """Hints every object that appears in the bucket directory (fs backend)."""
+
+    source = SOURCE_FSWATCH
+
+    def __init__(self, root: Path, queues: list[HintQueue]) -> None:
+        super().__init__()
+        self.root = root
+        self.queues = queues
+        self._observer: Any = None
+
+    def start(self) -> None:
+        self._observer = Observer()
+        self._observer.schedule(_Handler(self.queues), str(self.root), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def run(self) -> None:  # the observer runs its own thread
+        pass
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)

@@ -1,0 +1,73 @@
+"""The safety net: LIST the bucket periodically and hint the newest object of each instance."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from evsync.errors import StorageError
+from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
+from evsync.storage.base import BlobStore, ObjectInfo
+from evsync.triggers.base import SOURCE_LISTING, Hint, HintQueue, Trigger
+
+log = logging.getLogger(__name__)
+
+ERROR_LOG_INTERVAL = 60.0
+
+
+def newest_per_instance(objects: list[ObjectInfo], db: str) -> dict[str, SnapshotName]:
+    """The newest readable object name of each instance in a listing of one db."""
+    newest: dict[str, SnapshotName] = {}
+    for obj in objects:
+        parsed = try_parse(obj.name)
+        if parsed is None or parsed.db != db or not parsed.is_evsync:
+            continue
+        current = newest.get(parsed.instance)
+        if current is None or parsed.name > current.name:
+            newest[parsed.instance] = parsed
+    return newest
+
+
+class Lister(Trigger):
+    """Every ``interval`` seconds, LIST ``<db>__`` and hint each instance's newest object."""
+
+    source = SOURCE_LISTING
+
+    def __init__(
+        self,
+        store: BlobStore,
+        db: str,
+        queue: HintQueue,
+        interval: float,
+        on_result: Callable[[bool], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.db = db
+        self.queue = queue
+        self.interval = interval
+        self.on_result = on_result
+        self._last_error_log = 0.0
+
+    def list_once(self) -> bool:
+        """One listing; returns False when the bucket could not be listed."""
+        try:
+            objects = self.store.list(db_prefix(self.db))
+        except StorageError as exc:
+            now = time.monotonic()
+            if now - self._last_error_log > ERROR_LOG_INTERVAL:
+                log.warning("db %s: listing failed: %s", self.db, exc)
+                self._last_error_log = now
+            if self.on_result:
+                self.on_result(False)
+            return False
+        for name in newest_per_instance(objects, self.db).values():
+            self.queue.put(Hint(SOURCE_LISTING, name=name.name))
+        if self.on_result:
+            self.on_result(True)
+        return True
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.list_once()
