@@ -1,0 +1,229 @@
+"""Shared test helpers: free ports, waiting, real servers and evsync subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WRITER = REPO / "tests" / "fixtures" / "writer.py"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable; a missing tool fails under CI and skips (loudly) elsewhere."""
+    candidates = [Path(sys.executable).parent / name]
+    found = next((str(c) for c in candidates if c.exists()), None) or shutil.which(name)
+    if found:
+        return found
+    message = f"{name} not found; `make test` installs it"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class MotoServer:
+    """moto's S3 server as a subprocess on a free loopback port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.binary = require_tool("moto_server")
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MotoServer:
+        self.proc = subprocess.Popen(
+            [self.binary, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=20, what="moto server to answer")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+
+class Writer:
+    """The application: a separate process writing the LMDB through py-lmdb."""
+
+    def __init__(self, path: Path, *, writemap: bool = False) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, str(WRITER), str(path)] + (["--writemap"] if writemap else [])
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=REPO, text=True)
+
+    def call(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError("writer process died")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def put(self, key: str, value: str, *, dbi: str = "records", ts: int | None = None) -> int:
+        return int(self.call(op="put", dbi=dbi, key=key, value=value, ts=ts)["ts"])
+
+    def delete(self, key: str, *, dbi: str = "records", ts: int | None = None) -> int:
+        return int(self.call(op="delete", dbi=dbi, key=key, ts=ts)["ts"])
+
+    def get(self, key: str, *, dbi: str = "records") -> str | None:
+        """The live value, ``"<deleted>"`` for a tombstone, None when missing."""
+        reply = self.call(op="get", dbi=dbi, key=key)
+        if not reply["found"]:
+            return None
+        return "<deleted>" if reply["deleted"] else str(reply["value"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Instance:
+    """One `evsync sync` process with its own LMDB, config and log file."""
+
+    def __init__(self, name: str, root: Path, storage: dict[str, Any], **overrides: Any) -> None:
+        self.name = name
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lmdb_path = self.dir / "lmdb"
+        self.lmdb_path.mkdir(exist_ok=True)
+        self.config_path = self.dir / "evsync.yaml"
+        self.log_path = self.dir / "evsync.log"
+        config: dict[str, Any] = {
+            "instance": name,
+            "lmdbs": {"main": {"path": str(self.lmdb_path), "schema_tracks_changes": True,
+                               "options": {"create": True, "map_size": "64MB"}}},
+            "storage": storage,
+            "lmdb_poll_interval": "1s",
+            "storage_retry_interval": "200ms",
+            "storage_retry_count": 3,
+            "notify": {"listing_interval": "200ms"},
+            "log": {"level": "debug"},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._writer: Writer | None = None
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            self._writer = Writer(self.lmdb_path)
+        return self._writer
+
+    def command(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run one evsync command to completion against this instance's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "evsync", "-c", str(self.config_path), *args],
+            cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def start(self, *args: str) -> Instance:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "evsync", "-c", str(self.config_path), "sync", *args],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(lambda: b"startup listing" in self.log_path.read_bytes() or self._died(),
+                 timeout=30, what=f"{self.name} to start")
+        assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()}"
+        return self
+
+    def _died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        self.stop()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
