@@ -181,7 +181,7 @@ class Instance:
         """Run one evsync command to completion against this instance's config."""
         return subprocess.run(
             [sys.executable, "-m", "evsync", "-c", str(self.config_path), *args],
-            cwd=REPO, capture_output=True, text=True, timeout=timeout,
+            cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
         )
 
     def start(self, *args: str) -> Instance:
