@@ -21,12 +21,12 @@ run: $(STAMP)
 
 ## test: set everything up and run the whole suite, lint and type checks included
 test: $(STAMP)
-	$(BIN)/ruff check evsync tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check evsync tests benchmarks
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
