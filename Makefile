@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 INSTANCE ?= one
 
-.PHONY: run test lint typecheck check bench clean venv
+.PHONY: run test lint typecheck check bench clean venv system-deps
 
 venv: $(STAMP)
 
@@ -20,10 +20,14 @@ run: $(STAMP)
 	EVSYNC_INSTANCE=$(INSTANCE) $(BIN)/evsync -c config/quickstart.yaml sync
 
 ## test: set everything up and run the whole suite, lint and type checks included
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+## system-deps: Debian packages the tests need (mosquitto)
+system-deps:
+	./scripts/install-system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

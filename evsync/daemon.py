@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from evsync.config import Config, FsOptions
+from evsync.config import Config, FsOptions, S3Options
 from evsync.errors import ConfigError
 from evsync.storage import BlobStore, open_store
 from evsync.syncer import Syncer
@@ -15,6 +15,8 @@ from evsync.triggers.base import HintQueue, Trigger
 from evsync.triggers.fs_watch import FsBucketWatcher
 from evsync.triggers.listing import Lister
 from evsync.triggers.lmdb_watch import LmdbWatcher, TxnObserver, TxnPoller
+from evsync.triggers.mqtt import MqttSource
+from evsync.triggers.sqs import SqsSource
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Daemon:
         self.receive_only = receive_only
         self.syncers: dict[str, Syncer] = {}
         self.triggers: list[Trigger] = []
+        self.push_sources: dict[str, MqttSource | SqsSource] = {}
         self._threads: list[threading.Thread] = []
         try:
             for name in names:
@@ -74,6 +77,35 @@ class Daemon:
                 )
             )
         opts = cfg.storage.options
+        if cfg.notify.mqtt is not None:
+            mqtt = MqttSource(
+                cfg.notify.mqtt,
+                cfg.instance,
+                {name: s.queue for name, s in self.syncers.items()},
+                bucket=opts.bucket if isinstance(opts, S3Options) else None,
+                prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
+            )
+            self.triggers.append(mqtt)
+            self.push_sources["mqtt"] = mqtt
+            if cfg.notify.mqtt.publish and not self.receive_only:
+                for syncer in self.syncers.values():
+                    syncer.on_stored.append(mqtt.announce)
+        if cfg.notify.sqs is not None:
+            creds = {}
+            if isinstance(opts, S3Options) and opts.access_key and opts.secret_key:
+                creds = {
+                    "aws_access_key_id": opts.access_key,
+                    "aws_secret_access_key": opts.secret_key,
+                }
+            sqs = SqsSource(
+                cfg.notify.sqs,
+                {name: s.queue for name, s in self.syncers.items()},
+                bucket=opts.bucket if isinstance(opts, S3Options) else None,
+                prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
+                credentials=creds,
+            )
+            self.triggers.append(sqs)
+            self.push_sources["sqs"] = sqs
         if isinstance(opts, FsOptions) and opts.watch:
             queues = [s.queue for s in self.syncers.values()]
             self.triggers.append(FsBucketWatcher(Path(opts.root_path), queues))
@@ -131,4 +163,5 @@ class Daemon:
             "instance": self.config.instance,
             "storage": self.store.describe(),
             "dbs": {name: s.status() for name, s in self.syncers.items()},
+            "push_sources": {name: p.status() for name, p in self.push_sources.items()},
         }

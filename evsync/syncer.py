@@ -149,6 +149,8 @@ class Syncer:
         self._load_backoff: dict[str, Backoff] = {}
         self._store_backoff = Backoff(config.storage_retry_interval, config.storage_retry_interval)
         self._logged_once: set[str] = set()
+        #: called as (db, object name, size) after every successful store
+        self.on_stored: list[Callable[[str, str, int], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -536,6 +538,18 @@ class Syncer:
         self.stats.last_store_at = time.time()
         own = self.instances.setdefault(self.instance, InstanceState())
         own.merged = own.newest_seen = name
+        for callback in self.on_stored:
+            try:
+                callback(self.db, name.name, size)
+            except Exception as exc:  # noqa: BLE001 - an announcement must never break the sync
+                self._log_limited(
+                    "on-stored",
+                    logging.WARNING,
+                    "db %s: announcing %s failed: %s",
+                    self.db,
+                    name,
+                    exc,
+                )
         log.info(
             "db %s: stored %s (%d entries, %d bytes, txn %d, dump %.1f ms, total %.1f ms%s)",
             self.db,

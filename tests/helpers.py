@@ -91,9 +91,12 @@ class MotoServer:
             self.proc = None
 
     def client(self) -> Any:
+        return self.boto("s3")
+
+    def boto(self, service: str) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="test", aws_secret_access_key="test")
 
 
@@ -227,3 +230,72 @@ class Instance:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class Mosquitto:
+    """A Mosquitto broker on a free loopback port, with persistence in a temp dir."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.binary = _find_mosquitto()
+        self.port = port or free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            "log_dest stdout",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it drops to 'mosquitto' and cannot write the dir
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        log = (self.dir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(self._listening, timeout=10, what="mosquitto to listen")
+        return self
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish one QoS 1 message and wait for the broker's ack."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", self.port)
+        client.loop_start()
+        try:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+def _find_mosquitto() -> str:
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if Path(candidate).exists():
+            return candidate
+    return require_tool("mosquitto")

@@ -155,7 +155,7 @@ def _msgpack_objects(source: IO[bytes]) -> Iterator[Any]:
         max_array_len=1 << 16,
         max_map_len=1 << 10,
     )
-    fed = 0
+    fed = consumed = 0
     while True:
         chunk = source.read(READ_CHUNK)
         if not chunk:
@@ -170,14 +170,20 @@ def _msgpack_objects(source: IO[bytes]) -> Iterator[Any]:
             raise CorruptObjectError("data after the end of the zstd frame")
         if data:
             fed += len(data)
-            try:
-                unpacker.feed(data)
-                yield from unpacker
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-                raise CorruptObjectError(f"msgpack: {exc}") from None
+            unpacker.feed(data)
+            while True:
+                try:
+                    obj = unpacker.unpack()
+                except msgpack.OutOfData:
+                    break
+                except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+                        msgpack.StackError) as exc:
+                    raise CorruptObjectError(f"msgpack: {exc}") from None
+                consumed = unpacker.tell()
+                yield obj
     if not dctx.eof:
         raise CorruptObjectError("truncated: the zstd frame does not end")
-    if unpacker.tell() != fed:
+    if consumed != fed:
         raise CorruptObjectError("truncated: the msgpack stream ends inside an object")
 
 

@@ -41,7 +41,10 @@ def parse_timestamp(text: str) -> int:
         st = time.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S")
     except ValueError:
         raise InvalidNameError(f"bad timestamp {text!r}") from None
-    return calendar.timegm(st) * _NS + int(match.group(3))
+    result = calendar.timegm(st) * _NS + int(match.group(3))
+    if format_timestamp(result) != text:  # e.g. second 60, which strptime accepts
+        raise InvalidNameError(f"bad timestamp {text!r}")
+    return result
 
 
 @dataclass(frozen=True, order=True)

@@ -83,6 +83,10 @@ class FsStore(BlobStore):
                 tmp.unlink()
             what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
             raise StorageUnavailableError(f"fs store: cannot store {name}: {what}") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def delete(self, name: str) -> None:
         try:

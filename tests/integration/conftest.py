@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Instance, MotoServer
+from tests.helpers import Instance, Mosquitto, MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +60,19 @@ def instances(tmp_path: Path) -> Iterator[Callable[..., Instance]]:
     finally:
         for inst in made:
             inst.close()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh broker for one test."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic unique to the test."""
+    return f"evsync-test-{uuid.uuid4().hex[:8]}"

@@ -20,8 +20,12 @@ from evsync.triggers.base import Batch, HintQueue
 
 
 def make_config(instance: str, path: Path) -> tuple[Config, LmdbConfig]:
-    lcfg = LmdbConfig(name="main", path=str(path), schema_tracks_changes=True,
-                      options=LmdbOptions(create=True, map_size=1 << 24))
+    lcfg = LmdbConfig(
+        name="main",
+        path=str(path),
+        schema_tracks_changes=True,
+        options=LmdbOptions(create=True, map_size=1 << 24),
+    )
     cfg = Config(
         instance=instance,
         lmdbs={"main": lcfg},
@@ -57,7 +61,7 @@ def read(syncer: Syncer, key: bytes) -> tuple[bytes, int, bool] | None:
     if raw is None:
         return None
     h = parse_header(raw)
-    return bytes(raw[h.offset:]), h.timestamp, h.deleted
+    return bytes(raw[h.offset :]), h.timestamp, h.deleted
 
 
 def objects(store: MemoryStore, instance: str) -> list[str]:
@@ -78,8 +82,9 @@ class TestUploadRules:
         assert a.run_once()
         assert objects(store, "a") == []
 
-    def test_local_data_uploads_when_bucket_is_empty(self, tmp_path: Path,
-                                                     store: MemoryStore) -> None:
+    def test_local_data_uploads_when_bucket_is_empty(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
         """An LMDB with data and an empty bucket uploads at once."""
         a = make_syncer("a", tmp_path, store)
         app_put(a, b"k", b"v", 1000)
@@ -97,8 +102,7 @@ class TestUploadRules:
         b.step(Batch())
         assert objects(store, "b") == []
 
-    def test_local_change_after_merge_is_uploaded(self, tmp_path: Path,
-                                                  store: MemoryStore) -> None:
+    def test_local_change_after_merge_is_uploaded(self, tmp_path: Path, store: MemoryStore) -> None:
         """A local write after a merge makes the next step upload."""
         a = make_syncer("a", tmp_path, store)
         app_put(a, b"k", b"v", 1000)
@@ -109,8 +113,9 @@ class TestUploadRules:
         b.step(Batch(local=True))
         assert len(objects(store, "b")) == 1
 
-    def test_waits_for_own_history_before_uploading(self, tmp_path: Path,
-                                                    store: MemoryStore) -> None:
+    def test_waits_for_own_history_before_uploading(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
         """A restarted instance whose own object cannot be loaded yet does not upload."""
         a = make_syncer("a", tmp_path, store)
         app_put(a, b"k", b"old", 1000)
@@ -135,8 +140,7 @@ class TestUploadRules:
 class TestStorageFailures:
     """Storage failures make the syncer retry; no change is lost."""
 
-    def test_store_failure_keeps_change_pending(self, tmp_path: Path,
-                                                store: MemoryStore) -> None:
+    def test_store_failure_keeps_change_pending(self, tmp_path: Path, store: MemoryStore) -> None:
         """A failed store is reported, and the next attempt after recovery uploads it."""
         a = make_syncer("a", tmp_path, store)
         a.run_once()
@@ -182,8 +186,7 @@ class TestRemoteObjects:
         b.step(Batch(remote={"a": SnapshotName.parse(old)}))
         assert store.calls["open"] == before
 
-    def test_corrupt_object_leaves_lmdb_unchanged(self, tmp_path: Path,
-                                                  store: MemoryStore) -> None:
+    def test_corrupt_object_leaves_lmdb_unchanged(self, tmp_path: Path, store: MemoryStore) -> None:
         """A truncated object is rejected and nothing of it is applied."""
         header = SnapshotHeader("main", "x", "h", 5_000, 1, (DbiInfo(b"records", 0, "", 2),))
         buf = io.BytesIO()

@@ -1,0 +1,216 @@
+"""MQTT push source: S3 events, MinIO events and peer announcements arrive as hints.
+
+One paho-mqtt client per process, with a stable client id derived from the
+instance name and a persistent session (MQTT 3.1.1 clean_session=False, or MQTT 5
+session expiry), so the broker queues events while evsync is down. paho reconnects
+with backoff by itself; while the broker is away the listing keeps the sync going.
+With ``publish: true`` the same client announces every stored object, retained, on
+``<topic>/<db>/<instance>``, so any S3 works without bucket notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from evsync.config import MqttConfig
+from evsync.triggers.base import SOURCE_MQTT, Hint, HintQueue, Trigger
+from evsync.triggers.s3events import (
+    MalformedEventError,
+    announcement,
+    object_names,
+    parse_message,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+KEEPALIVE_SECONDS = 30
+RECONNECT_MIN_SECONDS = 1
+RECONNECT_MAX_SECONDS = 30
+SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
+MALFORMED_LOG_INTERVAL = 60.0
+
+
+def client_id_for(instance: str) -> str:
+    """A stable client id, so the broker finds the persistent session again."""
+    return f"evsync-{instance}"
+
+
+def subscription_for(topic: str) -> str:
+    """``t/#`` matches ``t`` itself and the announcements under it (MQTT 3.1.1 §4.7.1.2)."""
+    if topic.endswith("#") or topic.endswith("+"):
+        return topic
+    return topic.rstrip("/") + "/#"
+
+
+class MqttSource(Trigger):
+    """Subscribes to the configured topics and turns object-created messages into hints."""
+
+    source = SOURCE_MQTT
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        instance: str,
+        queues: Mapping[str, HintQueue],
+        *,
+        bucket: str | None,
+        prefix: str = "",
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.instance = instance
+        self.queues = dict(queues)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.connected = threading.Event()
+        self.malformed = 0
+        self.messages = 0
+        self.failing_since: float | None = time.monotonic()
+        self.last_error = "not connected yet"
+        self._last_malformed_log = 0.0
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ client set-up
+
+    def _make_client(self) -> Any:
+        cfg = self.cfg
+        v5 = cfg.protocol == 5
+        kwargs: dict[str, Any] = {
+            "callback_api_version": CallbackAPIVersion.VERSION2,
+            "client_id": client_id_for(self.instance),
+            "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        }
+        if not v5:
+            kwargs["clean_session"] = False
+        client = mqtt.Client(**kwargs)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password)
+        url = urlparse(cfg.url)
+        if url.scheme == "mqtts":
+            client.tls_set(
+                ca_certs=cfg.tls.ca_file,
+                certfile=cfg.tls.cert_file,
+                keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
+            )
+            if cfg.tls.insecure:
+                client.tls_insecure_set(True)
+        client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _address(self) -> tuple[str, int]:
+        url = urlparse(self.cfg.url)
+        default = DEFAULT_TLS_PORT if url.scheme == "mqtts" else DEFAULT_PORT
+        return url.hostname or "localhost", url.port or default
+
+    def start(self) -> None:
+        host, port = self._address()
+        connect_kwargs: dict[str, Any] = {"keepalive": KEEPALIVE_SECONDS}
+        if self.cfg.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            connect_kwargs.update(clean_start=False, properties=props)
+        try:
+            self._client.connect_async(host, port, **connect_kwargs)
+        except (OSError, ValueError) as exc:
+            self._fail(f"cannot connect to {host}:{port}: {exc}")
+        self._client.loop_start()
+        log.info("mqtt: connecting to %s:%d as %s", host, port, client_id_for(self.instance))
+
+    def run(self) -> None:  # paho runs its own network thread
+        pass
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _on_connect(
+        self, client: Any, _userdata: Any, flags: Any, reason_code: Any, _properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            self._fail(f"broker refused the connection: {reason_code}")
+            return
+        subs = [(subscription_for(t), self.cfg.qos) for t in self.cfg.topics]
+        client.subscribe(subs)
+        self.connected.set()
+        self.failing_since = None
+        self.last_error = ""
+        log.info(
+            "mqtt: connected (session present: %s), subscribed to %s",
+            getattr(flags, "session_present", None),
+            ", ".join(s for s, _ in subs),
+        )
+
+    def _on_disconnect(
+        self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any
+    ) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            self._fail(f"disconnected: {reason_code}; reconnecting")
+
+    def _fail(self, error: str) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            log.warning("mqtt: %s", error)
+        self.last_error = error
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        self.messages += 1
+        try:
+            events = parse_message(msg.payload)
+        except MalformedEventError as exc:
+            self._malformed(msg.topic, str(exc))
+            return
+        for name in object_names(events, self.bucket, self.prefix):
+            for db, queue in self.queues.items():
+                if name.startswith(db + "__"):
+                    queue.put(Hint(SOURCE_MQTT, name=name))
+
+    def _malformed(self, topic: str, reason: str) -> None:
+        self.malformed += 1
+        now = time.monotonic()
+        if now - self._last_malformed_log >= MALFORMED_LOG_INTERVAL:
+            self._last_malformed_log = now
+            log.warning(
+                "mqtt: ignoring malformed message on %s: %s (%d so far)",
+                topic,
+                reason,
+                self.malformed,
+            )
+
+    # ------------------------------------------------------------------ announcements
+
+    def announce(self, db: str, name: str, size: int) -> None:
+        """Publish a retained S3-event-shaped message for a stored object."""
+        topic = f"{self.cfg.topics[0].rstrip('/#+').rstrip('/')}/{db}/{self.instance}"
+        payload = announcement(
+            self.bucket or "", self.prefix + name, size, db=db, instance=self.instance
+        )
+        self._client.publish(topic, payload, qos=self.cfg.qos, retain=True)
+
+    def status(self) -> dict[str, object]:
+        """Connection state and counters."""
+        return {
+            "connected": self.connected.is_set(),
+            "messages": self.messages,
+            "malformed": self.malformed,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,132 @@
+"""Parse every shape of "an object was created" message into object names.
+
+Shapes accepted (see shared/reference/notifications.md):
+
+- AWS S3 event JSON: ``{"Records": [{"eventName": "ObjectCreated:Put", "s3": {...}}]}``;
+- MinIO's ``notify_mqtt`` message: ``{"EventName": ..., "Key": "bucket/key", "Records": [...]}``;
+- an SNS envelope whose ``Message`` is a JSON string holding one of the above;
+- evsync's own announcement, which is S3-event-shaped (``eventSource: "evsync"``).
+
+``s3:TestEvent`` messages, removals, other buckets and keys outside the global prefix
+are ignored, not errors. Keys are URL-decoded (``unquote_plus``) as S3 sends them.
+Anything else raises :class:`MalformedEventError` with a short reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_plus, unquote_plus
+
+from evsync.errors import EvsyncError
+
+MAX_MESSAGE_BYTES = 256 * 1024  # S3 events are at most 64 KB; SNS adds an envelope
+MAX_RECORDS = 1000
+ANNOUNCEMENT_SOURCE = "evsync"
+
+
+class MalformedEventError(EvsyncError):
+    """A notification that is not any shape evsync understands."""
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """One object-created record."""
+
+    bucket: str
+    key: str
+    event_name: str
+    source: str = ""
+
+
+def parse_message(payload: bytes | str) -> list[ObjectEvent]:
+    """All object-created records of one message (empty for test events and removals)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise MalformedEventError(f"message too large ({len(payload)} bytes)")
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedEventError(f"not JSON: {str(exc)[:80]}") from None
+    return _parse(data, depth=0)
+
+
+def _parse(data: Any, depth: int) -> list[ObjectEvent]:
+    if not isinstance(data, dict):
+        raise MalformedEventError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("Event") == "s3:TestEvent" or data.get("Type") == "SubscriptionConfirmation":
+        return []
+    if data.get("Type") == "Notification" and "Message" in data:
+        if depth > 0:
+            raise MalformedEventError("nested SNS envelopes")
+        message = data["Message"]
+        if not isinstance(message, str):
+            raise MalformedEventError("SNS Message is not a string")
+        try:
+            inner = json.loads(message)
+        except (ValueError, RecursionError):
+            raise MalformedEventError("SNS Message is not JSON") from None
+        return _parse(inner, depth + 1)
+    records = data.get("Records")
+    if not isinstance(records, list):
+        raise MalformedEventError("no Records list")
+    if len(records) > MAX_RECORDS:
+        raise MalformedEventError(f"too many records ({len(records)})")
+    events = []
+    for record in records:
+        event = _parse_record(record)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _parse_record(record: Any) -> ObjectEvent | None:
+    if not isinstance(record, dict):
+        raise MalformedEventError("a record is not an object")
+    name = record.get("eventName")
+    if not isinstance(name, str):
+        raise MalformedEventError("record without eventName")
+    if "ObjectCreated" not in name:
+        return None  # removals and other events carry nothing to fetch
+    s3 = record.get("s3")
+    if not isinstance(s3, dict):
+        raise MalformedEventError("record without s3")
+    bucket = s3.get("bucket")
+    obj = s3.get("object")
+    if not (isinstance(bucket, dict) and isinstance(obj, dict)):
+        raise MalformedEventError("record without s3.bucket or s3.object")
+    bucket_name, key = bucket.get("name"), obj.get("key")
+    if not (isinstance(bucket_name, str) and isinstance(key, str)):
+        raise MalformedEventError("s3.bucket.name or s3.object.key is not a string")
+    source = record.get("eventSource")
+    return ObjectEvent(
+        bucket_name, unquote_plus(key), name, source if isinstance(source, str) else ""
+    )
+
+
+def object_names(events: list[ObjectEvent], bucket: str | None, prefix: str) -> list[str]:
+    """Names (prefix stripped) of events for ``bucket`` under ``prefix``; others dropped."""
+    names = []
+    for event in events:
+        if bucket is not None and event.bucket != bucket:
+            continue
+        if not event.key.startswith(prefix):
+            continue
+        name = event.key[len(prefix) :]
+        if name and "/" not in name:
+            names.append(name)
+    return names
+
+
+def announcement(bucket: str, key: str, size: int, *, db: str, instance: str) -> bytes:
+    """evsync's S3-event-shaped message announcing a newly stored object."""
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": ANNOUNCEMENT_SOURCE,
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {"key": quote_plus(key, safe="/"), "size": size},
+        },
+    }
+    return json.dumps({"Records": [record], "evsync": {"db": db, "instance": instance}}).encode()

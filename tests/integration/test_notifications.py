@@ -1,0 +1,124 @@
+"""Push sources: MQTT announcements and S3 events over SQS wake the syncer at once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.helpers import Instance, Mosquitto, MotoServer, wait_for
+
+pytestmark = pytest.mark.integration
+
+Make = Callable[..., Instance]
+# Long enough that only a push source can explain a fast update.
+SLOW_LISTING = "60s"
+PUSH_DEADLINE = 5.0
+
+
+def mqtt_notify(broker: Mosquitto, topic: str, **extra: Any) -> dict[str, Any]:
+    return {"listing_interval": SLOW_LISTING,
+            "mqtt": {"url": broker.url, "topic": topic, "publish": True, **extra}}
+
+
+class TestMqttAnnouncements:
+    """Instances announce stored objects on MQTT; peers fetch them without listing."""
+
+    def test_put_travels_by_announcement(self, instances: Make, s3_storage: dict[str, Any],
+                                         mosquitto: Mosquitto, topic: str) -> None:
+        """With a 60 s listing, a put on A reaches B within seconds via MQTT."""
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        wait_for(lambda: "mqtt: connected" in a.log() and "mqtt: connected" in b.log(),
+                 what="both to connect")
+        for i in range(3):
+            a.writer.put("www", f"v{i}")
+            wait_for(lambda i=i: b.writer.get("www") == f"v{i}", timeout=PUSH_DEADLINE,
+                     what=f"b to read v{i}")
+        b.writer.put("back", "1")
+        wait_for(lambda: a.writer.get("back") == "1", timeout=PUSH_DEADLINE, what="a to read")
+
+    def test_mqtt5_session(self, instances: Make, s3_storage: dict[str, Any],
+                           mosquitto: Mosquitto, topic: str) -> None:
+        """The MQTT 5 protocol option works the same way."""
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic, protocol=5)).start()
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic, protocol=5)).start()
+        wait_for(lambda: "mqtt: connected" in b.log(), what="b to connect")
+        a.writer.put("k", "v")
+        wait_for(lambda: b.writer.get("k") == "v", timeout=PUSH_DEADLINE, what="b to read")
+
+    def test_malformed_messages_are_ignored(self, instances: Make, s3_storage: dict[str, Any],
+                                            mosquitto: Mosquitto, topic: str) -> None:
+        """Garbage on the topic is logged and ignored; sync goes on."""
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        wait_for(lambda: "mqtt: connected" in b.log(), what="b to connect")
+        for payload in (b"not json", b"[1,2]", b'{"Records": "x"}', b"{" * 5000,
+                        json.dumps({"Records": [{"eventName": 5}]}).encode()):
+            mosquitto.publish(topic, payload)
+        wait_for(lambda: "ignoring malformed message" in b.log(), what="malformed log")
+        a.writer.put("k", "still works")
+        wait_for(lambda: b.writer.get("k") == "still works", timeout=PUSH_DEADLINE,
+                 what="b to read")
+        assert b.proc is not None and b.proc.poll() is None
+
+    def test_broker_down_falls_back_to_listing(self, instances: Make,
+                                               s3_storage: dict[str, Any],
+                                               mosquitto: Mosquitto, topic: str) -> None:
+        """Without the broker, the listing still carries changes (at its interval)."""
+        notify = mqtt_notify(mosquitto, topic)
+        notify["listing_interval"] = "500ms"
+        a = instances("a", s3_storage, notify=notify).start()
+        b = instances("b", s3_storage, notify=notify).start()
+        wait_for(lambda: "mqtt: connected" in b.log(), what="b to connect")
+        mosquitto.stop()
+        a.writer.put("k", "via listing")
+        wait_for(lambda: b.writer.get("k") == "via listing", timeout=10, what="b to read")
+        assert a.proc is not None and a.proc.poll() is None
+        mosquitto.start()
+        wait_for(lambda: b.log().count("mqtt: connected") >= 2, timeout=60,
+                 what="b to reconnect")
+
+    def test_events_queued_while_down_arrive_on_reconnect(
+        self, instances: Make, s3_storage: dict[str, Any], mosquitto: Mosquitto, topic: str
+    ) -> None:
+        """The persistent session delivers announcements published while B was stopped."""
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        wait_for(lambda: "mqtt: connected" in b.log(), what="b to connect")
+        b.stop()
+        a.writer.put("k", "while b was down")
+        time.sleep(0.5)
+        b.start()
+        wait_for(lambda: b.writer.get("k") == "while b was down", timeout=PUSH_DEADLINE,
+                 what="b to catch up")
+
+
+class TestSqs:
+    """S3 -> SQS bucket notifications wake the syncer (moto delivers them over HTTP)."""
+
+    def test_put_travels_by_s3_event(self, instances: Make, s3_storage: dict[str, Any],
+                                     moto: MotoServer, bucket: str) -> None:
+        """With a 60 s listing, B learns of A's object through its SQS queue."""
+        sqs = moto.boto("sqs")
+        queue_url = sqs.create_queue(QueueName=f"{bucket}-b")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        moto.client().put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={"QueueConfigurations": [
+                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+        )
+        a = instances("a", s3_storage, notify={"listing_interval": SLOW_LISTING})
+        a.start()
+        b = instances("b", s3_storage, notify={
+            "listing_interval": SLOW_LISTING,
+            "sqs": {"queue_url": queue_url, "endpoint_url": moto.endpoint,
+                    "region": "us-east-1"}})
+        b.start()
+        a.writer.put("k", "via sqs")
+        wait_for(lambda: b.writer.get("k") == "via sqs", timeout=PUSH_DEADLINE,
+                 what="b to read")

@@ -1,0 +1,256 @@
+"""The hint queue (coalescing, counters, wake-ups) and the listing's newest-per-instance pick."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from evsync.snapshot.name import SnapshotName
+from evsync.storage.base import ObjectInfo
+from evsync.storage.memory import MemoryStore
+from evsync.triggers.base import Batch, Hint, HintQueue
+from evsync.triggers.listing import Lister, newest_per_instance
+
+T = 1_700_000_000_000_000_000
+
+
+def name(instance: str, ts: int, db: str = "main", ext: str = "evs.zst") -> str:
+    """An object name."""
+    return SnapshotName.build(db, instance, ts, ext=ext).name
+
+
+class TestLocalHints:
+    """Local-change hints coalesce into one flag."""
+
+    def test_many_local_hints_one_batch(self) -> None:
+        """Many local hints give one batch with local=True and nothing remote."""
+        q = HintQueue("main")
+        results = [q.put(Hint("watcher", local=True)) for _ in range(50)]
+        batch = q.wait(0)
+        assert batch.local
+        assert batch.remote == {}
+        assert not batch.stop
+        assert results == [True] + [False] * 49
+
+    def test_drain_resets_local(self) -> None:
+        """After a drain, the next batch is empty until a new hint arrives."""
+        q = HintQueue("main")
+        q.put(Hint("watcher", local=True))
+        assert q.wait(0).local
+        assert not q.wait(0).local
+        assert q.put(Hint("poll", local=True))
+        assert q.wait(0).local
+
+
+class TestRemoteHints:
+    """Remote hints keep the newest name per instance."""
+
+    def test_newest_per_instance(self) -> None:
+        """Of several names per instance, only the newest is in the batch."""
+        q = HintQueue("main")
+        for ts in (T + 5, T + 1, T + 9, T + 3):
+            q.put(Hint("mqtt", name=name("a", ts)))
+        q.put(Hint("mqtt", name=name("b", T + 2)))
+        q.put(Hint("sqs", name=name("b", T + 1)))
+        batch = q.wait(0)
+        assert set(batch.remote) == {"a", "b"}
+        assert batch.remote["a"].timestamp_ns == T + 9
+        assert batch.remote["b"].timestamp_ns == T + 2
+        assert not batch.local
+
+    def test_older_after_newer_not_first(self) -> None:
+        """An older name after a newer one returns False and does not count as first."""
+        q = HintQueue("main")
+        assert q.put(Hint("mqtt", name=name("a", T + 10)))
+        assert not q.put(Hint("listing", name=name("a", T + 5)))
+        assert not q.put(Hint("sqs", name=name("a", T + 10)))
+        assert q.first["mqtt"] == 1
+        assert q.first["listing"] == 0
+        assert q.first["sqs"] == 0
+        assert q.wait(0).remote["a"].timestamp_ns == T + 10
+
+    def test_old_name_after_drain_not_requeued(self) -> None:
+        """A name no newer than one already seen is not queued again after a drain."""
+        q = HintQueue("main")
+        q.put(Hint("mqtt", name=name("a", T + 10)))
+        q.wait(0)
+        assert not q.put(Hint("listing", name=name("a", T + 10)))
+        assert not q.put(Hint("listing", name=name("a", T + 1)))
+        assert q.wait(0).remote == {}
+        assert q.put(Hint("listing", name=name("a", T + 11)))
+
+    def test_forget_instance(self) -> None:
+        """After forget_instance, an older name of that instance counts as new again."""
+        q = HintQueue("main")
+        q.put(Hint("mqtt", name=name("a", T + 10)))
+        q.wait(0)
+        q.forget_instance("a")
+        assert q.put(Hint("listing", name=name("a", T + 5)))
+        assert q.wait(0).remote["a"].timestamp_ns == T + 5
+
+    def test_local_and_remote_in_one_batch(self) -> None:
+        """Local and remote hints queued together come out in one batch."""
+        q = HintQueue("main")
+        q.put(Hint("watcher", local=True))
+        q.put(Hint("mqtt", name=name("a", T)))
+        batch = q.wait(0)
+        assert batch.local
+        assert list(batch.remote) == ["a"]
+
+
+class TestIgnored:
+    """Hints that are not for this db's evsync objects are ignored and counted."""
+
+    def test_ignored_hints(self) -> None:
+        """Other dbs, .pb.gz objects, unparseable and missing names are ignored."""
+        q = HintQueue("main")
+        bad = [
+            name("a", T, db="other"),
+            name("a", T, ext="pb.gz"),
+            "not-a-snapshot.txt",
+            "main__a__garbage__GX.evs.zst",
+            "",
+        ]
+        for n in bad:
+            assert not q.put(Hint("mqtt", name=n))
+        assert not q.put(Hint("sqs"))
+        assert q.ignored["mqtt"] == len(bad)
+        assert q.ignored["sqs"] == 1
+        assert sum(q.first.values()) == 0
+        assert q.wait(0) == Batch()
+
+    def test_ignored_do_not_block_real_hints(self) -> None:
+        """A good name after ignored ones is queued normally."""
+        q = HintQueue("main")
+        q.put(Hint("mqtt", name=name("a", T + 100, db="other")))
+        assert q.put(Hint("mqtt", name=name("a", T)))
+        assert q.ignored["mqtt"] == 1
+        assert q.wait(0).remote["a"].timestamp_ns == T
+
+
+class TestCounters:
+    """received and first are counted per source."""
+
+    def test_received_and_first_per_source(self) -> None:
+        """Every hint counts in received; only news counts in first."""
+        q = HintQueue("main")
+        q.put(Hint("watcher", local=True))
+        q.put(Hint("poll", local=True))
+        q.put(Hint("mqtt", name=name("a", T + 1)))
+        q.put(Hint("listing", name=name("a", T + 1)))
+        q.put(Hint("listing", name=name("b", T + 1)))
+        q.put(Hint("mqtt", name="junk"))
+        assert dict(q.received) == {"watcher": 1, "poll": 1, "mqtt": 2, "listing": 2}
+        assert dict(q.first) == {"watcher": 1, "mqtt": 1, "listing": 1}
+        assert dict(q.ignored) == {"mqtt": 1}
+
+
+class TestWaiting:
+    """wait() blocks until a hint, a timeout or stop."""
+
+    def test_timeout_gives_empty_batch(self) -> None:
+        """wait(timeout) with nothing queued returns an empty batch after about the timeout."""
+        q = HintQueue("main")
+        start = time.monotonic()
+        batch = q.wait(0.05)
+        elapsed = time.monotonic() - start
+        assert batch == Batch()
+        assert elapsed >= 0.04
+
+    def test_queued_hint_returns_at_once(self) -> None:
+        """wait() returns immediately when something is already queued."""
+        q = HintQueue("main")
+        q.put(Hint("watcher", local=True))
+        start = time.monotonic()
+        assert q.wait(10).local
+        assert time.monotonic() - start < 1
+
+    def test_hint_wakes_waiter(self) -> None:
+        """A hint put from another thread wakes a waiter long before its timeout."""
+        q = HintQueue("main")
+        result: list[Batch] = []
+        waiter = threading.Thread(target=lambda: result.append(q.wait(10)))
+        waiter.start()
+        time.sleep(0.02)
+        q.put(Hint("mqtt", name=name("a", T)))
+        waiter.join(2)
+        assert not waiter.is_alive()
+        assert list(result[0].remote) == ["a"]
+
+    def test_stop_wakes_waiter(self) -> None:
+        """stop() wakes a waiter, whose batch has stop=True."""
+        q = HintQueue("main")
+        result: list[Batch] = []
+        waiter = threading.Thread(target=lambda: result.append(q.wait(10)))
+        waiter.start()
+        time.sleep(0.02)
+        start = time.monotonic()
+        q.stop()
+        waiter.join(2)
+        assert not waiter.is_alive()
+        assert time.monotonic() - start < 2
+        assert result[0].stop
+
+    def test_stop_is_sticky(self) -> None:
+        """After stop(), every later wait returns at once with stop=True."""
+        q = HintQueue("main")
+        q.stop()
+        assert q.wait(10).stop
+        start = time.monotonic()
+        assert q.wait(10).stop
+        assert time.monotonic() - start < 1
+
+
+class TestNewestPerInstance:
+    """The listing picks each instance's newest evsync object of the db."""
+
+    def test_newest_per_instance(self) -> None:
+        """Each instance maps to its newest evs.zst object; foreign objects are skipped."""
+        names = [
+            name("a", T + 1),
+            name("a", T + 3),
+            name("a", T + 2),
+            name("b", T + 1),
+            name("b", T + 9, ext="pb.gz"),
+            name("c", T + 9, db="other"),
+            "main__junk",
+            ".main__a__tmp",
+        ]
+        objects = [ObjectInfo(n, 1) for n in names]
+        newest = newest_per_instance(objects, "main")
+        assert {i: n.timestamp_ns for i, n in newest.items()} == {"a": T + 3, "b": T + 1}
+
+    def test_newest_across_seconds(self) -> None:
+        """Newest is by time even when nanoseconds of the older name are larger."""
+        objects = [
+            ObjectInfo(name("a", T + 999_999_999), 1),
+            ObjectInfo(name("a", T + 1_000_000_000), 1),
+        ]
+        assert newest_per_instance(objects, "main")["a"].timestamp_ns == T + 1_000_000_000
+
+    def test_empty_listing(self) -> None:
+        """No objects give no instances."""
+        assert newest_per_instance([], "main") == {}
+
+    def test_lister_hints_newest(self) -> None:
+        """One listing puts one hint per instance, for its newest object."""
+        store = MemoryStore()
+        for n in (name("a", T + 1), name("a", T + 2), name("b", T + 1), name("x", T, db="z")):
+            store.put_bytes(n, b"")
+        q = HintQueue("main")
+        lister = Lister(store, "main", q, interval=60)
+        assert lister.list_once()
+        assert q.received["listing"] == 2
+        batch = q.wait(0)
+        assert {i: n.timestamp_ns for i, n in batch.remote.items()} == {"a": T + 2, "b": T + 1}
+
+    def test_lister_reports_failure(self) -> None:
+        """A failing listing returns False, reports it, and queues nothing."""
+        store = MemoryStore()
+        store.fail = True
+        results: list[bool] = []
+        q = HintQueue("main")
+        lister = Lister(store, "main", q, interval=60, on_result=results.append)
+        assert not lister.list_once()
+        assert results == [False]
+        assert q.wait(0) == Batch()

@@ -1,0 +1,478 @@
+"""The last-writer-wins merge of DESIGN §3, pure (merge_entry) and on a real LMDB (Merger)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from evsync.errors import HeaderError, LmdbError
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.merge import Merger, merge_entry
+from evsync.snapshot.codec import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
+
+T = 1_700_000_000_000_000_000
+DELETED = 0x01
+EnvFactory = Callable[..., LmdbEnv]
+TXN = 777
+
+
+def value(ts: int, txn: int, flags: int = 0, app: bytes = b"", blocks: int = 0) -> bytes:
+    """A native LMDB value built byte by byte from DESIGN §2."""
+    return (
+        ts.to_bytes(8, "big")
+        + txn.to_bytes(8, "big")
+        + bytes([0, flags])
+        + b"\0\0\0\0"
+        + blocks.to_bytes(2, "big")
+        + b"\xee" * (8 * blocks)
+        + app
+    )
+
+
+def fields(raw: bytes) -> tuple[int, int, int, bytes]:
+    """(ts, txn, flags, app value) of a stored value without extension blocks."""
+    assert raw[16] == 0 and raw[22:24] == b"\0\0"
+    return (
+        int.from_bytes(raw[0:8], "big"),
+        int.from_bytes(raw[8:16], "big"),
+        raw[17],
+        raw[24:],
+    )
+
+
+# ------------------------------------------------------------------ LMDB helpers
+
+
+def put_raw(lenv: LmdbEnv, dbi: bytes, items: dict[bytes, bytes]) -> None:
+    """Write raw values into a DBI, bypassing evsync."""
+    handle = lenv.env.open_db(dbi, create=True)
+    with lenv.env.begin(write=True) as txn:
+        for k, v in items.items():
+            txn.put(k, v, db=handle)
+
+
+def dump_raw(lenv: LmdbEnv) -> dict[bytes, dict[bytes, bytes]]:
+    """Every named DBI with its raw key/value pairs."""
+    out: dict[bytes, dict[bytes, bytes]] = {}
+    with lenv.env.begin() as txn:
+        names = [bytes(k) for k, _v in txn.cursor()]
+    for name in names:
+        handle = lenv.env.open_db(name, create=False)
+        with lenv.env.begin() as txn:
+            out[name] = {bytes(k): bytes(v) for k, v in txn.cursor(db=handle)}
+    return out
+
+
+def remote(dbi: bytes, entries: list[Entry], flags: int = 0) -> tuple[DbiInfo, list[Entry]]:
+    """One DBI of a remote object."""
+    return DbiInfo(dbi, flags, "", len(entries)), entries
+
+
+def merger(lenv: LmdbEnv, **kwargs: Any) -> Merger:
+    """A Merger that never splits batches by time, so txn counts are deterministic."""
+    kwargs.setdefault("max_seconds", 60.0)
+    return Merger(lenv, **kwargs)
+
+
+class TestMergeEntryInsert:
+    """A remote entry for a key missing locally."""
+
+    def test_new_entry_inserted(self) -> None:
+        """A missing key gets the remote value with the current txn id."""
+        new = merge_entry(None, (b"k", T, 0, b"remote"), TXN)
+        assert new is not None
+        assert fields(new) == (T, TXN, 0, b"remote")
+
+    def test_old_live_entry_inserted(self) -> None:
+        """An old non-deleted entry is inserted even when older than the tombstone cutoff."""
+        new = merge_entry(None, (b"k", 5, 0, b"old"), TXN, deleted_cutoff_ns=T)
+        assert new is not None
+        assert fields(new) == (5, TXN, 0, b"old")
+
+    def test_stale_tombstone_skipped(self) -> None:
+        """A tombstone older than deleted_cutoff_ns is not added for a missing key."""
+        assert merge_entry(None, (b"k", T - 1, DELETED, b""), TXN, deleted_cutoff_ns=T) is None
+
+    def test_recent_tombstone_inserted(self) -> None:
+        """A tombstone at or after deleted_cutoff_ns is inserted for a missing key."""
+        new = merge_entry(None, (b"k", T, DELETED, b""), TXN, deleted_cutoff_ns=T)
+        assert new is not None
+        assert fields(new) == (T, TXN, DELETED, b"")
+
+    def test_tombstone_value_dropped(self) -> None:
+        """A remote tombstone that carries bytes is stored with an empty value."""
+        new = merge_entry(None, (b"k", T, DELETED, b"junk"), TXN)
+        assert new is not None
+        assert fields(new) == (T, TXN, DELETED, b"")
+
+    def test_unknown_remote_flags_dropped(self) -> None:
+        """Remote flags other than 0x01 are not stored."""
+        new = merge_entry(None, (b"k", T, 0x82, b"v"), TXN)
+        assert new is not None
+        assert fields(new)[2] == 0
+
+
+class TestMergeEntryConflict:
+    """A remote entry against an existing local one."""
+
+    def test_newer_local_kept(self) -> None:
+        """A remote older than the local entry loses."""
+        assert merge_entry(value(T, 1, 0, b"local"), (b"k", T - 1, 0, b"a"), TXN) is None
+
+    def test_newer_remote_wins(self) -> None:
+        """A newer remote is written with the current txn id in the header."""
+        new = merge_entry(value(T, 1, 0, b"local"), (b"k", T + 1, 0, b"zzz"), TXN)
+        assert new is not None
+        assert fields(new) == (T + 1, TXN, 0, b"zzz")
+
+    def test_newer_remote_tombstone_deletes(self) -> None:
+        """If a remote tombstone is newer, the key becomes deleted."""
+        new = merge_entry(value(T, 1, 0, b"local"), (b"k", T + 1, DELETED, b""), TXN)
+        assert new is not None
+        assert fields(new) == (T + 1, TXN, DELETED, b"")
+
+    def test_newer_tombstone_replaces_even_if_stale(self) -> None:
+        """The tombstone cutoff only applies to missing keys, not to an older local entry."""
+        new = merge_entry(value(5, 1, 0, b"x"), (b"k", 6, DELETED, b""), TXN, deleted_cutoff_ns=T)
+        assert new is not None
+        assert fields(new) == (6, TXN, DELETED, b"")
+
+    def test_newer_remote_revives_tombstone(self) -> None:
+        """A newer live remote replaces a local tombstone."""
+        new = merge_entry(value(T, 1, DELETED), (b"k", T + 1, 0, b"back"), TXN)
+        assert new is not None
+        assert fields(new) == (T + 1, TXN, 0, b"back")
+
+    def test_tie_smaller_remote_wins(self) -> None:
+        """At equal timestamps a byte-wise smaller remote value wins."""
+        new = merge_entry(value(T, 1, 0, b"b"), (b"k", T, 0, b"a"), TXN)
+        assert new is not None
+        assert fields(new) == (T, TXN, 0, b"a")
+
+    def test_tie_prefix_is_smaller(self) -> None:
+        """At equal timestamps a remote value that is a prefix of the local one wins."""
+        new = merge_entry(value(T, 1, 0, b"abc"), (b"k", T, 0, b"ab"), TXN)
+        assert new is not None
+        assert fields(new)[3] == b"ab"
+
+    def test_tie_larger_remote_loses(self) -> None:
+        """At equal timestamps a byte-wise larger remote value loses."""
+        assert merge_entry(value(T, 1, 0, b"a"), (b"k", T, 0, b"b"), TXN) is None
+
+    def test_tie_equal_value_writes_nothing(self) -> None:
+        """Equal timestamp and equal bytes write nothing."""
+        assert merge_entry(value(T, 1, 0, b"same"), (b"k", T, 0, b"same"), TXN) is None
+
+    def test_delete_wins_tie(self) -> None:
+        """At equal timestamps a delete (empty value) beats a live value."""
+        new = merge_entry(value(T, 1, 0, b"live"), (b"k", T, DELETED, b""), TXN)
+        assert new is not None
+        assert fields(new) == (T, TXN, DELETED, b"")
+
+    def test_tombstone_with_bytes_wins_tie(self) -> None:
+        """A remote tombstone carrying junk bytes still counts as empty and wins a tie."""
+        new = merge_entry(value(T, 1, 0, b"a"), (b"k", T, DELETED, b"zzz"), TXN)
+        assert new is not None
+        assert fields(new) == (T, TXN, DELETED, b"")
+
+    def test_local_delete_wins_tie(self) -> None:
+        """At equal timestamps a local delete is kept against a live remote."""
+        assert merge_entry(value(T, 1, DELETED), (b"k", T, 0, b"live"), TXN) is None
+
+    def test_tie_ignores_local_extension_blocks(self) -> None:
+        """The tie compares application values, skipping local extension blocks."""
+        local = value(T, 1, 0, b"b", blocks=1)
+        assert merge_entry(local, (b"k", T, 0, b"b"), TXN) is None
+        assert merge_entry(local, (b"k", T, 0, b"c"), TXN) is None
+        new = merge_entry(local, (b"k", T, 0, b"a"), TXN)
+        assert new is not None
+        assert fields(new) == (T, TXN, 0, b"a")
+
+    @pytest.mark.parametrize(
+        "local",
+        [
+            pytest.param(b"abc", id="too-short"),
+            pytest.param(value(T, 1)[:23], id="23-bytes"),
+            pytest.param(b"\0" * 16 + b"\x01" + b"\0" * 7 + b"x", id="version-1"),
+            pytest.param(value(T, 1, blocks=2)[:30], id="short-blocks"),
+        ],
+    )
+    def test_corrupt_local_raises(self, local: bytes) -> None:
+        """A local value without a valid header raises HeaderError."""
+        with pytest.raises(HeaderError):
+            merge_entry(local, (b"k", T, 0, b"v"), TXN)
+
+
+class TestMergerRules:
+    """Merger applies the rules to a real LMDB."""
+
+    def test_rules_on_lmdb(self, make_env: EnvFactory) -> None:
+        """Inserts, newer-remote wins, older-remote loses, ties and tombstones on one DBI."""
+        lenv = make_env()
+        put_raw(
+            lenv,
+            b"data",
+            {
+                b"keep-newer-local": value(T + 10, 3, 0, b"local"),
+                b"remote-newer": value(T, 3, 0, b"local"),
+                b"tie-smaller": value(T, 3, 0, b"m"),
+                b"tie-larger": value(T, 3, 0, b"m"),
+                b"tie-delete": value(T, 3, 0, b"m"),
+            },
+        )
+        before = dump_raw(lenv)[b"data"]
+        entries: list[Entry] = [
+            (b"keep-newer-local", T, 0, b"remote"),
+            (b"new", T, 0, b"inserted"),
+            (b"remote-newer", T + 1, 0, b"remote"),
+            (b"tie-delete", T, DELETED, b""),
+            (b"tie-larger", T, 0, b"z"),
+            (b"tie-smaller", T, 0, b"a"),
+        ]
+        result = merger(lenv).merge([remote(b"data", entries)])
+        after = dump_raw(lenv)[b"data"]
+        assert result.entries == 6
+        assert result.written == 4
+        assert result.txns == 1
+        txn_id = result.txn_ids[0]
+        assert txn_id == lenv.last_txn_id()
+        assert after[b"keep-newer-local"] == before[b"keep-newer-local"]
+        assert after[b"tie-larger"] == before[b"tie-larger"]
+        assert fields(after[b"new"]) == (T, txn_id, 0, b"inserted")
+        assert fields(after[b"remote-newer"]) == (T + 1, txn_id, 0, b"remote")
+        assert fields(after[b"tie-smaller"]) == (T, txn_id, 0, b"a")
+        assert fields(after[b"tie-delete"]) == (T, txn_id, DELETED, b"")
+
+    def test_written_with_current_txn_id(self, make_env: EnvFactory) -> None:
+        """A written value carries the id of the txn that wrote it, not the remote's."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"k": value(T, 1, 0, b"old")})
+        put_raw(lenv, b"data", {b"other": value(T, 2, 0, b"x")})
+        start = lenv.last_txn_id()
+        result = merger(lenv).merge([remote(b"data", [(b"k", T + 1, 0, b"new")])])
+        stored = dump_raw(lenv)[b"data"][b"k"]
+        assert result.txn_ids == [start + 1]
+        assert fields(stored)[1] == lenv.last_txn_id() == start + 1
+
+    def test_equal_entry_writes_nothing(self, make_env: EnvFactory) -> None:
+        """Equal ts and value write nothing and commit no data change."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"k": value(T, 1, 0, b"v")})
+        before = dump_raw(lenv)
+        result = merger(lenv).merge([remote(b"data", [(b"k", T, 0, b"v")])])
+        assert result.written == 0
+        assert result.txn_ids == []
+        assert dump_raw(lenv) == before
+
+    def test_stale_tombstone_cutoff(self, make_env: EnvFactory) -> None:
+        """With deleted_cutoff_ns, stale tombstones for missing keys are skipped, recent kept."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"a-existing": value(T - 100, 1, 0, b"x")})
+        entries: list[Entry] = [
+            (b"a-existing", T - 50, DELETED, b""),
+            (b"b-stale", T - 1, DELETED, b""),
+            (b"c-recent", T + 1, DELETED, b""),
+            (b"d-old-live", 1, 0, b"live"),
+        ]
+        merger(lenv, deleted_cutoff_ns=T).merge([remote(b"data", entries)])
+        after = dump_raw(lenv)[b"data"]
+        assert set(after) == {b"a-existing", b"c-recent", b"d-old-live"}
+        assert fields(after[b"a-existing"])[2] == DELETED
+        assert fields(after[b"c-recent"])[2] == DELETED
+
+
+class TestMergerLocalOnly:
+    """Keys and DBIs that exist only locally are never touched."""
+
+    def test_local_only_keys_untouched(self, make_env: EnvFactory) -> None:
+        """Keys absent from the object keep their exact bytes."""
+        lenv = make_env()
+        local = {b"a": value(T, 1, 0, b"A"), b"m": value(T, 1, DELETED), b"z": value(1, 1, 0, b"Z")}
+        put_raw(lenv, b"data", local)
+        put_raw(lenv, b"other", {b"o": value(T, 1, 0, b"O")})
+        merger(lenv).merge([remote(b"data", [(b"b", T + 5, 0, b"B"), (b"y", T + 5, DELETED, b"")])])
+        after = dump_raw(lenv)
+        assert {k: after[b"data"][k] for k in local} == local
+        assert after[b"other"] == {b"o": value(T, 1, 0, b"O")}
+        assert set(after[b"data"]) == {b"a", b"b", b"m", b"y", b"z"}
+
+
+class TestMergerCorruptLocal:
+    """A corrupt local value aborts the batch and leaves the LMDB unchanged."""
+
+    def test_corrupt_local_raises_lmdb_error(self, make_env: EnvFactory) -> None:
+        """LmdbError names the DBI and the key; nothing of the batch is written."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"a-good": value(T, 1, 0, b"x"), b"b-bad": b"not a header"})
+        before = dump_raw(lenv)
+        before_txn = lenv.last_txn_id()
+        entries: list[Entry] = [
+            (b"a-good", T + 1, 0, b"newer"),
+            (b"b-bad", T + 1, 0, b"v"),
+            (b"c-new", T, 0, b"v"),
+        ]
+        with pytest.raises(LmdbError) as info:
+            merger(lenv).merge([remote(b"data", entries)])
+        assert not isinstance(info.value, HeaderError)
+        assert "data" in str(info.value)
+        assert "b-bad" in str(info.value)
+        assert dump_raw(lenv) == before
+        assert lenv.last_txn_id() == before_txn
+
+    def test_merger_usable_after_corrupt_error(self, make_env: EnvFactory) -> None:
+        """After the failed merge, a later merge into the same DBI still works."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"bad": b"short"})
+        with pytest.raises(LmdbError):
+            merger(lenv).merge(
+                [remote(b"fresh", [(b"k", T, 0, b"v")]), remote(b"data", [(b"bad", T, 0, b"v")])]
+            )
+        result = merger(lenv).merge([remote(b"fresh", [(b"k2", T, 0, b"w")])])
+        assert result.written == 1
+        assert set(dump_raw(lenv)[b"fresh"]) == {b"k", b"k2"}
+
+
+def snapshot_blob(dbis: list[tuple[DbiInfo, list[Entry]]]) -> bytes:
+    """An evs.zst object holding ``dbis``."""
+    header = SnapshotHeader(
+        db="main",
+        instance="peer",
+        hostname="h",
+        timestamp_ns=T,
+        txn_id=9,
+        dbis=tuple(info for info, _ in dbis),
+    )
+    out = io.BytesIO()
+    write_snapshot(out, header, [entries for _, entries in dbis])
+    return out.getvalue()
+
+
+class TestMergerIdempotence:
+    """Re-applying an object changes nothing."""
+
+    def test_reapply_writes_nothing(self, make_env: EnvFactory) -> None:
+        """The second merge of the same object reports written == 0 and leaves bytes as is."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"b": value(T - 1, 1, 0, b"old"), b"x": value(T + 9, 1, 0, b"x")})
+        blob = snapshot_blob(
+            [
+                remote(
+                    b"data",
+                    [
+                        (b"a", T, 0, b"A"),
+                        (b"b", T, 0, b"B"),
+                        (b"c", T, DELETED, b""),
+                        (b"x", T, 0, b"loses"),
+                    ],
+                ),
+                remote(b"more", [(b"k", T, 0, b"v")]),
+            ]
+        )
+        first = merger(lenv).merge(SnapshotReader(io.BytesIO(blob)).dbis())
+        assert first.written == 4
+        after_first = dump_raw(lenv)
+        txn_after_first = lenv.last_txn_id()
+        second = merger(lenv).merge(SnapshotReader(io.BytesIO(blob)).dbis())
+        assert second.entries == 5
+        assert second.written == 0
+        assert second.txn_ids == []
+        assert second.dbis_created == []
+        assert dump_raw(lenv) == after_first
+        assert lenv.last_txn_id() >= txn_after_first
+
+
+class TestMergerDbis:
+    """DBI handling: creation of missing DBIs, `_sync*` DBIs ignored."""
+
+    def test_missing_dbi_created(self, make_env: EnvFactory) -> None:
+        """A remote DBI missing locally is created and filled."""
+        lenv = make_env()
+        result = merger(lenv).merge(
+            [remote(b"new-dbi", [(b"k1", T, 0, b"v1"), (b"k2", T, 0, b"")])]
+        )
+        assert result.dbis_created == [b"new-dbi"]
+        assert result.written == 2
+        assert set(dump_raw(lenv)[b"new-dbi"]) == {b"k1", b"k2"}
+
+    def test_integerkey_dbi_created_with_flag(self, make_env: EnvFactory) -> None:
+        """A remote INTEGERKEY DBI is created with MDB_INTEGERKEY and keeps integer order."""
+        lenv = make_env()
+        keys = [n.to_bytes(4, "little") for n in (1, 2, 256, 65536)]
+        merger(lenv).merge([remote(b"ints", [(k, T, 0, b"v") for k in keys], flags=0x08)])
+        handle = lenv.env.open_db(b"ints", create=False)
+        with lenv.env.begin() as txn:
+            assert handle.flags(txn)["integerkey"]
+            assert [bytes(k) for k, _ in txn.cursor(db=handle)] == keys
+
+    def test_sync_dbis_ignored(self, make_env: EnvFactory) -> None:
+        """`_sync*` DBIs in an object are neither created nor written."""
+        lenv = make_env()
+        result = merger(lenv).merge(
+            [
+                remote(b"_sync_shadow_data", [(b"k", T, 0, b"v")]),
+                remote(b"_sync", [(b"k", T, 0, b"v")]),
+                remote(b"data", [(b"k", T, 0, b"v")]),
+            ]
+        )
+        assert set(dump_raw(lenv)) == {b"data"}
+        assert result.dbis_created == [b"data"]
+        assert result.entries == 1
+
+    def test_existing_sync_dbi_untouched(self, make_env: EnvFactory) -> None:
+        """A local `_sync*` DBI keeps its content when the object carries one too."""
+        lenv = make_env()
+        put_raw(lenv, b"_sync_state", {b"k": b"local state"})
+        merger(lenv).merge([remote(b"_sync_state", [(b"k", T, 0, b"remote")])])
+        assert dump_raw(lenv)[b"_sync_state"] == {b"k": b"local state"}
+
+
+class TestMergerBatching:
+    """Merges run in bounded write transactions."""
+
+    def test_batched_by_entries(self, make_env: EnvFactory) -> None:
+        """1000 entries with max_entries=100 take 10 txns, not 1 and not 1000."""
+        lenv = make_env()
+        entries: list[Entry] = [(b"k%04d" % i, T, 0, b"v") for i in range(1000)]
+        result = merger(lenv, max_entries=100).merge([remote(b"data", entries)])
+        assert result.txns == 10
+        assert result.written == 1000
+        assert len(result.txn_ids) == 10
+        assert result.txn_ids == sorted(set(result.txn_ids))
+        assert len(dump_raw(lenv)[b"data"]) == 1000
+
+    def test_batches_per_dbi(self, make_env: EnvFactory) -> None:
+        """Each DBI's entries are batched separately (150 + 50 entries -> 2 + 1 txns)."""
+        lenv = make_env()
+        a: list[Entry] = [(b"a%03d" % i, T, 0, b"v") for i in range(150)]
+        b: list[Entry] = [(b"b%03d" % i, T, 0, b"v") for i in range(50)]
+        result = merger(lenv, max_entries=100).merge([remote(b"a", a), remote(b"b", b)])
+        assert result.txns == 3
+        assert result.written == 200
+
+    def test_map_full_grows_map(self, make_env: EnvFactory) -> None:
+        """A merge that overflows a 64 KiB map grows it and writes every entry."""
+        lenv = make_env(map_size=65536)
+        start_size = lenv.info()["map_size"]
+        entries: list[Entry] = [(b"k%05d" % i, T, 0, bytes([i % 251]) * 300) for i in range(2000)]
+        result = merger(lenv, max_entries=500).merge(
+            [remote(b"data", entries), remote(b"second", entries[:300])]
+        )
+        assert result.written == 2300
+        assert lenv.info()["map_size"] > start_size
+        data = dump_raw(lenv)
+        assert len(data[b"data"]) == 2000
+        assert len(data[b"second"]) == 300
+        for key, ts, flags, app in entries:
+            assert fields(data[b"data"][key])[::2] == (ts, flags)
+            assert fields(data[b"data"][key])[3] == app
+
+    def test_map_full_in_first_batch_creating_dbi(self, make_env: EnvFactory) -> None:
+        """MapFull in the batch that creates the DBI still ends with the DBI and all entries."""
+        lenv = make_env(map_size=65536)
+        entries: list[Entry] = [(b"k%05d" % i, T, 0, b"x" * 400) for i in range(1000)]
+        result = merger(lenv).merge([remote(b"fresh", entries)])
+        assert result.dbis_created == [b"fresh"]
+        assert len(dump_raw(lenv)[b"fresh"]) == 1000

@@ -1,0 +1,300 @@
+"""Storage backends (BlobStore contract): the fs directory store and the in-memory store."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evsync.errors import ObjectNotFoundError, StorageError, StorageUnavailableError
+from evsync.storage.base import BlobStore, ObjectInfo
+from evsync.storage.fs import FsStore
+from evsync.storage.memory import MemoryStore
+
+NAMES = [
+    "main__b__20231114-221320-000000002__GX.evs.zst",
+    "main__a__20231114-221320-000000001__GX.evs.zst",
+    "other__a__20231114-221320-000000001__GX.evs.zst",
+    "main__a__20231114-221320-000000009__GX.evs.zst",
+]
+
+
+class FailingReader(io.RawIOBase):
+    """A source stream that yields some bytes, then raises ``exc``."""
+
+    def __init__(self, exc: BaseException, good: int = 3 << 20) -> None:
+        self.exc = exc
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            raise self.exc
+        n = min(len(buffer), self.left)
+        buffer[:n] = b"x" * n
+        self.left -= n
+        return n
+
+
+@pytest.fixture(params=["fs", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    """Each backend in turn."""
+    backend: BlobStore = FsStore(tmp_path / "bucket") if request.param == "fs" else MemoryStore()
+    yield backend
+    backend.close()
+
+
+def put(store: BlobStore, name: str, data: bytes) -> None:
+    """Store bytes."""
+    store.store(name, io.BytesIO(data))
+
+
+def get(store: BlobStore, name: str) -> bytes:
+    """Read a whole object."""
+    with store.open(name) as f:
+        return f.read()
+
+
+class TestContract:
+    """store / list / open / delete, common to every backend."""
+
+    def test_store_then_open(self, store: BlobStore) -> None:
+        """What is stored is read back byte for byte."""
+        payload = bytes(range(256)) * 10
+        put(store, NAMES[0], payload)
+        assert get(store, NAMES[0]) == payload
+
+    def test_store_reads_from_current_position(self, store: BlobStore) -> None:
+        """store copies from the stream's current position to its end."""
+        src = io.BytesIO(b"skipKEEP")
+        src.seek(4)
+        store.store(NAMES[0], src)
+        assert get(store, NAMES[0]) == b"KEEP"
+
+    def test_store_overwrites(self, store: BlobStore) -> None:
+        """Storing a name again replaces the object."""
+        put(store, NAMES[0], b"first")
+        put(store, NAMES[0], b"second")
+        assert get(store, NAMES[0]) == b"second"
+        assert [o.name for o in store.list()] == [NAMES[0]]
+
+    def test_empty_object(self, store: BlobStore) -> None:
+        """An empty object can be stored, listed with size 0 and read."""
+        put(store, NAMES[0], b"")
+        assert store.list() == [ObjectInfo(NAMES[0], 0)]
+        assert get(store, NAMES[0]) == b""
+
+    def test_list_sorted_with_sizes(self, store: BlobStore) -> None:
+        """list returns every object sorted by name with its size."""
+        for i, name in enumerate(NAMES):
+            put(store, name, b"x" * (i + 1))
+        listing = store.list()
+        assert [o.name for o in listing] == sorted(NAMES)
+        assert {o.name: o.size for o in listing} == {n: i + 1 for i, n in enumerate(NAMES)}
+
+    def test_list_filters_prefix(self, store: BlobStore) -> None:
+        """list(prefix) returns only names starting with the prefix, sorted."""
+        for name in NAMES:
+            put(store, name, b"x")
+        assert [o.name for o in store.list("main__")] == sorted(
+            n for n in NAMES if n.startswith("main__")
+        )
+        assert [o.name for o in store.list("main__a__")] == sorted(
+            n for n in NAMES if n.startswith("main__a__")
+        )
+        assert store.list("nothing") == []
+
+    def test_list_empty(self, store: BlobStore) -> None:
+        """An empty store lists nothing."""
+        assert store.list() == []
+
+    def test_delete(self, store: BlobStore) -> None:
+        """A deleted object is gone from list and open."""
+        put(store, NAMES[0], b"x")
+        put(store, NAMES[1], b"y")
+        store.delete(NAMES[0])
+        assert [o.name for o in store.list()] == [NAMES[1]]
+        with pytest.raises(ObjectNotFoundError):
+            store.open(NAMES[0])
+
+    def test_delete_missing_is_fine(self, store: BlobStore) -> None:
+        """Deleting a missing object does not raise (several cleaners may race)."""
+        store.delete(NAMES[0])
+        put(store, NAMES[0], b"x")
+        store.delete(NAMES[0])
+        store.delete(NAMES[0])
+        assert store.list() == []
+
+    def test_open_missing(self, store: BlobStore) -> None:
+        """Opening a missing object raises ObjectNotFoundError."""
+        with pytest.raises(ObjectNotFoundError):
+            store.open(NAMES[0])
+
+    def test_fetch_is_seekable_at_zero(self, store: BlobStore) -> None:
+        """fetch returns a seekable file positioned at 0 holding the object."""
+        payload = os.urandom(5000)
+        put(store, NAMES[0], payload)
+        with store.fetch(NAMES[0]) as f:
+            assert f.seekable()
+            assert f.tell() == 0
+            assert f.read() == payload
+            f.seek(100)
+            assert f.read(10) == payload[100:110]
+
+    def test_fetch_missing(self, store: BlobStore) -> None:
+        """fetch of a missing object raises ObjectNotFoundError."""
+        with pytest.raises(ObjectNotFoundError):
+            store.fetch(NAMES[0])
+
+
+class TestFsStore:
+    """The directory backend: atomic stores, hidden temp files."""
+
+    def test_objects_are_files(self, tmp_path: Path) -> None:
+        """An object is a plain file named like the object in the root directory."""
+        fs = FsStore(tmp_path / "b")
+        put(fs, NAMES[0], b"data")
+        assert (tmp_path / "b" / NAMES[0]).read_bytes() == b"data"
+
+    def test_creates_root(self, tmp_path: Path) -> None:
+        """The root directory is created when missing."""
+        FsStore(tmp_path / "x" / "y")
+        assert (tmp_path / "x" / "y").is_dir()
+
+    @pytest.mark.parametrize(
+        "name", [".hidden", ".main__a.evs.zst.1234.tmp", "upload.tmp", "x.tmp"]
+    )
+    def test_temp_names_not_listed(self, tmp_path: Path, name: str) -> None:
+        """Files ending in .tmp or starting with '.' are never listed."""
+        fs = FsStore(tmp_path / "b")
+        (tmp_path / "b" / name).write_bytes(b"partial")
+        put(fs, NAMES[0], b"x")
+        assert [o.name for o in fs.list()] == [NAMES[0]]
+
+    def test_subdirectories_not_listed(self, tmp_path: Path) -> None:
+        """Directories inside the root are not objects."""
+        fs = FsStore(tmp_path / "b")
+        (tmp_path / "b" / "main__dir").mkdir()
+        assert fs.list() == []
+
+    @pytest.mark.parametrize("name", ["a/b", "", ".", ".."])
+    def test_invalid_names(self, tmp_path: Path, name: str) -> None:
+        """Names that would escape the flat directory are rejected."""
+        fs = FsStore(tmp_path / "b")
+        with pytest.raises(StorageError):
+            put(fs, name, b"x")
+
+    def test_failed_os_error_store_leaves_nothing(self, tmp_path: Path) -> None:
+        """A source failing with OSError mid-copy leaves no object and no file behind."""
+        fs = FsStore(tmp_path / "b")
+        with pytest.raises(StorageUnavailableError):
+            fs.store(NAMES[0], io.BufferedReader(FailingReader(OSError(5, "I/O error"))))
+        assert fs.list() == []
+        assert os.listdir(tmp_path / "b") == []
+
+    def test_failed_store_keeps_previous_object(self, tmp_path: Path) -> None:
+        """A failed overwrite leaves the previous object intact under its name."""
+        fs = FsStore(tmp_path / "b")
+        put(fs, NAMES[0], b"old")
+        with pytest.raises(StorageUnavailableError):
+            fs.store(NAMES[0], io.BufferedReader(FailingReader(OSError(5, "I/O error"))))
+        assert get(fs, NAMES[0]) == b"old"
+
+    def test_failed_store_other_exception_leaves_nothing(self, tmp_path: Path) -> None:
+        """A source failing with any exception mid-copy leaves no object and no temp file."""
+        fs = FsStore(tmp_path / "b")
+        with pytest.raises(RuntimeError):
+            fs.store(NAMES[0], io.BufferedReader(FailingReader(RuntimeError("boom"))))
+        assert fs.list() == []
+        assert not (tmp_path / "b" / NAMES[0]).exists()
+        assert os.listdir(tmp_path / "b") == []
+
+    def test_no_partial_file_under_final_name(self, tmp_path: Path) -> None:
+        """While a store is in progress the final name does not exist yet."""
+        fs = FsStore(tmp_path / "b")
+        seen: list[list[str]] = []
+
+        class Spy(io.RawIOBase):
+            """Reports what the directory lists while the copy is running."""
+
+            def __init__(self) -> None:
+                self.chunks = 3
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+                seen.append([o.name for o in fs.list()])
+                if not self.chunks:
+                    return 0
+                self.chunks -= 1
+                buffer[:1] = b"z"
+                return 1
+
+        fs.store(NAMES[0], Spy())
+        assert seen
+        assert all(s == [] for s in seen)
+        assert get(fs, NAMES[0]) == b"zzz"
+        assert os.listdir(tmp_path / "b") == [NAMES[0]]
+
+
+class TestMemoryStore:
+    """The in-memory backend's outage switch and helpers."""
+
+    @pytest.mark.parametrize("op", ["list", "open", "store", "delete", "fetch"])
+    def test_fail_raises_unavailable(self, op: str) -> None:
+        """With fail=True every operation raises StorageUnavailableError."""
+        mem = MemoryStore()
+        put(mem, NAMES[0], b"x")
+        mem.fail = True
+        calls = {
+            "list": mem.list,
+            "open": lambda: mem.open(NAMES[0]),
+            "store": lambda: put(mem, NAMES[1], b"y"),
+            "delete": lambda: mem.delete(NAMES[0]),
+            "fetch": lambda: mem.fetch(NAMES[0]),
+        }
+        with pytest.raises(StorageUnavailableError):
+            calls[op]()
+
+    def test_fail_changes_nothing(self) -> None:
+        """Failed calls neither store nor delete; after recovery the old state is there."""
+        mem = MemoryStore()
+        put(mem, NAMES[0], b"x")
+        mem.fail = True
+        with pytest.raises(StorageUnavailableError):
+            put(mem, NAMES[1], b"y")
+        with pytest.raises(StorageUnavailableError):
+            mem.delete(NAMES[0])
+        mem.fail = False
+        assert [o.name for o in mem.list()] == [NAMES[0]]
+
+    def test_calls_counted(self) -> None:
+        """Every call is counted by operation, failed ones included."""
+        mem = MemoryStore()
+        put(mem, NAMES[0], b"x")
+        mem.list()
+        mem.fail = True
+        with pytest.raises(StorageUnavailableError):
+            mem.list()
+        assert mem.calls["store"] == 1
+        assert mem.calls["list"] == 2
+
+    def test_put_bytes(self) -> None:
+        """put_bytes places raw bytes under a name."""
+        mem = MemoryStore()
+        mem.put_bytes(NAMES[0], b"raw")
+        assert get(mem, NAMES[0]) == b"raw"
+
+    def test_stored_bytes_are_a_copy(self) -> None:
+        """Changing the source buffer after store does not change the object."""
+        mem = MemoryStore()
+        buf = bytearray(b"abc")
+        mem.store(NAMES[0], io.BytesIO(buf))
+        buf[0] = ord("z")
+        assert get(mem, NAMES[0]) == b"abc"
