@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from evsync.config import Config, FsOptions, S3Options
@@ -21,6 +21,10 @@ from evsync.triggers.sqs import SqsSource
 log = logging.getLogger(__name__)
 
 SYNCER_JOIN_SECONDS = 30.0
+
+
+def _counts(counter: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counter.items())) or "none"
 
 
 class Daemon:
@@ -143,6 +147,9 @@ class Daemon:
             thread.join(timeout=SYNCER_JOIN_SECONDS)
         for trigger in self.triggers:
             trigger.stop()
+        for syncer in self.syncers.values():
+            log.info("db %s: hints by source: first to announce %s; received %s",
+                     syncer.db, _counts(syncer.queue.first), _counts(syncer.queue.received))
 
     def run_once(self) -> bool:
         """Merge every instance's newest object into every db, upload if needed."""

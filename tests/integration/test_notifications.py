@@ -40,6 +40,10 @@ class TestMqttAnnouncements:
                      what=f"b to read v{i}")
         b.writer.put("back", "1")
         wait_for(lambda: a.writer.get("back") == "1", timeout=PUSH_DEADLINE, what="a to read")
+        b.stop()
+        assert "first to announce" in b.log()
+        summary = b.log().split("first to announce", 1)[1].splitlines()[0]
+        assert "mqtt=" in summary, summary
 
     def test_mqtt5_session(self, instances: Make, s3_storage: dict[str, Any],
                            mosquitto: Mosquitto, topic: str) -> None:
@@ -122,3 +126,36 @@ class TestSqs:
         a.writer.put("k", "via sqs")
         wait_for(lambda: b.writer.get("k") == "via sqs", timeout=PUSH_DEADLINE,
                  what="b to read")
+
+    def test_put_travels_by_sns_fanout(self, instances: Make, s3_storage: dict[str, Any],
+                                       moto: MotoServer, bucket: str) -> None:
+        """S3 -> SNS -> one SQS queue per instance: both peers learn of each other's objects."""
+        sns, sqs = moto.boto("sns"), moto.boto("sqs")
+        topic_arn = sns.create_topic(Name=f"{bucket}-events")["TopicArn"]
+        queue_urls = {}
+        for inst in ("a", "b"):
+            url = sqs.create_queue(QueueName=f"{bucket}-{inst}")["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+                "Attributes"]["QueueArn"]
+            sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
+            queue_urls[inst] = url
+        moto.client().put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={"TopicConfigurations": [
+                {"TopicArn": topic_arn, "Events": ["s3:ObjectCreated:*"]}]},
+        )
+        insts = {
+            name: instances(name, s3_storage, notify={
+                "listing_interval": SLOW_LISTING,
+                "sqs": {"queue_url": url, "endpoint_url": moto.endpoint}}).start()
+            for name, url in queue_urls.items()
+        }
+        insts["a"].writer.put("k", "from a")
+        wait_for(lambda: insts["b"].writer.get("k") == "from a", timeout=PUSH_DEADLINE,
+                 what="b to read")
+        insts["b"].writer.put("k2", "from b")
+        wait_for(lambda: insts["a"].writer.get("k2") == "from b", timeout=PUSH_DEADLINE,
+                 what="a to read")
+        insts["b"].stop()
+        summary = insts["b"].log().split("first to announce", 1)[1].splitlines()[0]
+        assert "sqs=" in summary, summary
