@@ -56,7 +56,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-class MotoServer:
+EXTERNAL_ENDPOINT_VAR = "EVSYNC_TEST_AWS_ENDPOINT"
+
+
+class AwsServer:
+    """An S3/SQS/SNS endpoint the tests talk to over HTTP."""
+
+    endpoint: str
+
+    def client(self) -> Any:
+        return self.boto("s3")
+
+    def boto(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+
+class ExternalAws(AwsServer):
+    """A server someone else started (LocalStack on the host)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+
+class MotoServer(AwsServer):
     """moto's S3 server as a subprocess on a free loopback port."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -89,16 +114,6 @@ class MotoServer:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
-
-    def client(self) -> Any:
-        return self.boto("s3")
-
-    def boto(self, service: str) -> Any:
-        import boto3
-
-        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="test", aws_secret_access_key="test")
-
 
 class Writer:
     """The application: a separate process writing the LMDB through py-lmdb."""

@@ -42,8 +42,11 @@ class ObjectEvent:
 
 def parse_message(payload: bytes | str) -> list[ObjectEvent]:
     """All object-created records of one message (empty for test events and removals)."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise MalformedEventError(f"message too large ({len(payload)} bytes)")
+    size = len(payload)
+    if isinstance(payload, str) and size <= MAX_MESSAGE_BYTES:
+        size = len(payload.encode("utf-8", "surrogatepass"))  # SQS bodies arrive as str
+    if size > MAX_MESSAGE_BYTES:
+        raise MalformedEventError(f"message too large ({size} bytes)")
     try:
         data = json.loads(payload)
     except (ValueError, RecursionError) as exc:
@@ -54,7 +57,10 @@ def parse_message(payload: bytes | str) -> list[ObjectEvent]:
 def _parse(data: Any, depth: int) -> list[ObjectEvent]:
     if not isinstance(data, dict):
         raise MalformedEventError(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("Event") == "s3:TestEvent" or data.get("Type") == "SubscriptionConfirmation":
+    if data.get("Event") == "s3:TestEvent" or data.get("Type") in (
+        "SubscriptionConfirmation",
+        "UnsubscribeConfirmation",
+    ):
         return []
     if data.get("Type") == "Notification" and "Message" in data:
         if depth > 0:

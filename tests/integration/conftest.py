@@ -1,7 +1,8 @@
-"""Fixtures for integration tests: a moto S3 server over HTTP, buckets, evsync processes."""
+"""Fixtures for integration tests: an S3/SQS/SNS server over HTTP, Mosquitto, evsync processes."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,12 +10,25 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Instance, Mosquitto, MotoServer
+from tests.helpers import (
+    EXTERNAL_ENDPOINT_VAR,
+    AwsServer,
+    ExternalAws,
+    Instance,
+    Mosquitto,
+    MotoServer,
+)
 
 
 @pytest.fixture(scope="session")
-def moto() -> Iterator[MotoServer]:
-    """One moto S3 server for the session; each test gets its own bucket."""
+def aws() -> Iterator[AwsServer]:
+    """The S3/SQS/SNS server for the session: moto's server, started here, or the
+    LocalStack named by $EVSYNC_TEST_AWS_ENDPOINT (`make test-localstack`).
+    Each test gets its own bucket and queues."""
+    external = os.environ.get(EXTERNAL_ENDPOINT_VAR)
+    if external:
+        yield ExternalAws(external)
+        return
     server = MotoServer().start()
     try:
         yield server
@@ -23,21 +37,21 @@ def moto() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
-def bucket(moto: MotoServer) -> str:
+def bucket(aws: AwsServer) -> str:
     """A fresh, empty bucket."""
     name = f"evs-{uuid.uuid4().hex[:12]}"
-    moto.client().create_bucket(Bucket=name)
+    aws.client().create_bucket(Bucket=name)
     return name
 
 
 @pytest.fixture
-def s3_storage(moto: MotoServer, bucket: str) -> dict[str, Any]:
+def s3_storage(aws: AwsServer, bucket: str) -> dict[str, Any]:
     """The storage section pointing evsync at the test bucket."""
     return {
         "type": "s3",
         "options": {
             "bucket": bucket,
-            "endpoint_url": moto.endpoint,
+            "endpoint_url": aws.endpoint,
             "region": "us-east-1",
             "access_key": "test",
             "secret_key": "test",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Instance, Mosquitto, MotoServer, wait_for
+from tests.helpers import AwsServer, Instance, Mosquitto, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -133,16 +133,16 @@ class TestMqttAnnouncements:
 
 
 class TestSqs:
-    """S3 -> SQS bucket notifications wake the syncer (moto delivers them over HTTP)."""
+    """S3 -> SQS bucket notifications wake the syncer (moto or LocalStack deliver them)."""
 
     def test_put_travels_by_s3_event(self, instances: Make, s3_storage: dict[str, Any],
-                                     moto: MotoServer, bucket: str) -> None:
+                                     aws: AwsServer, bucket: str) -> None:
         """With a 60 s listing, B learns of A's object through its SQS queue."""
-        sqs = moto.boto("sqs")
+        sqs = aws.boto("sqs")
         queue_url = sqs.create_queue(QueueName=f"{bucket}-b")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
-        moto.client().put_bucket_notification_configuration(
+        aws.client().put_bucket_notification_configuration(
             Bucket=bucket,
             NotificationConfiguration={"QueueConfigurations": [
                 {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
@@ -151,7 +151,7 @@ class TestSqs:
         a.start()
         b = instances("b", s3_storage, notify={
             "listing_interval": SLOW_LISTING,
-            "sqs": {"queue_url": queue_url, "endpoint_url": moto.endpoint,
+            "sqs": {"queue_url": queue_url, "endpoint_url": aws.endpoint,
                     "region": "us-east-1"}})
         b.start()
         a.writer.put("k", "via sqs")
@@ -159,9 +159,9 @@ class TestSqs:
                  what="b to read")
 
     def test_put_travels_by_sns_fanout(self, instances: Make, s3_storage: dict[str, Any],
-                                       moto: MotoServer, bucket: str) -> None:
+                                       aws: AwsServer, bucket: str) -> None:
         """S3 -> SNS -> one SQS queue per instance: both peers learn of each other's objects."""
-        sns, sqs = moto.boto("sns"), moto.boto("sqs")
+        sns, sqs = aws.boto("sns"), aws.boto("sqs")
         topic_arn = sns.create_topic(Name=f"{bucket}-events")["TopicArn"]
         queue_urls = {}
         for inst in ("a", "b"):
@@ -170,7 +170,7 @@ class TestSqs:
                 "Attributes"]["QueueArn"]
             sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
             queue_urls[inst] = url
-        moto.client().put_bucket_notification_configuration(
+        aws.client().put_bucket_notification_configuration(
             Bucket=bucket,
             NotificationConfiguration={"TopicConfigurations": [
                 {"TopicArn": topic_arn, "Events": ["s3:ObjectCreated:*"]}]},
@@ -178,7 +178,7 @@ class TestSqs:
         insts = {
             name: instances(name, s3_storage, notify={
                 "listing_interval": SLOW_LISTING,
-                "sqs": {"queue_url": url, "endpoint_url": moto.endpoint}}).start()
+                "sqs": {"queue_url": url, "endpoint_url": aws.endpoint}}).start()
             for name, url in queue_urls.items()
         }
         insts["a"].writer.put("k", "from a")

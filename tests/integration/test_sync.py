@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Instance, MotoServer, wait_for
+from tests.helpers import AwsServer, Instance, MotoServer, wait_for
 
 pytestmark = pytest.mark.integration
 
 Make = Callable[..., Instance]
 
 
-def objects_of(moto: MotoServer, bucket: str, instance: str | None = None) -> list[str]:
+def objects_of(aws: AwsServer, bucket: str, instance: str | None = None) -> list[str]:
     """Object names in the bucket, optionally of one instance."""
-    resp = moto.client().list_objects_v2(Bucket=bucket)
+    resp = aws.client().list_objects_v2(Bucket=bucket)
     names = [o["Key"] for o in resp.get("Contents", [])]
     if instance is not None:
         names = [n for n in names if n.split("__")[1:2] == [instance]]
@@ -54,7 +54,7 @@ class TestTwoInstances:
         wait_for(lambda: b.writer.get("k", dbi="extra") == "v", what="extra DBI on b")
 
     def test_merged_data_is_not_reuploaded(self, instances: Make, s3_storage: dict[str, Any],
-                                           moto: MotoServer, bucket: str) -> None:
+                                           aws: AwsServer, bucket: str) -> None:
         """An instance that only received data writes no object of its own."""
         a = instances("a", s3_storage).start()
         b = instances("b", s3_storage).start()
@@ -62,8 +62,8 @@ class TestTwoInstances:
             a.writer.put(f"k{i}", f"v{i}")
         converges(b, "k4", "v4")
         time.sleep(1.5)  # several listing and poll rounds
-        assert objects_of(moto, bucket, "b") == []
-        assert objects_of(moto, bucket, "a")
+        assert objects_of(aws, bucket, "b") == []
+        assert objects_of(aws, bucket, "a")
 
 
 class TestThreeInstances:
@@ -111,30 +111,30 @@ class TestStartup:
     """Lightning Stream's startup scenarios: restarts never lose or revert data."""
 
     def test_startup_sequence(self, instances: Make, s3_storage: dict[str, Any],
-                              moto: MotoServer, bucket: str) -> None:
+                              aws: AwsServer, bucket: str) -> None:
         """Empty start, restart keeping the newest value, and a write made while down."""
         a = instances("a", s3_storage)
         a.writer.put("foo", "v1")
         a.start()
-        wait_for(lambda: len(objects_of(moto, bucket, "a")) == 1, what="a's first object")
+        wait_for(lambda: len(objects_of(aws, bucket, "a")) == 1, what="a's first object")
 
         # B starts empty: it receives foo=v1 and writes nothing itself.
         b = instances("b", s3_storage).start()
         converges(b, "foo", "v1")
         time.sleep(1.0)
-        assert objects_of(moto, bucket, "b") == []
+        assert objects_of(aws, bucket, "b") == []
 
         # A change on B: one object from B, A converges, A writes nothing new.
         b.writer.put("foo", "v2")
-        wait_for(lambda: len(objects_of(moto, bucket, "b")) == 1, what="b's object")
+        wait_for(lambda: len(objects_of(aws, bucket, "b")) == 1, what="b's object")
         converges(a, "foo", "v2")
         time.sleep(1.0)
-        assert len(objects_of(moto, bucket, "a")) == 1
+        assert len(objects_of(aws, bucket, "a")) == 1
 
         # Restart A: the value stays v2 and A writes a new object at start.
         a.stop()
         a.start()
-        wait_for(lambda: len(objects_of(moto, bucket, "a")) == 2, what="a's restart object")
+        wait_for(lambda: len(objects_of(aws, bucket, "a")) == 2, what="a's restart object")
         assert a.writer.get("foo") == "v2"
         time.sleep(0.5)
         assert a.writer.get("foo") == "v2"
@@ -144,7 +144,7 @@ class TestStartup:
         a.writer.put("new", "hello")
         a.start()
         converges(b, "new", "hello")
-        wait_for(lambda: len(objects_of(moto, bucket, "a")) == 3, what="a's third object")
+        wait_for(lambda: len(objects_of(aws, bucket, "a")) == 3, what="a's third object")
 
     def test_wiped_instance_recovers_its_own_history(
         self, instances: Make, s3_storage: dict[str, Any], tmp_path: Any
@@ -171,31 +171,31 @@ class TestCorruptObjects:
     """A corrupt object is rejected and skipped while sync goes on."""
 
     def test_corrupt_object_is_skipped(self, instances: Make, s3_storage: dict[str, Any],
-                                       moto: MotoServer, bucket: str) -> None:
+                                       aws: AwsServer, bucket: str) -> None:
         """Garbage under a valid name is rejected; the LMDB is untouched; sync continues."""
         a = instances("a", s3_storage).start()
         b = instances("b", s3_storage).start()
         a.writer.put("before", "1")
         converges(b, "before", "1")
         name = "main__evil__20300101-000000-000000000__GX.evs.zst"
-        moto.client().put_object(Bucket=bucket, Key=name, Body=b"\x28\xb5\x2f\xfd garbage")
+        aws.client().put_object(Bucket=bucket, Key=name, Body=b"\x28\xb5\x2f\xfd garbage")
         wait_for(lambda: "rejecting corrupt object " + name in b.log(), what="rejection log")
         assert b.proc is not None and b.proc.poll() is None
         a.writer.put("after", "2")
         converges(b, "after", "2")
 
     def test_truncated_newest_object_falls_back_to_previous(
-        self, instances: Make, s3_storage: dict[str, Any], moto: MotoServer, bucket: str
+        self, instances: Make, s3_storage: dict[str, Any], aws: AwsServer, bucket: str
     ) -> None:
         """A truncated newest object of an instance is skipped; its previous one is merged."""
         a = instances("a", s3_storage).start()
         a.writer.put("x", "good")
-        wait_for(lambda: objects_of(moto, bucket, "a"), what="a's object")
+        wait_for(lambda: objects_of(aws, bucket, "a"), what="a's object")
         a.stop()
-        good = objects_of(moto, bucket, "a")[-1]
-        body = moto.client().get_object(Bucket=bucket, Key=good)["Body"].read()
+        good = objects_of(aws, bucket, "a")[-1]
+        body = aws.client().get_object(Bucket=bucket, Key=good)["Body"].read()
         bad = good.replace("__GX", "__GX").replace(good.split("__")[2], "20300101-000000-000000000")
-        moto.client().put_object(Bucket=bucket, Key=bad, Body=body[: len(body) // 2])
+        aws.client().put_object(Bucket=bucket, Key=bad, Body=body[: len(body) // 2])
         b = instances("b", s3_storage).start()
         converges(b, "x", "good")
         assert "rejecting corrupt object " + bad in b.log()
@@ -223,13 +223,13 @@ class TestOnlyOnce:
     """`sync --only-once` is the scriptable form: one pass, then exit."""
 
     def test_only_once_merges_and_uploads(self, instances: Make, s3_storage: dict[str, Any],
-                                          moto: MotoServer, bucket: str) -> None:
+                                          aws: AwsServer, bucket: str) -> None:
         """It merges other instances' newest objects, uploads local data and exits 0."""
         a = instances("a", s3_storage)
         a.writer.put("from-a", "1")
         res = a.command("sync", "--only-once")
         assert res.returncode == 0, res.stderr
-        assert len(objects_of(moto, bucket, "a")) == 1
+        assert len(objects_of(aws, bucket, "a")) == 1
         b = instances("b", s3_storage)
         b.writer.put("from-b", "2")
         res = b.command("sync", "--only-once")
