@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 INSTANCE ?= one
 
-.PHONY: run test lint typecheck check bench clean venv system-deps
+.PHONY: run test test-localstack lint typecheck check bench clean venv system-deps
+ifndef LOCALSTACK_PORT
+LOCALSTACK_PORT := $(shell $(PYTHON) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+endif
 
 venv: $(STAMP)
 
@@ -24,6 +27,13 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+## test-localstack: the notification tests against LocalStack started on this host
+test-localstack: $(STAMP) system-deps
+	PORT=$(LOCALSTACK_PORT) ./localstack/run-host.sh --background
+	EVSYNC_TEST_AWS_ENDPOINT=http://127.0.0.1:$(LOCALSTACK_PORT) \
+		$(BIN)/pytest -q tests/integration/test_notifications.py; \
+		rc=$$?; ./localstack/run-host.sh --stop; exit $$rc
 
 ## system-deps: Debian packages the tests need (mosquitto)
 system-deps:

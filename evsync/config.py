@@ -810,11 +810,36 @@ def load_config(path: str | os.PathLike[str], *, instance: str | None = None) ->
     return load_config_text(text, instance=instance, source=str(p))
 
 
+_WHOLE_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$")
+
+
+def expand_tree(data: Any) -> Any:
+    """Expand ``${ENV}`` in every string of parsed YAML (so comments are left alone).
+
+    A value that is a single reference, like ``create: ${CREATE}``, is read as YAML
+    after expansion, so it can stand for a boolean or a number as in the file itself.
+    """
+    if isinstance(data, dict):
+        return {k: expand_tree(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_tree(v) for v in data]
+    if isinstance(data, str) and "$" in data:
+        expanded = expand_env(data)
+        if _WHOLE_REF.match(data.strip()):
+            try:
+                typed = yaml.safe_load(expanded)
+            except yaml.YAMLError:
+                return expanded
+            if isinstance(typed, bool | int | float):
+                return typed
+        return expanded
+    return data
+
+
 def load_config_text(text: str, *, instance: str | None = None, source: str = "config") -> Config:
-    """Expand ``${ENV}`` in YAML text and validate it."""
-    expanded = expand_env(text)
+    """Parse YAML text, expand ``${ENV}`` in its values, and validate it."""
     try:
-        data = yaml.safe_load(expanded)
+        data = expand_tree(yaml.safe_load(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -137,6 +137,7 @@ class MqttSource(Trigger):
         pass
 
     def stop(self) -> None:
+        self._stop.set()  # before disconnecting, so the callback knows it was asked to
         self._client.disconnect()
         self._client.loop_stop()
 

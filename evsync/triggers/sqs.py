@@ -22,6 +22,7 @@ LONG_POLL_SECONDS = 20
 MAX_MESSAGES = 10
 ERROR_BACKOFF_MAX = 30.0
 MALFORMED_LOG_INTERVAL = 60.0
+STOP_JOIN_SECONDS = 0.2
 
 
 class SqsSource(Trigger):
@@ -84,6 +85,8 @@ class SqsSource(Trigger):
         messages = resp.get("Messages", [])
         done = []
         for msg in messages:
+            if self._stop.is_set():
+                break  # undeleted messages come back after their visibility timeout
             self.messages += 1
             self._handle(msg.get("Body", ""))
             done.append({"Id": msg["MessageId"], "ReceiptHandle": msg["ReceiptHandle"]})
@@ -105,6 +108,13 @@ class SqsSource(Trigger):
             for db, queue in self.queues.items():
                 if name.startswith(db + "__"):
                     queue.put(Hint(SOURCE_SQS, name=name))
+
+    def stop(self) -> None:
+        """Don't wait out a long poll: messages it receives come back after their
+        visibility timeout, and hints are idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_JOIN_SECONDS)
 
     def status(self) -> dict[str, object]:
         """Counters and the last error."""

@@ -305,6 +305,22 @@ class TestEnvExpansion:
             expand_env("${C}", env)
 
 
+    def test_comments_are_not_expanded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An unset variable inside a YAML comment does not fail the load."""
+        monkeypatch.delenv("EVSYNC_TEST_COMMENTED", raising=False)
+        cfg = load(MINIMAL + "# password: ${EVSYNC_TEST_COMMENTED}\n")
+        assert cfg.instance == "node-1"
+
+    def test_whole_reference_keeps_yaml_type(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A value that is one ${VAR} is read as YAML: true is a boolean, 5 an integer."""
+        monkeypatch.setenv("EVSYNC_TEST_BOOL", "true")
+        monkeypatch.setenv("EVSYNC_TEST_INT", "7")
+        cfg = load(with_lmdb(options="create: ${EVSYNC_TEST_BOOL}",
+                             top="storage_retry_count: ${EVSYNC_TEST_INT}"))
+        assert cfg.lmdbs["main"].options.create is True
+        assert cfg.storage_retry_count == 7
+
+
 class TestMasking:
     """Secrets never appear when a config is printed."""
 
