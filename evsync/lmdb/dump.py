@@ -9,7 +9,14 @@ from typing import IO, Any
 
 from evsync.errors import HeaderError, LmdbError
 from evsync.lmdb.env import DUP_FLAGS, LmdbEnv
-from evsync.lmdb.header import SYNC_FLAG_MASK, parse_header
+from evsync.lmdb.header import (
+    BLOCK_SIZE,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    HEADER_VERSION,
+    SYNC_FLAG_MASK,
+    parse_header,
+)
 from evsync.snapshot.codec import (
     KIND_FULL,
     DbiInfo,
@@ -30,20 +37,21 @@ class DumpResult:
 
 def native_entries(lenv: LmdbEnv, txn: Any, handle: Any, dbi: bytes) -> Iterator[Entry]:
     """Entries of one native DBI in key order; a value without a valid header is an error."""
+    unpack = HEADER_STRUCT.unpack_from
     for key, value in txn.cursor(db=handle).iternext(keys=True, values=True):
-        try:
-            header = parse_header(value)
+        if len(value) >= HEADER_SIZE:
+            ts, _txn, version, flags, _reserved, extra = unpack(value)
+            offset = HEADER_SIZE + BLOCK_SIZE * extra
+            if version == HEADER_VERSION and len(value) >= offset:
+                yield key, ts, flags & SYNC_FLAG_MASK, value[offset:]
+                continue
+        try:  # not a valid header: let the full parser name the problem
+            parse_header(value)
         except HeaderError as exc:
             raise LmdbError(
                 f"lmdb {lenv.name}: DBI {dbi.decode(errors='replace')!r} key {bytes(key)[:64]!r}: "
                 f"{exc}"
             ) from None
-        yield (
-            bytes(key),
-            header.timestamp,
-            header.flags & SYNC_FLAG_MASK,
-            bytes(value[header.offset :]),
-        )
 
 
 def count_entries(lenv: LmdbEnv) -> int:

@@ -14,7 +14,7 @@ FLAG_DELETED = 0x01
 SYNC_FLAG_MASK = FLAG_DELETED  # only the deleted flag travels between instances
 
 # timestamp, txn id, version, flags, reserved, number of extension blocks
-_HEADER = struct.Struct(">QQBBIH")
+HEADER_STRUCT = _HEADER = struct.Struct(">QQBBIH")
 
 
 class Header(NamedTuple):
@@ -44,6 +44,21 @@ def parse_header(value: bytes | memoryview) -> Header:
             f"value too short for {extra} extension blocks ({len(value)} < {offset} bytes)"
         )
     return Header(ts, txn, flags, offset)
+
+
+def timestamp_and_offset(value: bytes | memoryview) -> tuple[int, int]:
+    """Timestamp and application-value offset only: the merge's hot path."""
+    if len(value) < HEADER_SIZE:
+        raise HeaderError(f"value too short for a header ({len(value)} < {HEADER_SIZE} bytes)")
+    ts, _txn, version, _flags, _reserved, extra = _HEADER.unpack_from(value)
+    if version != HEADER_VERSION:
+        raise HeaderError(f"unsupported header version {version} or not a header")
+    offset = HEADER_SIZE + BLOCK_SIZE * extra
+    if len(value) < offset:
+        raise HeaderError(
+            f"value too short for {extra} extension blocks ({len(value)} < {offset} bytes)"
+        )
+    return ts, offset
 
 
 def encode_header(timestamp: int, txn_id: int, flags: int) -> bytes:

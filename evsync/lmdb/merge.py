@@ -12,7 +12,7 @@ import lmdb
 
 from evsync.errors import HeaderError, LmdbError
 from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
-from evsync.lmdb.header import FLAG_DELETED, SYNC_FLAG_MASK, encode_value, parse_header
+from evsync.lmdb.header import SYNC_FLAG_MASK, encode_header, timestamp_and_offset
 from evsync.snapshot.codec import DbiInfo, Entry
 
 log = logging.getLogger(__name__)
@@ -39,18 +39,18 @@ def merge_entry(
     """
     _key, ts, flags, value = entry
     flags &= SYNC_FLAG_MASK
-    if flags & FLAG_DELETED:
+    if flags:
         value = b""
     if not local:
-        if flags & FLAG_DELETED and ts < deleted_cutoff_ns:
+        if flags and ts < deleted_cutoff_ns:
             return None
-        return encode_value(ts, txn_id, flags, value)
-    header = parse_header(local)
-    if ts < header.timestamp:
+        return encode_header(ts, txn_id, flags) + value
+    local_ts, offset = timestamp_and_offset(local)
+    if ts < local_ts:
         return None
-    if ts == header.timestamp and bytes(local[header.offset :]) <= value:
+    if ts == local_ts and local[offset:] <= value:
         return None
-    new = encode_value(ts, txn_id, flags, value)
+    new = encode_header(ts, txn_id, flags) + value
     return None if new == local else new
 
 
@@ -168,17 +168,18 @@ class Merger:
         self, txn: Any, handle: Any, info: DbiInfo, batch: list[Entry], txn_id: int
     ) -> int:
         written = 0
+        get, put, cutoff = txn.get, txn.put, self.deleted_cutoff_ns
         for entry in batch:
             key = entry[0]
-            local = txn.get(key, db=handle)
+            local = get(key, db=handle)
             try:
-                new = merge_entry(local, entry, txn_id, self.deleted_cutoff_ns)
+                new = merge_entry(local, entry, txn_id, cutoff)
             except HeaderError as exc:
                 raise LmdbError(
                     f"lmdb {self.lenv.name}: DBI {info.name.decode(errors='replace')!r} "
                     f"key {key[:64]!r}: corrupt local value: {exc}"
                 ) from None
             if new is not None:
-                txn.put(key, new, db=handle)
+                put(key, new, db=handle)
                 written += 1
         return written

@@ -40,6 +40,7 @@ MDB_INTEGERKEY = 0x08
 ZSTD_LEVEL = 3
 # Small compressed reads bound how much one decompress call can produce.
 READ_CHUNK = 4096
+WRITE_CHUNK = 64 << 10
 MAX_ENTRY_BYTES = 256 << 20
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
@@ -123,22 +124,28 @@ def write_snapshot(
     stats = WriteStats()
     packer = msgpack.Packer(use_bin_type=True)
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    pack = packer.pack
     with cctx.stream_writer(out, closefd=False) as zw:
-        zw.write(packer.pack(header.to_wire()))
+        zw.write(pack(header.to_wire()))
         dbis = iter(dbi_entries)
+        buf = bytearray()
         for info in header.dbis:
             count = 0
-            for key, ts, flags, value in next(dbis):
-                zw.write(packer.pack([key, ts, flags, value]))
+            for entry in next(dbis):
+                buf += pack(entry)  # a 4-tuple packs as a msgpack array
                 count += 1
-                stats.raw_bytes += len(key) + len(value)
+                stats.raw_bytes += len(entry[0]) + len(entry[3])
+                if len(buf) >= WRITE_CHUNK:  # one zstd call per chunk, not per entry
+                    zw.write(buf)
+                    buf.clear()
             if count != info.entries:
                 raise ValueError(
                     f"DBI {info.name!r}: header promised {info.entries} entries, wrote {count}"
                 )
             stats.per_dbi.append(count)
             stats.entries += count
-        zw.write(packer.pack({"trailer": True, "entries": stats.entries}))
+        buf += pack({"trailer": True, "entries": stats.entries})
+        zw.write(buf)
     return stats
 
 
@@ -252,21 +259,25 @@ def _key_order(flags: int) -> Any:
 
 
 def _check_entry(obj: Any, dbi: DbiInfo, index: int) -> Entry:
+    # type() identity checks: the common case costs one tuple unpack and a few compares
+    if type(obj) is list and len(obj) == 4:
+        key, ts, flags, value = obj
+        if (
+            type(key) is bytes
+            and type(value) is bytes
+            and type(ts) is int
+            and type(flags) is int
+            and 0 < len(key) <= 511
+            and 0 <= ts < 1 << 64
+            and 0 <= flags < 256
+        ):
+            return key, ts, flags, value
     if not (isinstance(obj, list) and len(obj) == 4):
         raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: not a 4-element entry")
-    key, ts, flags, value = obj
-    if not (
-        isinstance(key, bytes)
-        and isinstance(value, bytes)
-        and isinstance(ts, int)
-        and isinstance(flags, int)
-        and 0 <= ts < 1 << 64
-        and 0 <= flags < 256
-    ):
-        raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: wrong field types")
-    if not key or len(key) > 511:
+    key = obj[0]
+    if isinstance(key, bytes) and not 0 < len(key) <= 511:
         raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: key length {len(key)}")
-    return key, ts, flags, value
+    raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: wrong field types")
 
 
 class SnapshotReader:
