@@ -52,6 +52,9 @@ RETRY_BACKOFF_START = 0.1
 # The loop wakes at least this often even when nothing is queued (deadlines, stop).
 MAX_IDLE_SECONDS = 1.0
 NS = 1_000_000_000
+DUMP_CATCH_UP_ATTEMPTS = 5
+DUMP_CATCH_UP_SECONDS = 0.001
+SOURCE_SELF = "self"  # the syncer re-queues itself when a commit raced an upload
 
 
 @dataclass
@@ -173,7 +176,7 @@ class Syncer:
                     exc,
                     step_backoff.delay,
                 )
-                self.queue.put(Hint("retry", local=True))
+                self.queue.put(Hint(SOURCE_SELF, local=True))
                 self.stop_event.wait(step_backoff.delay)
 
     def run_once(self) -> bool:
@@ -495,22 +498,32 @@ class Syncer:
             )
             return True
         self._logged_once.discard("empty")
-        return self._upload(only_once=only_once, forced=forced and txn_id <= self.last_synced_txn)
+        return self._upload(
+            only_once=only_once, forced=forced and txn_id <= self.last_synced_txn, want_txn=txn_id
+        )
 
     def _next_timestamp(self) -> int:
         ts = max(self.clock_ns(), self._last_name_ts + 1)
         self._last_name_ts = ts
         return ts
 
-    def _upload(self, *, only_once: bool, forced: bool) -> bool:
+    def _upload(self, *, only_once: bool, forced: bool, want_txn: int = 0) -> bool:
         t0 = time.monotonic()
-        ts = self._next_timestamp()
-        name = SnapshotName.build(self.db, self.instance, ts)
         with tempfile.SpooledTemporaryFile(max_size=DUMP_SPOOL_BYTES) as spool:
             try:
-                dumped = dump_native(
-                    self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
-                )
+                # A read txn begun right after a commit can still see the previous one
+                # for a moment; dump again rather than store an object that misses it.
+                for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
+                    ts = self._next_timestamp()
+                    spool.seek(0)
+                    spool.truncate()
+                    dumped = dump_native(
+                        self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
+                    )
+                    if dumped.header.txn_id >= want_txn:
+                        break
+                    time.sleep(DUMP_CATCH_UP_SECONDS)
+                name = SnapshotName.build(self.db, self.instance, ts)
             except LmdbError as exc:
                 self._log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
                 self._store_backoff.failed()
@@ -538,6 +551,8 @@ class Syncer:
         self.stats.last_store_at = time.time()
         own = self.instances.setdefault(self.instance, InstanceState())
         own.merged = own.newest_seen = name
+        if self.lenv.last_txn_id() > self.last_synced_txn:
+            self.queue.put(Hint(SOURCE_SELF, local=True))  # committed during the upload
         for callback in self.on_stored:
             try:
                 callback(self.db, name.name, size)

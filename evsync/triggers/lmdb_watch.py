@@ -33,13 +33,13 @@ class TxnObserver:
 
     def check(self, source: str) -> bool:
         """Read the txn id; queue a local hint from ``source`` when it moved."""
-        try:
-            txn_id = self.lenv.last_txn_id()
-        except Exception as exc:  # noqa: BLE001 - env closing during shutdown
-            log.debug("lmdb %s: cannot read txn id: %s", self.lenv.name, exc)
-            return False
-        with self._lock:
-            if txn_id == self._seen:
+        with self._lock:  # read and compare together, so _seen never moves backwards
+            try:
+                txn_id = self.lenv.last_txn_id()
+            except Exception as exc:  # noqa: BLE001 - env closing during shutdown
+                log.debug("lmdb %s: cannot read txn id: %s", self.lenv.name, exc)
+                return False
+            if txn_id <= self._seen:
                 return False
             self._seen = txn_id
         self.queue.put(Hint(source, local=True))

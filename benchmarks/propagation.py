@@ -1,0 +1,719 @@
+"""Propagation latency: from a commit on instance A until the record is readable on B.
+
+What is measured
+----------------
+Two evsync daemons, ``a`` and ``b``, run as real subprocesses
+(``python -m evsync -c CFG sync``), each on its own LMDB, sharing one bucket. The
+benchmark process itself plays the application: it writes one native-header record
+per write transaction into A's LMDB through py-lmdb, takes ``t_commit``
+(``time.perf_counter()`` right after ``commit()`` returns), then polls B's LMDB from
+a read-only environment every 0.2 ms until the new value is visible (``t_seen``).
+The latency of one write is ``t_seen - t_commit``: local change detection on A, the
+dump and upload of a full object, remote discovery on B, fetch, verify and merge.
+After a write became visible the benchmark pauses 50 ms plus a seeded uniform
+random 0-1 s before the next one, so that no two writes are in flight at once and
+each commit lands at a random phase of the 1 s pollers, as an application's commits
+do. (With a fixed 50-100 ms pause the loop phase-locks to the poller: every write
+would come right after a tick and wait almost a full period, about 920 ms instead
+of the ~500 ms an application sees on average.)
+
+Why
+---
+evsync's reason to exist is reacting to events instead of polling the LMDB and
+LISTing the bucket once a second like Lightning Stream. The rows compare, in one
+run and with the same build:
+
+* ``watcher``: the default, ``notify.watch_lmdb: true`` (inotify on A's data file),
+  with ``lmdb_poll_interval: 1s`` as the fallback;
+* ``poll-only``: ``notify.watch_lmdb: false``; only the 1 s txn-id poll notices commits;
+
+on two backends:
+
+* ``fs``: a directory is the bucket; B watches it with inotify (push discovery);
+* ``s3``: moto server on 127.0.0.1, started here. Without MQTT or SQS nothing pushes,
+  so B discovers objects by LIST every ``notify.listing_interval`` (set explicitly:
+  1 s, the design's default without push sources, plus a 100 ms row).
+
+The database holds ``--records`` entries (10,000 by default), written into A and
+synced to B before measuring, because every upload is a full dump: the object size,
+and so dump/merge time, scales with the database.
+
+Run: ``make bench`` or ``.venv/bin/python benchmarks/propagation.py [--quick]``.
+The ``evsync`` package is copied once at start and every daemon runs that copy, so
+all rows run the same build even while the working tree is being edited; its source
+hash is printed. Everything binds 127.0.0.1, and every process and temp dir is
+removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import lmdb
+
+from evsync.lmdb.header import encode_value, parse_header
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+DB_NAME = "main"
+DBI = b"records"
+MAP_SIZE = 1 << 30
+MAX_DBS = 64
+POLL_SLEEP = 0.0002  # how often the benchmark looks at B's LMDB while waiting
+MIN_GAP = 0.050  # pause after a write became visible, before the next one ...
+PHASE_JITTER = 1.0  # ... plus uniform(0, this): the longest poll period in any row
+STARTUP_TIMEOUT = 60.0  # for the initial sync of the preloaded records to B
+SETTLE_SECONDS = 1.5  # quiet time after the initial sync, before measuring
+STOP_TIMEOUT = 10.0
+S3_KEYS = {"access_key": "test", "secret_key": "test"}
+SEED = 20240601
+DEFAULT_WRITES, DEFAULT_RECORDS = 200, 10_000
+QUICK_WRITES, QUICK_RECORDS = 30, 1000
+
+
+# ------------------------------------------------------------------ scenarios and results
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table: how A detects commits and how B discovers objects."""
+
+    mode: str  # "watcher" or "poll-only"
+    backend: str  # "fs" or "s3"
+    listing_interval: str  # notify.listing_interval, always set explicitly
+    lmdb_poll_interval: str = "1s"
+
+    @property
+    def watch_lmdb(self) -> bool:
+        """notify.watch_lmdb for this mode."""
+        return self.mode == "watcher"
+
+    @property
+    def label(self) -> str:
+        """Short name for logs and file names."""
+        return f"{self.mode}-{self.backend}-list{self.listing_interval}"
+
+
+SCENARIOS = (
+    Scenario("watcher", "fs", "1s"),
+    Scenario("poll-only", "fs", "1s"),
+    Scenario("watcher", "s3", "1s"),
+    Scenario("poll-only", "s3", "1s"),
+    Scenario("watcher", "s3", "100ms"),
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line settings that every scenario shares."""
+
+    writes: int
+    records: int
+    timeout: float
+    phase_jitter: float
+    python: str
+    build_dir: Path
+    log_level: str
+    keep_dir: Path | None
+    samples: Path | None
+
+
+@dataclass
+class Result:
+    """Latencies of one scenario, in milliseconds, plus the writes that never arrived."""
+
+    scenario: Scenario
+    latencies_ms: list[float] = field(default_factory=list)
+    timeouts: int = 0
+    #: highest 1-minute load average seen around the row (other work on the machine)
+    load: float = 0.0
+
+    def pct(self, q: float) -> float:
+        """The q-quantile (0..1), linear interpolation between closest ranks."""
+        return percentile(self.latencies_ms, q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Quantile with linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+# ------------------------------------------------------------------ machine description
+
+
+def machine_info(source_hash: str) -> list[tuple[str, str]]:
+    """CPU, cores, kernel, Python and library versions, and the evsync build."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return [
+        ("cpu", cpu),
+        ("nproc", str(len(os.sched_getaffinity(0)))),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("py-lmdb", f"{lmdb.__version__} (liblmdb {'.'.join(map(str, lmdb.version()))})"),
+        ("evsync", f"{evsync_build()}, source sha256 {source_hash}"),
+    ]
+
+
+def evsync_build() -> str:
+    """evsync's version and the git commit of the working tree (``+dirty`` if modified)."""
+    from evsync import __version__
+
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "evsync"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return __version__
+    return f"{__version__} (git {rev}{'+dirty' if dirty else ''})"
+
+
+def snapshot_build(dest: Path) -> str:
+    """Copy ``evsync/`` as it is now into ``dest``; returns a hash of its sources."""
+    shutil.copytree(
+        REPO / "evsync", dest / "evsync", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    digest = hashlib.sha256()
+    for path in sorted((dest / "evsync").rglob("*.py")):
+        digest.update(path.relative_to(dest).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+class MotoServer:
+    """moto_server on 127.0.0.1 and a free port, for the s3 rows."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._log: TextIO = open(log_path, "w", encoding="utf-8")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server answers HTTP."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.endpoint, timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # any HTTP answer means it is up
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("moto_server did not answer in time")
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create an empty bucket for one scenario."""
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEYS["access_key"],
+            aws_secret_access_key=S3_KEYS["secret_key"],
+        )
+        client.create_bucket(Bucket=bucket)
+        client.close()
+
+    def stop(self) -> None:
+        """Terminate the server."""
+        stop_process(self.proc)
+        self._log.close()
+
+
+@dataclass
+class Daemon:
+    """One ``evsync sync`` subprocess and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if the daemon died."""
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RuntimeError(f"evsync {self.name} exited ({self.proc.returncode}):\n{tail}")
+
+
+def start_daemon(name: str, config: Path, log_path: Path, opts: Options) -> Daemon:
+    """Start ``python -m evsync -c CONFIG sync`` from the build copy, logging to ``log_path``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(opts.build_dir), env.get("PYTHONPATH", "")) if p
+    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [opts.python, "-m", "evsync", "-c", str(config), "sync"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            env=env,
+        )
+    return Daemon(name, proc, log_path)
+
+
+# ------------------------------------------------------------------ configs
+
+
+def storage_section(scenario: Scenario, root: Path, endpoint: str | None, bucket: str) -> str:
+    """The YAML ``storage`` section for the scenario's backend."""
+    if scenario.backend == "fs":
+        return f"storage:\n  type: fs\n  options:\n    root_path: {json.dumps(str(root))}\n"
+    return (
+        "storage:\n  type: s3\n  options:\n"
+        f"    bucket: {bucket}\n    endpoint_url: {endpoint}\n    region: us-east-1\n"
+        f"    access_key: {S3_KEYS['access_key']}\n    secret_key: {S3_KEYS['secret_key']}\n"
+    )
+
+
+def write_config(
+    path: Path, instance: str, lmdb_path: Path, scenario: Scenario, storage: str, log: str
+) -> Path:
+    """Write one instance's YAML config (JSON strings are valid YAML scalars)."""
+    path.write_text(
+        f"instance: {instance}\n"
+        "lmdbs:\n"
+        f"  {DB_NAME}:\n"
+        f"    path: {json.dumps(str(lmdb_path))}\n"
+        "    schema_tracks_changes: true\n"
+        "    options: {create: true, map_size: 1GB}\n"
+        f"lmdb_poll_interval: {scenario.lmdb_poll_interval}\n"
+        f"{storage}"
+        "notify:\n"
+        f"  watch_lmdb: {'true' if scenario.watch_lmdb else 'false'}\n"
+        f"  listing_interval: {scenario.listing_interval}\n"
+        f"log: {log}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+# ------------------------------------------------------------------ LMDB access
+
+
+def record_key(index: int) -> bytes:
+    """Key of preloaded record ``index``."""
+    return f"rec{index:08d}".encode()
+
+
+def open_writer(path: Path) -> lmdb.Environment:
+    """A's LMDB, opened as an application would (see evsync.tools.lmdb_write)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=MAX_DBS)
+
+
+def preload(env: lmdb.Environment, count: int) -> None:
+    """Write ``count`` native-header records in one transaction."""
+    db = env.open_db(DBI)
+    now = time.time_ns()
+    with env.begin(write=True) as txn:
+        txn_id = txn.id()
+        for i in range(count):
+            txn.put(record_key(i), encode_value(now, txn_id, 0, f"value-{i}".encode()), db=db)
+
+
+def write_one(env: lmdb.Environment, db: Any, key: bytes, value: bytes) -> float:
+    """Commit one record; returns perf_counter() taken right after the commit returned."""
+    with env.begin(write=True, db=db) as txn:
+        txn.put(key, encode_value(time.time_ns(), txn.id(), 0, value))
+    return time.perf_counter()
+
+
+class Reader:
+    """B's LMDB, opened read-only once, tolerant of the map growing under it."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (path / "data.mdb").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path} was never created")
+            time.sleep(0.05)
+        self.env = lmdb.open(
+            str(path), readonly=True, lock=True, max_dbs=MAX_DBS, map_size=MAP_SIZE
+        )
+        self.db: Any = None
+
+    def _begin(self) -> Any:
+        try:
+            return self.env.begin()
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin()
+
+    def open_dbi(self) -> bool:
+        """Open the records DBI once it exists; False while it does not."""
+        if self.db is None:
+            with self._begin() as txn:
+                if txn.get(DBI) is None:
+                    return False
+            self.db = self.env.open_db(DBI, create=False)
+        return True
+
+    def count(self) -> int:
+        """Entries in the records DBI (0 before it exists)."""
+        if not self.open_dbi():
+            return 0
+        with self._begin() as txn:
+            return int(txn.stat(self.db)["entries"])
+
+    def value(self, key: bytes) -> bytes | None:
+        """The application value of ``key`` (header stripped), or None."""
+        with self._begin() as txn:
+            raw = txn.get(key, db=self.db)
+            if raw is None:
+                return None
+            return bytes(raw[parse_header(raw).offset :])
+
+    def wait_for(self, key: bytes, expected: bytes, deadline: float) -> float | None:
+        """Poll until ``key`` holds ``expected``; perf_counter() when seen, None on timeout."""
+        while True:
+            if self.value(key) == expected:
+                return time.perf_counter()
+            if time.perf_counter() > deadline:
+                return None
+            time.sleep(POLL_SLEEP)
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()
+
+
+def wait_initial_sync(reader: Reader, count: int, daemons: list[Daemon]) -> float:
+    """Wait until B holds every preloaded record; returns the seconds it took."""
+    t0 = time.monotonic()
+    while reader.count() < count:
+        if time.monotonic() - t0 > STARTUP_TIMEOUT:
+            raise RuntimeError(f"B holds {reader.count()} of {count} records after startup")
+        for daemon in daemons:
+            daemon.check_alive()
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+# ------------------------------------------------------------------ one scenario
+
+
+def measure(
+    writer: lmdb.Environment, reader: Reader, result: Result, opts: Options, samples: Any
+) -> None:
+    """The measured loop: one write at a time, wait until B sees it, pause."""
+    db = writer.open_db(DBI)
+    rng = random.Random(SEED)
+    for i in range(opts.writes):
+        key = record_key((i * 7919) % opts.records)
+        value = f"bench-{result.scenario.label}-{i}".encode()
+        wall = time.time()
+        t_commit = write_one(writer, db, key, value)
+        t_seen = reader.wait_for(key, value, t_commit + opts.timeout)
+        latency = None if t_seen is None else (t_seen - t_commit) * 1000
+        if latency is None:
+            result.timeouts += 1
+        else:
+            result.latencies_ms.append(latency)
+        if samples is not None:
+            samples.writerow([result.scenario.label, i, f"{wall:.6f}", latency])
+        time.sleep(MIN_GAP + rng.uniform(0.0, opts.phase_jitter))
+
+
+def run_scenario(
+    scenario: Scenario, opts: Options, moto: MotoServer | None, index: int, samples: Any
+) -> Result:
+    """Set up A and B for one scenario, preload, measure, tear everything down."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"evsync-bench-{scenario.label}-"))
+    bucket = f"evsync-bench-{index}"
+    daemons: list[Daemon] = []
+    writer: lmdb.Environment | None = None
+    reader: Reader | None = None
+    result = Result(scenario)
+    try:
+        endpoint = None
+        if scenario.backend == "s3":
+            assert moto is not None
+            moto.create_bucket(bucket)
+            endpoint = moto.endpoint
+        storage = storage_section(scenario, workdir / "bucket", endpoint, bucket)
+        log = json.dumps({"level": opts.log_level, "format": "json"})
+        writer = open_writer(workdir / "a")
+        preload(writer, opts.records)
+        for name in ("a", "b"):
+            cfg = write_config(
+                workdir / f"{name}.yaml", name, workdir / name, scenario, storage, log
+            )
+            daemons.append(start_daemon(name, cfg, workdir / f"{name}.log", opts))
+        reader = Reader(workdir / "b", STARTUP_TIMEOUT)
+        took = wait_initial_sync(reader, opts.records, daemons)
+        print(f"  {scenario.label}: {opts.records} records on B after {took:.1f}s", flush=True)
+        time.sleep(SETTLE_SECONDS)
+        load_before = os.getloadavg()[0]
+        measure(writer, reader, result, opts, samples)
+        result.load = max(load_before, os.getloadavg()[0])
+        for daemon in daemons:
+            daemon.check_alive()
+    finally:
+        teardown(daemons, writer, reader)
+        keep_or_remove(workdir, scenario, opts.keep_dir)
+    return result
+
+
+def teardown(daemons: list[Daemon], writer: lmdb.Environment | None, reader: Reader | None) -> None:
+    """Stop the daemons and close the LMDBs, whatever state they are in."""
+    for daemon in daemons:
+        stop_process(daemon.proc)
+    if reader is not None:
+        reader.close()
+    if writer is not None:
+        writer.close()
+
+
+def keep_or_remove(workdir: Path, scenario: Scenario, keep_dir: Path | None) -> None:
+    """Copy the daemons' logs and configs to ``keep_dir`` (if set), then delete the temp dir."""
+    if keep_dir is not None:
+        target = keep_dir / scenario.label
+        target.mkdir(parents=True, exist_ok=True)
+        for path in workdir.glob("*.log"):
+            shutil.copy(path, target / path.name)
+        for path in workdir.glob("*.yaml"):
+            shutil.copy(path, target / path.name)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def print_machine(source_hash: str) -> None:
+    """The machine the figures were taken on."""
+    for key, value in machine_info(source_hash):
+        print(f"{key:8} {value}")
+    print()
+
+
+def print_table(results: list[Result]) -> None:
+    """The results table, then the poll-only/watcher ratio of p50 per backend."""
+    header = (
+        f"{'mode':10} {'backend':7} {'listing':>7} {'n':>4} {'p50':>8} {'p90':>8} "
+        f"{'p99':>8} {'max':>8} {'timeouts':>8} {'load':>5}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for r in results:
+        s = r.scenario
+        print(
+            f"{s.mode:10} {s.backend:7} {s.listing_interval:>7} {len(r.latencies_ms):4d} "
+            f"{r.pct(0.5):8.1f} {r.pct(0.9):8.1f} {r.pct(0.99):8.1f} {r.pct(1.0):8.1f} "
+            f"{r.timeouts:8d} {r.load:5.2f}"
+        )
+    print(
+        "(latencies in ms; lmdb_poll_interval 1s in every row; load = highest 1-min load "
+        f"average around the row, on {len(os.sched_getaffinity(0))} CPUs)\n"
+    )
+    for backend, watcher, poll in ratio_pairs(results):
+        ratio = poll.pct(0.5) / watcher.pct(0.5)
+        print(f"{backend}: poll-only p50 / watcher p50 = {ratio:.1f}x")
+
+
+def ratio_pairs(results: list[Result]) -> Iterator[tuple[str, Result, Result]]:
+    """(backend, watcher row, poll-only row) with the same listing interval."""
+    for w in results:
+        if w.scenario.mode != "watcher" or not w.latencies_ms:
+            continue
+        for p in results:
+            ps = p.scenario
+            if (
+                ps.mode == "poll-only"
+                and (ps.backend, ps.listing_interval)
+                == (w.scenario.backend, w.scenario.listing_interval)
+                and p.latencies_ms
+            ):
+                yield f"{ps.backend} (listing {ps.listing_interval})", w, p
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--writes", type=int, default=None, help="measured writes per row (200)")
+    p.add_argument("--records", type=int, default=None, help="records before measuring (10000)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per write (10)")
+    p.add_argument(
+        "--phase-jitter",
+        type=float,
+        default=PHASE_JITTER,
+        help="random extra pause after each write, 0..this seconds (1.0)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 30 writes, 1000 records (unless given)"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="run only rows whose label contains LABEL (repeatable), e.g. watcher-fs",
+    )
+    p.add_argument(
+        "--daemon-log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="evsync log level (info for a diagnostic run, with --keep-logs)",
+    )
+    p.add_argument(
+        "--keep-logs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="copy the daemons' JSON logs and configs here",
+    )
+    p.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="write every write's wall-clock commit time and latency here",
+    )
+    p.add_argument(
+        "--python",
+        default=str(VENV_BIN / "python"),
+        help="interpreter that runs the evsync daemons",
+    )
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.writes = args.writes or (QUICK_WRITES if quick else DEFAULT_WRITES)
+    args.records = args.records or (QUICK_RECORDS if quick else DEFAULT_RECORDS)
+    return args
+
+
+def selected(only: list[str] | None) -> list[Scenario]:
+    """The scenarios to run."""
+    return [s for s in SCENARIOS if not only or any(o in s.label for o in only)]
+
+
+def run_all(scenarios: list[Scenario], opts: Options, samples: Any) -> list[Result]:
+    """Run every scenario; moto runs for the whole set if any row needs it."""
+    results: list[Result] = []
+    moto: MotoServer | None = None
+    moto_dir = Path(tempfile.mkdtemp(prefix="evsync-bench-moto-"))
+    try:
+        if any(s.backend == "s3" for s in scenarios):
+            moto = MotoServer(moto_dir / "moto.log")
+            moto.wait_ready()
+        for index, scenario in enumerate(scenarios):
+            results.append(run_scenario(scenario, opts, moto, index, samples))
+    finally:
+        if moto is not None:
+            moto.stop()
+        shutil.rmtree(moto_dir, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected rows and print the machine and the table."""
+    args = parse_args(argv)
+    build_dir = Path(tempfile.mkdtemp(prefix="evsync-bench-build-"))
+    try:
+        source_hash = snapshot_build(build_dir)
+        opts = Options(
+            writes=args.writes,
+            records=args.records,
+            timeout=args.timeout,
+            phase_jitter=args.phase_jitter,
+            python=args.python,
+            build_dir=build_dir,
+            log_level=args.daemon_log_level,
+            keep_dir=args.keep_logs,
+            samples=args.samples,
+        )
+        print_machine(source_hash)
+        print(
+            f"{opts.records} records, {opts.writes} writes per row, timeout {opts.timeout:g}s, "
+            f"pause {MIN_GAP * 1000:.0f} ms + U(0, {opts.phase_jitter:g} s) between writes\n"
+        )
+        results = run_with_samples(selected(args.only), opts)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    print()
+    print_table(results)
+    return 0
+
+
+def run_with_samples(scenarios: list[Scenario], opts: Options) -> list[Result]:
+    """run_all, with the per-write CSV open when ``--samples`` is given."""
+    if opts.samples is None:
+        return run_all(scenarios, opts, None)
+    with open(opts.samples, "w", newline="", encoding="utf-8") as f:
+        samples = csv.writer(f)
+        samples.writerow(["row", "i", "commit_wall", "latency_ms"])
+        return run_all(scenarios, opts, samples)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
