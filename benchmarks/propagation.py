@@ -34,6 +34,18 @@ on two backends:
   so B discovers objects by LIST every ``notify.listing_interval`` (set explicitly:
   1 s, the design's default without push sources, plus a 100 ms row).
 
+and, with the watcher on s3, two push sources, each with ``listing_interval: 1h`` so
+that only the events can explain the latency (``watcher-s3-list1s`` is their
+listing-only baseline):
+
+* ``mqtt``: both daemons use ``notify.mqtt`` with ``publish: true`` (a topic of their
+  own per row) against a Mosquitto started here on 127.0.0.1 without persistence:
+  after every upload A publishes a retained announcement and B, subscribed to
+  ``<topic>/#``, fetches the object it names;
+* ``sqs``: one moto SQS queue per instance, the bucket configured to send
+  ``s3:ObjectCreated:*`` events to both (``QueueConfigurations``), and each daemon
+  long-polling its own queue through ``notify.sqs``.
+
 The database holds ``--records`` entries (10,000 by default), written into A and
 synced to B before measuring, because every upload is a full dump: the object size,
 and so dump/merge time, scales with the database.
@@ -86,6 +98,9 @@ STARTUP_TIMEOUT = 60.0  # for the initial sync of the preloaded records to B
 SETTLE_SECONDS = 1.5  # quiet time after the initial sync, before measuring
 STOP_TIMEOUT = 10.0
 S3_KEYS = {"access_key": "test", "secret_key": "test"}
+REGION = "us-east-1"
+INSTANCES = ("a", "b")
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 SEED = 20240601
 DEFAULT_WRITES, DEFAULT_RECORDS = 200, 10_000
 QUICK_WRITES, QUICK_RECORDS = 30, 1000
@@ -101,6 +116,7 @@ class Scenario:
     mode: str  # "watcher" or "poll-only"
     backend: str  # "fs" or "s3"
     listing_interval: str  # notify.listing_interval, always set explicitly
+    push: str = ""  # "", "mqtt" or "sqs": the push source both daemons use (s3 only)
     lmdb_poll_interval: str = "1s"
 
     @property
@@ -111,7 +127,8 @@ class Scenario:
     @property
     def label(self) -> str:
         """Short name for logs and file names."""
-        return f"{self.mode}-{self.backend}-list{self.listing_interval}"
+        push = f"-{self.push}" if self.push else ""
+        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}"
 
 
 SCENARIOS = (
@@ -120,6 +137,8 @@ SCENARIOS = (
     Scenario("watcher", "s3", "1s"),
     Scenario("poll-only", "s3", "1s"),
     Scenario("watcher", "s3", "100ms"),
+    Scenario("watcher", "s3", "1h", push="mqtt"),
+    Scenario("watcher", "s3", "1h", push="sqs"),
 )
 
 
@@ -182,7 +201,28 @@ def machine_info(source_hash: str) -> list[tuple[str, str]]:
         ("python", f"{platform.python_implementation()} {platform.python_version()}"),
         ("py-lmdb", f"{lmdb.__version__} (liblmdb {'.'.join(map(str, lmdb.version()))})"),
         ("evsync", f"{evsync_build()}, source sha256 {source_hash}"),
+        ("servers", server_versions()),
     ]
+
+
+def server_versions() -> str:
+    """Versions of moto, boto3 and paho-mqtt, and of the mosquitto binary if installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for package in ("moto", "boto3", "paho-mqtt"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} missing")
+    try:
+        out = subprocess.run(
+            [mosquitto_binary(), "-h"], capture_output=True, text=True, check=False
+        ).stdout
+        parts.append(out.splitlines()[0] if out else "mosquitto ?")
+    except (OSError, RuntimeError):
+        parts.append("mosquitto missing")
+    return ", ".join(parts)
 
 
 def evsync_build() -> str:
@@ -269,24 +309,121 @@ class MotoServer:
                 time.sleep(0.05)
         raise RuntimeError("moto_server did not answer in time")
 
-    def create_bucket(self, bucket: str) -> None:
-        """Create an empty bucket for one scenario."""
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` on this server (close it when done)."""
         import boto3
 
-        client = boto3.client(
-            "s3",
+        return boto3.client(
+            service,
             endpoint_url=self.endpoint,
-            region_name="us-east-1",
+            region_name=REGION,
             aws_access_key_id=S3_KEYS["access_key"],
             aws_secret_access_key=S3_KEYS["secret_key"],
         )
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create an empty bucket for one scenario."""
+        client = self.client("s3")
         client.create_bucket(Bucket=bucket)
+        client.close()
+
+    def create_queue(self, name: str) -> tuple[str, str]:
+        """Create an SQS queue; returns its URL and ARN."""
+        client = self.client("sqs")
+        url: str = client.create_queue(QueueName=name)["QueueUrl"]
+        attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        client.close()
+        return url, attrs["Attributes"]["QueueArn"]
+
+    def notify_queues(self, bucket: str, queue_arns: list[str]) -> None:
+        """Have moto's S3 send every ``s3:ObjectCreated:*`` event of ``bucket`` to each queue."""
+        client = self.client("s3")
+        client.put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]} for arn in queue_arns
+                ]
+            },
+        )
         client.close()
 
     def stop(self) -> None:
         """Terminate the server."""
         stop_process(self.proc)
         self._log.close()
+
+
+class Mosquitto:
+    """Debian's mosquitto on 127.0.0.1 and a free port, without persistence, for mqtt rows."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it switches to the 'mosquitto' user
+        conf = workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self._log: TextIO = open(workdir / "mosquitto.log", "w", encoding="utf-8")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the broker accepts TCP connections."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen in time")
+
+    def stop(self) -> None:
+        """Terminate the broker."""
+        stop_process(self.proc)
+        self._log.close()
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto broker (Debian installs it in /usr/sbin, often not on PATH)."""
+    for candidate in MOSQUITTO_PATHS:
+        if Path(candidate).exists():
+            return candidate
+    found = shutil.which("mosquitto")
+    if found is None:
+        raise RuntimeError("mosquitto not found (apt-get install mosquitto)")
+    return found
+
+
+@dataclass
+class Services:
+    """The servers that rows share, started once for the whole run when a row needs them."""
+
+    moto: MotoServer | None = None
+    mosquitto: Mosquitto | None = None
+
+    def start(self, scenarios: list[Scenario], workdir: Path) -> None:
+        """Start moto if any row uses s3 and Mosquitto if any row uses mqtt."""
+        if any(s.backend == "s3" for s in scenarios):
+            self.moto = MotoServer(workdir / "moto.log")
+            self.moto.wait_ready()
+        if any(s.push == "mqtt" for s in scenarios):
+            self.mosquitto = Mosquitto(workdir)
+            self.mosquitto.wait_ready()
+
+    def stop(self) -> None:
+        """Stop whatever was started; each one even if stopping another failed."""
+        try:
+            if self.mosquitto is not None:
+                self.mosquitto.stop()
+        finally:
+            if self.moto is not None:
+                self.moto.stop()
 
 
 @dataclass
@@ -330,15 +467,58 @@ def storage_section(scenario: Scenario, root: Path, endpoint: str | None, bucket
         return f"storage:\n  type: fs\n  options:\n    root_path: {json.dumps(str(root))}\n"
     return (
         "storage:\n  type: s3\n  options:\n"
-        f"    bucket: {bucket}\n    endpoint_url: {endpoint}\n    region: us-east-1\n"
+        f"    bucket: {bucket}\n    endpoint_url: {endpoint}\n    region: {REGION}\n"
         f"    access_key: {S3_KEYS['access_key']}\n    secret_key: {S3_KEYS['secret_key']}\n"
     )
 
 
+def push_sections(
+    scenario: Scenario, index: int, services: Services, bucket: str
+) -> dict[str, str]:
+    """Each instance's push source: YAML lines under ``notify`` (empty without one).
+
+    For sqs this creates the row's queues and points the bucket's notifications at
+    them, so it must run before the daemons start.
+    """
+    if scenario.push == "mqtt":
+        assert services.mosquitto is not None
+        return mqtt_sections(services.mosquitto.url, f"evsync-bench-{index}")
+    if scenario.push == "sqs":
+        assert services.moto is not None
+        return sqs_sections(services.moto, bucket, f"evsync-bench-{index}")
+    return dict.fromkeys(INSTANCES, "")
+
+
+def mqtt_sections(url: str, topic: str) -> dict[str, str]:
+    """Both instances announce on, and subscribe to, ``topic`` on the broker at ``url``."""
+    mqtt = json.dumps({"url": url, "topic": topic, "publish": True})
+    return {name: f"  mqtt: {mqtt}\n" for name in INSTANCES}
+
+
+def sqs_sections(moto: MotoServer, bucket: str, queue_prefix: str) -> dict[str, str]:
+    """One queue per instance, each sent every object-created event of ``bucket``."""
+    queues = {name: moto.create_queue(f"{queue_prefix}-{name}") for name in INSTANCES}
+    moto.notify_queues(bucket, [arn for _url, arn in queues.values()])
+    sections = {}
+    for name, (url, _arn) in queues.items():
+        sqs = json.dumps({"queue_url": url, "endpoint_url": moto.endpoint, "region": REGION})
+        sections[name] = f"  sqs: {sqs}\n"
+    return sections
+
+
 def write_config(
-    path: Path, instance: str, lmdb_path: Path, scenario: Scenario, storage: str, log: str
+    path: Path,
+    instance: str,
+    lmdb_path: Path,
+    scenario: Scenario,
+    sections: tuple[str, str, str],
 ) -> Path:
-    """Write one instance's YAML config (JSON strings are valid YAML scalars)."""
+    """Write one instance's YAML config (JSON strings are valid YAML scalars).
+
+    ``sections`` holds the storage section, the push lines under ``notify`` and the
+    log setting.
+    """
+    storage, push, log = sections
     path.write_text(
         f"instance: {instance}\n"
         "lmdbs:\n"
@@ -351,6 +531,7 @@ def write_config(
         "notify:\n"
         f"  watch_lmdb: {'true' if scenario.watch_lmdb else 'false'}\n"
         f"  listing_interval: {scenario.listing_interval}\n"
+        f"{push}"
         f"log: {log}\n",
         encoding="utf-8",
     )
@@ -485,7 +666,7 @@ def measure(
 
 
 def run_scenario(
-    scenario: Scenario, opts: Options, moto: MotoServer | None, index: int, samples: Any
+    scenario: Scenario, opts: Options, services: Services, index: int, samples: Any
 ) -> Result:
     """Set up A and B for one scenario, preload, measure, tear everything down."""
     workdir = Path(tempfile.mkdtemp(prefix=f"evsync-bench-{scenario.label}-"))
@@ -497,17 +678,17 @@ def run_scenario(
     try:
         endpoint = None
         if scenario.backend == "s3":
-            assert moto is not None
-            moto.create_bucket(bucket)
-            endpoint = moto.endpoint
+            assert services.moto is not None
+            services.moto.create_bucket(bucket)
+            endpoint = services.moto.endpoint
         storage = storage_section(scenario, workdir / "bucket", endpoint, bucket)
+        push = push_sections(scenario, index, services, bucket)
         log = json.dumps({"level": opts.log_level, "format": "json"})
         writer = open_writer(workdir / "a")
         preload(writer, opts.records)
-        for name in ("a", "b"):
-            cfg = write_config(
-                workdir / f"{name}.yaml", name, workdir / name, scenario, storage, log
-            )
+        for name in INSTANCES:
+            sections = (storage, push[name], log)
+            cfg = write_config(workdir / f"{name}.yaml", name, workdir / name, scenario, sections)
             daemons.append(start_daemon(name, cfg, workdir / f"{name}.log", opts))
         reader = Reader(workdir / "b", STARTUP_TIMEOUT)
         took = wait_initial_sync(reader, opts.records, daemons)
@@ -557,16 +738,17 @@ def print_machine(source_hash: str) -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    """The results table, then the poll-only/watcher ratio of p50 per backend."""
+    """The results table, then the ratios of p50: poll-only/watcher and listing/push."""
     header = (
-        f"{'mode':10} {'backend':7} {'listing':>7} {'n':>4} {'p50':>8} {'p90':>8} "
+        f"{'mode':10} {'backend':7} {'push':5} {'listing':>7} {'n':>4} {'p50':>8} {'p90':>8} "
         f"{'p99':>8} {'max':>8} {'timeouts':>8} {'load':>5}"
     )
     print(header + "\n" + "-" * len(header))
     for r in results:
         s = r.scenario
         print(
-            f"{s.mode:10} {s.backend:7} {s.listing_interval:>7} {len(r.latencies_ms):4d} "
+            f"{s.mode:10} {s.backend:7} {s.push or '-':5} {s.listing_interval:>7} "
+            f"{len(r.latencies_ms):4d} "
             f"{r.pct(0.5):8.1f} {r.pct(0.9):8.1f} {r.pct(0.99):8.1f} {r.pct(1.0):8.1f} "
             f"{r.timeouts:8d} {r.load:5.2f}"
         )
@@ -577,22 +759,46 @@ def print_table(results: list[Result]) -> None:
     for backend, watcher, poll in ratio_pairs(results):
         ratio = poll.pct(0.5) / watcher.pct(0.5)
         print(f"{backend}: poll-only p50 / watcher p50 = {ratio:.1f}x")
+    for listing, push in push_pairs(results):
+        ls, ps = listing.scenario, push.scenario
+        ratio = listing.pct(0.5) / push.pct(0.5)
+        print(
+            f"{ps.mode} {ps.backend}: listing-only ({ls.listing_interval}) p50 / {ps.push} p50 "
+            f"= {ratio:.1f}x ({ps.push} p50 {push.pct(0.5):.1f} ms)"
+        )
 
 
 def ratio_pairs(results: list[Result]) -> Iterator[tuple[str, Result, Result]]:
-    """(backend, watcher row, poll-only row) with the same listing interval."""
+    """(backend, watcher row, poll-only row) with the same listing interval, no push."""
     for w in results:
-        if w.scenario.mode != "watcher" or not w.latencies_ms:
+        if w.scenario.mode != "watcher" or w.scenario.push or not w.latencies_ms:
             continue
         for p in results:
             ps = p.scenario
             if (
                 ps.mode == "poll-only"
+                and not ps.push
                 and (ps.backend, ps.listing_interval)
                 == (w.scenario.backend, w.scenario.listing_interval)
                 and p.latencies_ms
             ):
                 yield f"{ps.backend} (listing {ps.listing_interval})", w, p
+
+
+def push_pairs(results: list[Result]) -> Iterator[tuple[Result, Result]]:
+    """(listing-only 1 s row, push row) with the same mode and backend."""
+    for push in results:
+        if not push.scenario.push or not push.latencies_ms:
+            continue
+        for listing in results:
+            ls = listing.scenario
+            if (
+                not ls.push
+                and ls.listing_interval == "1s"
+                and (ls.mode, ls.backend) == (push.scenario.mode, push.scenario.backend)
+                and listing.latencies_ms
+            ):
+                yield listing, push
 
 
 # ------------------------------------------------------------------ main
@@ -658,20 +864,19 @@ def selected(only: list[str] | None) -> list[Scenario]:
 
 
 def run_all(scenarios: list[Scenario], opts: Options, samples: Any) -> list[Result]:
-    """Run every scenario; moto runs for the whole set if any row needs it."""
+    """Run every scenario; moto and Mosquitto run for the whole set if any row needs them."""
     results: list[Result] = []
-    moto: MotoServer | None = None
-    moto_dir = Path(tempfile.mkdtemp(prefix="evsync-bench-moto-"))
+    services = Services()
+    services_dir = Path(tempfile.mkdtemp(prefix="evsync-bench-services-"))
     try:
-        if any(s.backend == "s3" for s in scenarios):
-            moto = MotoServer(moto_dir / "moto.log")
-            moto.wait_ready()
+        services.start(scenarios, services_dir)
         for index, scenario in enumerate(scenarios):
-            results.append(run_scenario(scenario, opts, moto, index, samples))
+            results.append(run_scenario(scenario, opts, services, index, samples))
     finally:
-        if moto is not None:
-            moto.stop()
-        shutil.rmtree(moto_dir, ignore_errors=True)
+        try:
+            services.stop()
+        finally:
+            shutil.rmtree(services_dir, ignore_errors=True)
     return results
 
 
@@ -709,6 +914,7 @@ def run_with_samples(scenarios: list[Scenario], opts: Options) -> list[Result]:
     """run_all, with the per-write CSV open when ``--samples`` is given."""
     if opts.samples is None:
         return run_all(scenarios, opts, None)
+    opts.samples.parent.mkdir(parents=True, exist_ok=True)
     with open(opts.samples, "w", newline="", encoding="utf-8") as f:
         samples = csv.writer(f)
         samples.writerow(["row", "i", "commit_wall", "latency_ms"])
