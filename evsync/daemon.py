@@ -56,7 +56,7 @@ class Daemon:
                     config,
                     config.lmdbs[name],
                     self.store,
-                    HintQueue(name),
+                    HintQueue(name, own_instance=config.instance),
                     receive_only=receive_only,
                     stop_event=self.stop_event,
                 )

@@ -47,8 +47,10 @@ class Batch:
 class HintQueue:
     """Coalescing queue for one db: one local flag plus the newest name per instance."""
 
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, own_instance: str | None = None) -> None:
         self.db = db
+        #: this process's instance: echoes of its own uploads are not news
+        self.own_instance = own_instance
         self._cond = threading.Condition()
         self._local = False
         self._remote: dict[str, SnapshotName] = {}
@@ -60,6 +62,8 @@ class HintQueue:
         self.first: Counter[str] = Counter()
         #: hints ignored (other db, foreign or unparseable names)
         self.ignored: Counter[str] = Counter()
+        #: hints about this instance's own objects (announcement or listing echoes)
+        self.own_echoes: Counter[str] = Counter()
 
     def put(self, hint: Hint) -> bool:
         """Queue a hint; returns True when it told the syncer something new."""
@@ -79,6 +83,9 @@ class HintQueue:
         parsed = try_parse(hint.name or "")
         if parsed is None or parsed.db != self.db or not parsed.is_evsync:
             self.ignored[hint.source] += 1
+            return False
+        if parsed.instance == self.own_instance:
+            self.own_echoes[hint.source] += 1
             return False
         seen = self._newest_seen.get(parsed.instance)
         if seen is not None and parsed.name <= seen.name:

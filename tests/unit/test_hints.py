@@ -128,6 +128,19 @@ class TestIgnored:
         assert q.wait(0).remote["a"].timestamp_ns == T
 
 
+class TestOwnEchoes:
+    """Hints about this instance's own uploads are not news."""
+
+    def test_own_objects_are_counted_apart(self) -> None:
+        """An echo of an own upload neither wakes the syncer nor counts as first."""
+        queue = HintQueue("main", own_instance="me")
+        assert queue.put(Hint("mqtt", name=name("me", 1))) is False
+        assert queue.own_echoes["mqtt"] == 1
+        assert queue.first["mqtt"] == 0
+        assert queue.wait(0).remote == {}
+        assert queue.put(Hint("mqtt", name=name("peer", 1))) is True
+
+
 class TestCounters:
     """received and first are counted per source."""
 
