@@ -148,8 +148,12 @@ class Daemon:
         for trigger in self.triggers:
             trigger.stop()
         for syncer in self.syncers.values():
-            log.info("db %s: hints by source: first to announce %s; received %s",
-                     syncer.db, _counts(syncer.queue.first), _counts(syncer.queue.received))
+            log.info(
+                "db %s: hints by source: first to announce %s; received %s",
+                syncer.db,
+                _counts(syncer.queue.first),
+                _counts(syncer.queue.received),
+            )
 
     def run_once(self) -> bool:
         """Merge every instance's newest object into every db, upload if needed."""

@@ -23,6 +23,18 @@ WRITER = REPO / "tests" / "fixtures" / "writer.py"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM a process, SIGKILL it if it lingers."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def require_tool(name: str) -> str:
     """Path of an executable; a missing tool fails under CI and skips (loudly) elsewhere."""
     candidates = [Path(sys.executable).parent / name]
@@ -106,14 +118,8 @@ class MotoServer(AwsServer):
             return False
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc)
+        self.proc = None
 
 class Writer:
     """The application: a separate process writing the LMDB through py-lmdb."""
@@ -285,14 +291,8 @@ class Mosquitto:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc)
+        self.proc = None
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish one QoS 1 message and wait for the broker's ack."""

@@ -31,8 +31,8 @@ class Header(NamedTuple):
         return bool(self.flags & FLAG_DELETED)
 
 
-def parse_header(value: bytes | memoryview) -> Header:
-    """Parse the header at the start of ``value``; extension blocks are skipped."""
+def _unpack(value: bytes | memoryview) -> tuple[int, int, int, int]:
+    """timestamp, txn id, flags and application-value offset, validated."""
     if len(value) < HEADER_SIZE:
         raise HeaderError(f"value too short for a header ({len(value)} < {HEADER_SIZE} bytes)")
     ts, txn, version, flags, _reserved, extra = _HEADER.unpack_from(value)
@@ -43,21 +43,17 @@ def parse_header(value: bytes | memoryview) -> Header:
         raise HeaderError(
             f"value too short for {extra} extension blocks ({len(value)} < {offset} bytes)"
         )
-    return Header(ts, txn, flags, offset)
+    return ts, txn, flags, offset
+
+
+def parse_header(value: bytes | memoryview) -> Header:
+    """Parse the header at the start of ``value``; extension blocks are skipped."""
+    return Header(*_unpack(value))
 
 
 def timestamp_and_offset(value: bytes | memoryview) -> tuple[int, int]:
     """Timestamp and application-value offset only: the merge's hot path."""
-    if len(value) < HEADER_SIZE:
-        raise HeaderError(f"value too short for a header ({len(value)} < {HEADER_SIZE} bytes)")
-    ts, _txn, version, _flags, _reserved, extra = _HEADER.unpack_from(value)
-    if version != HEADER_VERSION:
-        raise HeaderError(f"unsupported header version {version} or not a header")
-    offset = HEADER_SIZE + BLOCK_SIZE * extra
-    if len(value) < offset:
-        raise HeaderError(
-            f"value too short for {extra} extension blocks ({len(value)} < {offset} bytes)"
-        )
+    ts, _txn, _flags, offset = _unpack(value)
     return ts, offset
 
 

@@ -183,8 +183,13 @@ def _msgpack_objects(source: IO[bytes]) -> Iterator[Any]:
                     obj = unpacker.unpack()
                 except msgpack.OutOfData:
                     break
-                except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-                        msgpack.StackError) as exc:
+                except (
+                    ValueError,
+                    TypeError,
+                    msgpack.ExtraData,
+                    msgpack.FormatError,
+                    msgpack.StackError,
+                ) as exc:
                     raise CorruptObjectError(f"msgpack: {exc}") from None
                 consumed = unpacker.tell()
                 yield obj

@@ -13,6 +13,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
 
 from evsync.snapshot.name import SnapshotName, try_parse
 
@@ -140,3 +144,31 @@ class Trigger(abc.ABC):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class WatchdogTrigger(Trigger):
+    """A trigger driven by a watchdog observer on one directory (its own thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._observer: Any = None
+
+    @abc.abstractmethod
+    def watch(self) -> tuple[FileSystemEventHandler, str]:
+        """The event handler and the directory to watch."""
+
+    def start(self) -> None:
+        handler, directory = self.watch()
+        self._observer = Observer()
+        self._observer.schedule(handler, directory, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def run(self) -> None:  # the observer runs its own thread
+        pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)

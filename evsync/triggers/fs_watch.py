@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from evsync.storage.fs import is_temp_name
-from evsync.triggers.base import SOURCE_FSWATCH, Hint, HintQueue, Trigger
+from evsync.triggers.base import SOURCE_FSWATCH, Hint, HintQueue, WatchdogTrigger
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +33,7 @@ class _Handler(FileSystemEventHandler):
                 queue.put(Hint(SOURCE_FSWATCH, name=name))
 
 
-class FsBucketWatcher(Trigger):
+class FsBucketWatcher(WatchdogTrigger):
     """Hints every object that appears in the bucket directory (fs backend)."""
 
     source = SOURCE_FSWATCH
@@ -44,18 +42,6 @@ class FsBucketWatcher(Trigger):
         super().__init__()
         self.root = root
         self.queues = queues
-        self._observer: Any = None
 
-    def start(self) -> None:
-        self._observer = Observer()
-        self._observer.schedule(_Handler(self.queues), str(self.root), recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
-
-    def run(self) -> None:  # the observer runs its own thread
-        pass
-
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+    def watch(self) -> tuple[FileSystemEventHandler, str]:
+        return _Handler(self.queues), str(self.root)

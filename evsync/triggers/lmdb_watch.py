@@ -11,13 +11,18 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from evsync.lmdb.env import LmdbEnv
-from evsync.triggers.base import SOURCE_POLL, SOURCE_WATCHER, Hint, HintQueue, Trigger
+from evsync.triggers.base import (
+    SOURCE_POLL,
+    SOURCE_WATCHER,
+    Hint,
+    HintQueue,
+    Trigger,
+    WatchdogTrigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ class _Handler(FileSystemEventHandler):
             self.txn.check(SOURCE_WATCHER)
 
 
-class LmdbWatcher(Trigger):
+class LmdbWatcher(WatchdogTrigger):
     """watchdog (inotify on Linux) on the LMDB data file; each event is confirmed by txn id.
 
     Writers that use WRITEMAP or sit on network filesystems produce no events;
@@ -75,24 +80,9 @@ class LmdbWatcher(Trigger):
         super().__init__()
         self.data_file = data_file.resolve()
         self.txn = observer
-        self._observer: Any = None
 
-    def start(self) -> None:
-        self._observer = Observer()
-        self._observer.schedule(
-            _Handler(self.data_file, self.txn), str(self.data_file.parent), recursive=False
-        )
-        self._observer.daemon = True
-        self._observer.start()
-        log.debug("watching %s for commits", self.data_file)
-
-    def run(self) -> None:  # the observer runs its own thread
-        pass
-
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+    def watch(self) -> tuple[FileSystemEventHandler, str]:
+        return _Handler(self.data_file, self.txn), str(self.data_file.parent)
 
 
 class TxnPoller(Trigger):
