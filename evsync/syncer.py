@@ -34,7 +34,7 @@ from evsync.errors import (
     StorageUnavailableError,
 )
 from evsync.health import HealthTracker
-from evsync.lmdb.dump import count_entries, dump_native
+from evsync.lmdb.dump import dump_native
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.merge import Merger, MergeResult
 from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, verify_snapshot
@@ -492,12 +492,6 @@ class Syncer:
             return True
         if not only_once and not self._store_backoff.ready():
             return False
-        if count_entries(self.lenv) == 0:
-            self._log_limited(
-                "empty", logging.INFO, "db %s: LMDB is empty, waiting for data", self.db
-            )
-            return True
-        self._logged_once.discard("empty")
         return self._upload(
             only_once=only_once, forced=forced and txn_id <= self.last_synced_txn, want_txn=txn_id
         )
@@ -528,6 +522,12 @@ class Syncer:
                 self._log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
                 self._store_backoff.failed()
                 return False
+            if dumped.header.total_entries == 0:  # an empty LMDB never uploads
+                self._log_limited(
+                    "empty", logging.INFO, "db %s: LMDB is empty, waiting for data", self.db
+                )
+                return True
+            self._logged_once.discard("empty")
             size = spool.tell()
             t_dump = time.monotonic() - t0
             try:

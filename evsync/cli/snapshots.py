@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from evsync.cli._format import show_bytes, show_time
-from evsync.errors import EvsyncError, InvalidNameError
+from evsync.errors import InvalidNameError
 from evsync.snapshot.codec import SnapshotReader
 from evsync.snapshot.name import SnapshotName
 from evsync.storage import open_store
@@ -155,6 +155,3 @@ def _dump_json(reader: SnapshotReader, want: bytes | None) -> int:
     json.dump(out, sys.stdout, indent=1)
     print()
     return 0
-
-
-__all__ = ["EvsyncError", "register"]

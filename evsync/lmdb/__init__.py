@@ -1,6 +1,6 @@
 """The LMDB side: opening envs, the native header, LWW merge and dumps."""
 
-from evsync.lmdb.dump import DumpResult, count_entries, dump_native
+from evsync.lmdb.dump import DumpResult, dump_native
 from evsync.lmdb.env import LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import (
     FLAG_DELETED,
@@ -21,7 +21,6 @@ __all__ = [
     "LmdbEnv",
     "MergeResult",
     "Merger",
-    "count_entries",
     "dump_native",
     "encode_header",
     "encode_value",

@@ -54,12 +54,6 @@ def native_entries(lenv: LmdbEnv, txn: Any, handle: Any, dbi: bytes) -> Iterator
             ) from None
 
 
-def count_entries(lenv: LmdbEnv) -> int:
-    """Entries over all synced DBIs (0 means: an empty LMDB, which never uploads)."""
-    with lenv.read_synced_dbis() as (txn, dbis):
-        return sum(int(txn.stat(handle)["entries"]) for _name, handle in dbis)
-
-
 def dump_native(
     lenv: LmdbEnv,
     out: IO[bytes],

@@ -34,7 +34,6 @@ _FLAG_BITS = {
     "dupfixed": MDB_DUPFIXED,
     "integerdup": MDB_INTEGERDUP,
 }
-_REVERSE_DUP_KWARG = "reverse_dup"  # not exposed by py-lmdb's flags(); kept for clarity
 
 
 def is_sync_dbi(name: bytes) -> bool:

@@ -12,6 +12,7 @@ import abc
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,15 @@ class HintQueue:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+
+
+def hint_names(queues: Iterable[HintQueue], source: str, names: Iterable[str]) -> None:
+    """Hand each object name to the queue of the db it belongs to."""
+    queues = list(queues)
+    for name in names:
+        for queue in queues:
+            if name.startswith(queue.db + "__"):
+                queue.put(Hint(source, name=name))
 
 
 class Trigger(abc.ABC):

@@ -9,7 +9,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from evsync.storage.fs import is_temp_name
-from evsync.triggers.base import SOURCE_FSWATCH, Hint, HintQueue, WatchdogTrigger
+from evsync.triggers.base import SOURCE_FSWATCH, HintQueue, WatchdogTrigger, hint_names
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,7 @@ class _Handler(FileSystemEventHandler):
         name = os.path.basename(os.fsdecode(path))
         if is_temp_name(name):
             return
-        for queue in self.queues:
-            if name.startswith(queue.db + "__"):
-                queue.put(Hint(SOURCE_FSWATCH, name=name))
+        hint_names(self.queues, SOURCE_FSWATCH, [name])
 
 
 class FsBucketWatcher(WatchdogTrigger):

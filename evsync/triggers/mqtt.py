@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from evsync.config import MqttConfig
-from evsync.triggers.base import SOURCE_MQTT, Hint, HintQueue, Trigger
+from evsync.triggers.base import SOURCE_MQTT, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import (
     MalformedEventError,
     announcement,
@@ -180,10 +180,9 @@ class MqttSource(Trigger):
         except MalformedEventError as exc:
             self._malformed(msg.topic, str(exc))
             return
-        for name in object_names(events, self.bucket, self.prefix):
-            for db, queue in self.queues.items():
-                if name.startswith(db + "__"):
-                    queue.put(Hint(SOURCE_MQTT, name=name))
+        hint_names(
+            self.queues.values(), SOURCE_MQTT, object_names(events, self.bucket, self.prefix)
+        )
 
     def _malformed(self, topic: str, reason: str) -> None:
         self.malformed += 1

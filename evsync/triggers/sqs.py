@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from evsync.config import SqsConfig
-from evsync.triggers.base import SOURCE_SQS, Hint, HintQueue, Trigger
+from evsync.triggers.base import SOURCE_SQS, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import MalformedEventError, object_names, parse_message
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,7 @@ class SqsSource(Trigger):
                 self._last_malformed_log = now
                 log.warning("sqs: deleting malformed message: %s (%d so far)", exc, self.malformed)
             return
-        for name in object_names(events, self.bucket, self.prefix):
-            for db, queue in self.queues.items():
-                if name.startswith(db + "__"):
-                    queue.put(Hint(SOURCE_SQS, name=name))
+        hint_names(self.queues.values(), SOURCE_SQS, object_names(events, self.bucket, self.prefix))
 
     def stop(self) -> None:
         """Don't wait out a long poll: messages it receives come back after their

@@ -6,16 +6,15 @@ import io
 import threading
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from evsync.config import Config, LmdbConfig, LmdbOptions, MemoryOptions, StorageConfig
 from evsync.errors import StorageUnavailableError
-from evsync.lmdb.header import FLAG_DELETED, encode_value, parse_header
 from evsync.snapshot.codec import DbiInfo, SnapshotHeader, write_snapshot
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
 from evsync.syncer import Syncer
+from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch, HintQueue
 
 
@@ -44,24 +43,11 @@ def make_syncer(instance: str, tmp_path: Path, store: MemoryStore, **kw: object)
 
 def app_put(syncer: Syncer, key: bytes, value: bytes, ts: int, *, deleted: bool = False) -> None:
     """Write as the application would (through the syncer's own env, for brevity)."""
-    env = syncer.lenv.env
-    db = env.open_db(b"records")
-    with env.begin(write=True) as txn:
-        txn.put(key, encode_value(ts, txn.id(), FLAG_DELETED if deleted else 0, value), db=db)
+    lmdb_write.put(syncer.lenv.env, "records", key, value, ts, deleted=deleted)
 
 
 def read(syncer: Syncer, key: bytes) -> tuple[bytes, int, bool] | None:
-    env = syncer.lenv.env
-    try:
-        db = env.open_db(b"records", create=False)
-    except lmdb.NotFoundError:
-        return None
-    with env.begin() as txn:
-        raw = txn.get(key, db=db)
-    if raw is None:
-        return None
-    h = parse_header(raw)
-    return bytes(raw[h.offset :]), h.timestamp, h.deleted
+    return lmdb_write.get(syncer.lenv.env, "records", key)
 
 
 def objects(store: MemoryStore, instance: str) -> list[str]:
