@@ -564,11 +564,6 @@ def _load_lmdb(name: str, data: object, path: str) -> LmdbConfig:
     dbi_sec.done()
     sec.raw("header_extra_padding_block")  # LS dev/test-only option, not supported
     sec.done()
-    if not tracks:
-        raise ConfigError(
-            f"{path}.schema_tracks_changes: false (shadow mode for non-native LMDBs such as "
-            "PowerDNS 4.7) is not supported yet; set it to true for native-schema LMDBs"
-        )
     return LmdbConfig(
         name=name,
         path=db_path,

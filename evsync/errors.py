@@ -5,7 +5,9 @@
     EvsyncError                      base of everything evsync raises on purpose
     ├── ConfigError                  a bad config file, key or value (names the key)
     ├── LmdbError                    the local LMDB cannot be used as configured
-    │   └── HeaderError              a value does not carry a valid native header
+    │   ├── HeaderError              a value does not carry a valid native header
+    │   └── TransformError           a DUPSORT pair cannot take the dupsort_hack_v1
+    │                                key transform (names the DBI and key)
     ├── SnapshotError                a snapshot object cannot be trusted
     │   ├── InvalidNameError         a name does not follow db__instance__ts__gen.ext
     │   └── CorruptObjectError       truncated, bad checksum, foreign format, bad counts
@@ -33,6 +35,10 @@ class LmdbError(EvsyncError):
 
 class HeaderError(LmdbError):
     """A value does not start with a valid native (Lightning Stream) header."""
+
+
+class TransformError(LmdbError):
+    """A DUPSORT pair cannot be encoded with the dupsort_hack_v1 key transform."""
 
 
 class SnapshotError(EvsyncError):

@@ -11,6 +11,10 @@ Rules that protect data (DESIGN §5, as Lightning Stream):
   outage makes the daemon unhealthy, never makes it exit or lose a change;
 - an object is verified completely before any of it is applied, so a corrupt object
   leaves the LMDB exactly as it was; it is marked bad and skipped.
+
+In shadow mode (``schema_tracks_changes: false``) uploads dump the shadow DBIs after a
+main -> shadow pass, and merges go through :class:`~evsync.lmdb.shadow.Shadow` in one
+write txn; see that module for why.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+import lmdb
 import tenacity
 
 from evsync.config import Config, LmdbConfig
@@ -34,9 +39,10 @@ from evsync.errors import (
     StorageUnavailableError,
 )
 from evsync.health import HealthTracker
-from evsync.lmdb.dump import dump_native
+from evsync.lmdb.dump import DumpResult, dump_native, dump_shadow
 from evsync.lmdb.env import LmdbEnv
-from evsync.lmdb.merge import Merger, MergeResult
+from evsync.lmdb.merge import MAX_MAP_GROWTHS, Merger, MergeResult
+from evsync.lmdb.shadow import SEED_TIMESTAMP_NS, Shadow
 from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, verify_snapshot
 from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
@@ -130,6 +136,11 @@ class Syncer:
         self.store = store
         self.queue = queue
         self.lenv = lenv or LmdbEnv(lmdb_cfg)
+        self.shadow = (
+            None
+            if lmdb_cfg.schema_tracks_changes
+            else Shadow(self.lenv, dupsort_hack=lmdb_cfg.dupsort_hack)
+        )
         self.receive_only = receive_only
         self.stop_event = stop_event or threading.Event()
         self.clock_ns = clock_ns
@@ -226,11 +237,29 @@ class Syncer:
             len(self.waiting_for),
             (": " + ", ".join(sorted(self.waiting_for))) if self.waiting_for else "",
         )
+        self._seed_shadow()
         if retry_forever:
             self._merge_pending(include_own=True, retry=False)
             self._maybe_upload()
         self.stats.startup_done = not self.waiting_for
         return True
+
+    def _seed_shadow(self) -> None:
+        """Capture data written while evsync was down at 1 ns, so it never beats remote data."""
+        if self.shadow is None or self.lenv.last_txn_id() == 0:
+            return
+        try:
+            update = self.shadow.update_from_main(SEED_TIMESTAMP_NS, seed=True)
+        except LmdbError as exc:
+            log.error("db %s: cannot seed the shadow DBIs: %s", self.db, exc)
+            return
+        log.info(
+            "db %s: shadow seeded (%d DBIs, %d new or changed, %d vanished since the last run)",
+            self.db,
+            update.dbis,
+            update.changed,
+            update.deleted,
+        )
 
     # ------------------------------------------------------------------ main loop
 
@@ -376,9 +405,8 @@ class Syncer:
             except CorruptObjectError as exc:
                 self._reject(instance, name, str(exc))
                 return "skipped"
-            data.seek(0)
             try:
-                result = self._apply(SnapshotReader(data))
+                result = self._apply(data)
             except CorruptObjectError as exc:  # only if the temp file changed under us
                 self._reject(instance, name, str(exc))
                 return "skipped"
@@ -414,13 +442,36 @@ class Syncer:
         )
         return "done"
 
-    def _apply(self, reader: SnapshotReader) -> MergeResult:
-        merger = Merger(
-            self.lenv,
-            deleted_cutoff_ns=self._deleted_cutoff_ns(),
-            create_flags=self._create_flags,
-        )
-        return merger.merge(reader.dbis())
+    def _apply(self, data: IO[bytes]) -> MergeResult:
+        """Merge a verified object: batched txns in native mode, one txn in shadow mode."""
+        if self.shadow is None:
+            data.seek(0)
+            merger = Merger(
+                self.lenv,
+                deleted_cutoff_ns=self._deleted_cutoff_ns(),
+                create_flags=self._create_flags,
+            )
+            return merger.merge(SnapshotReader(data).dbis())
+        for _attempt in range(MAX_MAP_GROWTHS):
+            data.seek(0)
+            try:
+                result, update = self.shadow.merge(
+                    SnapshotReader(data).dbis(),
+                    timestamp_ns=self.clock_ns(),
+                    deleted_cutoff_ns=self._deleted_cutoff_ns(),
+                    create_flags=self._create_flags,
+                )
+            except lmdb.MapFullError:
+                self.lenv.grow_map()
+                continue
+            if update.changes:
+                log.info(
+                    "db %s: stamped %d local change(s) before merging",
+                    self.db,
+                    update.changes,
+                )
+            return result
+        raise LmdbError(f"lmdb {self.db}: map still full after {MAX_MAP_GROWTHS} growths")
 
     def _check_header(self, header: SnapshotHeader, name: SnapshotName) -> None:
         if (header.db, header.instance, header.timestamp_ns) != (
@@ -505,23 +556,15 @@ class Syncer:
         t0 = time.monotonic()
         with tempfile.SpooledTemporaryFile(max_size=DUMP_SPOOL_BYTES) as spool:
             try:
-                # A read txn begun right after a commit can still see the previous one
-                # for a moment; dump again rather than store an object that misses it.
-                for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
-                    ts = self._next_timestamp()
-                    spool.seek(0)
-                    spool.truncate()
-                    dumped = dump_native(
-                        self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
-                    )
-                    if dumped.header.txn_id >= want_txn:
-                        break
-                    time.sleep(DUMP_CATCH_UP_SECONDS)
+                if self.shadow is not None and not self._shadow_has_news(forced):
+                    return True
+                ts, dumped = self._dump(spool, want_txn)
                 name = SnapshotName.build(self.db, self.instance, ts)
             except LmdbError as exc:
                 self._log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
                 self._store_backoff.failed()
                 return False
+            self._logged_once.discard("dump")
             if dumped.header.total_entries == 0:  # an empty LMDB never uploads
                 self._log_limited(
                     "empty", logging.INFO, "db %s: LMDB is empty, waiting for data", self.db
@@ -543,6 +586,8 @@ class Syncer:
         self.health.success("store")
         self._store_backoff.succeeded()
         self._logged_once.discard("store")
+        if self.shadow is not None:
+            self.shadow.dirty = False
         self.last_synced_txn = max(self.last_synced_txn, dumped.header.txn_id)
         self._last_store_mono = time.monotonic()
         self.stats.objects_stored += 1
@@ -577,6 +622,43 @@ class Syncer:
             ", forced" if forced else "",
         )
         return True
+
+    def _shadow_has_news(self, forced: bool) -> bool:
+        """Shadow mode: run main -> shadow; False when there is nothing new to upload."""
+        assert self.shadow is not None
+        update = self.shadow.update_from_main(self.clock_ns())
+        if update.changes or self.shadow.dirty or forced:
+            return True
+        # The commits since the last upload changed no value (or were our own merges).
+        self.last_synced_txn = max(self.last_synced_txn, self.shadow.synced_txn)
+        return False
+
+    def _dump(self, spool: IO[bytes], want_txn: int) -> tuple[int, DumpResult]:
+        """Write a full object into ``spool``; returns its timestamp and dump result."""
+        if self.shadow is not None:
+            ts = self._next_timestamp()
+            dumped = dump_shadow(
+                self.lenv,
+                spool,
+                db=self.db,
+                instance=self.instance,
+                timestamp_ns=ts,
+                txn_id=self.shadow.synced_txn,
+            )
+            return ts, dumped
+        # A read txn begun right after a commit can still see the previous one
+        # for a moment; dump again rather than store an object that misses it.
+        for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
+            ts = self._next_timestamp()
+            spool.seek(0)
+            spool.truncate()
+            dumped = dump_native(
+                self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
+            )
+            if dumped.header.txn_id >= want_txn:
+                break
+            time.sleep(DUMP_CATCH_UP_SECONDS)
+        return ts, dumped
 
     def _store_with_retry(self, name: str, spool: IO[bytes]) -> None:
         cfg = self.config

@@ -1,4 +1,8 @@
-"""Dump the synced DBIs of a native-schema LMDB into an evs.zst object, in one read txn."""
+"""Dump the synced DBIs of an LMDB into an evs.zst object, in one read txn.
+
+Native mode dumps the data DBIs themselves; shadow mode dumps each data DBI's
+``_sync_shadow_*`` copy under the data DBI's name, flags and transform.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from evsync.errors import HeaderError, LmdbError
-from evsync.lmdb.env import DUP_FLAGS, LmdbEnv
+from evsync.lmdb.dupsort import TRANSFORM_NAME
+from evsync.lmdb.env import DUP_FLAGS, MDB_DUPSORT, SHADOW_PREFIX, LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import (
     BLOCK_SIZE,
     HEADER_SIZE,
@@ -75,18 +80,82 @@ def dump_native(
                 )
             dbis.append(DbiInfo(name, flags, "", int(txn.stat(handle)["entries"])))
             handles.append(handle)
-        header = SnapshotHeader(
+        return _write(
+            lenv,
+            out,
+            txn,
+            dbis,
+            handles,
             db=db,
             instance=instance,
-            hostname=socket.gethostname(),
             timestamp_ns=timestamp_ns,
             txn_id=int(txn.id()),
-            dbis=tuple(dbis),
-            kind=KIND_FULL,
         )
-        stats = write_snapshot(
+
+
+def dump_shadow(
+    lenv: LmdbEnv,
+    out: IO[bytes],
+    *,
+    db: str,
+    instance: str,
+    timestamp_ns: int,
+    txn_id: int,
+) -> DumpResult:
+    """Write a full object of the shadow DBIs; ``txn_id`` is the main txn they reflect.
+
+    The read txn may see later commits to *main*; those are not in the shadow yet, so
+    the header names the txn of the last main -> shadow pass, not the read txn.
+    """
+    with lenv.read_synced_dbis(include_sync=True) as (txn, named_handles):
+        by_name = dict(named_handles)
+        dbis = []
+        handles = []
+        for name, handle in named_handles:
+            shadow = by_name.get(SHADOW_PREFIX + name)
+            if is_sync_dbi(name) or shadow is None:
+                continue  # a DBI newer than the last main -> shadow pass waits for the next
+            flags = lenv.dbi_flags(txn, handle)
+            transform = TRANSFORM_NAME if flags & MDB_DUPSORT else ""
+            dbis.append(DbiInfo(name, flags, transform, int(txn.stat(shadow)["entries"])))
+            handles.append(shadow)
+        return _write(
+            lenv,
             out,
-            header,
-            (native_entries(lenv, txn, h, d.name) for h, d in zip(handles, dbis, strict=True)),
+            txn,
+            dbis,
+            handles,
+            db=db,
+            instance=instance,
+            timestamp_ns=timestamp_ns,
+            txn_id=txn_id,
         )
+
+
+def _write(
+    lenv: LmdbEnv,
+    out: IO[bytes],
+    txn: Any,
+    dbis: list[DbiInfo],
+    handles: list[Any],
+    *,
+    db: str,
+    instance: str,
+    timestamp_ns: int,
+    txn_id: int,
+) -> DumpResult:
+    header = SnapshotHeader(
+        db=db,
+        instance=instance,
+        hostname=socket.gethostname(),
+        timestamp_ns=timestamp_ns,
+        txn_id=txn_id,
+        dbis=tuple(dbis),
+        kind=KIND_FULL,
+    )
+    stats = write_snapshot(
+        out,
+        header,
+        (native_entries(lenv, txn, h, d.name) for h, d in zip(handles, dbis, strict=True)),
+    )
     return DumpResult(header, stats)

@@ -17,6 +17,7 @@ from evsync.errors import LmdbError
 log = logging.getLogger(__name__)
 
 SYNC_DBI_PREFIX = b"_sync"
+SHADOW_PREFIX = b"_sync_shadow_"  # shadow-mode copies of the data DBIs (LS naming)
 MAP_GROWTH_FACTOR = 2
 
 MDB_REVERSEKEY = 0x02
@@ -64,6 +65,8 @@ class LmdbEnv:
         self.name = cfg.name
         self._env_lock = threading.Lock()
         self._dbis: dict[bytes, Any] = {}
+        # handles opened inside the current write txn: they die if it aborts
+        self._dbis_in_write_txn: list[bytes] = []
         self.env = self._open(cfg, readonly)
 
     @staticmethod
@@ -138,9 +141,18 @@ class LmdbEnv:
             yield txn
         except BaseException:
             txn.abort()
+            if write:
+                self._forget_dbis_opened_in_txn()
             raise
         else:
             txn.commit()
+            if write:
+                self._dbis_in_write_txn.clear()
+
+    def _forget_dbis_opened_in_txn(self) -> None:
+        for name in self._dbis_in_write_txn:
+            self._dbis.pop(name, None)
+        self._dbis_in_write_txn.clear()
 
     # ------------------------------------------------------------ DBIs
 
@@ -156,7 +168,7 @@ class LmdbEnv:
 
         Pass ``write_txn`` when called inside this process's write txn (LMDB's write
         lock is not re-entrant). A handle opened there is only valid once that txn
-        commits; callers that abort must call :meth:`forget_dbi`. Handles opened in
+        commits; :meth:`begin` forgets it when the txn aborts. Handles opened in
         a *read* txn die with it, so read paths call this without a txn.
         """
         handle = self._dbis.get(name)
@@ -174,6 +186,8 @@ class LmdbEnv:
                 f"lmdb {self.name}: root key {name!r} is not a DBI (data must live in named DBIs)"
             ) from None
         self._dbis[name] = handle
+        if write_txn is not None:
+            self._dbis_in_write_txn.append(name)
         return handle
 
     @contextmanager

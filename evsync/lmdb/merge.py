@@ -137,22 +137,16 @@ class Merger:
 
     def _write_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
         t0 = time.monotonic()
-        opened_here = not self.lenv.is_cached(info.name)
         created = False
         with self.lenv.begin(write=True) as txn:
-            try:
-                if self.lenv.has_dbi(txn, info.name):
-                    handle = self.lenv.open_dbi(info.name, txn)
-                else:
-                    flags = self.create_flags(info) & ~DUP_FLAGS
-                    handle = self.lenv.open_dbi(info.name, txn, create_flags=flags)
-                    created = True
-                txn_id = txn.id()
-                written = self._put_entries(txn, handle, info, batch, txn_id)
-            except BaseException:
-                if opened_here:  # the handle dies with this txn
-                    self.lenv.forget_dbi(info.name)
-                raise
+            if self.lenv.has_dbi(txn, info.name):
+                handle = self.lenv.open_dbi(info.name, txn)
+            else:
+                flags = self.create_flags(info) & ~DUP_FLAGS
+                handle = self.lenv.open_dbi(info.name, txn, create_flags=flags)
+                created = True
+            txn_id = txn.id()
+            written = self._put_entries(txn, handle, info, batch, txn_id)
         if created:
             self.result.dbis_created.append(info.name)
         self.result.entries += len(batch)

@@ -27,14 +27,15 @@ from typing import IO, Any
 import msgpack
 import zstandard
 
-from evsync.errors import CorruptObjectError
+from evsync.errors import CorruptObjectError, TransformError
+from evsync.lmdb.dupsort import TRANSFORM_NAME, decode_key
 
 FORMAT_NAME = "evsync-snapshot"
 FORMAT_VERSION = 1
 KIND_FULL = "full"
 KIND_DELTA = "delta"
 KINDS = (KIND_FULL, KIND_DELTA)
-TRANSFORMS = ("", "dupsort_hack_v1")
+TRANSFORMS = ("", TRANSFORM_NAME)
 MDB_INTEGERKEY = 0x08
 
 ZSTD_LEVEL = 3
@@ -285,6 +286,13 @@ def _check_entry(obj: Any, dbi: DbiInfo, index: int) -> Entry:
     raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: wrong field types")
 
 
+def _check_transformed_key(key: bytes, dbi: DbiInfo, index: int) -> None:
+    try:
+        decode_key(key)
+    except TransformError as exc:
+        raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: {exc}") from None
+
+
 class SnapshotReader:
     """Read an object as a stream: the header first, then each DBI's entries in order.
 
@@ -314,7 +322,9 @@ class SnapshotReader:
         self._finish()
 
     def _entries(self, info: DbiInfo) -> Iterator[Entry]:
-        order = _key_order(info.flags)
+        # transformed keys are plain bytes whatever the original DBI's flags
+        order = None if info.transform else _key_order(info.flags)
+        transformed = bool(info.transform)
         prev: Any = None
         for index in range(info.entries):
             try:
@@ -324,6 +334,8 @@ class SnapshotReader:
                     f"truncated: DBI {info.name!r} has {index} of {info.entries} entries"
                 ) from None
             entry = _check_entry(obj, info, index)
+            if transformed:
+                _check_transformed_key(entry[0], info, index)
             sort_key = order(entry[0]) if order else entry[0]
             if prev is not None and sort_key <= prev:
                 raise CorruptObjectError(

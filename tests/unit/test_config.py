@@ -418,13 +418,21 @@ class TestValueSyntax:
 class TestSemanticChecks:
     """Combinations that cannot work are rejected up front."""
 
-    def test_shadow_mode_not_supported(self) -> None:
-        """schema_tracks_changes: false gives a clear error naming the key."""
-        message = error(
-            MINIMAL.replace("schema_tracks_changes: true", "schema_tracks_changes: false")
+    def test_shadow_mode_with_dupsort_hack(self) -> None:
+        """schema_tracks_changes: false with dupsort_hack: true loads as shadow mode."""
+        cfg = load_config_text(
+            MINIMAL.replace(
+                "schema_tracks_changes: true",
+                "schema_tracks_changes: false\n    dupsort_hack: true",
+            )
         )
-        assert message.startswith("lmdbs.main.schema_tracks_changes:")
-        assert "not supported" in message
+        lmdb_cfg = cfg.lmdbs["main"]
+        assert not lmdb_cfg.schema_tracks_changes and lmdb_cfg.dupsort_hack
+
+    def test_shadow_mode_is_the_default(self) -> None:
+        """Without schema_tracks_changes, a db is in shadow mode, as in Lightning Stream."""
+        cfg = load_config_text(MINIMAL.replace("    schema_tracks_changes: true\n", ""))
+        assert not cfg.lmdbs["main"].schema_tracks_changes
 
     def test_dupsort_hack_with_native(self) -> None:
         """dupsort_hack with schema_tracks_changes: true is an error naming dupsort_hack."""
