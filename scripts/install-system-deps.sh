@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite needs (Mosquitto), if they are missing.
+# Install the Debian packages the test suite needs (Mosquitto; PowerDNS 4.7 with its LMDB
+# backend and dig for the PowerDNS end-to-end test), if they are missing.
 # Runs as root or through sudo; a no-op when everything is already there.
 set -euo pipefail
 
 need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+[ -x /usr/sbin/pdns_server ] || need+=(pdns-server)
+ls /usr/lib/*/pdns/liblmdbbackend.so >/dev/null 2>&1 || need+=(pdns-backend-lmdb)
+command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
@@ -16,4 +20,5 @@ fi
 echo "installing Debian packages: ${need[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-# The Debian package starts a broker on 1883; the tests start their own on free ports.
+# The Debian packages may start a broker on 1883 and pdns on 53; the tests start their own
+# on free loopback ports.

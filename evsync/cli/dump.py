@@ -9,7 +9,7 @@ from typing import Any
 
 from evsync.cli._format import show_bytes, show_time
 from evsync.errors import ConfigError, HeaderError
-from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.env import LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import parse_header
 
 
@@ -51,8 +51,12 @@ def _dump_env(lenv: LmdbEnv, *, hide_sync: bool, text: bool) -> dict[str, Any]:
             if text:
                 print(f"### {lenv.name} / {dbi_name}")
             rows = []
+            # shadow mode: the data DBIs hold the application's raw values
+            native = lenv.cfg.schema_tracks_changes or is_sync_dbi(dbi)
             for key, value in txn.cursor(db=handle).iternext():
-                row = _row(bytes(key), bytes(value))
+                row = (
+                    _row(bytes(key), bytes(value)) if native else _raw_row(bytes(key), bytes(value))
+                )
                 rows.append(row)
                 if text:
                     print(_text(row))
@@ -74,7 +78,13 @@ def _row(key: bytes, value: bytes) -> dict[str, Any]:
     }
 
 
+def _raw_row(key: bytes, value: bytes) -> dict[str, Any]:
+    return {"key": key.decode(errors="replace"), "raw": value.hex()}
+
+
 def _text(row: dict[str, Any]) -> str:
+    if "header_error" not in row and "raw" in row:
+        return f"{show_bytes(row['key'].encode())} = <raw {row['raw'][:80]}>"
     if "header_error" in row:
         return f"{row['key']} = <raw {row['raw'][:80]}> ({row['header_error']})"
     deleted = " deleted" if row["deleted"] else ""
