@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import lmdb
 
@@ -45,7 +45,15 @@ from evsync.lmdb.env import (
     LmdbEnv,
     is_sync_dbi,
 )
-from evsync.lmdb.header import FLAG_DELETED, encode_header, parse_header
+from evsync.lmdb.header import (
+    BLOCK_SIZE,
+    FLAG_DELETED,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    HEADER_VERSION,
+    encode_header,
+    parse_header,
+)
 from evsync.lmdb.merge import MergeResult, merge_entry
 from evsync.snapshot.codec import DbiInfo, Entry
 
@@ -81,32 +89,32 @@ def _sort_key(flags: int) -> Callable[[bytes], Any] | None:
 
 
 def _join(
-    main: Iterator[_Pair], shadow: Iterator[_Pair], order: Callable[[bytes], Any] | None
+    main: Iterable[_Pair], shadow: Iterator[_Pair], order: Callable[[bytes], Any] | None
 ) -> Iterator[tuple[bytes, bytes | None, bytes | None]]:
-    """Walk two sorted streams together: (key, main value or None, shadow value or None)."""
-    m = next(main, None)
+    """Walk two sorted streams together: (key, main value or None, shadow value or None).
+
+    Equal keys are by far the common case, so they are tested first and the sort
+    order (needed only for INTEGERKEY DBIs) is computed only when keys differ.
+    """
     s = next(shadow, None)
-    while m is not None or s is not None:
-        if s is None:
-            assert m is not None
-            yield m[0], m[1], None
-            m = next(main, None)
-            continue
-        if m is None:
-            yield s[0], None, s[1]
-            s = next(shadow, None)
-            continue
-        mk, sk = (order(m[0]), order(s[0])) if order else (m[0], s[0])
-        if mk < sk:
-            yield m[0], m[1], None
-            m = next(main, None)
-        elif mk > sk:
-            yield s[0], None, s[1]
-            s = next(shadow, None)
+    for key, value in main:
+        while s is not None:
+            skey = s[0]
+            if skey == key:
+                yield key, value, s[1]
+                s = next(shadow, None)
+                break
+            if (order(skey) < order(key)) if order else skey < key:
+                yield skey, None, s[1]  # vanished from main
+                s = next(shadow, None)
+                continue
+            yield key, value, None  # new in main
+            break
         else:
-            yield m[0], m[1], s[1]
-            m = next(main, None)
-            s = next(shadow, None)
+            yield key, value, None
+    while s is not None:
+        yield s[0], None, s[1]
+        s = next(shadow, None)
 
 
 @dataclass
@@ -226,28 +234,40 @@ class Shadow:
         changes: list[_Pair] = []
         live_header = encode_header(timestamp_ns, txn_id, 0)
         order = _sort_key(shadow_flags(pair.flags))
+        unpack = HEADER_STRUCT.unpack_from
         for key, value, old in _join(main_pairs, shadow_pairs, order):
             if old is None:
                 if value is not None:
                     changes.append((key, live_header + value))
                     update.changed += 1
                 continue
-            try:
-                header = parse_header(old)
-            except HeaderError as exc:
-                raise LmdbError(
-                    f"lmdb {self.lenv.name}: shadow of DBI {_label(name)!r} key {key[:64]!r}: "
-                    f"{exc} (run `evsync drop-shadow` to rebuild it)"
-                ) from None
-            ts = timestamp_ns if seed else max(timestamp_ns, header.timestamp + 1)
+            # the header's fast path; anything odd goes through parse_header for its error
+            if len(old) >= HEADER_SIZE:
+                old_ts, _txn, version, flags, _reserved, extra = unpack(old)
+                offset = HEADER_SIZE + BLOCK_SIZE * extra
+            if len(old) < HEADER_SIZE or version != HEADER_VERSION or len(old) < offset:
+                self._raise_corrupt_shadow(name, key, old)
+            deleted = flags & FLAG_DELETED
             if value is None:
-                if not header.deleted:
+                if not deleted:
+                    ts = timestamp_ns if seed else max(timestamp_ns, old_ts + 1)
                     changes.append((key, encode_header(ts, txn_id, FLAG_DELETED)))
                     update.deleted += 1
-            elif header.deleted or old[header.offset :] != value:
+            elif deleted or len(old) - offset != len(value) or not old.endswith(value):
+                ts = timestamp_ns if seed else max(timestamp_ns, old_ts + 1)
                 changes.append((key, encode_header(ts, txn_id, 0) + value))
                 update.changed += 1
         return changes
+
+    def _raise_corrupt_shadow(self, name: bytes, key: bytes, value: bytes) -> NoReturn:
+        try:
+            parse_header(value)
+        except HeaderError as exc:
+            raise LmdbError(
+                f"lmdb {self.lenv.name}: shadow of DBI {_label(name)!r} key {key[:64]!r}: "
+                f"{exc} (run `evsync drop-shadow` to rebuild it)"
+            ) from None
+        raise AssertionError("unreachable: the value parsed")
 
     # ------------------------------------------------------------ remote -> shadow -> main
 

@@ -186,6 +186,19 @@ class TestMainToShadow:
             assert handle.flags(txn)["integerkey"]
         assert shadow_entries(lenv, b"domains")[keys[2]] == (T2, False, b"changed")
 
+    @pytest.mark.parametrize("bad", [b"short", b"\x00" * 16 + b"\x07" + b"\x00" * 7, b""])
+    def test_corrupt_shadow_value_is_named(self, lenv: LmdbEnv, bad: bytes) -> None:
+        """A shadow value without a valid header stops the pass with the DBI, the key and the
+        way out (drop-shadow) named; main and shadow stay as they were."""
+        app_put(lenv, b"data", {b"a": b"1"})
+        shadow = Shadow(lenv, dupsort_hack=False)
+        shadow.update_from_main(T1)
+        app_put(lenv, shadow_name(b"data"), {b"a": bad})
+        app_put(lenv, b"data", {b"a": b"2"})
+        with pytest.raises(LmdbError, match=r"shadow of DBI 'data' key b'a'.*drop-shadow"):
+            shadow.update_from_main(T2)
+        assert main_pairs(lenv, b"data") == [(b"a", b"2")]
+
     def test_dupsort_needs_the_hack(self, lenv: LmdbEnv) -> None:
         """A DUPSORT DBI without dupsort_hack is a clear error naming the DBI and the setting."""
         app_put(lenv, b"idx", {b"k": b"1"}, dupsort=True)
