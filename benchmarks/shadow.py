@@ -19,7 +19,10 @@ N/10 keys with two 4-byte ids each. Then, in this one process:
 * ``dump shadow`` — ``dump_shadow`` of the result (read txn, msgpack + zstd);
 * ``cycle`` — the two above: evsync's work between a local commit and the upload;
 * ``merge 1 remote entry`` — a one-entry object merged through the shadow in one
-  write txn (no local change pending, so the walk is skipped).
+  write txn (no local change pending, so the walk is skipped);
+* ``merge full object, all known`` — a full object of the same data (what a peer
+  uploads after a one-record change), merged in one write txn: a lookup and compare
+  per entry, nothing written. This is the write-lock hold of a typical remote change.
 
 Each figure is the median of ``--repeat`` runs (5 by default). Ratios are against
 ``floor: native dump`` of the same size, measured in the same run.
@@ -194,6 +197,14 @@ def bench_size(n: int, repeat: int, root: Path) -> list[tuple[str, float]]:
         shadow.merge(SnapshotReader(io.BytesIO(data)).dbis(), timestamp_ns=time.time_ns())
 
     rows.append(("merge 1 remote entry", median_ms(merge_one, repeat)))
+
+    full = io.BytesIO()
+    dump_shadow(shadow_env, full, db="bench", instance="r", timestamp_ns=T0, txn_id=0)
+
+    def merge_full() -> None:
+        shadow.merge(SnapshotReader(io.BytesIO(full.getvalue())).dbis(), timestamp_ns=T0)
+
+    rows.append(("merge full object, all known", median_ms(merge_full, repeat)))
     native.close()
     shadow_env.close()
     return rows
