@@ -149,3 +149,34 @@ class TestOtherCommands:
         a.writer.put("k", "v")
         wait_for(lambda: "stored main__a__" in a.log(), what="an upload")
         assert a.stop() == 0
+
+
+class TestDropShadow:
+    """`evsync drop-shadow` deletes the shadow DBIs, and only after confirmation."""
+
+    def test_refuses_without_yes_then_drops(self, instances: Make,
+                                             s3_storage: dict[str, Any]) -> None:
+        """Without a terminal and without --yes nothing is dropped (exit 1, says how);
+        with --yes every _sync_shadow_* DBI goes and the data DBI stays."""
+        a = instances("a", s3_storage)
+        a.config_path.write_text(
+            a.config_path.read_text().replace("schema_tracks_changes: true",
+                                              "schema_tracks_changes: false"))
+        a.writer.put("k", "v")
+        assert a.command("sync", "--only-once").returncode == 0
+
+        def dbis() -> list[str]:
+            res = a.command("dump", "-f", "json")
+            assert res.returncode == 0, res.stderr
+            return sorted(json.loads(res.stdout)["main"])
+
+        assert dbis() == ["_sync_shadow_records", "records"]
+        refused = a.command("drop-shadow")
+        assert refused.returncode == 1
+        assert "pass --yes" in refused.stderr
+        assert dbis() == ["_sync_shadow_records", "records"]
+
+        dropped = a.command("drop-shadow", "--yes")
+        assert dropped.returncode == 0, dropped.stderr
+        assert "dropped 1 shadow DBI" in dropped.stdout
+        assert dbis() == ["records"]

@@ -149,3 +149,32 @@ class TestShadowStartupScenario:
         assert app_get(a, b"y") == b"from-b"
         a.close()
         b.close()
+
+
+class TestShadowErrors:
+    """A DUPSORT pair the transform refuses is an error line, not a crash; fixing it resumes."""
+
+    def test_bad_dupsort_key_blocks_upload_until_fixed(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A 300-byte key in a DUPSORT DBI: the step logs one error naming the DBI and key and
+        uploads nothing; once the application removes the key, the next step uploads."""
+        a = make_syncer("a", tmp_path, store)
+        a.startup(retry_forever=True)
+        env = a.lenv.env
+        idx = env.open_db(b"idx", create=True, dupsort=True)
+        with env.begin(write=True) as txn:
+            txn.put(b"ok", b"1", db=idx)
+            txn.put(b"k" * 300, b"1", db=idx)
+        a.step(Batch(local=True))
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1
+        assert "DBI 'idx'" in errors[0] and "key length 300" in errors[0]
+        assert objects(store, "a") == []
+
+        with env.begin(write=True) as txn:
+            txn.delete(b"k" * 300, db=idx)
+        a._store_backoff.succeeded()  # skip the retry delay
+        a.step(Batch(local=True))
+        assert len(objects(store, "a")) == 1
+        a.close()
