@@ -43,6 +43,10 @@ DEFAULT_SWEEP_LOCK_DURATION = 0.05
 DEFAULT_MQTT_TOPIC = "evsync"
 DEFAULT_S3_REGION = "us-east-1"
 DEFAULT_HEALTH = (5.0, 60.0, 300.0)  # interval, warn_duration, error_duration
+DEFAULT_START_HEALTH = (1.0, 60.0, 300.0)  # LS health.start
+# A remote object stamped further ahead of the local clock than this is logged and counted:
+# its writer's clock is ahead, so its writes win conflicts they should lose.
+DEFAULT_CLOCK_SKEW_THRESHOLD = 1.0
 
 INSTANCE_RE = re.compile(r"^[a-zA-Z0-9-]+$")
 DB_NAME_RE = re.compile(r"^[a-z0-9-]+$")
@@ -302,12 +306,25 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True)
+class StartHealthConfig(HealthCheckConfig):
+    """LS ``health.start``: how long startup may take; evsync reports it by default."""
+
+    interval: float = DEFAULT_START_HEALTH[0]
+    warn_duration: float = DEFAULT_START_HEALTH[1]
+    error_duration: float = DEFAULT_START_HEALTH[2]
+    report_healthz: bool = True
+    report_metadata: bool = True
+
+
+@dataclass(frozen=True)
 class HealthConfig:
-    """Health thresholds per storage operation (LS ``health``)."""
+    """Health thresholds per storage operation (LS ``health``), startup and push sources."""
 
     storage_list: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     storage_load: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     storage_store: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    start: StartHealthConfig = field(default_factory=StartHealthConfig)
+    notify: HealthCheckConfig = field(default_factory=HealthCheckConfig)
 
 
 @dataclass(frozen=True)
@@ -333,6 +350,7 @@ class Config:
     storage_retry_forever: bool = False
     storage_force_snapshot_interval: float = DEFAULT_FORCE_SNAPSHOT_INTERVAL
     only_once: bool = False
+    clock_skew_threshold: float = DEFAULT_CLOCK_SKEW_THRESHOLD
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     http_address: str = ""
@@ -704,19 +722,32 @@ def _load_notify(sec: _Section) -> NotifyConfig:
     return NotifyConfig(watch_lmdb=watch, listing_interval=listing, mqtt=mqtt, sqs=sqs)
 
 
+def _load_check(hsec: _Section, defaults: tuple[float, float, float]) -> dict[str, float]:
+    values = {
+        "interval": max(1.0, hsec.duration("interval", defaults[0])),
+        "warn_duration": hsec.duration("warn_duration", defaults[1]),
+        "error_duration": hsec.duration("error_duration", defaults[2]),
+    }
+    if values["error_duration"] < values["warn_duration"]:
+        raise ConfigError(f"{hsec.key('error_duration')}: must not be shorter than warn_duration")
+    return values
+
+
 def _load_health(sec: _Section) -> HealthConfig:
-    checks = {}
-    for name in ("storage_list", "storage_load", "storage_store"):
+    checks: dict[str, HealthCheckConfig] = {}
+    for name in ("storage_list", "storage_load", "storage_store", "notify"):
         hsec = sec.section(name)
-        checks[name] = HealthCheckConfig(
-            interval=max(1.0, hsec.duration("interval", DEFAULT_HEALTH[0])),
-            warn_duration=hsec.duration("warn_duration", DEFAULT_HEALTH[1]),
-            error_duration=hsec.duration("error_duration", DEFAULT_HEALTH[2]),
-        )
+        checks[name] = HealthCheckConfig(**_load_check(hsec, DEFAULT_HEALTH))
         hsec.done()
-    sec.raw("start")  # LS's startup tracker settings; evsync always reports startup
+    ssec = sec.section("start")
+    start = StartHealthConfig(
+        **_load_check(ssec, DEFAULT_START_HEALTH),
+        report_healthz=ssec.boolean("report_healthz", True),
+        report_metadata=ssec.boolean("report_metadata", True),
+    )
+    ssec.done()
     sec.done()
-    return HealthConfig(**checks)
+    return HealthConfig(start=start, **checks)
 
 
 def _load_log(sec: _Section) -> LogConfig:
@@ -783,6 +814,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         storage_retry_forever=sec.boolean("storage_retry_forever", False),
         storage_force_snapshot_interval=force,
         only_once=sec.boolean("only_once", False),
+        clock_skew_threshold=sec.duration("clock_skew_threshold", DEFAULT_CLOCK_SKEW_THRESHOLD),
         sweeper=_load_sweeper(sec.section("sweeper")),
         notify=_load_notify(sec.section("notify")),
         http_address=_load_http(sec.section("http")),

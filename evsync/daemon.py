@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from evsync.config import Config, FsOptions, S3Options
+from evsync._version import __version__
+from evsync.cleaner import Cleaner
+from evsync.config import Config, FsOptions, HealthCheckConfig, S3Options
 from evsync.errors import ConfigError
+from evsync.health import ERROR, OK, WARNING
+from evsync.http import HttpServer
+from evsync.metrics import Metrics
 from evsync.storage import BlobStore, open_store
 from evsync.syncer import Syncer
 from evsync.triggers.base import HintQueue, Trigger
@@ -37,8 +45,10 @@ class Daemon:
         only_dbs: Iterable[str] | None = None,
         receive_only: bool = False,
         store: BlobStore | None = None,
+        force_rejoin: bool = False,
     ) -> None:
         self.config = config
+        self.started_mono = time.monotonic()
         names = list(only_dbs or config.lmdbs)
         for name in names:
             if name not in config.lmdbs:
@@ -46,9 +56,14 @@ class Daemon:
         self.stop_event = threading.Event()
         self.store = store or open_store(config.storage)
         self.receive_only = receive_only
+        self.metrics = Metrics()
+        self.metrics.info.labels(__version__).set(1)
+        self.metrics.add_state_collector(self._metrics_state)
         self.syncers: dict[str, Syncer] = {}
         self.triggers: list[Trigger] = []
         self.push_sources: dict[str, MqttSource | SqsSource] = {}
+        self.cleaners: dict[str, Cleaner] = {}
+        self.http: HttpServer | None = None
         self._threads: list[threading.Thread] = []
         try:
             for name in names:
@@ -59,6 +74,8 @@ class Daemon:
                     HintQueue(name, own_instance=config.instance),
                     receive_only=receive_only,
                     stop_event=self.stop_event,
+                    metrics=self.metrics,
+                    force_rejoin=force_rejoin,
                 )
         except Exception:
             self.close()
@@ -114,6 +131,15 @@ class Daemon:
             queues = [s.queue for s in self.syncers.values()]
             self.triggers.append(FsBucketWatcher(Path(opts.root_path), queues))
 
+    def _build_cleaners(self) -> None:
+        cleanup = self.config.storage.cleanup
+        if not cleanup.enabled or self.receive_only:
+            return  # as LS: a receive-only instance never deletes
+        for name, syncer in self.syncers.items():
+            cleaner = Cleaner(self.store, name, cleanup, metrics=self.metrics)
+            syncer.on_committed.append(cleaner.set_committed)
+            self.cleaners[name] = cleaner
+
     def start(self) -> None:
         """Start triggers first (so no commit is missed), then one thread per syncer."""
         log.info(
@@ -123,20 +149,32 @@ class Daemon:
             self.store.describe(),
             self.config.listing_interval,
         )
+        if self.config.http_address:
+            self.http = HttpServer(
+                self.config.http_address, self.metrics.registry, self.health, self.status
+            )
+            self.http.start()
         self._build_triggers()
+        self._build_cleaners()
         for trigger in self.triggers:
             trigger.start()
         for name, syncer in self.syncers.items():
             thread = threading.Thread(target=syncer.run, name=f"syncer-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        for name, cleaner in self.cleaners.items():
+            thread = threading.Thread(
+                target=cleaner.run, args=(self.stop_event,), name=f"cleaner-{name}", daemon=True
+            )
+            thread.start()
 
-    def wait(self) -> None:
-        """Block until :meth:`stop` is called (e.g. by a signal handler)."""
+    def wait(self) -> bool:
+        """Block until asked to stop (True), or until every syncer died (False)."""
         while not self.stop_event.wait(0.5):
             if not any(t.is_alive() for t in self._threads):
                 log.error("every syncer stopped; exiting")
-                break
+                return False
+        return True
 
     def stop(self) -> None:
         """Stop syncers after their current step, then the triggers."""
@@ -147,6 +185,8 @@ class Daemon:
             thread.join(timeout=SYNCER_JOIN_SECONDS)
         for trigger in self.triggers:
             trigger.stop()
+        if self.http is not None:
+            self.http.stop()
         for syncer in self.syncers.values():
             log.info(
                 "db %s: hints by source: first to announce %s; received %s",
@@ -168,11 +208,95 @@ class Daemon:
             syncer.close()
         self.store.close()
 
-    def status(self) -> dict[str, object]:
-        """Status of every db."""
+    def status(self) -> dict[str, Any]:
+        """Status of every db (the /status page and ``evsync status``)."""
         return {
             "instance": self.config.instance,
+            "version": __version__,
+            "hostname": socket.gethostname(),
             "storage": self.store.describe(),
+            "uptime_seconds": time.monotonic() - self.started_mono,
             "dbs": {name: s.status() for name, s in self.syncers.items()},
             "push_sources": {name: p.status() for name, p in self.push_sources.items()},
+            "triggers": [t.source for t in self.triggers],
+            "cleanup": {
+                "enabled": bool(self.cleaners),
+                "dbs": {name: c.status() for name, c in self.cleaners.items()},
+            },
         }
+
+    # ------------------------------------------------------------------ health
+
+    def health_checks(self) -> dict[str, dict[str, Any]]:
+        """Every check by name: ``status`` (ok/warning/error) plus what explains it."""
+        checks: dict[str, dict[str, Any]] = {}
+        start_cfg = self.config.health.start
+        for name, syncer in self.syncers.items():
+            for op, entry in syncer.health.snapshot().items():
+                checks[f"{name}_storage_{op}"] = entry
+            if start_cfg.report_healthz:
+                checks[f"{name}_startup"] = self._startup_check(syncer.stats.startup_done)
+            reason = syncer.guard.blocked_reason
+            checks[f"{name}_rejoin_guard"] = {
+                "status": ERROR if reason else OK,
+                "last_error": reason or "",
+            }
+        for source, push in self.push_sources.items():
+            checks[source] = _duration_check(
+                push.failing_since, push.last_error, self.config.health.notify
+            )
+        return checks
+
+    def _startup_check(self, done: bool) -> dict[str, Any]:
+        if done:
+            return {"status": OK, "last_error": ""}
+        check = _duration_check(self.started_mono, "startup not done", self.config.health.start)
+        return check
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body) for /healthz: unhealthy when any check is an error."""
+        checks = self.health_checks()
+        levels = {c["status"] for c in checks.values()}
+        overall = ERROR if ERROR in levels else WARNING if WARNING in levels else OK
+        meta: dict[str, Any] = {
+            "hostname": socket.gethostname(),
+            "version": __version__,
+            "instance": self.config.instance,
+        }
+        if self.config.health.start.report_metadata:
+            for name, syncer in self.syncers.items():
+                meta[f"startup_{name}"] = syncer.stats.startup_done
+        failing = sorted(name for name, c in checks.items() if c["status"] == ERROR)
+        body = {"status": overall, "failing": failing, "checks": checks, "meta": meta}
+        return overall != ERROR, body
+
+    def _metrics_state(self) -> dict[str, Any]:
+        return {
+            "dbs": {name: s.metrics_state() for name, s in self.syncers.items()},
+            "checks": {name: c["status"] for name, c in self.health_checks().items()},
+            "push": {
+                name: {
+                    "connected": p.failing_since is None,
+                    "messages": p.messages,
+                    "malformed": p.malformed,
+                }
+                for name, p in self.push_sources.items()
+            },
+        }
+
+
+def _duration_check(
+    failing_since: float | None, error: str, cfg: HealthCheckConfig
+) -> dict[str, Any]:
+    """A check that warns, then errs, after a continuous failure of the configured durations."""
+    if failing_since is None:
+        return {"status": OK, "last_error": "", "failing_for_seconds": None}
+    failing_for = time.monotonic() - failing_since
+    status = (
+        ERROR
+        if failing_for >= cfg.error_duration
+        else WARNING
+        if failing_for >= cfg.warn_duration
+        else OK
+    )
+    return {"status": status, "last_error": error, "failing_for_seconds": failing_for}

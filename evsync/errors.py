@@ -16,6 +16,7 @@
     │   ├── ObjectNotFoundError      the named object does not exist (any more)
     │   └── StorageUnavailableError  the backend is down or refused; worth retrying
     └── SyncError                    a sync run could not complete (only-once mode)
+        └── SyncInterruptedError     shutdown asked a merge to stop; its txn was aborted
 """
 
 from __future__ import annotations
@@ -67,3 +68,7 @@ class StorageUnavailableError(StorageError):
 
 class SyncError(EvsyncError):
     """A sync run could not complete."""
+
+
+class SyncInterruptedError(SyncError):
+    """Shutdown interrupted a merge; the write txn in progress was aborted, nothing is lost."""

@@ -23,9 +23,9 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import lmdb
 import tenacity
@@ -37,15 +37,25 @@ from evsync.errors import (
     ObjectNotFoundError,
     StorageError,
     StorageUnavailableError,
+    SyncInterruptedError,
 )
 from evsync.health import HealthTracker
 from evsync.lmdb.dump import DumpResult, dump_native, dump_shadow
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.merge import MAX_MAP_GROWTHS, Merger, MergeResult
 from evsync.lmdb.shadow import SEED_TIMESTAMP_NS, Shadow
-from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, verify_snapshot
+from evsync.metrics import Metrics
+from evsync.rejoin import RejoinGuard
+from evsync.snapshot.codec import (
+    DbiInfo,
+    Entry,
+    SnapshotHeader,
+    SnapshotReader,
+    verify_snapshot,
+)
 from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
+from evsync.sweeper import Sweeper
 from evsync.triggers.base import Batch, Hint, HintQueue
 from evsync.triggers.listing import newest_per_instance
 
@@ -61,6 +71,10 @@ NS = 1_000_000_000
 DUMP_CATCH_UP_ATTEMPTS = 5
 DUMP_CATCH_UP_SECONDS = 0.001
 SOURCE_SELF = "self"  # the syncer re-queues itself when a commit raced an upload
+# LMDB gauges (map, entries per DBI ...) are refreshed by the syncer thread this often.
+LMDB_STATS_INTERVAL = 5.0
+# A merge looks at the stop flag this often (entries), so shutdown never waits for a big one.
+STOP_CHECK_EVERY = 1024
 
 
 @dataclass
@@ -128,6 +142,8 @@ class Syncer:
         receive_only: bool = False,
         stop_event: threading.Event | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        metrics: Metrics | None = None,
+        force_rejoin: bool = False,
     ) -> None:
         self.config = config
         self.cfg = lmdb_cfg
@@ -152,6 +168,22 @@ class Syncer:
             }
         )
         self.stats = SyncStats()
+        self.metrics = metrics or Metrics()
+        self.guard = RejoinGuard(
+            self.lenv, config.sweeper, override=force_rejoin, clock_ns=clock_ns
+        )
+        self.sweeper = (
+            Sweeper(
+                self.lenv, config.sweeper, shadow_mode=self.shadow is not None, clock_ns=clock_ns
+            )
+            if config.sweeper.enabled and not receive_only
+            else None
+        )
+        self._next_sweep = time.monotonic() + config.sweeper.first_interval
+        self._sweep_resume_at = 0.0
+        self._startup_blocked = False
+        self.lmdb_stats: dict[str, Any] = {}
+        self._lmdb_stats_at = 0.0
         self.instances: dict[str, InstanceState] = {}
         self.bad_objects: set[str] = set()
         self.waiting_for: set[str] = set()
@@ -165,11 +197,15 @@ class Syncer:
         self._logged_once: set[str] = set()
         #: called as (db, object name, size) after every successful store
         self.on_stored: list[Callable[[str, str, int], None]] = []
+        #: called after every successful store with {instance: newest merged object ts}
+        #: of the other instances: their data is now proven to be in our own object
+        self.on_committed: list[Callable[[Mapping[str, int]], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         """Startup, then serve hints until stopped."""
+        self._refresh_lmdb_stats()
         self.startup(retry_forever=True)
         step_backoff = Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
         while not self.stop_event.is_set():
@@ -199,6 +235,8 @@ class Syncer:
             return False
         ok = self._merge_pending(include_own=True, retry=True)
         ok = self._maybe_upload(only_once=True) and ok
+        if ok and not self.waiting_for:
+            self._mark_in_sync()
         if self.waiting_for:
             log.error(
                 "db %s: could not merge the newest object of: %s",
@@ -237,11 +275,26 @@ class Syncer:
             len(self.waiting_for),
             (": " + ", ".join(sorted(self.waiting_for))) if self.waiting_for else "",
         )
+        if self._guard_blocks():
+            self._startup_blocked = True
+            return False
         self._seed_shadow()
         if retry_forever:
             self._merge_pending(include_own=True, retry=False)
             self._maybe_upload()
         self.stats.startup_done = not self.waiting_for
+        return True
+
+    def _guard_blocks(self) -> bool:
+        """True (with one error line) while the rejoin guard refuses to sync."""
+        try:
+            reason = self.guard.check()
+        except LmdbError as exc:
+            self._log_limited("guard", logging.ERROR, "db %s: rejoin guard: %s", self.db, exc)
+            return True
+        if reason is None:
+            return False
+        self._log_limited("guard", logging.ERROR, "db %s: refusing to sync: %s", self.db, reason)
         return True
 
     def _seed_shadow(self) -> None:
@@ -265,21 +318,148 @@ class Syncer:
 
     def step(self, batch: Batch) -> None:
         """Handle one drained batch of hints, then whatever deadlines are due."""
+        self._refresh_lmdb_stats()
+        if self._guard_blocks():
+            return
         for instance, name in batch.remote.items():
             self._note_name(instance, name)
         if self._relist and self._list_backoff.ready():
             self._list_and_note(startup=False)
+        if self._startup_blocked:  # the guard let go (the LMDB was wiped): finish startup
+            self._startup_blocked = False
+            self._seed_shadow()
         self._merge_pending(include_own=bool(self.waiting_for), retry=False)
         if not self.waiting_for:
             self.stats.startup_done = True
+            self._mark_in_sync()
         self._maybe_upload()
+        self._maybe_sweep()
 
     def _idle_timeout(self) -> float:
+        now = time.monotonic()
         deadlines = [MAX_IDLE_SECONDS]
         force = self.config.storage_force_snapshot_interval
         if force and not self.receive_only:
-            deadlines.append(self._last_store_mono + force - time.monotonic())
+            deadlines.append(self._last_store_mono + force - now)
+        if self.sweeper is not None:
+            due = self._sweep_resume_at if self.sweeper.in_progress else self._next_sweep
+            deadlines.append(due - now)
         return max(0.0, min(deadlines))
+
+    def _mark_in_sync(self) -> None:
+        """Every instance's newest object is merged: record it for the rejoin guard."""
+        if self._pending(include_own=False):
+            return
+        try:
+            txn_id = self.guard.mark_in_sync()
+        except LmdbError as exc:
+            self._log_limited(
+                "state", logging.ERROR, "db %s: cannot record sync state: %s", self.db, exc
+            )
+            return
+        if txn_id is not None:
+            self._own_txn(txn_id)
+
+    def _own_txn(self, txn_id: int) -> None:
+        """A txn of evsync's that changed no application data needs no upload."""
+        self._advance_synced([txn_id])
+        if self.shadow is not None:
+            self.shadow.note_own_txn(txn_id)
+
+    # ------------------------------------------------------------------ sweeping
+
+    def _maybe_sweep(self) -> None:
+        """One sweeper txn when a pass is due or under way; the lock is released in between."""
+        sweeper = self.sweeper
+        if sweeper is None or self.guard.blocked:
+            return
+        now = time.monotonic()
+        if not sweeper.in_progress:
+            if now < self._next_sweep:
+                return
+            sweeper.begin()
+        elif now < self._sweep_resume_at:
+            return
+        step = sweeper.step()
+        self.metrics.observe_write_lock(self.db, step.txn_seconds)
+        if step.removed:
+            self.metrics.sweeper_removed.labels(self.db).inc(step.removed)
+        if step.txn_id is not None:
+            self._own_txn(step.txn_id)
+        if not step.done:
+            self._sweep_resume_at = time.monotonic() + self.config.sweeper.release_duration
+            return
+        self._next_sweep = time.monotonic() + self.config.sweeper.interval
+        st = sweeper.stats
+        self.metrics.sweeper_runs.labels(self.db).inc()
+        self.metrics.sweeper_seconds.labels(self.db).observe(st.seconds)
+        self.metrics.sweeper_entries.labels(self.db, "live").set(st.live)
+        self.metrics.sweeper_entries.labels(self.db, "deleted").set(st.deleted)
+        total = st.live + st.deleted
+        log.info(
+            "db %s: swept tombstones: %d entries, %d deleted (%.1f%%), %d removed, "
+            "%d txns, longest %.1f ms, %.2fs",
+            self.db,
+            total,
+            st.deleted,
+            100.0 * st.deleted / total if total else 0.0,
+            st.removed,
+            st.txns,
+            st.longest_txn_seconds * 1000,
+            st.seconds,
+        )
+
+    # ------------------------------------------------------------------ LMDB gauges
+
+    def _refresh_lmdb_stats(self, *, force: bool = False) -> None:
+        """Publish LMDB figures for /metrics; only this thread opens DBI handles."""
+        now = time.monotonic()
+        if not force and now - self._lmdb_stats_at < LMDB_STATS_INTERVAL:
+            return
+        self._lmdb_stats_at = now
+        try:
+            info = self.lenv.info()
+            entries: dict[str, int] = {}
+            with self.lenv.read_synced_dbis(include_sync=True) as (txn, handles):
+                for name, handle in handles:
+                    entries[name.decode(errors="replace")] = int(txn.stat(handle)["entries"])
+            psize = int(self.lenv.env.stat()["psize"])
+        except (LmdbError, lmdb.Error) as exc:
+            self._log_limited(
+                "lmdb-stats", logging.WARNING, "db %s: cannot read LMDB stats: %s", self.db, exc
+            )
+            return
+        self.lmdb_stats = {
+            "map_size": int(info["map_size"]),
+            "used_bytes": (int(info["last_pgno"]) + 1) * psize,
+            "last_txn_id": int(info["last_txnid"]),
+            "readers": int(info["num_readers"]),
+            "max_readers": int(info["max_readers"]),
+            "entries": entries,
+        }
+
+    def metrics_state(self) -> dict[str, Any]:
+        """What the scrape-time collector exports; cheap, and safe from another thread."""
+        instances = list(self.instances.items())
+        return {
+            "lmdb": self.lmdb_stats,
+            "last_synced_txn_id": self.last_synced_txn,
+            "last_store_at": self.stats.last_store_at,
+            "newest_seen_ts": {
+                inst: st.newest_seen.timestamp_ns / NS
+                for inst, st in instances
+                if st.newest_seen is not None and inst != self.instance
+            },
+            "merged_ts": {
+                inst: st.merged.timestamp_ns / NS
+                for inst, st in instances
+                if st.merged is not None and inst != self.instance
+            },
+            "startup_done": self.stats.startup_done,
+            "rejoin_blocked": self.guard.blocked,
+            "hints_received": dict(self.queue.received),
+            "hints_first": dict(self.queue.first),
+        }
 
     # ------------------------------------------------------------------ listing
 
@@ -289,12 +469,13 @@ class Syncer:
         except StorageError as exc:
             self.health.failure("list", str(exc))
             self.stats.list_failures += 1
+            self.metrics.list_failures.labels(self.db).inc()
             self._list_backoff.failed()
             self._log_limited("list", logging.WARNING, "db %s: listing failed: %s", self.db, exc)
             return False
         self.health.success("list")
         self._list_backoff.succeeded()
-        self._logged_once.discard("list")
+        self._recovered("list", "listing")
         self._relist = False
         good = [o for o in objects if o.name not in self.bad_objects]
         present = newest_per_instance(good, self.db)
@@ -313,6 +494,7 @@ class Syncer:
         else:
             self.health.failure("list", "listing failed")
             self.stats.list_failures += 1
+            self.metrics.list_failures.labels(self.db).inc()
 
     def _note_name(self, instance: str, name: SnapshotName) -> None:
         if name.name in self.bad_objects:
@@ -324,6 +506,28 @@ class Syncer:
             return
         if st.newest_seen is None or name.name > st.newest_seen.name:
             st.newest_seen = name
+            if instance != self.instance:
+                self._check_clock_skew(instance, name)
+
+    def _check_clock_skew(self, instance: str, name: SnapshotName) -> None:
+        """An object from the future means its writer's clock is ahead: its writes win unfairly."""
+        ahead = (name.timestamp_ns - self.clock_ns()) / NS
+        self.metrics.clock_skew.labels(self.db, instance).set(ahead)
+        threshold = self.config.clock_skew_threshold
+        if threshold and ahead > threshold:
+            self.metrics.clock_skew_warnings.labels(self.db, instance).inc()
+            self._log_limited(
+                f"skew-{instance}",
+                logging.WARNING,
+                "db %s: clock skew: %s is stamped %.2fs ahead of this host's clock "
+                "(threshold %gs); check NTP on both hosts",
+                self.db,
+                name,
+                ahead,
+                threshold,
+            )
+        else:
+            self._logged_once.discard(f"skew-{instance}")
 
     # ------------------------------------------------------------------ merging
 
@@ -383,6 +587,7 @@ class Syncer:
         except StorageError as exc:
             self.health.failure("load", str(exc))
             self.stats.load_failures += 1
+            self.metrics.load_failures.labels(self.db, instance).inc()
             backoff.failed()
             self._log_limited(
                 f"load-{instance}",
@@ -395,10 +600,11 @@ class Syncer:
             return "retry"
         self.health.success("load")
         backoff.succeeded()
-        self._logged_once.discard(f"load-{instance}")
+        self._recovered(f"load-{instance}", f"loading objects of {instance}")
         with data:
             size = _stream_size(data)
             self.stats.bytes_down += size
+            self.metrics.bytes_downloaded.labels(self.db).inc(size)
             try:
                 header = verify_snapshot(data)
                 self._check_header(header, name)
@@ -410,7 +616,11 @@ class Syncer:
             except CorruptObjectError as exc:  # only if the temp file changed under us
                 self._reject(instance, name, str(exc))
                 return "skipped"
+            except SyncInterruptedError:
+                log.info("db %s: merge of %s interrupted by shutdown", self.db, name)
+                return "skipped"
             except LmdbError as exc:
+                self.metrics.merge_failures.labels(self.db).inc()
                 backoff.failed()
                 self._log_limited(
                     f"merge-{instance}",
@@ -421,6 +631,12 @@ class Syncer:
                     exc,
                 )
                 return "retry"
+        self._record_merge(instance, name, result, t0)
+        return "done"
+
+    def _record_merge(
+        self, instance: str, name: SnapshotName, result: MergeResult, t0: float
+    ) -> None:
         self._advance_synced(result.txn_ids)
         st = self.instances.setdefault(instance, InstanceState())
         st.merged = name
@@ -430,6 +646,14 @@ class Syncer:
         self.stats.objects_loaded += 1
         self.stats.entries_merged += result.entries
         self.stats.entries_written += result.written
+        m = self.metrics
+        m.objects_loaded.labels(self.db, instance).inc()
+        m.entries_merged.labels(self.db).inc(result.entries)
+        m.entries_written.labels(self.db).inc(result.written)
+        m.merge_seconds.labels(self.db).observe(time.monotonic() - t0)
+        m.observe_write_lock(self.db, result.longest_txn_seconds)
+        if instance != self.instance:
+            m.propagation_lag.labels(self.db).observe(st.lag_seconds)
         log.info(
             "db %s: merged %s (%d entries, %d written, %d txns, %.1f ms, lag %.1f ms)",
             self.db,
@@ -440,7 +664,6 @@ class Syncer:
             (time.monotonic() - t0) * 1000,
             st.lag_seconds * 1000,
         )
-        return "done"
 
     def _apply(self, data: IO[bytes]) -> MergeResult:
         """Merge a verified object: batched txns in native mode, one txn in shadow mode."""
@@ -451,12 +674,12 @@ class Syncer:
                 deleted_cutoff_ns=self._deleted_cutoff_ns(),
                 create_flags=self._create_flags,
             )
-            return merger.merge(SnapshotReader(data).dbis())
+            return merger.merge(self._until_stopped(SnapshotReader(data).dbis()))
         for _attempt in range(MAX_MAP_GROWTHS):
             data.seek(0)
             try:
                 result, update = self.shadow.merge(
-                    SnapshotReader(data).dbis(),
+                    self._until_stopped(SnapshotReader(data).dbis()),
                     timestamp_ns=self.clock_ns(),
                     deleted_cutoff_ns=self._deleted_cutoff_ns(),
                     create_flags=self._create_flags,
@@ -473,6 +696,25 @@ class Syncer:
             return result
         raise LmdbError(f"lmdb {self.db}: map still full after {MAX_MAP_GROWTHS} growths")
 
+    def _until_stopped(
+        self, dbis: Iterable[tuple[DbiInfo, Iterable[Entry]]]
+    ) -> Iterator[tuple[DbiInfo, Iterable[Entry]]]:
+        """The object's DBIs, raising SyncInterruptedError inside the merge once shutdown is asked.
+
+        Raised from within the write txn, it aborts that txn; batches committed before
+        stay, which last-writer-wins makes safe, and the object is merged again later.
+        """
+        stop = self.stop_event
+
+        def entries(items: Iterable[Entry]) -> Iterator[Entry]:
+            for n, entry in enumerate(items):
+                if n % STOP_CHECK_EVERY == 0 and stop.is_set():
+                    raise SyncInterruptedError(f"db {self.db}: merge interrupted by shutdown")
+                yield entry
+
+        for info, items in dbis:
+            yield info, entries(items)
+
     def _check_header(self, header: SnapshotHeader, name: SnapshotName) -> None:
         if (header.db, header.instance, header.timestamp_ns) != (
             name.db,
@@ -488,6 +730,7 @@ class Syncer:
         log.error("db %s: rejecting corrupt object %s: %s", self.db, name, reason)
         self.bad_objects.add(name.name)
         self.stats.objects_rejected += 1
+        self.metrics.objects_rejected.labels(self.db, instance).inc()
         self.stats.rejected.append(name.name)
         self._forget_newest(instance, name)
 
@@ -578,6 +821,7 @@ class Syncer:
             except StorageError as exc:
                 self.health.failure("store", str(exc))
                 self.stats.store_failures += 1
+                self.metrics.store_failures.labels(self.db).inc()
                 self._store_backoff.failed()
                 log.error(
                     "db %s: could not store %s: %s; the change stays pending", self.db, name, exc
@@ -585,17 +829,21 @@ class Syncer:
                 return False
         self.health.success("store")
         self._store_backoff.succeeded()
-        self._logged_once.discard("store")
+        self._recovered("store", "storing")
         if self.shadow is not None:
             self.shadow.dirty = False
         self.last_synced_txn = max(self.last_synced_txn, dumped.header.txn_id)
         self._last_store_mono = time.monotonic()
         self.stats.objects_stored += 1
         self.stats.bytes_up += size
+        self.metrics.objects_stored.labels(self.db).inc()
+        self.metrics.bytes_uploaded.labels(self.db).inc(size)
+        self.metrics.dump_seconds.labels(self.db).observe(t_dump)
         self.stats.last_store_name = name.name
         self.stats.last_store_at = time.time()
         own = self.instances.setdefault(self.instance, InstanceState())
         own.merged = own.newest_seen = name
+        self._notify_committed()
         if self.lenv.last_txn_id() > self.last_synced_txn:
             self.queue.put(Hint(SOURCE_SELF, local=True))  # committed during the upload
         for callback in self.on_stored:
@@ -623,10 +871,23 @@ class Syncer:
         )
         return True
 
+    def _notify_committed(self) -> None:
+        """Our object now carries every merged object's data: tell the cleaner."""
+        merged = {
+            inst: st.merged.timestamp_ns
+            for inst, st in list(self.instances.items())
+            if st.merged is not None and inst != self.instance
+        }
+        for callback in self.on_committed:
+            callback(merged)
+
     def _shadow_has_news(self, forced: bool) -> bool:
         """Shadow mode: run main -> shadow; False when there is nothing new to upload."""
         assert self.shadow is not None
+        t0 = time.monotonic()
         update = self.shadow.update_from_main(self.clock_ns())
+        if not update.skipped:
+            self.metrics.observe_write_lock(self.db, time.monotonic() - t0)
         if update.changes or self.shadow.dirty or forced:
             return True
         # The commits since the last upload changed no value (or were our own merges).
@@ -675,6 +936,7 @@ class Syncer:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.stats.store_failures += 1
+            self.metrics.store_failures.labels(self.db).inc()
             exc = state.outcome.exception() if state.outcome else None
             self.health.failure("store", str(exc))
             self._log_limited(
@@ -715,6 +977,12 @@ class Syncer:
         self._logged_once.add(key)
         log.log(level, msg, *args)
 
+    def _recovered(self, key: str, what: str) -> None:
+        """End a streak started by :meth:`_log_limited`, saying so once."""
+        if key in self._logged_once:
+            self._logged_once.discard(key)
+            log.info("db %s: %s works again", self.db, what)
+
     def status(self) -> dict[str, object]:
         """Plain data describing this db's sync state."""
         now_ns = self.clock_ns()
@@ -725,6 +993,7 @@ class Syncer:
             "last_synced_txn_id": self.last_synced_txn,
             "last_upload": self.stats.last_store_name,
             "startup_done": self.stats.startup_done,
+            "rejoin_blocked": self.guard.blocked_reason,
             "waiting_for": sorted(self.waiting_for),
             "instances": {
                 inst: {

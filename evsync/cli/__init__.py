@@ -22,7 +22,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command registered."""
-    from evsync.cli import drop_shadow, dump, snapshots, sync, version
+    from evsync.cli import drop_shadow, dump, snapshots, status, sync, version
 
     parser = argparse.ArgumentParser(
         prog="evsync",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (sync, snapshots, dump, drop_shadow, version):
+    for module in (sync, snapshots, dump, drop_shadow, status, version):
         module.register(sub)
     return parser
 

@@ -29,11 +29,22 @@ def register(sub: Any) -> None:
         metavar="DB",
         help="sync only this db (repeatable)",
     )
+    _add_force_rejoin(p)
     p.set_defaults(func=run_sync, receive_only=False)
     r = sub.add_parser("receive", help="like sync, but never upload")
     r.add_argument("--only-once", action="store_true")
     r.add_argument("--only-db", action="append", default=None, metavar="DB")
+    _add_force_rejoin(r)
     r.set_defaults(func=run_sync, receive_only=True)
+
+
+def _add_force_rejoin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force-rejoin",
+        action="store_true",
+        help="sync even though this LMDB was away longer than the tombstone retention "
+        "(records deleted elsewhere meanwhile may come back; see docs/operations.md)",
+    )
 
 
 def run_sync(args: argparse.Namespace) -> int:
@@ -42,7 +53,12 @@ def run_sync(args: argparse.Namespace) -> int:
 
     config = load(args)
     only_once = args.only_once or config.only_once
-    daemon = Daemon(config, only_dbs=args.only_db, receive_only=args.receive_only)
+    daemon = Daemon(
+        config,
+        only_dbs=args.only_db,
+        receive_only=args.receive_only,
+        force_rejoin=args.force_rejoin,
+    )
     try:
         if only_once:
             ok = daemon.run_once()
@@ -51,10 +67,11 @@ def run_sync(args: argparse.Namespace) -> int:
             return 0 if ok else 1
         _install_signal_handlers(daemon.stop_event)
         daemon.start()
-        daemon.wait()
+        asked = daemon.wait()
         log.info("stopping")
         daemon.stop()
-        return 0
+        log.info("stopped")
+        return 0 if asked else 1
     finally:
         daemon.close()
 

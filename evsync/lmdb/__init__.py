@@ -1,6 +1,11 @@
-"""The LMDB side: opening envs, the native header, LWW merge and dumps."""
+"""The LMDB side: opening envs, the native header, LWW merge and dumps.
 
-from evsync.lmdb.dump import DumpResult, dump_native
+Only the modules below the snapshot layer are re-exported here: ``dump`` and
+``merge`` read and write objects (``evsync.snapshot.codec``), which itself uses
+``lmdb.dupsort``; importing them from this package's ``__init__`` would make the
+two packages import each other.
+"""
+
 from evsync.lmdb.env import LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import (
     FLAG_DELETED,
@@ -11,21 +16,15 @@ from evsync.lmdb.header import (
     parse_header,
     split_value,
 )
-from evsync.lmdb.merge import Merger, MergeResult, merge_entry
 
 __all__ = [
     "FLAG_DELETED",
     "HEADER_SIZE",
-    "DumpResult",
     "Header",
     "LmdbEnv",
-    "MergeResult",
-    "Merger",
-    "dump_native",
     "encode_header",
     "encode_value",
     "is_sync_dbi",
-    "merge_entry",
     "parse_header",
     "split_value",
 ]

@@ -183,6 +183,11 @@ class Shadow:
             self.dirty = True
         return update
 
+    def note_own_txn(self, txn_id: int) -> None:
+        """A txn of the syncer's that touched no data DBI keeps the shadow in step with main."""
+        if txn_id - 1 == self.synced_txn:
+            self.synced_txn = txn_id
+
     def _note_committed(self, txn_id: int, wrote: bool) -> None:
         # LMDB reuses the id of a txn that wrote nothing, so that id is not ours.
         self.synced_txn = txn_id if wrote else txn_id - 1

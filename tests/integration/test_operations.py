@@ -1,0 +1,248 @@
+"""Operations: /metrics, /healthz and /status of running daemons, cleanup, the rejoin guard."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from evsync.config import load_config
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.state import write_last_sync_ns
+from tests.helpers import AwsServer, Instance, Mosquitto, MotoServer, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+Make = Callable[..., Instance]
+DAY_NS = 86400 * 1_000_000_000
+
+
+def http_on(port: int) -> dict[str, Any]:
+    return {"address": f"127.0.0.1:{port}"}
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def sample(port: int, name: str, **labels: str) -> float | None:
+    """One sample of a metric from a live /metrics page, or None when absent."""
+    _code, text = get(port, "/metrics")
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        got = ",".join(sorted((match.group(2) or "").split(","))) if match.group(2) else ""
+        if got == want:
+            return float(match.group(3))
+    return None
+
+
+def status(port: int) -> dict[str, Any]:
+    code, text = get(port, "/status")
+    assert code == 200, text
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+class TestMetricsAndStatus:
+    """A running daemon's /metrics and /status move with what it does."""
+
+    def test_hints_are_counted_by_the_source_that_delivered_them(
+        self, instances: Make, s3_storage: dict[str, Any], mosquitto: Mosquitto, topic: str
+    ) -> None:
+        """A commit on A is counted as a watcher hint on A; its announcement as an mqtt hint
+        on B, which then counts the object loaded, the bytes and the propagation lag."""
+        pa, pb = free_port(), free_port()
+        notify = {"listing_interval": "1h",
+                  "mqtt": {"url": mosquitto.url, "topic": topic, "publish": True}}
+        a = instances("a", s3_storage, notify=notify, http=http_on(pa)).start()
+        b = instances("b", s3_storage, notify=notify, http=http_on(pb)).start()
+        wait_for(lambda: status(pb)["push_sources"]["mqtt"]["connected"], what="b on mqtt")
+        before = sample(pb, "evsync_hints_total", db="main", source="mqtt") or 0.0
+        a.writer.put("k1", "v1")
+        wait_for(lambda: b.writer.get("k1") == "v1", what="k1 on b")
+
+        assert (sample(pa, "evsync_hints_total", db="main", source="watcher") or 0) >= 1
+        assert (sample(pa, "evsync_objects_stored_total", db="main") or 0) >= 1
+        assert (sample(pa, "evsync_uploaded_bytes_total", db="main") or 0) > 0
+        assert (sample(pb, "evsync_hints_total", db="main", source="mqtt") or 0) > before
+        assert sample(pb, "evsync_hints_total", db="main", source="listing") in (None, 0.0)
+        assert (sample(pb, "evsync_objects_loaded_total", db="main", instance="a") or 0) >= 1
+        assert (sample(pb, "evsync_downloaded_bytes_total", db="main") or 0) > 0
+        assert (sample(pb, "evsync_propagation_lag_seconds_count", db="main") or 0) >= 1
+        assert sample(pb, "evsync_push_source_connected", source="mqtt") == 1.0
+        assert sample(pb, "evsync_remote_merged_object_age_seconds",
+                      db="main", instance="a") is not None
+        wait_for(lambda: sample(pb, "evsync_lmdb_entries", db="main", dbi="records") == 1.0,
+                 what="LMDB gauges refreshed on b")
+        assert (sample(pb, "evsync_lmdb_map_size_bytes", db="main") or 0) > 0
+        assert (sample(pb, "evsync_write_lock_longest_seconds", db="main") or 0) > 0
+
+    def test_status_shows_each_instance_and_the_cli_prints_it(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """/status names each remote instance with its newest merged object and lag;
+        `evsync status` prints it, and `--bucket` summarises the bucket alone."""
+        pa, pb = free_port(), free_port()
+        a = instances("a", s3_storage, http=http_on(pa)).start()
+        b = instances("b", s3_storage, http=http_on(pb)).start()
+        a.writer.put("k1", "v1")
+        wait_for(lambda: b.writer.get("k1") == "v1", what="k1 on b")
+        wait_for(lambda: status(pb)["dbs"]["main"]["instances"].get("a", {}).get("merged"),
+                 what="b's status to show a's object merged")
+        st = status(pb)["dbs"]["main"]
+        assert st["instances"]["a"]["merged"].startswith("main__a__")
+        assert st["instances"]["a"]["lag_seconds"] is not None
+        assert st["startup_done"] is True
+        assert status(pa)["dbs"]["main"]["last_upload"].startswith("main__a__")
+
+        out = b.command("status")
+        assert out.returncode == 0, out.stderr
+        assert "db main:" in out.stdout and "main__a__" in out.stdout
+        bucket = b.command("status", "--bucket")
+        assert bucket.returncode == 0, bucket.stderr
+        assert re.search(r"^\s+a\s+\d+\s+\d+", bucket.stdout, re.M), bucket.stdout
+        as_json = json.loads(b.command("status", "--bucket", "--json").stdout)
+        assert as_json["dbs"]["main"]["a"]["objects"] >= 1
+
+    def test_status_without_a_daemon_fails_with_one_line(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """`evsync status` against a port nobody serves exits 1 with one clear line."""
+        a = instances("a", s3_storage, http=http_on(free_port()))
+        out = a.command("status")
+        assert out.returncode == 1
+        assert out.stderr.strip().count("\n") == 0
+        assert "cannot reach the daemon" in out.stderr
+
+
+class TestHealthz:
+    """/healthz follows the storage: 503 while it is down, 200 again once it is back."""
+
+    def test_healthz_fails_while_s3_is_stopped_and_recovers(self, instances: Make) -> None:
+        """With a 1 s error threshold, stopping the S3 server turns /healthz into a 503
+        naming the listing check; restarting it brings back a 200."""
+        server = MotoServer().start()
+        try:
+            storage = {"type": "s3", "options": {
+                "bucket": "health", "endpoint_url": server.endpoint, "create_bucket": True,
+                "region": "us-east-1", "access_key": "test", "secret_key": "test"}}
+            port = free_port()
+            fast = {"warn_duration": "300ms", "error_duration": "1s"}
+            a = instances("a", storage, http=http_on(port),
+                          health={"storage_list": fast, "storage_load": fast,
+                                  "storage_store": fast}).start()
+            wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy at start")
+            server.stop()
+            _code, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r,
+                                  what="503 while S3 is down")
+            report = json.loads(body)
+            assert "main_storage_list" in report["failing"]
+            assert report["checks"]["main_storage_list"]["last_error"]
+            assert sample(port, "evsync_health_check", check="main_storage_list") == 2.0
+            assert a.proc is not None and a.proc.poll() is None  # still serving
+            server.start()
+            server.client().create_bucket(Bucket="health")
+            wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20,
+                     what="healthy again after S3 returns")
+            assert a.stop() == 0
+        finally:
+            server.stop()
+
+
+class TestLifecycle:
+    """Signals end the daemon cleanly; --only-once says why it failed."""
+
+    def test_sigterm_during_uploads_exits_zero_and_loses_nothing(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """SIGTERM while changes are being uploaded exits 0; what was committed is in the
+        bucket once a restarted instance has caught up."""
+        a = instances("a", s3_storage).start()
+        for i in range(20):
+            a.writer.put(f"k{i}", "v")
+        assert a.stop() == 0
+        assert "stopped" in a.log()
+        a.start()  # whatever the stop left pending is uploaded now
+        b = instances("b", s3_storage).start()
+        wait_for(lambda: all(b.writer.get(f"k{i}") == "v" for i in range(20)), timeout=20,
+                 what="every key on b")
+
+
+class TestCleanup:
+    """Three instances cleaning at once keep the bucket bounded and lose nothing."""
+
+    def test_three_instances_keep_the_bucket_bounded(
+        self, instances: Make, s3_storage: dict[str, Any], aws: AwsServer
+    ) -> None:
+        """With a 1 s cleanup interval, many uploads from three instances leave at most a
+        few objects per instance, and every instance ends with every key."""
+        cleanup = {"interval": "1s", "must_keep_interval": "1s"}
+        storage = {**s3_storage, "cleanup": cleanup}
+        insts = [instances(n, storage).start() for n in ("a", "b", "c")]
+        for round_ in range(12):
+            for inst in insts:
+                inst.writer.put(f"{inst.name}{round_}", f"v{round_}")
+            time.sleep(0.25)
+        keys = {f"{i.name}{r}" for i in insts for r in range(12)}
+        for inst in insts:
+            wait_for(lambda inst=inst: all(inst.writer.get(k) for k in keys), timeout=30,
+                     what=f"every key on {inst.name}")
+        bucket = s3_storage["options"]["bucket"]
+
+        def per_instance() -> Counter[str]:
+            listing = aws.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+            return Counter(obj["Key"].split("__")[1] for obj in listing)
+
+        wait_for(lambda: max(per_instance().values()) <= 3, timeout=20,
+                 what="the cleaners to bound the bucket")
+        counts = per_instance()
+        assert set(counts) == {"a", "b", "c"}, counts
+        assert sum(i.log().count("cleaner: deleted") for i in insts) > 0
+
+
+class TestRejoinGuard:
+    """An instance away longer than the tombstone retention refuses to sync."""
+
+    def test_stale_instance_refuses_until_forced(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """With the sweeper on, an LMDB last in sync 3 days ago (retention 2 days) makes
+        `sync --only-once` exit 1 with one line saying why and how to rejoin, uploading
+        nothing; --force-rejoin syncs and records the rejoin."""
+        sweeper = {"enabled": True, "retention_days": 2}
+        a = instances("a", s3_storage, sweeper=sweeper)
+        a.writer.put("old", "value")
+        a.writer.close()
+        a._writer = None
+        cfg = load_config(a.config_path)
+        lenv = LmdbEnv(cfg.lmdbs["main"])
+        write_last_sync_ns(lenv, time.time_ns() - 3 * DAY_NS)
+        lenv.close()
+
+        refused = a.command("sync", "--only-once")
+        assert refused.returncode == 1
+        assert "refusing to sync" in refused.stderr
+        assert "--force-rejoin" in refused.stderr
+        assert "3.0 days ago" in refused.stderr
+        listing = a.command("snapshots", "list")
+        assert "main__a__" not in listing.stdout
+
+        forced = a.command("sync", "--only-once", "--force-rejoin")
+        assert forced.returncode == 0, forced.stderr
+        assert "main__a__" in a.command("snapshots", "list").stdout
+        again = a.command("sync", "--only-once")
+        assert again.returncode == 0, again.stderr

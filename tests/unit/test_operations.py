@@ -1,0 +1,422 @@
+"""Operational behaviour of the syncer and daemon: metrics, health, clock skew, the rejoin
+guard, sweeping between steps and shutdown during a merge — real LMDB files, memory store."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from prometheus_client import generate_latest
+
+from evsync.config import (
+    Config,
+    HealthCheckConfig,
+    HealthConfig,
+    LmdbConfig,
+    LmdbOptions,
+    StartHealthConfig,
+    SweeperConfig,
+    config_from_dict,
+)
+from evsync.daemon import Daemon
+from evsync.errors import ConfigError
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.state import read_last_sync_ns, write_last_sync_ns
+from evsync.metrics import Metrics
+from evsync.rejoin import RejoinGuard
+from evsync.snapshot.codec import DbiInfo, SnapshotHeader, write_snapshot
+from evsync.snapshot.name import SnapshotName
+from evsync.storage.memory import MemoryStore
+from evsync.syncer import Syncer
+from evsync.triggers.base import Batch, Hint, HintQueue
+from tests.unit.test_syncer import app_put, make_config, objects, read
+
+NS = 1_000_000_000
+DAY = 86400 * NS
+NOW = 1_800_000_000 * NS
+
+
+class Clock:
+    """A settable wall clock in ns."""
+
+    def __init__(self, now: int = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def syncer(
+    instance: str,
+    tmp_path: Path,
+    store: MemoryStore,
+    *,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    **changes: Any,
+) -> Syncer:
+    cfg, lcfg = make_config(instance, tmp_path / instance)
+    cfg = dataclasses.replace(cfg, **changes)
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock_ns"] = clock
+    force = bool(kwargs.pop("force_rejoin", False))
+    return Syncer(
+        cfg,
+        lcfg,
+        store,
+        HintQueue("main", own_instance=instance),
+        stop_event=threading.Event(),
+        metrics=metrics or Metrics(),
+        force_rejoin=force,
+        **kwargs,
+    )
+
+
+def put_object(store: MemoryStore, instance: str, ts: int, items: dict[bytes, bytes]) -> str:
+    """Another instance's object with live entries stamped ``ts``."""
+    name = SnapshotName.build("main", instance, ts).name
+    entries = [(k, ts, 0, v) for k, v in sorted(items.items())]
+    header = SnapshotHeader(
+        "main", instance, "h", ts, 1, (DbiInfo(b"records", 0, "", len(entries)),)
+    )
+    buf = io.BytesIO()
+    write_snapshot(buf, header, [entries])
+    buf.seek(0)
+    store.store(name, buf)
+    return name
+
+
+def value(m: Metrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+class TestMetrics:
+    """Counters and gauges move with what the syncer does."""
+
+    def test_store_and_load_are_counted(self, tmp_path: Path, store: MemoryStore) -> None:
+        """An upload counts an object stored and its bytes; a merge on the peer counts an
+        object loaded from that instance, entries merged and a propagation-lag sample."""
+        ma, mb = Metrics(), Metrics()
+        a = syncer("a", tmp_path, store, metrics=ma)
+        app_put(a, b"k", b"v", 1000)
+        assert a.run_once()
+        assert value(ma, "evsync_objects_stored_total", db="main") == 1
+        assert value(ma, "evsync_uploaded_bytes_total", db="main") > 0
+        assert value(ma, "evsync_dump_duration_seconds_count", db="main") == 1
+        b = syncer("b", tmp_path, store, metrics=mb)
+        assert b.run_once()
+        assert value(mb, "evsync_objects_loaded_total", db="main", instance="a") == 1
+        assert value(mb, "evsync_entries_merged_total", db="main") == 1
+        assert value(mb, "evsync_entries_written_total", db="main") == 1
+        assert value(mb, "evsync_propagation_lag_seconds_count", db="main") == 1
+        assert value(mb, "evsync_write_lock_longest_seconds", db="main") > 0
+
+    def test_corrupt_object_is_counted_as_rejected(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A corrupt object bumps the rejected counter for its instance; the LMDB stays empty."""
+        m = Metrics()
+        name = SnapshotName.build("main", "x", NOW).name
+        store.store(name, io.BytesIO(b"not an object"))
+        b = syncer("b", tmp_path, store, metrics=m)
+        b.run_once()
+        assert value(m, "evsync_objects_rejected_total", db="main", instance="x") == 1
+        assert read(b, b"k") is None
+
+    def test_state_collector_exports_lmdb_and_hint_figures(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The scrape-time gauges show entries per DBI, the txn id and hints by source."""
+        m = Metrics()
+        a = syncer("a", tmp_path, store, metrics=m)
+        m.add_state_collector(lambda: {"dbs": {"main": a.metrics_state()}})
+        app_put(a, b"k1", b"v", 1000)
+        app_put(a, b"k2", b"v", 1000)
+        a.queue.put(Hint("watcher", local=True))
+        a.run_once()
+        a._refresh_lmdb_stats(force=True)
+        text = generate_latest(m.registry).decode()
+        assert 'evsync_lmdb_entries{db="main",dbi="records"} 2.0' in text
+        assert value(m, "evsync_lmdb_last_txn_id", db="main") == a.lenv.last_txn_id()
+        assert value(m, "evsync_hints_total", db="main", source="watcher") == 1
+        assert value(m, "evsync_startup_done", db="main") == 1
+
+
+class TestClockSkew:
+    """Objects stamped ahead of the local clock are reported."""
+
+    def test_object_from_the_future_warns_and_counts(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An object 5 s ahead of this host's clock (threshold 1 s) logs one warning naming
+        the object and bumps the skew counter; the gauge shows +5 s."""
+        m = Metrics()
+        put_object(store, "x", NOW + 5 * NS, {b"k": b"v"})
+        b = syncer("b", tmp_path, store, clock=Clock(), metrics=m)
+        b.run_once()
+        assert value(m, "evsync_clock_skew_warnings_total", db="main", instance="x") == 1
+        assert value(m, "evsync_clock_skew_seconds", db="main", instance="x") == pytest.approx(5)
+        warnings = [r for r in caplog.records if "clock skew" in r.getMessage()]
+        assert len(warnings) == 1 and "main__x__" in warnings[0].getMessage()
+
+    def test_object_from_the_past_is_fine(self, tmp_path: Path, store: MemoryStore) -> None:
+        """An object written 2 s ago is normal: no warning, a negative skew gauge."""
+        m = Metrics()
+        put_object(store, "x", NOW - 2 * NS, {b"k": b"v"})
+        b = syncer("b", tmp_path, store, clock=Clock(), metrics=m)
+        b.run_once()
+        assert value(m, "evsync_clock_skew_warnings_total", db="main", instance="x") == 0
+        assert value(m, "evsync_clock_skew_seconds", db="main", instance="x") == pytest.approx(-2)
+
+
+class TestRejoinGuard:
+    """An LMDB away longer than the tombstone retention must not sync (LS issue #90)."""
+
+    SWEEPER = SweeperConfig(enabled=True, retention_days=2)
+
+    def test_stale_lmdb_with_data_is_refused(self, tmp_path: Path, store: MemoryStore) -> None:
+        """Last in sync 3 days ago with a 2-day retention: run_once fails, nothing is merged
+        or uploaded, and the reason says how to rejoin."""
+        clock = Clock()
+        put_object(store, "x", NOW - DAY, {b"remote": b"v"})
+        a = syncer("a", tmp_path, store, clock=clock, sweeper=self.SWEEPER)
+        app_put(a, b"local", b"v", 1000)
+        write_last_sync_ns(a.lenv, NOW - 3 * DAY)
+        assert not a.run_once()
+        assert objects(store, "a") == []
+        assert read(a, b"remote") is None
+        reason = a.guard.blocked_reason or ""
+        assert "3.0 days ago" in reason and "--force-rejoin" in reason
+        assert a.metrics_state()["rejoin_blocked"] is True
+
+    def test_absence_within_the_retention_syncs_and_refreshes_the_state(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Last in sync 1 day ago: the instance syncs and records now as its in-sync time."""
+        clock = Clock()
+        a = syncer("a", tmp_path, store, clock=clock, sweeper=self.SWEEPER)
+        app_put(a, b"local", b"v", 1000)
+        write_last_sync_ns(a.lenv, NOW - DAY)
+        assert a.run_once()
+        assert read_last_sync_ns(a.lenv) == NOW
+        assert len(objects(store, "a")) == 1
+
+    def test_wiped_lmdb_is_allowed(self, tmp_path: Path, store: MemoryStore) -> None:
+        """An LMDB holding no data cannot resurrect anything, whatever its recorded state."""
+        put_object(store, "x", NOW - DAY, {b"remote": b"v"})
+        a = syncer("a", tmp_path, store, clock=Clock(), sweeper=self.SWEEPER)
+        write_last_sync_ns(a.lenv, NOW - 30 * DAY)
+        assert a.run_once()
+        assert read(a, b"remote") is not None
+
+    def test_force_rejoin_overrides_once(self, tmp_path: Path, store: MemoryStore) -> None:
+        """--force-rejoin syncs a stale LMDB and rewrites its in-sync time."""
+        a = syncer("a", tmp_path, store, clock=Clock(), sweeper=self.SWEEPER)
+        a.guard.override = True
+        app_put(a, b"local", b"v", 1000)
+        write_last_sync_ns(a.lenv, NOW - 3 * DAY)
+        assert a.run_once()
+        assert read_last_sync_ns(a.lenv) == NOW
+        assert a.guard.override is False
+
+    def test_guard_is_off_without_the_sweeper(self, tmp_path: Path, store: MemoryStore) -> None:
+        """Without sweeping nothing is forgotten, so the guard never blocks or writes state."""
+        a = syncer("a", tmp_path, store, clock=Clock())
+        app_put(a, b"local", b"v", 1000)
+        write_last_sync_ns(a.lenv, NOW - 300 * DAY)
+        assert a.run_once()
+        assert read_last_sync_ns(a.lenv) == NOW - 300 * DAY
+
+    def test_state_write_does_not_cause_an_upload(self, tmp_path: Path, store: MemoryStore) -> None:
+        """Recording the in-sync time is evsync's own txn: no upload follows it."""
+        clock = Clock()
+        a = syncer("a", tmp_path, store, clock=clock, sweeper=self.SWEEPER)
+        app_put(a, b"local", b"v", 1000)
+        assert a.run_once()
+        first = objects(store, "a")
+        clock.now += DAY  # the next in-sync write is due
+        txn = a.lenv.last_txn_id()
+        a.step(Batch())
+        assert a.lenv.last_txn_id() == txn + 1  # the state was written ...
+        a.step(Batch())
+        assert objects(store, "a") == first  # ... and not uploaded
+
+    def test_state_travels_with_the_lmdb_not_in_objects(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The state DBI is never shipped: a peer merging our object has no state of ours."""
+        a = syncer("a", tmp_path, store, clock=Clock(), sweeper=self.SWEEPER)
+        app_put(a, b"local", b"v", 1000)
+        write_last_sync_ns(a.lenv, NOW)
+        assert a.run_once()
+        b = syncer("b", tmp_path, store, clock=Clock())
+        assert b.run_once()
+        assert read_last_sync_ns(b.lenv) is None
+
+    def test_limit_is_the_retention_minus_the_load_cutoff(self, tmp_path: Path) -> None:
+        """The guard trips once the absence passes retention minus the 1% load cutoff."""
+        lenv = LmdbEnv(
+            LmdbConfig(
+                name="g",
+                path=str(tmp_path / "g"),
+                options=LmdbOptions(create=True, map_size=1 << 22),
+            )
+        )
+        guard = RejoinGuard(lenv, SweeperConfig(enabled=True, retention_days=100))
+        assert guard.limit_seconds == pytest.approx(99 * 86400)
+        lenv.close()
+
+
+class TestSweeperInTheSyncer:
+    """The syncer thread sweeps in short txns between its other work."""
+
+    def test_old_tombstones_are_removed_by_steps(self, tmp_path: Path, store: MemoryStore) -> None:
+        """With a due sweep, steps remove tombstones older than the retention, keep newer
+        ones and live values, count the removal, and upload nothing because of it."""
+        m = Metrics()
+        clock = Clock()
+        sweeper = SweeperConfig(enabled=True, retention_days=2, first_interval=0.0)
+        a = syncer("a", tmp_path, store, clock=clock, metrics=m, sweeper=sweeper)
+        app_put(a, b"live", b"v", NOW - 10 * DAY)
+        app_put(a, b"old-del", b"", NOW - 3 * DAY, deleted=True)
+        app_put(a, b"new-del", b"", NOW - DAY, deleted=True)
+        assert a.run_once()
+        uploaded = objects(store, "a")
+        for _ in range(20):
+            a.step(Batch())
+            if value(m, "evsync_sweeper_runs_total", db="main"):
+                break
+        assert value(m, "evsync_sweeper_removed_tombstones_total", db="main") == 1
+        assert read(a, b"old-del") is None
+        assert read(a, b"new-del") is not None
+        assert read(a, b"live") is not None
+        a.step(Batch())
+        assert objects(store, "a") == uploaded
+
+
+class TestShutdown:
+    """Shutdown interrupts a merge cleanly."""
+
+    def test_stop_during_merge_aborts_and_keeps_the_object_pending(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A stop requested before a merge starts aborts it; the object is not marked
+        merged, and a new syncer on the same LMDB merges it completely."""
+        put_object(store, "x", NOW, {f"k{i:05d}".encode(): b"v" for i in range(5000)})
+        b = syncer("b", tmp_path, store)
+        assert b.startup(retry_forever=False)
+        b.stop_event.set()
+        b._merge_pending(include_own=True, retry=False)
+        assert b.instances["x"].merged is None
+        b.close()
+        b2 = syncer("b", tmp_path, store)
+        assert b2.run_once()
+        assert read(b2, b"k04999") is not None
+
+
+class TestDaemonHealth:
+    """/healthz's verdict from the checks the daemon aggregates."""
+
+    def config(self, tmp_path: Path, **health: Any) -> Config:
+        cfg, _ = make_config("a", tmp_path / "a")
+        return dataclasses.replace(cfg, health=HealthConfig(**health))
+
+    def test_healthy_after_startup(self, tmp_path: Path) -> None:
+        """A daemon whose syncer finished startup and never failed is healthy."""
+        d = Daemon(self.config(tmp_path), store=MemoryStore())
+        try:
+            d.syncers["main"].run_once()
+            healthy, body = d.health()
+            assert healthy and body["status"] == "ok"
+            assert body["checks"]["main_startup"]["status"] == "ok"
+            assert body["meta"]["startup_main"] is True
+        finally:
+            d.close()
+
+    def test_continuous_listing_failure_is_an_error(self, tmp_path: Path) -> None:
+        """Listing failing for longer than error_duration makes /healthz unhealthy and names
+        the check; a success clears it."""
+        zero = HealthCheckConfig(warn_duration=0.0, error_duration=0.0)
+        d = Daemon(self.config(tmp_path, storage_list=zero), store=MemoryStore())
+        try:
+            d.syncers["main"].run_once()
+            d.syncers["main"].on_listing(False)
+            healthy, body = d.health()
+            assert not healthy and body["failing"] == ["main_storage_list"]
+            d.syncers["main"].on_listing(True)
+            assert d.health()[0]
+        finally:
+            d.close()
+
+    def test_unfinished_startup_turns_into_an_error(self, tmp_path: Path) -> None:
+        """A startup that has not completed within health.start.error_duration is an error."""
+        start = StartHealthConfig(warn_duration=0.0, error_duration=0.0)
+        d = Daemon(self.config(tmp_path, start=start), store=MemoryStore())
+        try:
+            time.sleep(0.01)
+            healthy, body = d.health()
+            assert not healthy and "main_startup" in body["failing"]
+        finally:
+            d.close()
+
+    def test_rejoin_guard_is_a_failing_check(self, tmp_path: Path) -> None:
+        """A blocked rejoin guard shows as an error check with its reason."""
+        d = Daemon(self.config(tmp_path), store=MemoryStore())
+        try:
+            d.syncers["main"].guard.blocked_reason = "away too long"
+            healthy, body = d.health()
+            assert not healthy
+            assert body["checks"]["main_rejoin_guard"]["last_error"] == "away too long"
+        finally:
+            d.close()
+
+
+class TestOperationsConfig:
+    """The operations keys load with their defaults and reject bad values."""
+
+    BASE: ClassVar[dict[str, Any]] = {
+        "instance": "a",
+        "lmdbs": {"main": {"path": "/tmp/x"}},
+        "storage": {"type": "memory"},
+    }
+
+    def test_defaults(self) -> None:
+        """Cleanup is on, the sweeper off, skew warns at 1 s, startup is reported."""
+        cfg = config_from_dict(self.BASE)
+        assert cfg.storage.cleanup.enabled is True
+        assert cfg.sweeper.enabled is False
+        assert cfg.clock_skew_threshold == 1.0
+        assert cfg.health.start.report_healthz is True
+        assert cfg.health.notify.error_duration == 300.0
+
+    def test_health_error_shorter_than_warning_is_rejected(self) -> None:
+        """error_duration below warn_duration is a config error naming the key."""
+        data = {
+            **self.BASE,
+            "health": {"storage_list": {"warn_duration": "2m", "error_duration": "1m"}},
+        }
+        with pytest.raises(ConfigError, match=r"health\.storage_list\.error_duration"):
+            config_from_dict(data)
+
+    def test_start_and_skew_keys(self) -> None:
+        """health.start takes LS's keys; clock_skew_threshold takes a duration."""
+        data = {
+            **self.BASE,
+            "clock_skew_threshold": "250ms",
+            "health": {"start": {"report_healthz": False, "error_duration": "10m"}},
+        }
+        cfg = config_from_dict(data)
+        assert cfg.clock_skew_threshold == 0.25
+        assert cfg.health.start.report_healthz is False
+        assert cfg.health.start.error_duration == 600.0
