@@ -311,15 +311,23 @@ class TestShutdown:
     def test_stop_during_merge_aborts_and_keeps_the_object_pending(
         self, tmp_path: Path, store: MemoryStore
     ) -> None:
-        """A stop requested before a merge starts aborts it; the object is not marked
-        merged, and a new syncer on the same LMDB merges it completely."""
+        """A stop asked while an object is being merged (after its download) aborts the
+        merge: the object is not marked merged, and the next run merges all of it."""
         put_object(store, "x", NOW, {f"k{i:05d}".encode(): b"v" for i in range(5000)})
         b = syncer("b", tmp_path, store)
-        assert b.startup(retry_forever=False)
-        b.stop_event.set()
-        b._merge_pending(include_own=True, retry=False)
+        fetch = store.fetch
+
+        def fetch_then_stop(name: str) -> Any:
+            data = fetch(name)
+            b.stop_event.set()  # shutdown arrives while the object is in hand
+            return data
+
+        store.fetch = fetch_then_stop  # type: ignore[method-assign]
+        assert not b.run_once()
         assert b.instances["x"].merged is None
+        assert read(b, b"k04999") is None
         b.close()
+        store.fetch = fetch  # type: ignore[method-assign]
         b2 = syncer("b", tmp_path, store)
         assert b2.run_once()
         assert read(b2, b"k04999") is not None
