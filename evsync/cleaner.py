@@ -179,9 +179,10 @@ class Cleaner:
             except StorageError as exc:
                 self.metrics.cleaner_failures.labels(self.db).inc()
                 log.warning("db %s: cleaner: listing failed: %s; next pass retries", self.db, exc)
-            except Exception:  # a cleaner bug must not end the process
+            except Exception as exc:  # a cleaner bug must not end the process
                 self.metrics.cleaner_failures.labels(self.db).inc()
-                log.exception("db %s: cleaner pass failed", self.db)
+                log.error("db %s: cleaner pass failed: %s", self.db, exc)
+                log.debug("cleaner failure", exc_info=True)
 
     def status(self) -> dict[str, Any]:
         """Plain data for /status."""

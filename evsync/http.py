@@ -51,7 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(404, {"error": f"no such endpoint: {path}"})
         except Exception as exc:  # a broken page must not take the server down
-            log.exception("http: %s failed", path)
+            log.error("http: %s failed: %s", path, exc)
+            log.debug("http failure", exc_info=True)
             self._send_json(500, {"error": str(exc)})
 
     def _send_json(self, code: int, body: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 NS = 1_000_000_000
 # Look at the clock this often (entries), so a txn overruns lock_duration by little.
 SWEEP_CHECK_EVERY = 256
+# However slow the commits are, a txn scans for at least this share of lock_duration.
+MIN_SCAN_FRACTION = 0.2
+# Before any commit was timed, leave it this share of lock_duration ...
+FIRST_COMMIT_SHARE = 0.3
+# ... afterwards the slowest of the last few commits, times this.
+RECENT_COMMITS = 8
+COMMIT_HEADROOM = 1.5
 
 
 @dataclass
@@ -74,6 +82,7 @@ class Sweeper:
         self._resume: bytes | None = None  # first key not yet looked at in _dbis[0]
         self._started = 0.0
         self._invalid_logged: set[bytes] = set()
+        self._commits: deque[float] = deque(maxlen=RECENT_COMMITS)
 
     @property
     def in_progress(self) -> bool:
@@ -105,12 +114,22 @@ class Sweeper:
         t0 = time.monotonic()
         removed = 0
         txn_id: int | None = None
+        # The commit (writing and syncing the dirty pages) holds the lock too, and varies
+        # a lot: leave it the slowest recent one with headroom, so that the whole txn
+        # stays within lock_duration.
+        lock = self.cfg.lock_duration
+        allowance = (
+            COMMIT_HEADROOM * max(self._commits) if self._commits else FIRST_COMMIT_SHARE * lock
+        )
+        budget = max(lock - allowance, MIN_SCAN_FRACTION * lock)
         try:
             with self.lenv.begin(write=True) as txn:
-                removed = self._sweep_for(txn, t0 + self.cfg.lock_duration)
+                removed = self._sweep_for(txn, t0 + budget)
                 if not removed:
                     raise _NothingRemovedError
                 txn_id = int(txn.id())
+                scanned = time.monotonic()
+            self._commits.append(time.monotonic() - scanned)
         except _NothingRemovedError:
             pass
         elapsed = time.monotonic() - t0

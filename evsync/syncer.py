@@ -33,6 +33,7 @@ import tenacity
 from evsync.config import Config, LmdbConfig
 from evsync.errors import (
     CorruptObjectError,
+    EvsyncError,
     LmdbError,
     ObjectNotFoundError,
     StorageError,
@@ -217,11 +218,13 @@ class Syncer:
                 step_backoff.succeeded()
             except Exception as exc:  # the daemon keeps serving whatever one step hit
                 step_backoff.failed()
-                log.exception(
+                log.error(
                     "db %s: sync step failed (%s); retrying in %.1fs",
                     self.db,
                     exc,
                     step_backoff.delay,
+                    # an evsync error says it all in one line; anything else is a bug
+                    exc_info=not isinstance(exc, EvsyncError),
                 )
                 self.queue.put(Hint(SOURCE_SELF, local=True))
                 self.stop_event.wait(step_backoff.delay)
