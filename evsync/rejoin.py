@@ -82,16 +82,20 @@ class RejoinGuard:
             "with --force-rejoin to accept the risk"
         )
 
-    def mark_in_sync(self) -> int | None:
-        """Record that every instance's newest object is merged; returns the txn id written."""
+    def mark_in_sync(self, listed_at_ns: int) -> int | None:
+        """Record that everything listed at ``listed_at_ns`` is merged; returns the txn id.
+
+        The time recorded is that of the listing, not now: while the bucket cannot be
+        listed nothing new is learnt, so the recorded time must not move either.
+        """
         if not self.enabled or self.blocked:
             return None
-        now = self.clock_ns()
-        if self.last_sync_ns is not None and now - self.last_sync_ns < self.write_every_ns:
+        last = self.last_sync_ns
+        if last is not None and listed_at_ns - last < self.write_every_ns:
             return None
-        txn_id = write_last_sync_ns(self.lenv, now)
-        if self.override and self.last_sync_ns is not None:
+        txn_id = write_last_sync_ns(self.lenv, listed_at_ns)
+        if self.override and last is not None:
             log.warning("lmdb %s: rejoined with --force-rejoin", self.lenv.name)
-        self.last_sync_ns = now
+        self.last_sync_ns = listed_at_ns
         self.override = False
         return txn_id

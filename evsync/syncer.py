@@ -183,6 +183,10 @@ class Syncer:
         self._next_sweep = time.monotonic() + config.sweeper.first_interval
         self._sweep_resume_at = 0.0
         self._startup_blocked = False
+        # Wall time of the last successful listing whose hints are drained (the rejoin
+        # guard's in-sync time); the lister thread's own time is promoted in run().
+        self._listed_ok_ns: int | None = None
+        self._lister_ok_ns: int | None = None
         self.lmdb_stats: dict[str, Any] = {}
         self._lmdb_stats_at = 0.0
         self.instances: dict[str, InstanceState] = {}
@@ -210,6 +214,9 @@ class Syncer:
         self.startup(retry_forever=True)
         step_backoff = Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
         while not self.stop_event.is_set():
+            # Read before draining: the lister queued a listing's hints before it
+            # reported it, so they are all in the batch drained below.
+            self._promote_listing_time()
             batch = self.queue.wait(self._idle_timeout())
             if batch.stop or self.stop_event.is_set():
                 break
@@ -228,6 +235,11 @@ class Syncer:
                 )
                 self.queue.put(Hint(SOURCE_SELF, local=True))
                 self.stop_event.wait(step_backoff.delay)
+
+    def _promote_listing_time(self) -> None:
+        lister = self._lister_ok_ns
+        if lister is not None and (self._listed_ok_ns is None or lister > self._listed_ok_ns):
+            self._listed_ok_ns = lister
 
     def run_once(self) -> bool:
         """``sync --only-once``: merge every instance's newest object, upload if needed.
@@ -353,8 +365,10 @@ class Syncer:
         """Every instance's newest object is merged: record it for the rejoin guard."""
         if self._pending(include_own=False):
             return
+        if self._listed_ok_ns is None:
+            return
         try:
-            txn_id = self.guard.mark_in_sync()
+            txn_id = self.guard.mark_in_sync(self._listed_ok_ns)
         except LmdbError as exc:
             self._log_limited(
                 "state", logging.ERROR, "db %s: cannot record sync state: %s", self.db, exc
@@ -477,6 +491,7 @@ class Syncer:
             self._log_limited("list", logging.WARNING, "db %s: listing failed: %s", self.db, exc)
             return False
         self.health.success("list")
+        self._listed_ok_ns = self.clock_ns()
         self._list_backoff.succeeded()
         self._recovered("list", "listing")
         self._relist = False
@@ -494,6 +509,7 @@ class Syncer:
         """Callback for the lister trigger, which lists from its own thread."""
         if ok:
             self.health.success("list")
+            self._lister_ok_ns = self.clock_ns()
         else:
             self.health.failure("list", "listing failed")
             self.stats.list_failures += 1

@@ -246,11 +246,30 @@ class TestRejoinGuard:
         assert a.run_once()
         first = objects(store, "a")
         clock.now += DAY  # the next in-sync write is due
+        a.on_listing(True)  # the lister thread listed the bucket ...
+        a._promote_listing_time()  # ... and run() drained its hints
         txn = a.lenv.last_txn_id()
         a.step(Batch())
         assert a.lenv.last_txn_id() == txn + 1  # the state was written ...
         a.step(Batch())
         assert objects(store, "a") == first  # ... and not uploaded
+
+    def test_failing_listings_do_not_advance_the_in_sync_time(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """While the bucket cannot be listed, the recorded in-sync time stays at the last
+        successful listing, however long the daemon keeps running."""
+        clock = Clock()
+        a = syncer("a", tmp_path, store, clock=clock, sweeper=self.SWEEPER)
+        app_put(a, b"local", b"v", 1000)
+        assert a.run_once()
+        assert read_last_sync_ns(a.lenv) == NOW
+        for _ in range(3):
+            clock.now += DAY // 2
+            a.on_listing(False)
+            a._promote_listing_time()
+            a.step(Batch())
+        assert read_last_sync_ns(a.lenv) == NOW
 
     def test_state_travels_with_the_lmdb_not_in_objects(
         self, tmp_path: Path, store: MemoryStore
