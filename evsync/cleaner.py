@@ -1,18 +1,4 @@
-"""Delete old snapshot objects with Lightning Stream's safety rules, so the bucket stays bounded.
-
-Rules (DESIGN §11, LS ``syncer/cleaner``), per db, every jittered ``interval``:
-
-- an object is never deleted by the pass that first sees it, nor while it has been
-  known to this process for less than ``must_keep_interval`` — a peer that has just
-  listed it may still be fetching it;
-- the newest remaining object of every instance is kept;
-- an instance whose newest object is older than ``remove_old_instances_interval``
-  loses it too, but only once this instance has merged that object (or a newer one of
-  that instance) *and stored an object of its own since* (:meth:`Cleaner.set_committed`),
-  so the silent instance's data lives on in ours.
-
-Deleting a missing object is not an error, so several instances may clean at once.
-"""
+"""Keeps the bucket bounded: deletes superseded snapshots under Lightning Stream's safety rules."""
 
 from __future__ import annotations
 
@@ -28,22 +14,27 @@ from evsync.config import CleanupConfig
 from evsync.errors import StorageError
 from evsync.metrics import Metrics
 from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
-from evsync.storage.base import BlobStore
+from evsync.storage.base import BlobStore, ObjectInfo
 
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
-# Each pass waits interval × uniform(JITTER_MIN, JITTER_MAX), so cleaners of many
-# instances do not list the bucket in lockstep.
+# Each pass waits interval × uniform(JITTER_MIN, JITTER_MAX) (LS: ±20 %), so the
+# cleaners of many instances do not list the bucket in lockstep.
 JITTER_MIN = 0.8
 JITTER_MAX = 1.2
+# Label values of metrics.cleaner_deleted.
 REASON_NEWER = "newer_snapshot"
 REASON_STALE = "stale_instance"
 
 
 @dataclass
 class CleanResult:
-    """What one pass did."""
+    """What one pass did; ``listed == kept + len(deleted) + len(stale_deleted) + len(failed)``.
+
+    ``listed`` counts only valid snapshot names of this db; ``failed`` holds the names whose
+    delete raised (they stay, and the next pass tries again).
+    """
 
     listed: int = 0
     kept: int = 0
@@ -52,8 +43,20 @@ class CleanResult:
     failed: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Plan:
+    """The decisions of one pass, before any delete."""
+
+    superseded: list[SnapshotName] = field(default_factory=list)
+    stale: list[SnapshotName] = field(default_factory=list)
+
+
 class Cleaner:
-    """The cleaner of one db; :meth:`run` in its own thread, or :meth:`run_once` in tests."""
+    """The cleaner of one db: :meth:`run` in its own thread, :meth:`run_once` in tests.
+
+    It cleans every instance's objects, not only ours, as LS does; several cleaners may
+    work on one bucket at once because deleting a missing object is not an error.
+    """
 
     def __init__(
         self,
@@ -70,43 +73,158 @@ class Cleaner:
         self.cfg = cfg
         self.metrics = metrics
         self.clock = clock
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter only
+        # name -> when this process first listed it; the object's own timestamp cannot be
+        # used, because multi-site replication may make an old name appear late.
         self._first_seen: dict[str, float] = {}
-        self._committed: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._ignored: set[str] = set()  # invalid names, logged once each
+        self._committed: dict[str, int] = {}  # instance -> newest merge-proven timestamp_ns
+        self._committed_lock = threading.Lock()  # set_committed comes from the syncer thread
+        self._pass_lock = threading.Lock()  # _first_seen belongs to one pass at a time
         self.last_result: CleanResult | None = None
         self.last_run_at: float | None = None
 
     # ------------------------------------------------------------------ inputs
 
     def set_committed(self, merged: Mapping[str, int]) -> None:
-        """Our latest stored object carries these instances' data up to these timestamps."""
-        with self._lock:
+        """Record that our latest stored object carries these instances' data up to these
+        timestamps (LS ``SetCommitted``); a lower value never lowers what was recorded."""
+        with self._committed_lock:
             for instance, ts in merged.items():
-                if ts > self._committed.get(instance, 0):
+                # Data merged once stays in our LMDB, so a proof never expires.
+                if ts > self._committed.get(instance, -1):
                     self._committed[instance] = ts
 
-    def _committed_ts(self, instance: str) -> int:
-        with self._lock:
-            return self._committed.get(instance, 0)
+    def _committed_snapshot(self) -> dict[str, int]:
+        with self._committed_lock:
+            return dict(self._committed)
 
     # ------------------------------------------------------------------ one pass
 
     def run_once(self) -> CleanResult:
-        """List, decide, delete. A failed listing raises StorageError; failed deletes are
-        counted and retried by the next pass."""
-        objects = self.store.list(db_prefix(self.db))
-        now = self.clock()
-        names = self._valid_names([o.name for o in objects])
-        result = CleanResult(listed=len(names))
-        to_delete, stale = self._plan(names, now)
-        result.kept = len(names) - len(to_delete) - len(stale)
-        for name, reason in [(n, REASON_NEWER) for n in to_delete] + [
-            (n, REASON_STALE) for n in stale
-        ]:
-            self._delete(name, reason, result)
-        self.metrics.cleaner_runs.labels(self.db).inc()
-        self.last_result, self.last_run_at = result, now
+        """List, decide and delete once; raises StorageError when the listing fails.
+
+        A failed delete is counted and logged (once per pass) and the pass goes on.
+        """
+        with self._pass_lock:
+            objects = self.store.list(db_prefix(self.db))
+            now = self.clock()
+            names = self._own_snapshots(objects)
+            plan = self._plan(names, now)
+            result = CleanResult(listed=len(names))
+            self._execute(plan, result)
+            result.kept = len(names) - len(plan.superseded) - len(plan.stale)
+            self.metrics.cleaner_runs.labels(self.db).inc()
+            self.last_result, self.last_run_at = result, now
+        self._log_result(result)
+        return result
+
+    def _own_snapshots(self, objects: list[ObjectInfo]) -> list[SnapshotName]:
+        """Valid snapshot names of this db; other names are never touched."""
+        names: list[SnapshotName] = []
+        present: set[str] = set()
+        for obj in objects:
+            parsed = try_parse(obj.name)
+            # The prefix already excludes "main-2__…" for db "main"; the db check guards
+            # against a backend whose listing is looser than asked.
+            if parsed is None or parsed.db != self.db:
+                self._note_ignored(obj.name)
+                continue
+            names.append(parsed)
+            present.add(parsed.name)
+        self._forget_missing(present, {o.name for o in objects})
+        return names
+
+    def _note_ignored(self, name: str) -> None:
+        if name not in self._ignored:
+            self._ignored.add(name)
+            log.debug("db %s: cleaner: ignoring %s, not a snapshot of this db", self.db, name)
+
+    def _forget_missing(self, present: set[str], listed: set[str]) -> None:
+        """Drop state of names gone from the listing, so memory follows the bucket."""
+        for gone in set(self._first_seen) - present:
+            del self._first_seen[gone]
+        self._ignored &= listed
+
+    def _plan(self, names: list[SnapshotName], now: float) -> _Plan:
+        """Apply LS's rules to this pass's listing (newest first per instance)."""
+        newest_first = sorted(names, key=lambda n: (n.timestamp_ns, n.name), reverse=True)
+        marked: set[str] = set()  # instances whose newest object is already kept
+        candidates = self._skip_recent(newest_first, now, marked)
+        plan = _Plan()
+        too_old: list[SnapshotName] = []
+        stale_before_ns = int(now * NS) - int(self.cfg.remove_old_instances_interval * NS)
+        for name in candidates:
+            if name.instance in marked:
+                plan.superseded.append(name)
+                continue
+            marked.add(name.instance)  # the newest candidate of its instance stays...
+            if name.timestamp_ns < stale_before_ns:
+                too_old.append(name)  # ...unless the instance is dead and merged into ours
+        committed = self._committed_snapshot()
+        plan.stale = [n for n in too_old if committed.get(n.instance, -1) >= n.timestamp_ns]
+        return plan
+
+    def _skip_recent(
+        self, newest_first: list[SnapshotName], now: float, marked: set[str]
+    ) -> list[SnapshotName]:
+        """Drop names that are new or inside must_keep; the latter mark their instance."""
+        candidates: list[SnapshotName] = []
+        for name in newest_first:
+            first = self._first_seen.get(name.name)
+            if first is None:
+                # A peer that has just listed it may be fetching it; and it must not count
+                # as the newest yet, so the previous newest survives one more interval.
+                self._first_seen[name.name] = now
+            elif now - first <= self.cfg.must_keep_interval:
+                marked.add(name.instance)
+            else:
+                candidates.append(name)
+        return candidates
+
+    def _execute(self, plan: _Plan, result: CleanResult) -> None:
+        """Delete what the plan says; failures are collected, never raised."""
+        first_error: StorageError | None = None
+        for reason, names, done in (
+            (REASON_NEWER, plan.superseded, result.deleted),
+            (REASON_STALE, plan.stale, result.stale_deleted),
+        ):
+            for name in names:
+                error = self._delete(name, reason)
+                if error is None:
+                    done.append(name.name)
+                else:
+                    result.failed.append(name.name)
+                    first_error = first_error or error
+        if first_error is not None:
+            # One line per pass: a bucket refusing deletes must not flood the log.
+            log.warning(
+                "db %s: cleaner: %d delete(s) failed, first %s: %s; the next pass retries",
+                self.db,
+                len(result.failed),
+                result.failed[0],
+                first_error,
+            )
+
+    def _delete(self, name: SnapshotName, reason: str) -> StorageError | None:
+        try:
+            self.store.delete(name.name)
+        except StorageError as exc:
+            self.metrics.cleaner_failures.labels(self.db).inc()
+            return exc
+        self._first_seen.pop(name.name, None)
+        self.metrics.cleaner_deleted.labels(self.db, reason).inc()
+        if reason == REASON_STALE:
+            # Rare and irreversible: an instance's last object goes, so say whose and why.
+            log.info(
+                "db %s: cleaner: deleted %s of stale instance %s (merge proven)",
+                self.db,
+                name.name,
+                name.instance,
+            )
+        return None
+
+    def _log_result(self, result: CleanResult) -> None:
         if result.deleted or result.stale_deleted:
             log.info(
                 "db %s: cleaner: deleted %d older and %d stale-instance object(s), kept %d",
@@ -115,74 +233,33 @@ class Cleaner:
                 len(result.stale_deleted),
                 result.kept,
             )
-        return result
-
-    def _valid_names(self, raw: list[str]) -> list[SnapshotName]:
-        """This db's snapshot names; first-seen times kept for them, forgotten for the gone."""
-        names = [n for n in (try_parse(r) for r in raw) if n is not None and n.db == self.db]
-        present = {n.name for n in names}
-        for gone in set(self._first_seen) - present:
-            del self._first_seen[gone]
-        return names
-
-    def _plan(self, names: list[SnapshotName], now: float) -> tuple[list[str], list[str]]:
-        """Names to delete as superseded, and stale newest-of-instance names to delete."""
-        must_keep = self.cfg.must_keep_interval
-        marked: set[str] = set()  # instances whose newest object is decided (kept)
-        remaining: list[SnapshotName] = []
-        for name in sorted(names, key=lambda n: n.name, reverse=True):
-            first = self._first_seen.get(name.name)
-            if first is None:
-                self._first_seen[name.name] = now  # new: never deleted in this pass
-                continue
-            if now - first <= must_keep:
-                marked.add(name.instance)
-                continue
-            remaining.append(name)
-        delete: list[str] = []
-        stale: list[str] = []
-        stale_after_ns = int(self.cfg.remove_old_instances_interval * NS)
-        for name in remaining:  # newest first, per instance
-            if name.instance in marked:
-                delete.append(name.name)
-                continue
-            marked.add(name.instance)
-            too_old = int(now * NS) - name.timestamp_ns > stale_after_ns
-            if too_old and self._committed_ts(name.instance) >= name.timestamp_ns:
-                stale.append(name.name)
-        return delete, stale
-
-    def _delete(self, name: str, reason: str, result: CleanResult) -> None:
-        try:
-            self.store.delete(name)
-        except StorageError as exc:
-            result.failed.append(name)
-            self.metrics.cleaner_failures.labels(self.db).inc()
-            if len(result.failed) == 1:  # one line per pass, not per object
-                log.warning("db %s: cleaner: cannot delete %s: %s", self.db, name, exc)
-            return
-        self._first_seen.pop(name, None)
-        self.metrics.cleaner_deleted.labels(self.db, reason).inc()
-        (result.stale_deleted if reason == REASON_STALE else result.deleted).append(name)
 
     # ------------------------------------------------------------------ the loop
 
     def next_interval(self) -> float:
-        """The jittered wait before the next pass."""
+        """The jittered wait before the next pass, in seconds."""
         return self.cfg.interval * self.rng.uniform(JITTER_MIN, JITTER_MAX)
 
     def run(self, stop_event: threading.Event) -> None:
         """Clean every jittered interval until ``stop_event`` is set; never raises."""
         while not stop_event.wait(self.next_interval()):
-            try:
-                self.run_once()
-            except StorageError as exc:
-                self.metrics.cleaner_failures.labels(self.db).inc()
-                log.warning("db %s: cleaner: listing failed: %s; next pass retries", self.db, exc)
-            except Exception as exc:  # a cleaner bug must not end the process
-                self.metrics.cleaner_failures.labels(self.db).inc()
-                log.error("db %s: cleaner pass failed: %s", self.db, exc)
-                log.debug("cleaner failure", exc_info=True)
+            self._guarded_pass()
+
+    def _guarded_pass(self) -> None:
+        try:
+            self.run_once()
+        except StorageError as exc:
+            self.metrics.cleaner_failures.labels(self.db).inc()
+            log.warning(
+                "db %s: cleaner: listing %s* failed: %s; the next pass retries",
+                self.db,
+                db_prefix(self.db),
+                exc,
+            )
+        except Exception:
+            # A bug in one pass must not end the cleaner thread; the traceback finds it.
+            self.metrics.cleaner_failures.labels(self.db).inc()
+            log.exception("db %s: cleaner pass failed unexpectedly", self.db)
 
     def status(self) -> dict[str, Any]:
         """Plain data for /status."""
