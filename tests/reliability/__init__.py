@@ -1,0 +1,1 @@
+"""Reliability suite: faults, hostile input and convergence checks (issue 6)."""
