@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 INSTANCE ?= one
 
-.PHONY: run test test-localstack lint typecheck check bench clean venv system-deps
+.PHONY: run test test-localstack soak lint typecheck check bench clean venv system-deps
 ifndef LOCALSTACK_PORT
 LOCALSTACK_PORT := $(shell $(PYTHON) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 endif
@@ -34,6 +34,11 @@ test-localstack: $(STAMP) system-deps
 	EVSYNC_TEST_AWS_ENDPOINT=http://127.0.0.1:$(LOCALSTACK_PORT) \
 		$(BIN)/pytest -q tests/integration/test_notifications.py; \
 		rc=$$?; ./localstack/run-host.sh --stop; exit $$rc
+
+## soak: the reliability suite's convergence checker for SOAK_SECONDS (default 600), with a summary
+SOAK_SECONDS ?= 600
+soak: $(STAMP) system-deps
+	$(BIN)/python -m tests.reliability.soak --seconds $(SOAK_SECONDS)
 
 ## system-deps: Debian packages the tests need (mosquitto)
 system-deps:

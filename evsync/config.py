@@ -33,6 +33,10 @@ MIN_FORCE_SNAPSHOT_INTERVAL = 60.0
 DEFAULT_LISTING_INTERVAL_WITH_PUSH = 60.0
 DEFAULT_MAP_SIZE_ON_CREATE = 1 << 30
 DEFAULT_MAX_DBS = 64
+# S3: how long to wait for a TCP connection (LS's dial_timeout), and for each read of a
+# response; a server that stalls longer fails the request, and evsync's retries take over.
+DEFAULT_S3_DIAL_TIMEOUT = 10.0
+DEFAULT_S3_READ_TIMEOUT = 60.0
 DEFAULT_CLEANUP_INTERVAL = 300.0
 DEFAULT_MUST_KEEP_INTERVAL = 600.0
 DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL = 168 * 3600.0
@@ -192,6 +196,8 @@ class S3Options:
     secret_key: str | None = None
     global_prefix: str = ""
     create_bucket: bool = False
+    dial_timeout: float = DEFAULT_S3_DIAL_TIMEOUT
+    read_timeout: float = DEFAULT_S3_READ_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -610,6 +616,8 @@ def _load_storage(data: object) -> StorageConfig:
             secret_key=opt.optional_string("secret_key"),
             global_prefix=opt.string("global_prefix", ""),
             create_bucket=opt.boolean("create_bucket", False),
+            dial_timeout=opt.duration("dial_timeout", DEFAULT_S3_DIAL_TIMEOUT, minimum=0.001),
+            read_timeout=opt.duration("read_timeout", DEFAULT_S3_READ_TIMEOUT, minimum=0.001),
         )
         if (options.access_key is None) != (options.secret_key is None):
             raise ConfigError(

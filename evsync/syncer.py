@@ -30,6 +30,7 @@ from typing import IO, Any
 import lmdb
 import tenacity
 
+from evsync import faults
 from evsync.config import Config, LmdbConfig
 from evsync.errors import (
     CorruptObjectError,
@@ -951,7 +952,8 @@ class Syncer:
 
         def attempt() -> None:
             spool.seek(0)
-            self.store.store(name, spool)
+            self.store.store(name, faults.reading(spool, "upload"))
+            faults.point("stored")
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.stats.store_failures += 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import lmdb
 
+from evsync import faults
 from evsync.errors import HeaderError, LmdbError
 from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import SYNC_FLAG_MASK, encode_header, timestamp_and_offset
@@ -147,6 +148,7 @@ class Merger:
                 created = True
             txn_id = txn.id()
             written = self._put_entries(txn, handle, info, batch, txn_id)
+            faults.point("merge")
         if created:
             self.result.dbis_created.append(info.name)
         self.result.entries += len(batch)

@@ -15,8 +15,6 @@ from evsync.storage.base import BlobStore, ObjectInfo
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 60.0
 # evsync retries with its own backoff (storage_retry_*); botocore's retries stay short
 # so that an outage is noticed and reported quickly.
 BOTO_MAX_ATTEMPTS = 2
@@ -53,8 +51,8 @@ class S3Store(BlobStore):
             endpoint_url=options.endpoint_url,
             region_name=options.region,
             config=BotoConfig(
-                connect_timeout=CONNECT_TIMEOUT,
-                read_timeout=READ_TIMEOUT,
+                connect_timeout=options.dial_timeout,
+                read_timeout=options.read_timeout,
                 retries={"max_attempts": BOTO_MAX_ATTEMPTS, "mode": "standard"},
             ),
         )
