@@ -212,8 +212,13 @@ class Syncer:
     def run(self) -> None:
         """Startup, then serve hints until stopped."""
         self._refresh_lmdb_stats()
-        self.startup(retry_forever=True)
         step_backoff = Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
+        while not self.stop_event.is_set():
+            try:
+                self.startup(retry_forever=True)
+                break
+            except Exception as exc:  # noqa: BLE001 - a full disk, say: report, start over
+                self._failed("startup", exc, step_backoff)
         while not self.stop_event.is_set():
             # Read before draining: the lister queued a listing's hints before it
             # reported it, so they are all in the batch drained below.
@@ -224,18 +229,23 @@ class Syncer:
             try:
                 self.step(batch)
                 step_backoff.succeeded()
-            except Exception as exc:  # the daemon keeps serving whatever one step hit
-                step_backoff.failed()
-                log.error(
-                    "db %s: sync step failed (%s); retrying in %.1fs",
-                    self.db,
-                    exc,
-                    step_backoff.delay,
-                    # an evsync error says it all in one line; anything else is a bug
-                    exc_info=not isinstance(exc, EvsyncError),
-                )
+            except Exception as exc:  # noqa: BLE001 - the daemon keeps serving whatever hit
+                self._failed("sync step", exc, step_backoff)
                 self.queue.put(Hint(SOURCE_SELF, local=True))
-                self.stop_event.wait(step_backoff.delay)
+
+    def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
+        """One error line (a traceback only for what is not an evsync error: a bug), then
+        wait the backoff."""
+        backoff.failed()
+        log.error(
+            "db %s: %s failed (%s); retrying in %.1fs",
+            self.db,
+            what,
+            exc,
+            backoff.delay,
+            exc_info=not isinstance(exc, EvsyncError),
+        )
+        self.stop_event.wait(backoff.delay)
 
     def _promote_listing_time(self) -> None:
         lister = self._lister_ok_ns

@@ -139,15 +139,23 @@ class LmdbEnv:
             txn = self.env.begin(write=write)
         try:
             yield txn
-        except BaseException:
+        except BaseException as exc:
             txn.abort()
             if write:
                 self._forget_dbis_opened_in_txn()
+            if _is_os_level(exc):
+                raise LmdbError(f"lmdb {self.name}: {exc}") from None
             raise
-        else:
+        try:
             txn.commit()
+        except lmdb.Error as exc:  # LMDB has aborted the txn itself
             if write:
-                self._dbis_in_write_txn.clear()
+                self._forget_dbis_opened_in_txn()
+            if _is_os_level(exc):
+                raise LmdbError(f"lmdb {self.name}: {exc}") from None
+            raise
+        if write:
+            self._dbis_in_write_txn.clear()
 
     def _forget_dbis_opened_in_txn(self) -> None:
         for name in self._dbis_in_write_txn:
@@ -226,3 +234,11 @@ class LmdbEnv:
     def dbi_flags(self, txn: Any, handle: Any) -> int:
         """The persistent MDB_* flags of a DBI."""
         return flags_to_int(handle.flags(txn))
+
+
+def _is_os_level(exc: BaseException) -> bool:
+    """An LMDB error that no caller handles itself (a full disk, an I/O error...): it
+    becomes one LmdbError line. MapFullError stays, as the merges grow the map on it."""
+    return isinstance(exc, lmdb.Error) and not isinstance(
+        exc, lmdb.MapFullError | lmdb.MapResizedError
+    )
