@@ -8,6 +8,7 @@ dotted key it is about, e.g. ``lmdbs.main.path: missing``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -87,6 +89,10 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+# Go's time.Duration ends at 2562047h (about 292 years); beyond it Python's waits overflow too.
+MAX_DURATION = 2562047 * 3600.0
+
+
 def parse_duration(value: object, key: str) -> float:
     """Parse a Go-style duration (``500ms``, ``1h30m``, ``168h``) into seconds."""
     if isinstance(value, bool):
@@ -106,6 +112,8 @@ def parse_duration(value: object, key: str) -> float:
         pos = match.end()
     if pos == 0 or pos != len(text):
         raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
+    if total > MAX_DURATION:
+        raise ConfigError(f"{key}: must be at most 2562047h, got {value}")
     return total
 
 
@@ -423,7 +431,8 @@ class _Section:
                 raise ConfigError(f"{self.key(name)}: missing")
             return default if default is not None else ""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"{self.key(name)}: expected a string, got {value!r}")
+            # the type only: the value may be a secret
+            raise ConfigError(f"{self.key(name)}: expected a string, got {type(value).__name__}")
         return str(value)
 
     def optional_string(self, name: str) -> str | None:
@@ -624,8 +633,7 @@ def _load_storage(data: object) -> StorageConfig:
                 "storage.options: access_key and secret_key must be set together "
                 "(or neither, to use the AWS credential chain)"
             )
-        if len(options.bucket) < 3:
-            raise ConfigError(f"storage.options.bucket: {options.bucket!r} is too short")
+        _check_s3_options(options)
     elif kind == "fs":
         options = FsOptions(
             root_path=opt.string("root_path", required=True),
@@ -659,15 +667,67 @@ def _load_sweeper(sec: _Section) -> SweeperConfig:
         retention_load_cutoff_duration=sec.duration("retention_load_cutoff_duration", 0.0),
     )
     sec.done()
-    if cfg.retention_days <= 0:
-        raise ConfigError("sweeper.retention_days: must be greater than 0")
+    if not (math.isfinite(cfg.retention_days) and cfg.retention_days > 0):
+        raise ConfigError(
+            "sweeper.retention_days: must be a finite number greater than 0, "
+            f"got {cfg.retention_days:g}"
+        )
     return cfg
+
+
+def _valid_mqtt_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port  # raises on a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("mqtt", "mqtts") and bool(parts.hostname) and port != 0
+
+
+def _existing_file(sec: _Section, name: str) -> str | None:
+    path = sec.optional_string(name)
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"{sec.key(name)}: {path!r} not found")
+    return path
+
+
+# What botocore accepts (it validates before sending): legacy names may hold capitals
+# and '_', but never spaces or '/'.
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9.\-_]{3,255}$")
+_REGION_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+
+
+def _check_s3_options(options: S3Options) -> None:
+    """What botocore would refuse with a traceback, or on every request, refused here."""
+    if len(options.bucket) < 3:
+        raise ConfigError(f"storage.options.bucket: {options.bucket!r} is too short")
+    if not _BUCKET_RE.match(options.bucket):
+        raise ConfigError(f"storage.options.bucket: {options.bucket!r} is not a valid bucket name")
+    if not _REGION_RE.match(options.region):
+        raise ConfigError(f"storage.options.region: {options.region!r} is not a valid region name")
+    url = options.endpoint_url
+    if url is not None:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"storage.options.endpoint_url: expected a URL like http://host:port, got {url!r}"
+            )
 
 
 def _load_mqtt(sec: _Section) -> MqttConfig:
     url = sec.string("url", required=True)
-    if not re.match(r"^mqtts?://[^/]+", url):
+    if not _valid_mqtt_url(url):
         raise ConfigError(f"{sec.key('url')}: expected mqtt://host[:port] or mqtts://host[:port]")
+    if "@" in urlsplit(url).netloc:
+        raise ConfigError(
+            f"{sec.key('url')}: put the user name and password in notify.mqtt.username and "
+            "password (or ${VARS}), not in the URL"
+        )
     topic_raw = sec.raw("topic")
     if topic_raw is None:
         topics: tuple[str, ...] = (DEFAULT_MQTT_TOPIC,)
@@ -686,9 +746,9 @@ def _load_mqtt(sec: _Section) -> MqttConfig:
         raise ConfigError(f"{sec.key('qos')}: must be 0, 1 or 2, got {qos}")
     tsec = sec.section("tls")
     tls = MqttTls(
-        ca_file=tsec.optional_string("ca_file"),
-        cert_file=tsec.optional_string("cert_file"),
-        key_file=tsec.optional_string("key_file"),
+        ca_file=_existing_file(tsec, "ca_file"),
+        cert_file=_existing_file(tsec, "cert_file"),
+        key_file=_existing_file(tsec, "key_file"),
         insecure=tsec.boolean("insecure", False),
     )
     tsec.done()
@@ -784,7 +844,9 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
     validate_instance(inst, "--instance" if instance else "instance")
 
     lmdbs_raw = sec.raw("lmdbs")
-    if not isinstance(lmdbs_raw, dict) or not lmdbs_raw:
+    if lmdbs_raw is not None and not isinstance(lmdbs_raw, dict):
+        raise ConfigError(f"lmdbs: expected a mapping, got {type(lmdbs_raw).__name__}")
+    if not lmdbs_raw:
         raise ConfigError("lmdbs: missing (at least one db is needed)")
     lmdbs = {}
     for name, ldata in lmdbs_raw.items():
@@ -840,6 +902,8 @@ def load_config(path: str | os.PathLike[str], *, instance: str | None = None) ->
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config: file {str(p)!r} not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: cannot read {str(p)!r}: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(p)!r}: {exc.strerror}") from None
     return load_config_text(text, instance=instance, source=str(p))
@@ -871,10 +935,32 @@ def expand_tree(data: Any) -> Any:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice is an error (as LS's strict unmarshal):
+    otherwise the last one silently wins and a pasted block overrides the real value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config_text(text: str, *, instance: str | None = None, source: str = "config") -> Config:
     """Parse YAML text, expand ``${ENV}`` in its values, and validate it."""
     try:
-        data = expand_tree(yaml.safe_load(text))
+        data = expand_tree(yaml.load(text, Loader=_StrictLoader))  # noqa: S506 - a SafeLoader
+    except RecursionError:
+        raise ConfigError(f"config: {source}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -11,6 +11,7 @@ With ``publish: true`` the same client announces every stored object, retained, 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import threading
 import time
@@ -80,7 +81,7 @@ class MqttSource(Trigger):
         self.messages = 0
         self.failing_since: float | None = time.monotonic()
         self.last_error = "not connected yet"
-        self._last_malformed_log = 0.0
+        self._last_malformed_log = -math.inf  # the first one is always logged
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ client set-up

@@ -8,6 +8,7 @@ and a malformed message is deleted and counted, never retried for ever.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -52,7 +53,7 @@ class SqsSource(Trigger):
         self.malformed = 0
         self.failing_since: float | None = None
         self.last_error = ""
-        self._last_malformed_log = 0.0
+        self._last_malformed_log = -math.inf  # the first one is always logged
         self._client: Any = boto3.session.Session(**dict(credentials or {})).client(
             "sqs", region_name=cfg.region, endpoint_url=cfg.endpoint_url
         )
