@@ -1,0 +1,189 @@
+"""Full dump and full merge against their floors: time, peak memory, longest write-lock hold.
+
+What is measured
+----------------
+For each size (10,000 and 1,000,000 records by default) the script builds an LMDB with
+one ``records`` DBI of native-header values (20-byte keys, 40-byte values), then runs
+each step below in a fresh child process, so that each reports its own peak RSS:
+
+* ``floor: dump`` — one read txn, a raw cursor scan, each (key, timestamp, flags,
+  value) packed with msgpack and the stream compressed with zstd (level 3, checksum):
+  the least a full dump can cost;
+* ``dump`` — evsync's ``dump_native`` of the same LMDB into the same kind of file;
+* ``floor: merge`` — the same records put into an empty LMDB with ``putmulti`` in
+  batches of 10,000 per write txn, values already built: the least a merge can cost;
+* ``merge`` — evsync's path: ``verify_snapshot`` of the dumped object, then
+  ``Merger.merge`` of it into an empty LMDB, with the longest write txn.
+
+Issue 7's targets: dump ≤ 1.5× its floor, merge ≤ 2× its floor, write txns ≤ 50 ms.
+Run: ``.venv/bin/python benchmarks/dump_merge.py [--sizes 10000,1000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+import zstandard
+
+from evsync.config import LmdbConfig, LmdbOptions
+from evsync.lmdb.dump import dump_native
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.header import HEADER_SIZE, HEADER_STRUCT, encode_header
+from evsync.lmdb.merge import Merger
+from evsync.snapshot.codec import SnapshotReader, verify_snapshot
+
+NS = 1_000_000_000
+TS = 1_800_000_000 * NS
+MAP_SIZE = 8 << 30
+FLOOR_BATCH = 10_000
+
+
+def open_env(path: Path) -> LmdbEnv:
+    return LmdbEnv(LmdbConfig(name="bench", path=str(path), schema_tracks_changes=True,
+                              options=LmdbOptions(create=True, map_size=MAP_SIZE)))
+
+
+def key(i: int) -> bytes:
+    return f"key-{i:016d}".encode()
+
+
+def build(path: Path, n: int) -> None:
+    env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=8)
+    db = env.open_db(b"records")
+    with env.begin(write=True) as txn:
+        txn.cursor(db=db).putmulti(
+            (key(i), encode_header(TS + i, 1, 0) + b"v" * 40) for i in range(n)
+        )
+    env.close()
+
+
+# ------------------------------------------------------------------ the steps (children)
+
+
+def floor_dump(src: Path, out: Path) -> dict[str, Any]:
+    env = lmdb.open(str(src), map_size=MAP_SIZE, max_dbs=8, readonly=True)
+    db = env.open_db(b"records", create=False)
+    unpack = HEADER_STRUCT.unpack_from
+    t0 = time.perf_counter()
+    with out.open("wb") as f, env.begin() as txn:
+        packer = msgpack.Packer(use_bin_type=True)
+        cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
+        with cctx.stream_writer(f, closefd=False) as zw:
+            buf = bytearray()
+            for k, v in txn.cursor(db=db).iternext():
+                ts, _txn, _ver, flags, _res, _extra = unpack(v)
+                buf += packer.pack((k, ts, flags, v[HEADER_SIZE:]))
+                if len(buf) >= 1 << 20:
+                    zw.write(buf)
+                    buf.clear()
+            zw.write(buf)
+    return {"seconds": time.perf_counter() - t0, "bytes": out.stat().st_size}
+
+
+def evsync_dump(src: Path, out: Path) -> dict[str, Any]:
+    lenv = open_env(src)
+    t0 = time.perf_counter()
+    with out.open("wb") as f:
+        result = dump_native(lenv, f, db="main", instance="bench", timestamp_ns=TS)
+    return {"seconds": time.perf_counter() - t0, "bytes": out.stat().st_size,
+            "entries": result.stats.entries}
+
+
+def floor_merge(src: Path, dst: Path) -> dict[str, Any]:
+    # The values are built before the clock starts: the floor is LMDB's own cost.
+    senv = lmdb.open(str(src), map_size=MAP_SIZE, max_dbs=8, readonly=True)
+    sdb = senv.open_db(b"records", create=False)
+    with senv.begin() as txn:
+        items = list(txn.cursor(db=sdb).iternext())
+    env = lmdb.open(str(dst), map_size=MAP_SIZE, max_dbs=8)
+    db = env.open_db(b"records")
+    longest = 0.0
+    t0 = time.perf_counter()
+    for start in range(0, len(items), FLOOR_BATCH):
+        t1 = time.perf_counter()
+        with env.begin(write=True) as txn:
+            txn.cursor(db=db).putmulti(items[start:start + FLOOR_BATCH])
+        longest = max(longest, time.perf_counter() - t1)
+    return {"seconds": time.perf_counter() - t0, "longest_txn": longest}
+
+
+def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
+    lenv = open_env(dst)
+    t0 = time.perf_counter()
+    with obj.open("rb") as f:
+        verify_snapshot(f)
+        f.seek(0)
+        result = Merger(lenv).merge(SnapshotReader(f).dbis())
+    return {"seconds": time.perf_counter() - t0, "longest_txn": result.longest_txn_seconds,
+            "txns": result.txns, "entries": result.entries}
+
+
+STEPS = {"floor-dump": floor_dump, "dump": evsync_dump, "floor-merge": floor_merge,
+         "merge": evsync_merge}
+
+
+def child(step: str, a: str, b: str) -> None:
+    result = STEPS[step](Path(a), Path(b))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def run_step(step: str, a: Path, b: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", step, str(a), str(b)],
+                         check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def bench(n: int, root: Path) -> None:
+    src = root / f"src-{n}"
+    build(src, n)
+    fd = run_step("floor-dump", src, root / f"floor-{n}.zst")
+    d = run_step("dump", src, root / f"dump-{n}.evs.zst")
+    fm = run_step("floor-merge", src, root / f"floor-dst-{n}")
+    m = run_step("merge", root / f"dump-{n}.evs.zst", root / f"dst-{n}")
+    print(f"\n{n:,} records")
+    print(f"  floor: dump    {fd['seconds'] * 1000:9.1f} ms  {fd['bytes'] / 1e6:7.2f} MB"
+          f"  peak RSS {fd['peak_rss_mb']:6.1f} MB")
+    print(f"  dump           {d['seconds'] * 1000:9.1f} ms  {d['bytes'] / 1e6:7.2f} MB"
+          f"  peak RSS {d['peak_rss_mb']:6.1f} MB  ratio {d['seconds'] / fd['seconds']:.2f}x"
+          " (target <= 1.5x)")
+    print(f"  floor: merge   {fm['seconds'] * 1000:9.1f} ms  longest txn "
+          f"{fm['longest_txn'] * 1000:6.1f} ms  peak RSS {fm['peak_rss_mb']:6.1f} MB")
+    print(f"  merge          {m['seconds'] * 1000:9.1f} ms  longest txn "
+          f"{m['longest_txn'] * 1000:6.1f} ms ({m['txns']} txns)  peak RSS "
+          f"{m['peak_rss_mb']:6.1f} MB  ratio {m['seconds'] / fm['seconds']:.2f}x"
+          " (target <= 2x, txn <= 50 ms)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="10000,1000000")
+    p.add_argument("--child", nargs=3, metavar=("STEP", "A", "B"))
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"py-lmdb {lmdb.__version__}, liblmdb {'.'.join(map(str, lmdb.version()))}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(s) for s in args.sizes.split(",")):
+            bench(n, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
