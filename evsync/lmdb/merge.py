@@ -13,7 +13,12 @@ import lmdb
 from evsync import faults
 from evsync.errors import HeaderError, LmdbError
 from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
-from evsync.lmdb.header import SYNC_FLAG_MASK, encode_header, timestamp_and_offset
+from evsync.lmdb.header import (
+    SYNC_FLAG_MASK,
+    encode_header,
+    parse_header,
+    timestamp_and_offset,
+)
 from evsync.snapshot.codec import DbiInfo, Entry
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,11 @@ def merge_entry(
     older than the cutoff); an older remote loses; at equal timestamps the byte-wise
     smaller application value wins, so a delete (empty value) wins a tie; a newer
     remote is written with the current txn id. Raises HeaderError on a corrupt local value.
+
+    A tie must be decided by a total order on what travels — (application value,
+    deleted flag) with a tombstone's value taken as empty — or instances that see the
+    same two entries in different orders keep different ones for good. So a tombstone
+    beats a live empty value at the same timestamp, whichever arrives first.
     """
     _key, ts, flags, value = entry
     flags &= SYNC_FLAG_MASK
@@ -49,10 +59,20 @@ def merge_entry(
     local_ts, offset = timestamp_and_offset(local)
     if ts < local_ts:
         return None
-    if ts == local_ts and local[offset:] <= value:
+    if ts == local_ts and _tie_keeps_local(local, offset, value, flags):
         return None
     new = encode_header(ts, txn_id, flags) + value
     return None if new == local else new
+
+
+def _tie_keeps_local(local: bytes, offset: int, value: bytes, remote_flags: int) -> bool:
+    """At equal timestamps, True when the local entry orders first: smaller value, then
+    deleted before live. Off the hot path: only ties parse the local flags."""
+    local_deleted = parse_header(local).deleted
+    local_value = b"" if local_deleted else local[offset:]
+    if local_value != value:
+        return local_value < value
+    return local_deleted or not remote_flags
 
 
 @dataclass

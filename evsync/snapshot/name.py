@@ -20,9 +20,16 @@ EXT_LIGHTNINGSTREAM = "pb.gz"
 KNOWN_EXTENSIONS = frozenset({EXT_EVSYNC, EXT_LIGHTNINGSTREAM})
 DELTA_EXTRA = "D"  # extra field of a delta: D<base timestamp>
 
-_TS_RE = re.compile(r"^(\d{8})-(\d{6})-(\d{9})$")
-_DB_RE = re.compile(r"^[a-z0-9-]+$")
-_INSTANCE_RE = re.compile(r"^[a-zA-Z0-9-]+$")
+# S3's limit for a key; a longer name can only come from a forged notification.
+MAX_NAME_BYTES = 1024
+# Patterns are used with fullmatch(): "$" would also match before a final newline.
+# ASCII-only classes, so no digit from another script and nothing a log or path reads twice.
+_TS_RE = re.compile(r"([0-9]{8})-([0-9]{6})-([0-9]{9})")
+_DB_RE = re.compile(r"[a-z0-9-]+")
+_INSTANCE_RE = re.compile(r"[a-zA-Z0-9-]+")
+_GENERATION_RE = re.compile(r"G[a-zA-Z0-9-]*")
+_EXTRA_RE = re.compile(r"[A-FH-Z][a-zA-Z0-9-]*")  # one capital type letter, never G
+_EXT_RE = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)*")
 _NS = 1_000_000_000
 
 
@@ -34,7 +41,7 @@ def format_timestamp(timestamp_ns: int) -> str:
 
 def parse_timestamp(text: str) -> int:
     """Inverse of :func:`format_timestamp`; raises InvalidNameError."""
-    match = _TS_RE.match(text)
+    match = _TS_RE.fullmatch(text)
     if not match:
         raise InvalidNameError(f"bad timestamp {text!r}, expected YYYYMMDD-HHMMSS-nnnnnnnnn")
     try:
@@ -84,22 +91,24 @@ class SnapshotName:
     @classmethod
     def parse(cls, name: str) -> SnapshotName:
         """Parse a name; raises InvalidNameError naming what is wrong."""
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise InvalidNameError(f"{name[:64]!r}…: longer than {MAX_NAME_BYTES} bytes")
         base, dot, ext = name.partition(".")
-        if not dot or not ext:
+        if not dot or not _EXT_RE.fullmatch(ext):
             raise InvalidNameError(f"{name!r}: no extension")
         parts = base.split(SEPARATOR)
         if len(parts) < 4:
             raise InvalidNameError(f"{name!r}: expected db__instance__timestamp__generation")
         db, instance, ts_text, generation, *extras = parts
-        if not _DB_RE.match(db):
+        if not _DB_RE.fullmatch(db):
             raise InvalidNameError(f"{name!r}: bad db name {db!r}")
-        if not _INSTANCE_RE.match(instance):
+        if not _INSTANCE_RE.fullmatch(instance):
             raise InvalidNameError(f"{name!r}: bad instance name {instance!r}")
-        if not generation.startswith("G"):
+        if not _GENERATION_RE.fullmatch(generation):
             raise InvalidNameError(f"{name!r}: bad generation {generation!r}")
         seen_types = set()
         for extra in extras:
-            if not extra or not extra[0].isupper() or extra[0] == "G" or extra[0] in seen_types:
+            if not _EXTRA_RE.fullmatch(extra) or extra[0] in seen_types:
                 raise InvalidNameError(f"{name!r}: bad extra field {extra!r}")
             seen_types.add(extra[0])
         return cls(name, db, instance, parse_timestamp(ts_text), generation, tuple(extras), ext)
