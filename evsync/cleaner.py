@@ -151,18 +151,24 @@ class Cleaner:
         newest_first = sorted(names, key=lambda n: (n.timestamp_ns, n.name), reverse=True)
         marked: set[str] = set()  # instances whose newest object is already kept
         candidates = self._skip_recent(newest_first, now, marked)
+        chains = _chains(names)
         plan = _Plan()
         too_old: list[SnapshotName] = []
         stale_before_ns = int(now * NS) - int(self.cfg.remove_old_instances_interval * NS)
         for name in candidates:
             if name.instance in marked:
-                plan.superseded.append(name)
+                if name.name not in chains:  # a newcomer needs the newest full object and
+                    plan.superseded.append(name)  # the deltas after it
                 continue
             marked.add(name.instance)  # the newest candidate of its instance stays...
             if name.timestamp_ns < stale_before_ns:
                 too_old.append(name)  # ...unless the instance is dead and merged into ours
         committed = self._committed_snapshot()
-        plan.stale = [n for n in too_old if committed.get(n.instance, -1) >= n.timestamp_ns]
+        stale_instances = {
+            n.instance for n in too_old if committed.get(n.instance, -1) >= n.timestamp_ns
+        }
+        plan.stale = [n for n in candidates if n.instance in stale_instances]
+        plan.superseded = [n for n in plan.superseded if n.instance not in stale_instances]
         return plan
 
     def _skip_recent(
@@ -270,3 +276,17 @@ class Cleaner:
             "last_deleted": len(r.deleted) + len(r.stale_deleted) if r else None,
             "last_failed": len(r.failed) if r else None,
         }
+
+
+def _chains(names: list[SnapshotName]) -> set[str]:
+    """Per instance, the newest full object and every object after it (DESIGN §7): what a
+    new instance needs to reach the newest state, which cleanup therefore keeps."""
+    newest_full: dict[str, int] = {}
+    for name in names:
+        if not name.is_delta and name.timestamp_ns > newest_full.get(name.instance, -1):
+            newest_full[name.instance] = name.timestamp_ns
+    return {
+        n.name
+        for n in names
+        if n.instance in newest_full and n.timestamp_ns >= newest_full[n.instance]
+    }

@@ -53,6 +53,12 @@ DEFAULT_START_HEALTH = (1.0, 60.0, 300.0)  # LS health.start
 # A remote object stamped further ahead of the local clock than this is logged and counted:
 # its writer's clock is ahead, so its writes win conflicts they should lose.
 DEFAULT_CLOCK_SKEW_THRESHOLD = 1.0
+# Deltas (DESIGN §7): a full object is written when the chain since the last one has
+# this many deltas, when the deltas add up to this share of the full object's size, or
+# when the full object is this old (which also heals a receiver that missed a delta).
+DEFAULT_DELTA_MAX_CHAIN = 20
+DEFAULT_DELTA_MAX_CHAIN_RATIO = 0.5
+DEFAULT_DELTA_FULL_INTERVAL = 600.0
 
 INSTANCE_RE = re.compile(r"^[a-zA-Z0-9-]+$")
 DB_NAME_RE = re.compile(r"^[a-z0-9-]+$")
@@ -268,6 +274,16 @@ class SweeperConfig:
 
 
 @dataclass(frozen=True)
+class DeltasConfig:
+    """Delta objects (evsync only): when a change uploads only what changed."""
+
+    enabled: bool = True
+    max_chain: int = DEFAULT_DELTA_MAX_CHAIN
+    max_chain_ratio: float = DEFAULT_DELTA_MAX_CHAIN_RATIO
+    full_interval: float = DEFAULT_DELTA_FULL_INTERVAL
+
+
+@dataclass(frozen=True)
 class MqttTls:
     """TLS material for ``mqtts://``; empty means the system CAs."""
 
@@ -366,6 +382,7 @@ class Config:
     only_once: bool = False
     clock_skew_threshold: float = DEFAULT_CLOCK_SKEW_THRESHOLD
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)
+    deltas: DeltasConfig = field(default_factory=DeltasConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     http_address: str = ""
     log: LogConfig = field(default_factory=LogConfig)
@@ -675,6 +692,21 @@ def _load_sweeper(sec: _Section) -> SweeperConfig:
     return cfg
 
 
+def _load_deltas(sec: _Section) -> DeltasConfig:
+    cfg = DeltasConfig(
+        enabled=sec.boolean("enabled", True),
+        max_chain=sec.integer("max_chain", DEFAULT_DELTA_MAX_CHAIN, minimum=1),
+        max_chain_ratio=sec.number("max_chain_ratio", DEFAULT_DELTA_MAX_CHAIN_RATIO, minimum=0.0),
+        full_interval=sec.duration("full_interval", DEFAULT_DELTA_FULL_INTERVAL, minimum=1.0),
+    )
+    sec.done()
+    if not math.isfinite(cfg.max_chain_ratio):
+        raise ConfigError(
+            f"deltas.max_chain_ratio: must be a finite number, got {cfg.max_chain_ratio:g}"
+        )
+    return cfg
+
+
 def _valid_mqtt_url(url: str) -> bool:
     parts = urlsplit(url)
     try:
@@ -886,6 +918,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         only_once=sec.boolean("only_once", False),
         clock_skew_threshold=sec.duration("clock_skew_threshold", DEFAULT_CLOCK_SKEW_THRESHOLD),
         sweeper=_load_sweeper(sec.section("sweeper")),
+        deltas=_load_deltas(sec.section("deltas")),
         notify=_load_notify(sec.section("notify")),
         http_address=_load_http(sec.section("http")),
         log=_load_log(sec.section("log")),

@@ -50,6 +50,12 @@ class Metrics:
         self.objects_stored = Counter(
             f"{PREFIX}_objects_stored", "Snapshot objects this instance stored.", db, registry=r
         )
+        self.deltas_stored = Counter(
+            f"{PREFIX}_deltas_stored",
+            "Of the objects stored, the deltas (only what changed since the last upload).",
+            db,
+            registry=r,
+        )
         self.objects_loaded = Counter(
             f"{PREFIX}_objects_loaded",
             "Remote (or own, at startup) objects merged.",

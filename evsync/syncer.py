@@ -30,7 +30,7 @@ from typing import IO, Any
 import lmdb
 import tenacity
 
-from evsync import faults
+from evsync import chain, faults
 from evsync.config import Config, LmdbConfig
 from evsync.errors import (
     CorruptObjectError,
@@ -42,24 +42,25 @@ from evsync.errors import (
     SyncInterruptedError,
 )
 from evsync.health import HealthTracker
-from evsync.lmdb.dump import DumpResult, dump_native, dump_shadow
+from evsync.lmdb.dump import DumpResult, dump_native, dump_native_delta, dump_shadow
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.merge import MAX_MAP_GROWTHS, Merger, MergeResult
 from evsync.lmdb.shadow import SEED_TIMESTAMP_NS, Shadow
 from evsync.metrics import Metrics
 from evsync.rejoin import RejoinGuard
 from evsync.snapshot.codec import (
+    KIND_DELTA,
+    KIND_FULL,
     DbiInfo,
     Entry,
     SnapshotHeader,
     SnapshotReader,
     verify_snapshot,
 )
-from evsync.snapshot.name import SnapshotName, db_prefix
+from evsync.snapshot.name import SnapshotName, db_prefix, delta_extra, try_parse
 from evsync.storage.base import BlobStore
 from evsync.sweeper import Sweeper
 from evsync.triggers.base import Batch, Hint, HintQueue
-from evsync.triggers.listing import newest_per_instance
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ class InstanceState:
     merged: SnapshotName | None = None
     merged_at: float | None = None  # wall clock
     lag_seconds: float | None = None  # object timestamp -> merged
+    #: names newer than ``merged`` known to exist: the deltas a plan may need
+    known: dict[str, SnapshotName] = field(default_factory=dict)
+    #: the newest name a plan fell short of once (a listing is tried), then for good
+    relisted_for: str | None = None
+    stuck: str | None = None
 
 
 @dataclass
@@ -194,6 +200,10 @@ class Syncer:
         self.bad_objects: set[str] = set()
         self.waiting_for: set[str] = set()
         self.last_synced_txn = 0
+        self.chain = chain.SenderChain(config.deltas)
+        # txns of evsync's own merges since the last upload: their entries are not local
+        # changes, so deltas leave them out
+        self._merge_txns: set[int] = set()
         self._last_name_ts = 0
         self._last_store_mono = time.monotonic()
         self._relist = False
@@ -506,12 +516,17 @@ class Syncer:
         self._list_backoff.succeeded()
         self._recovered("list", "listing")
         self._relist = False
-        good = [o for o in objects if o.name not in self.bad_objects]
-        present = newest_per_instance(good, self.db)
-        for instance, name in present.items():
-            if instance == self.instance and not startup:
+        present: set[str] = set()
+        for obj in objects:
+            name = try_parse(obj.name)
+            if name is None or name.db != self.db or not name.is_evsync:
                 continue
-            self._note_name(instance, name)
+            if name.name in self.bad_objects:
+                continue
+            present.add(name.instance)
+            if name.instance == self.instance and not startup:
+                continue
+            self._note_name(name.instance, name)
         # An instance with nothing (valid) left in the bucket is no longer waited for.
         self.waiting_for.intersection_update(present)
         return True
@@ -534,6 +549,7 @@ class Syncer:
         st = self.instances.setdefault(instance, InstanceState())
         if st.merged is not None and name.name <= st.merged.name:
             return
+        st.known[name.name] = name
         if st.newest_seen is None or name.name > st.newest_seen.name:
             st.newest_seen = name
             if instance != self.instance:
@@ -568,6 +584,8 @@ class Syncer:
                 continue
             if st.merged is not None and st.newest_seen.name <= st.merged.name:
                 continue
+            if st.stuck == st.newest_seen.name:
+                continue  # waits for a newer name (the sender's next full object)
             if instance == self.instance and not include_own:
                 continue
             out.append((instance, st.newest_seen))
@@ -575,34 +593,75 @@ class Syncer:
         return out
 
     def _merge_pending(self, *, include_own: bool, retry: bool) -> bool:
-        """Merge the newest unmerged object of each instance; True when none failed."""
+        """Take each instance to its newest object (a full one, or the deltas after our
+        position); True when no merge failed."""
         ok = True
-        for instance, name in self._pending(include_own):
+        for instance, newest in self._pending(include_own):
             if self.stop_event.is_set():
                 return False
-            backoff = self._load_backoff.setdefault(
-                instance, Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
-            )
-            attempts = 0
-            while True:
-                if not retry and not backoff.ready():
-                    ok = False
-                    break
-                outcome = self._merge_object(instance, name)
-                if outcome != "retry":
-                    break
-                attempts += 1
-                if not retry or attempts >= self.config.storage_retry_count:
-                    ok = False
-                    break
-                self.stop_event.wait(backoff.delay)
-                if self.stop_event.is_set():
+            st = self.instances[instance]
+            position = st.merged.timestamp_ns if st.merged is not None else None
+            for name in chain.plan(st.known.values(), position, newest):
+                outcome = self._merge_with_retries(instance, name, retry)
+                if outcome == "stopped":
                     return False
+                if outcome != "done":
+                    ok = ok and outcome != "retry"
+                    break
+            self._check_reached(instance, newest)
             if self._relist:
                 self._list_and_note(startup=not self.stats.startup_done)
                 if retry:
                     return self._merge_pending(include_own=include_own, retry=retry) and ok
         return ok
+
+    def _merge_with_retries(self, instance: str, name: SnapshotName, retry: bool) -> str:
+        """:meth:`_merge_object` with the instance's backoff: ``done``, ``skipped``,
+        ``retry`` (given up for now) or ``stopped``."""
+        backoff = self._load_backoff.setdefault(
+            instance, Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
+        )
+        attempts = 0
+        while True:
+            if not retry and not backoff.ready():
+                return "retry"
+            outcome = self._merge_object(instance, name)
+            if outcome != "retry":
+                return outcome
+            attempts += 1
+            if not retry or attempts >= self.config.storage_retry_count:
+                return "retry"
+            self.stop_event.wait(backoff.delay)
+            if self.stop_event.is_set():
+                return "stopped"
+
+    def _check_reached(self, instance: str, newest: SnapshotName) -> None:
+        """A plan that fell short of the newest object (a delta's base is missing): list
+        again once; if that does not help, wait for the sender's next full object."""
+        st = self.instances[instance]
+        if st.merged is not None and st.merged.name >= newest.name:
+            st.relisted_for = None
+            return
+        backoff = self._load_backoff.get(instance)
+        if st.newest_seen != newest or (backoff is not None and backoff.delay):
+            return  # rejected or failing: handled where that happened
+        if st.relisted_for != newest.name:
+            st.relisted_for = newest.name
+            self._relist = True
+            return
+        st.stuck = newest.name
+        if st.merged is not None:
+            self.waiting_for.discard(instance)  # what can be reached is merged
+        self._log_limited(
+            f"chain-{instance}",
+            logging.WARNING,
+            "db %s: cannot reach %s: a delta it builds on is missing; merged up to %s, "
+            "waiting for the next full object of %s",
+            self.db,
+            newest,
+            st.merged,
+            instance,
+        )
 
     def _merge_object(self, instance: str, name: SnapshotName) -> str:
         """Fetch, verify and merge one object: returns ``done``, ``skipped`` or ``retry``."""
@@ -668,8 +727,11 @@ class Syncer:
         self, instance: str, name: SnapshotName, result: MergeResult, t0: float
     ) -> None:
         self._advance_synced(result.txn_ids)
+        self._merge_txns.update(result.txn_ids)
         st = self.instances.setdefault(instance, InstanceState())
         st.merged = name
+        st.known = {n: v for n, v in st.known.items() if n > name.name}
+        self._logged_once.discard(f"chain-{instance}")
         st.merged_at = time.time()
         st.lag_seconds = max(0.0, self.clock_ns() / NS - name.timestamp_ns / NS)
         self.waiting_for.discard(instance)
@@ -755,6 +817,13 @@ class Syncer:
                 f"header ({header.db}, {header.instance}, {header.timestamp_ns}) does not match "
                 "the object name"
             )
+        base = name.delta_base_ns
+        kind = KIND_FULL if base is None else KIND_DELTA
+        if header.kind != kind or (base is not None and header.base_timestamp_ns != base):
+            raise CorruptObjectError(
+                f"header kind {header.kind!r} (base {header.base_timestamp_ns}) does not match "
+                "the object name"
+            )
 
     def _reject(self, instance: str, name: SnapshotName, reason: str) -> None:
         log.error("db %s: rejecting corrupt object %s: %s", self.db, name, reason)
@@ -767,6 +836,8 @@ class Syncer:
     def _forget_newest(self, instance: str, name: SnapshotName) -> None:
         """Drop a name that cannot be merged, so a listing can promote an older one."""
         st = self.instances.get(instance)
+        if st is not None:
+            st.known.pop(name.name, None)
         if st is not None and st.newest_seen == name:
             st.newest_seen = None
         self.queue.forget_instance(instance)
@@ -831,13 +902,16 @@ class Syncer:
             try:
                 if self.shadow is not None and not self._shadow_has_news(forced):
                     return True
-                ts, dumped = self._dump(spool, want_txn)
-                name = SnapshotName.build(self.db, self.instance, ts)
+                name, dumped = self._dump_object(spool, want_txn, forced=forced)
             except LmdbError as exc:
                 self._log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
                 self._store_backoff.failed()
                 return False
             self._logged_once.discard("dump")
+            if dumped.header.kind == KIND_DELTA and dumped.header.total_entries == 0:
+                # the commits since the last upload were evsync's own merges
+                self.last_synced_txn = max(self.last_synced_txn, dumped.header.txn_id)
+                return True
             if dumped.header.total_entries == 0:  # an empty LMDB never uploads
                 self._log_limited(
                     "empty", logging.INFO, "db %s: LMDB is empty, waiting for data", self.db
@@ -864,6 +938,7 @@ class Syncer:
             self.shadow.dirty = False
         self.last_synced_txn = max(self.last_synced_txn, dumped.header.txn_id)
         self._last_store_mono = time.monotonic()
+        self._chain_stored(dumped.header, size)
         self.stats.objects_stored += 1
         self.stats.bytes_up += size
         self.metrics.objects_stored.labels(self.db).inc()
@@ -873,7 +948,8 @@ class Syncer:
         self.stats.last_store_at = time.time()
         own = self.instances.setdefault(self.instance, InstanceState())
         own.merged = own.newest_seen = name
-        self._notify_committed()
+        if dumped.header.kind == KIND_FULL:
+            self._notify_committed()  # a delta does not carry what was merged
         if self.lenv.last_txn_id() > self.last_synced_txn:
             self.queue.put(Hint(SOURCE_SELF, local=True))  # committed during the upload
         for callback in self.on_stored:
@@ -889,9 +965,10 @@ class Syncer:
                     exc,
                 )
         log.info(
-            "db %s: stored %s (%d entries, %d bytes, txn %d, dump %.1f ms, total %.1f ms%s)",
+            "db %s: stored %s (%s, %d entries, %d bytes, txn %d, dump %.1f ms, total %.1f ms%s)",
             self.db,
             name,
+            dumped.header.kind,
             dumped.stats.entries,
             size,
             dumped.header.txn_id,
@@ -923,6 +1000,58 @@ class Syncer:
         # The commits since the last upload changed no value (or were our own merges).
         self.last_synced_txn = max(self.last_synced_txn, self.shadow.synced_txn)
         return False
+
+    def _dump_object(
+        self, spool: IO[bytes], want_txn: int, *, forced: bool
+    ) -> tuple[SnapshotName, DumpResult]:
+        """A delta when the chain allows one and it is small enough, else a full object."""
+        dumped = None if forced else self._dump_delta(spool, want_txn)
+        if dumped is None:
+            ts, dumped = self._dump(spool, want_txn)
+            return SnapshotName.build(self.db, self.instance, ts), dumped
+        base = dumped.header.base_timestamp_ns
+        assert base is not None
+        extras = (delta_extra(base),)
+        return SnapshotName.build(
+            self.db, self.instance, dumped.header.timestamp_ns, extras=extras
+        ), dumped
+
+    def _chain_stored(self, header: SnapshotHeader, size: int) -> None:
+        """Move the delta chain on; merge txns the new object covers are forgotten."""
+        if header.kind == KIND_DELTA:
+            self.chain.stored_delta(header.timestamp_ns, header.txn_id, size)
+            self.metrics.deltas_stored.labels(self.db).inc()
+        elif self.shadow is None:
+            self.chain.stored_full(header.timestamp_ns, header.txn_id, size)
+        self._merge_txns = {t for t in self._merge_txns if t > self.chain.shipped_txn}
+
+    def _dump_delta(self, spool: IO[bytes], want_txn: int) -> DumpResult | None:
+        """A delta into ``spool`` when the chain allows one (native mode only); None for a
+        full object instead."""
+        base = self.chain.base_ns
+        if self.shadow is not None or base is None or not self.chain.delta_allowed():
+            return None
+        for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
+            spool.seek(0)
+            spool.truncate()
+            dumped = dump_native_delta(
+                self.lenv,
+                spool,
+                db=self.db,
+                instance=self.instance,
+                timestamp_ns=self._next_timestamp(),
+                base_timestamp_ns=base,
+                since_txn=self.chain.shipped_txn,
+                skip_txns=self._merge_txns,
+                max_entries=chain.MAX_DELTA_ENTRIES,
+            )
+            if dumped is None or dumped.header.txn_id >= want_txn:
+                break
+            time.sleep(DUMP_CATCH_UP_SECONDS)
+        if dumped is None:
+            spool.seek(0)
+            spool.truncate()
+        return dumped
 
     def _dump(self, spool: IO[bytes], want_txn: int) -> tuple[int, DumpResult]:
         """Write a full object into ``spool``; returns its timestamp and dump result."""

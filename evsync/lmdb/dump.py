@@ -7,7 +7,8 @@ Native mode dumps the data DBIs themselves; shadow mode dumps each data DBI's
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+import struct
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -23,6 +24,7 @@ from evsync.lmdb.header import (
     parse_header,
 )
 from evsync.snapshot.codec import (
+    KIND_DELTA,
     KIND_FULL,
     DbiInfo,
     Entry,
@@ -30,6 +32,8 @@ from evsync.snapshot.codec import (
     WriteStats,
     write_snapshot,
 )
+
+_TXN_ID = struct.Struct(">Q").unpack_from  # the header's txn id, at offset 8
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,81 @@ def dump_native(
             timestamp_ns=timestamp_ns,
             txn_id=int(txn.id()),
         )
+
+
+def dump_native_delta(
+    lenv: LmdbEnv,
+    out: IO[bytes],
+    *,
+    db: str,
+    instance: str,
+    timestamp_ns: int,
+    base_timestamp_ns: int,
+    since_txn: int,
+    skip_txns: Container[int],
+    max_entries: int,
+) -> DumpResult | None:
+    """Write a delta (DESIGN §7): the entries whose header txn id is after ``since_txn``
+    and not one of ``skip_txns`` (evsync's own merges), as of one read txn.
+
+    The header counts each DBI's entries before they are written, so the changed
+    entries are collected first; None when more than ``max_entries`` changed (a full
+    object is then the better upload). DBIs without changes are left out.
+    """
+    with lenv.read_synced_dbis() as (txn, named_handles):
+        dbis: list[DbiInfo] = []
+        changed: list[list[Entry]] = []
+        total = 0
+        for name, handle in named_handles:
+            if lenv.dbi_flags(txn, handle) & DUP_FLAGS:
+                return None  # dump_native names the problem
+            entries = _changed_entries(
+                lenv, txn, handle, name, since_txn=since_txn, skip_txns=skip_txns
+            )
+            total += len(entries)
+            if total > max_entries:
+                return None
+            if entries:
+                dbis.append(DbiInfo(name, lenv.dbi_flags(txn, handle), "", len(entries)))
+                changed.append(entries)
+        header = SnapshotHeader(
+            db=db,
+            instance=instance,
+            hostname=socket.gethostname(),
+            timestamp_ns=timestamp_ns,
+            txn_id=int(txn.id()),
+            dbis=tuple(dbis),
+            kind=KIND_DELTA,
+            base_timestamp_ns=base_timestamp_ns,
+        )
+        return DumpResult(header, write_snapshot(out, header, changed))
+
+
+def _changed_entries(
+    lenv: LmdbEnv, txn: Any, handle: Any, dbi: bytes, *, since_txn: int, skip_txns: Container[int]
+) -> list[Entry]:
+    # Values only, then the key of the few that changed: a scan of 1 M records costs
+    # ~0.3 s this way against ~0.45 s with keys (docs/benchmarks.md).
+    cursor = txn.cursor(db=handle)
+    out: list[Entry] = []
+    for value in cursor.iternext(keys=False, values=True):
+        if len(value) >= HEADER_SIZE:
+            txn_id = _TXN_ID(value, 8)[0]
+            if txn_id <= since_txn or txn_id in skip_txns:
+                continue
+        out.append(_entry(lenv, cursor.key(), value, dbi))
+    return out
+
+
+def _entry(lenv: LmdbEnv, key: bytes, value: bytes, dbi: bytes) -> Entry:
+    """One stored value as an entry; a value without a valid header is an error."""
+    try:
+        header = parse_header(value)
+    except HeaderError as exc:
+        raise LmdbError(
+            f"lmdb {lenv.name}: DBI {dbi.decode(errors='replace')!r} key {bytes(key)[:64]!r}: {exc}"
+        ) from None
+    return key, header.timestamp, header.flags & SYNC_FLAG_MASK, value[header.offset :]
 
 
 def dump_shadow(

@@ -216,8 +216,7 @@ def _msgpack_objects(source: IO[bytes]) -> Iterator[Any]:
                 unpacker.feed(data)
             except msgpack.BufferFull:
                 raise CorruptObjectError(
-                    f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB "
-                    "(or a decompression bomb)"
+                    f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB (or a decompression bomb)"
                 ) from None
             while True:
                 try:

@@ -110,6 +110,8 @@ class SnapshotName:
         for extra in extras:
             if not _EXTRA_RE.fullmatch(extra) or extra[0] in seen_types:
                 raise InvalidNameError(f"{name!r}: bad extra field {extra!r}")
+            if extra[0] == DELTA_EXTRA:
+                parse_timestamp(extra[1:])  # a delta's base must be a timestamp
             seen_types.add(extra[0])
         return cls(name, db, instance, parse_timestamp(ts_text), generation, tuple(extras), ext)
 
@@ -120,17 +122,24 @@ class SnapshotName:
 
     @property
     def delta_base_ns(self) -> int | None:
-        """For a delta, the timestamp of the object it builds on."""
+        """For a delta, the timestamp of the object it builds on; None for a full object."""
         for extra in self.extras:
             if extra.startswith(DELTA_EXTRA):
-                try:
-                    return parse_timestamp(extra[1:])
-                except InvalidNameError:
-                    return None
+                return parse_timestamp(extra[1:])  # validated by parse()
         return None
+
+    @property
+    def is_delta(self) -> bool:
+        """True for a delta (DESIGN §7)."""
+        return self.delta_base_ns is not None
 
     def __str__(self) -> str:
         return self.name
+
+
+def delta_extra(base_ns: int) -> str:
+    """The extra field naming a delta's base: ``D<YYYYMMDD-HHMMSS-nnnnnnnnn>``."""
+    return DELTA_EXTRA + format_timestamp(base_ns)
 
 
 def db_prefix(db: str) -> str:

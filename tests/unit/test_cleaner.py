@@ -16,7 +16,7 @@ from evsync.cleaner import JITTER_MAX, JITTER_MIN, Cleaner, CleanResult
 from evsync.config import CleanupConfig
 from evsync.errors import StorageUnavailableError
 from evsync.metrics import Metrics
-from evsync.snapshot.name import SnapshotName
+from evsync.snapshot.name import SnapshotName, delta_extra
 from evsync.storage.base import ObjectInfo
 from evsync.storage.memory import MemoryStore
 
@@ -592,3 +592,46 @@ class TestInterval:
         assert (JITTER_MIN, JITTER_MAX) == (0.8, 1.2)
         assert all(0.8 * cfg.interval <= v <= 1.2 * cfg.interval for v in values)
         assert max(values) - min(values) > 0.3 * cfg.interval
+
+
+def dsnap(instance: str, text: str, base_text: str) -> str:
+    """A delta of ``instance`` at ``text`` building on its object at ``base_text``."""
+    base = delta_extra(int(mt(base_text) * NS))
+    return SnapshotName.build(DB, instance, int(mt(text) * NS), extras=(base,)).name
+
+
+class TestDeltaChains:
+    """With deltas, the newest full object and the deltas after it are what a new instance
+    needs (DESIGN §7): cleanup keeps them, and deletes everything older."""
+
+    def test_the_chain_of_the_newest_full_object_is_kept(
+        self, store: MemoryStore, clock: Clock
+    ) -> None:
+        """Older full objects and their deltas go; the newest full object and every delta
+        after it stay, though only the newest object of the instance is 'the newest'."""
+        old_full = add(store, snap(DB, "a", "2020-01-30 08:00:00"))
+        old_delta = add(store, dsnap("a", "2020-01-30 08:01:00", "2020-01-30 08:00:00"))
+        full = add(store, snap(DB, "a", "2020-01-30 08:02:00"))
+        d1 = add(store, dsnap("a", "2020-01-30 08:03:00", "2020-01-30 08:02:00"))
+        d2 = add(store, dsnap("a", "2020-01-30 08:04:00", "2020-01-30 08:03:00"))
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        result = cleaner.run_once()
+        assert sorted(result.deleted) == sorted([old_full, old_delta])
+        assert names(store) == sorted([full, d1, d2])
+
+    def test_a_stale_instance_loses_its_whole_chain(
+        self, store: MemoryStore, clock: Clock
+    ) -> None:
+        """Once a silent instance's newest object is proven merged, its full object and
+        deltas all go: nothing of a dead chain is left behind."""
+        full = add(store, snap(DB, "old", "2020-01-01 06:00:00"))
+        delta = add(store, dsnap("old", "2020-01-01 07:00:00", "2020-01-01 06:00:00"))
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        cleaner.set_committed({"old": int(mt("2020-01-01 07:00:00") * NS)})
+        result = cleaner.run_once()
+        assert sorted(result.stale_deleted) == sorted([full, delta])
+        assert names(store) == []

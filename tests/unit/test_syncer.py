@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from pathlib import Path
 
 import pytest
 
-from evsync.config import Config, LmdbConfig, LmdbOptions, MemoryOptions, StorageConfig
+from evsync.config import (
+    Config,
+    DeltasConfig,
+    LmdbConfig,
+    LmdbOptions,
+    MemoryOptions,
+    StorageConfig,
+)
 from evsync.errors import StorageUnavailableError
-from evsync.snapshot.codec import DbiInfo, SnapshotHeader, write_snapshot
-from evsync.snapshot.name import SnapshotName
+from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, write_snapshot
+from evsync.snapshot.name import SnapshotName, delta_extra
 from evsync.storage.memory import MemoryStore
 from evsync.syncer import Syncer
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch, HintQueue
 
 
-def make_config(instance: str, path: Path) -> tuple[Config, LmdbConfig]:
+def make_config(
+    instance: str, path: Path, deltas: DeltasConfig | None = None
+) -> tuple[Config, LmdbConfig]:
     lcfg = LmdbConfig(
         name="main",
         path=str(path),
@@ -32,12 +42,19 @@ def make_config(instance: str, path: Path) -> tuple[Config, LmdbConfig]:
         storage_retry_interval=0.01,
         storage_retry_count=2,
         storage_force_snapshot_interval=0,
+        deltas=deltas or DeltasConfig(),
     )
     return cfg, lcfg
 
 
-def make_syncer(instance: str, tmp_path: Path, store: MemoryStore, **kw: object) -> Syncer:
-    cfg, lcfg = make_config(instance, tmp_path / instance)
+def make_syncer(
+    instance: str,
+    tmp_path: Path,
+    store: MemoryStore,
+    deltas: DeltasConfig | None = None,
+    **kw: object,
+) -> Syncer:
+    cfg, lcfg = make_config(instance, tmp_path / instance, deltas)
     return Syncer(cfg, lcfg, store, HintQueue("main"), stop_event=threading.Event(), **kw)
 
 
@@ -146,8 +163,8 @@ class TestRemoteObjects:
     """How remote objects are chosen and checked."""
 
     def test_only_the_newest_object_is_merged(self, tmp_path: Path, store: MemoryStore) -> None:
-        """Of several objects of one instance only the newest is fetched."""
-        a = make_syncer("a", tmp_path, store)
+        """Of several full objects of one instance only the newest is fetched."""
+        a = make_syncer("a", tmp_path, store, DeltasConfig(enabled=False))
         app_put(a, b"k", b"v1", 1000)
         a.run_once()
         app_put(a, b"k", b"v2", 2000)
@@ -199,3 +216,142 @@ class TestRemoteObjects:
         b.run_once()
         assert b.stats.objects_rejected == 1
         assert read(b, b"a") is None
+
+
+def fill(syncer: Syncer, n: int = 100) -> None:
+    """Records enough that a one-record delta is small next to the full object (the
+    chain ends when its deltas add up to half the full object)."""
+    for i in range(n):
+        app_put(syncer, b"fill-%d" % i, hashlib.sha256(b"%d" % i).digest(), 500)
+
+
+def stored(store: MemoryStore, instance: str) -> list[SnapshotName]:
+    return sorted(SnapshotName.parse(n) for n in objects(store, instance))
+
+
+class TestDeltas:
+    """Deltas (DESIGN §7): what a sender ships after a change, and what a receiver merges."""
+
+    def test_a_local_change_after_a_full_object_ships_a_delta_of_it_alone(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The first upload is full; a one-record change then uploads a delta holding only
+        that record, named __D<base> after the full object."""
+        a = make_syncer("a", tmp_path, store)
+        for i in range(50):
+            app_put(a, b"k%d" % i, b"v", 1000 + i)
+        a.run_once()
+        app_put(a, b"k7", b"changed", 5000)
+        a.step(Batch(local=True))
+        first, second = stored(store, "a")
+        assert not first.is_delta
+        assert second.delta_base_ns == first.timestamp_ns
+        reader = SnapshotReader(store.open(second.name))
+        assert [list(e) for _, e in reader.dbis()] == [[(b"k7", 5000, 0, b"changed")]]
+
+    def test_merged_entries_are_not_reshipped_in_a_delta(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """What a merge wrote is another instance's data: the next delta leaves it out."""
+        a = make_syncer("a", tmp_path, store)
+        b = make_syncer("b", tmp_path, store)
+        app_put(a, b"mine", b"a", 1000)
+        a.run_once()
+        app_put(b, b"theirs", b"b", 2000)
+        b.run_once()
+        a.step(Batch(remote={"b": stored(store, "b")[-1]}))
+        assert read(a, b"theirs") == (b"b", 2000, False)
+        app_put(a, b"mine", b"a2", 3000)
+        a.step(Batch(local=True))
+        delta = stored(store, "a")[-1]
+        assert delta.is_delta
+        reader = SnapshotReader(store.open(delta.name))
+        assert [[e[0] for e in es] for _, es in reader.dbis()] == [[b"mine"]]
+
+    def test_a_receiver_applies_each_delta_on_its_position(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A receiver that merged the full object merges each new delta alone."""
+        a = make_syncer("a", tmp_path, store)
+        b = make_syncer("b", tmp_path, store)
+        app_put(a, b"k", b"v1", 1000)
+        a.run_once()
+        b.run_once()
+        app_put(a, b"k", b"v2", 2000)
+        a.step(Batch(local=True))
+        before = store.calls["open"]
+        b.step(Batch(remote={"a": stored(store, "a")[-1]}))
+        assert store.calls["open"] - before == 1
+        assert read(b, b"k") == (b"v2", 2000, False)
+
+    def test_a_new_receiver_merges_the_full_object_then_the_deltas(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Every change of the chain reaches an instance that starts after it was written."""
+        a = make_syncer("a", tmp_path, store)
+        fill(a)
+        app_put(a, b"k0", b"v", 1000)
+        a.run_once()
+        for i in range(1, 4):
+            app_put(a, b"k%d" % i, b"v", 1000 + i)
+            a.step(Batch(local=True))
+        assert [n.is_delta for n in stored(store, "a")] == [False, True, True, True]
+        b = make_syncer("b", tmp_path, store)
+        assert b.run_once()
+        assert all(read(b, b"k%d" % i) == (b"v", 1000 + i, False) for i in range(4))
+
+    def test_a_missing_delta_falls_back_to_the_newest_full_object(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """With a delta's base gone from the bucket, the receiver merges what it can reach,
+        says so once, and reaches the newest data when the next full object appears."""
+        a = make_syncer("a", tmp_path, store, DeltasConfig(max_chain=2))
+        b = make_syncer("b", tmp_path, store)
+        fill(a)
+        app_put(a, b"k0", b"v", 1000)
+        a.run_once()
+        app_put(a, b"k1", b"v", 1001)
+        a.step(Batch(local=True))
+        app_put(a, b"k2", b"v", 1002)
+        a.step(Batch(local=True))
+        names = stored(store, "a")
+        store.delete(names[1].name)  # the first delta
+        assert b.run_once() is False or read(b, b"k2") is None
+        assert read(b, b"k0") == (b"v", 1000, False)
+        assert read(b, b"k1") is None
+        app_put(a, b"k3", b"v", 1003)
+        a.step(Batch(local=True))  # the chain is full: a new full object
+        assert not stored(store, "a")[-1].is_delta
+        b.step(Batch(remote={"a": stored(store, "a")[-1]}))
+        assert all(read(b, b"k%d" % i) == (b"v", 1000 + i, False) for i in range(4))
+
+    def test_disabled_deltas_upload_full_objects(self, tmp_path: Path, store: MemoryStore) -> None:
+        """deltas.enabled: false: every change uploads a full object, as Lightning Stream."""
+        a = make_syncer("a", tmp_path, store, DeltasConfig(enabled=False))
+        app_put(a, b"k", b"v1", 1000)
+        a.run_once()
+        app_put(a, b"k", b"v2", 2000)
+        a.step(Batch(local=True))
+        assert [n.is_delta for n in stored(store, "a")] == [False, False]
+
+    def test_a_delta_whose_header_is_full_is_rejected(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A name that says delta on an object whose header says full is corrupt."""
+        a = make_syncer("a", tmp_path, store)
+        app_put(a, b"k", b"v1", 1000)
+        a.run_once()
+        full_name = stored(store, "a")[0]
+        forged = SnapshotName.build(
+            "main", "a", full_name.timestamp_ns + 1, extras=(delta_extra(full_name.timestamp_ns),)
+        )
+        header = SnapshotHeader(
+            db="main", instance="a", hostname="h", timestamp_ns=forged.timestamp_ns, txn_id=1,
+            dbis=(DbiInfo(b"records", 0, "", 0),),
+        )
+        out = io.BytesIO()
+        write_snapshot(out, header, [[]])
+        store.store(forged.name, io.BytesIO(out.getvalue()))
+        b = make_syncer("b", tmp_path, store)
+        b.run_once()
+        assert forged.name in b.bad_objects
