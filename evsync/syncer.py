@@ -304,7 +304,13 @@ class Syncer:
                 log.error("db %s: cannot list the bucket after %d attempts", self.db, attempts)
                 return False
             self.stop_event.wait(self._list_backoff.delay)
-        self.waiting_for = {i for i, st in self.instances.items() if st.newest_seen}
+        # A retried startup may have merged some newest objects already.
+        self.waiting_for = {
+            i
+            for i, st in self.instances.items()
+            if st.newest_seen is not None
+            and (st.merged is None or st.merged.name < st.newest_seen.name)
+        }
         log.info(
             "db %s: startup listing found %d instance(s)%s",
             self.db,

@@ -141,7 +141,7 @@ class S3Store(BlobStore):
     def store(self, name: str, data: IO[bytes]) -> None:
         try:
             self._client.upload_fileobj(
-                data,
+                _Unclosable(data),  # s3transfer closes the body on a failure; we retry with it
                 self.bucket,
                 self._key(name),
                 Config=boto3.s3.transfer.TransferConfig(use_threads=False),
@@ -160,3 +160,16 @@ class S3Store(BlobStore):
 
     def close(self) -> None:
         self._client.close()
+
+
+class _Unclosable:
+    """A file whose close() is a no-op: its owner, not the upload, decides when it ends."""
+
+    def __init__(self, data: IO[bytes]) -> None:
+        self._data = data
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._data, attr)

@@ -298,3 +298,25 @@ class TestMemoryStore:
         mem.store(NAMES[0], io.BytesIO(buf))
         buf[0] = ord("z")
         assert get(mem, NAMES[0]) == b"abc"
+
+
+class TestS3Store:
+    """The s3 backend's own duties, against an endpoint where nothing listens."""
+
+    def test_a_failed_upload_leaves_the_file_open_for_the_retry(self) -> None:
+        """boto3's upload closes its body when the PUT fails; the syncer retries with the same
+        spooled file, so the store must hand boto3 a body whose close() does nothing."""
+        from evsync.config import S3Options
+        from evsync.storage.s3 import S3Store
+        from tests.helpers import free_port
+
+        options = S3Options(
+            bucket="down", endpoint_url=f"http://127.0.0.1:{free_port()}", access_key="k",
+            secret_key="s", dial_timeout=0.5, read_timeout=0.5,
+        )
+        s3 = S3Store(options)
+        data = io.BytesIO(b"object")
+        with pytest.raises(StorageUnavailableError):
+            s3.store(NAMES[0], data)
+        assert not data.closed
+        s3.close()

@@ -355,3 +355,34 @@ class TestDeltas:
         b = make_syncer("b", tmp_path, store)
         b.run_once()
         assert forged.name in b.bad_objects
+
+
+class TestStartupRetry:
+    """run() retries a failed startup; what the first attempt did must not block the next."""
+
+    def test_an_own_object_merged_by_a_failed_startup_does_not_block_uploads(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The first startup merges the own newest object, then its upload blows up; the
+        retried startup must not wait for that object again, or the instance never uploads."""
+        a = make_syncer("a", tmp_path, store)
+        app_put(a, b"k", b"v1", 1000)
+        a.run_once()
+        a.close()
+        again = make_syncer("a", tmp_path, store)
+        app_put(again, b"k2", b"v2", 2000)
+        original_store = store.store
+        calls = {"n": 0}
+
+        def store_once_broken(name: str, data: io.BytesIO) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ValueError("I/O operation on closed file.")
+            original_store(name, data)
+
+        store.store = store_once_broken  # type: ignore[method-assign,assignment]
+        with pytest.raises(ValueError):
+            again.startup(retry_forever=True)
+        assert again.startup(retry_forever=True)
+        assert "a" not in again.waiting_for
+        assert len(objects(store, "a")) == 2
