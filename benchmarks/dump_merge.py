@@ -13,7 +13,11 @@ each step below in a fresh child process, so that each reports its own peak RSS:
 * ``floor: merge`` — the same records put into an empty LMDB with ``putmulti`` in
   batches of 10,000 per write txn, values already built: the least a merge can cost;
 * ``merge`` — evsync's path: ``verify_snapshot`` of the dumped object, then
-  ``Merger.merge`` of it into an empty LMDB, with the longest write txn.
+  ``Merger.merge`` of it into an empty LMDB, with the longest write txn;
+* ``floor: change scan`` — one read txn, a values-only cursor scan comparing each
+  header's txn id: the least it costs to find what changed without an index;
+* ``delta`` — evsync's ``dump_native_delta`` after one record changed (the record was
+  written in a later txn than the rest), with the object's size against the full dump's.
 
 Issue 7's targets: dump ≤ 1.5× its floor, merge ≤ 2× its floor, write txns ≤ 50 ms.
 Run: ``.venv/bin/python benchmarks/dump_merge.py [--sizes 10000,1000000]``.
@@ -25,6 +29,7 @@ import argparse
 import json
 import platform
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,7 +42,7 @@ import msgpack
 import zstandard
 
 from evsync.config import LmdbConfig, LmdbOptions
-from evsync.lmdb.dump import dump_native
+from evsync.lmdb.dump import dump_native, dump_native_delta
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.header import HEADER_SIZE, HEADER_STRUCT, encode_header
 from evsync.lmdb.merge import Merger
@@ -65,6 +70,8 @@ def build(path: Path, n: int) -> None:
         txn.cursor(db=db).putmulti(
             (key(i), encode_header(TS + i, 1, 0) + b"v" * 40) for i in range(n)
         )
+    with env.begin(write=True) as txn:  # the one change a delta ships
+        txn.put(key(n // 2), encode_header(TS + n, txn.id(), 0) + b"w" * 40, db=db)
     env.close()
 
 
@@ -129,8 +136,33 @@ def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
             "txns": result.txns, "entries": result.entries}
 
 
+def floor_scan(src: Path, _out: Path) -> dict[str, Any]:
+    env = lmdb.open(str(src), map_size=MAP_SIZE, max_dbs=8, readonly=True)
+    db = env.open_db(b"records", create=False)
+    txn_id = struct.Struct(">Q").unpack_from
+    t0 = time.perf_counter()
+    changed = 0
+    with env.begin() as txn:
+        for v in txn.cursor(db=db).iternext(keys=False, values=True):
+            if txn_id(v, 8)[0] > 1:
+                changed += 1
+    return {"seconds": time.perf_counter() - t0, "entries": changed}
+
+
+def evsync_delta(src: Path, out: Path) -> dict[str, Any]:
+    lenv = open_env(src)
+    t0 = time.perf_counter()
+    with out.open("wb") as f:
+        result = dump_native_delta(lenv, f, db="main", instance="bench", timestamp_ns=TS + 1,
+                                   base_timestamp_ns=TS, since_txn=1, skip_txns=(),
+                                   max_entries=100_000)
+    assert result is not None
+    return {"seconds": time.perf_counter() - t0, "bytes": out.stat().st_size,
+            "entries": result.stats.entries}
+
+
 STEPS = {"floor-dump": floor_dump, "dump": evsync_dump, "floor-merge": floor_merge,
-         "merge": evsync_merge}
+         "merge": evsync_merge, "floor-scan": floor_scan, "delta": evsync_delta}
 
 
 def child(step: str, a: str, b: str) -> None:
@@ -168,6 +200,13 @@ def bench(n: int, root: Path) -> None:
           f"{m['longest_txn'] * 1000:6.1f} ms ({m['txns']} txns)  peak RSS "
           f"{m['peak_rss_mb']:6.1f} MB  ratio {m['seconds'] / fm['seconds']:.2f}x"
           " (target <= 2x, txn <= 50 ms)")
+    fs = run_step("floor-scan", src, root / "unused")
+    dl = run_step("delta", src, root / f"delta-{n}.evs.zst")
+    print(f"  floor: scan    {fs['seconds'] * 1000:9.1f} ms  ({fs['entries']} changed)")
+    print(f"  delta          {dl['seconds'] * 1000:9.1f} ms  {dl['bytes']:7d} B "
+          f"({dl['entries']} entries; the full dump is {d['bytes']:,} B, "
+          f"{d['bytes'] / dl['bytes']:.0f}x)  peak RSS {dl['peak_rss_mb']:6.1f} MB  "
+          f"ratio {dl['seconds'] / fs['seconds']:.2f}x")
 
 
 def main() -> None:

@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,7 +96,9 @@ MAX_DBS = 64
 POLL_SLEEP = 0.0002  # how often the benchmark looks at B's LMDB while waiting
 MIN_GAP = 0.050  # pause after a write became visible, before the next one ...
 PHASE_JITTER = 1.0  # ... plus uniform(0, this): the longest poll period in any row
-STARTUP_TIMEOUT = 60.0  # for the initial sync of the preloaded records to B
+# for the initial sync of the preloaded records to B: at least this, plus this per record
+STARTUP_TIMEOUT = 60.0
+STARTUP_SECONDS_PER_RECORD = 1e-4
 SETTLE_SECONDS = 1.5  # quiet time after the initial sync, before measuring
 STOP_TIMEOUT = 10.0
 S3_KEYS = {"access_key": "test", "secret_key": "test"}
@@ -118,6 +122,7 @@ class Scenario:
     listing_interval: str  # notify.listing_interval, always set explicitly
     push: str = ""  # "", "mqtt" or "sqs": the push source both daemons use (s3 only)
     lmdb_poll_interval: str = "1s"
+    deltas: bool = True  # False: every change uploads a full object, as Lightning Stream
 
     @property
     def watch_lmdb(self) -> bool:
@@ -128,7 +133,8 @@ class Scenario:
     def label(self) -> str:
         """Short name for logs and file names."""
         push = f"-{self.push}" if self.push else ""
-        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}"
+        full = "" if self.deltas else "-full"
+        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}"
 
 
 SCENARIOS = (
@@ -139,6 +145,7 @@ SCENARIOS = (
     Scenario("watcher", "s3", "100ms"),
     Scenario("watcher", "s3", "1h", push="mqtt"),
     Scenario("watcher", "s3", "1h", push="sqs"),
+    Scenario("watcher", "s3", "1h", push="mqtt", deltas=False),
 )
 
 
@@ -166,6 +173,9 @@ class Result:
     timeouts: int = 0
     #: highest 1-minute load average seen around the row (other work on the machine)
     load: float = 0.0
+    #: sizes of A's objects in the bucket after the row (s3 rows): full objects, deltas
+    full_sizes: list[int] = field(default_factory=list)
+    delta_sizes: list[int] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         """The q-quantile (0..1), linear interpolation between closest ranks."""
@@ -527,6 +537,7 @@ def write_config(
         "    schema_tracks_changes: true\n"
         "    options: {create: true, map_size: 1GB}\n"
         f"lmdb_poll_interval: {scenario.lmdb_poll_interval}\n"
+        f"deltas: {{enabled: {'true' if scenario.deltas else 'false'}}}\n"
         f"{storage}"
         "notify:\n"
         f"  watch_lmdb: {'true' if scenario.watch_lmdb else 'false'}\n"
@@ -632,7 +643,7 @@ def wait_initial_sync(reader: Reader, count: int, daemons: list[Daemon]) -> floa
     """Wait until B holds every preloaded record; returns the seconds it took."""
     t0 = time.monotonic()
     while reader.count() < count:
-        if time.monotonic() - t0 > STARTUP_TIMEOUT:
+        if time.monotonic() - t0 > STARTUP_TIMEOUT + count * STARTUP_SECONDS_PER_RECORD:
             raise RuntimeError(f"B holds {reader.count()} of {count} records after startup")
         for daemon in daemons:
             daemon.check_alive()
@@ -697,12 +708,30 @@ def run_scenario(
         load_before = os.getloadavg()[0]
         measure(writer, reader, result, opts, samples)
         result.load = max(load_before, os.getloadavg()[0])
+        if services.moto is not None and scenario.backend == "s3":
+            result.full_sizes, result.delta_sizes = object_sizes(services.moto, bucket, "a")
         for daemon in daemons:
             daemon.check_alive()
     finally:
         teardown(daemons, writer, reader)
         keep_or_remove(workdir, scenario, opts.keep_dir)
     return result
+
+
+def object_sizes(moto: MotoServer, bucket: str, instance: str) -> tuple[list[int], list[int]]:
+    """Sizes of ``instance``'s full objects and deltas in the bucket."""
+    client = moto.client("s3")
+    full: list[int] = []
+    deltas: list[int] = []
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if f"__{instance}__" in obj["Key"]:
+                    (deltas if "__D" in obj["Key"] else full).append(int(obj["Size"]))
+    finally:
+        client.close()
+    return full, deltas
 
 
 def teardown(daemons: list[Daemon], writer: lmdb.Environment | None, reader: Reader | None) -> None:
@@ -740,7 +769,8 @@ def print_machine(source_hash: str) -> None:
 def print_table(results: list[Result]) -> None:
     """The results table, then the ratios of p50: poll-only/watcher and listing/push."""
     header = (
-        f"{'mode':10} {'backend':7} {'push':5} {'listing':>7} {'n':>4} {'p50':>8} {'p90':>8} "
+        f"{'mode':10} {'backend':7} {'push':5} {'listing':>7} {'upload':6} {'n':>4} {'p50':>8} "
+        f"{'p90':>8} "
         f"{'p99':>8} {'max':>8} {'timeouts':>8} {'load':>5}"
     )
     print(header + "\n" + "-" * len(header))
@@ -748,6 +778,7 @@ def print_table(results: list[Result]) -> None:
         s = r.scenario
         print(
             f"{s.mode:10} {s.backend:7} {s.push or '-':5} {s.listing_interval:>7} "
+            f"{'delta' if s.deltas else 'full':6} "
             f"{len(r.latencies_ms):4d} "
             f"{r.pct(0.5):8.1f} {r.pct(0.9):8.1f} {r.pct(0.99):8.1f} {r.pct(1.0):8.1f} "
             f"{r.timeouts:8d} {r.load:5.2f}"
@@ -759,6 +790,18 @@ def print_table(results: list[Result]) -> None:
     for backend, watcher, poll in ratio_pairs(results):
         ratio = poll.pct(0.5) / watcher.pct(0.5)
         print(f"{backend}: poll-only p50 / watcher p50 = {ratio:.1f}x")
+    for r in results:
+        if r.full_sizes or r.delta_sizes:
+            print(
+                f"{r.scenario.label}: A stored {len(r.full_sizes)} full objects (median "
+                f"{median_or_zero(r.full_sizes):.0f} bytes) and {len(r.delta_sizes)} deltas "
+                f"(median {median_or_zero(r.delta_sizes):.0f} bytes)"
+            )
+    for full, delta in delta_pairs(results):
+        print(
+            f"{delta.scenario.label}: full-object p50 / delta p50 = "
+            f"{full.pct(0.5) / delta.pct(0.5):.1f}x (p99 {full.pct(0.99) / delta.pct(0.99):.1f}x)"
+        )
     for listing, push in push_pairs(results):
         ls, ps = listing.scenario, push.scenario
         ratio = listing.pct(0.5) / push.pct(0.5)
@@ -785,10 +828,27 @@ def ratio_pairs(results: list[Result]) -> Iterator[tuple[str, Result, Result]]:
                 yield f"{ps.backend} (listing {ps.listing_interval})", w, p
 
 
+def median_or_zero(values: list[int]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def delta_pairs(results: list[Result]) -> Iterator[tuple[Result, Result]]:
+    """(full-object row, delta row) that differ only in deltas."""
+    for full in results:
+        if full.scenario.deltas or not full.latencies_ms:
+            continue
+        for delta in results:
+            if (
+                delta.scenario == dataclasses.replace(full.scenario, deltas=True)
+                and delta.latencies_ms
+            ):
+                yield full, delta
+
+
 def push_pairs(results: list[Result]) -> Iterator[tuple[Result, Result]]:
     """(listing-only 1 s row, push row) with the same mode and backend."""
     for push in results:
-        if not push.scenario.push or not push.latencies_ms:
+        if not push.scenario.push or not push.scenario.deltas or not push.latencies_ms:
             continue
         for listing in results:
             ls = listing.scenario

@@ -10,7 +10,7 @@ import pytest
 
 from evsync.errors import HeaderError, LmdbError
 from evsync.lmdb.env import LmdbEnv
-from evsync.lmdb.merge import Merger, merge_entry
+from evsync.lmdb.merge import TXN_CLOCK_EVERY, Merger, merge_entry
 from evsync.snapshot.codec import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
 
 T = 1_700_000_000_000_000_000
@@ -442,6 +442,20 @@ class TestMergerBatching:
         assert len(result.txn_ids) == 10
         assert result.txn_ids == sorted(set(result.txn_ids))
         assert len(dump_raw(lenv)[b"data"]) == 1000
+
+    def test_a_txn_out_of_time_ends_early_and_the_rest_follows(
+        self, make_env: EnvFactory
+    ) -> None:
+        """The write lock is bounded by time inside the txn too: with no time at all, each
+        txn covers the entries up to its first clock read (TXN_CLOCK_EVERY - 1), and the
+        next txn carries on where it stopped, so every entry is written once."""
+        lenv = make_env()
+        entries: list[Entry] = [(b"k%04d" % i, T, 0, b"v") for i in range(1000)]
+        result = merger(lenv, max_seconds=0.0).merge([remote(b"data", entries)])
+        per_txn = TXN_CLOCK_EVERY - 1
+        assert result.txns == -(-1000 // per_txn)
+        assert result.entries == result.written == 1000
+        assert sorted(dump_raw(lenv)[b"data"]) == [e[0] for e in entries]
 
     def test_batches_per_dbi(self, make_env: EnvFactory) -> None:
         """Each DBI's entries are batched separately (150 + 50 entries -> 2 + 1 txns)."""
