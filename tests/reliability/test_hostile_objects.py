@@ -1057,7 +1057,9 @@ class TestRunningDaemon:
         self, instances: Make, s3_storage: dict[str, Any], aws: AwsServer, bucket: str
     ) -> None:
         port = free_port()
-        a = instances("a", s3_storage, http=http_on(port)).start()
+        # full objects only: the corrupt variants below are made from a's newest object,
+        # which must hold all five records (with deltas it would hold the last change)
+        a = instances("a", s3_storage, http=http_on(port), deltas={"enabled": False}).start()
         for i in range(5):
             a.writer.put(f"k{i}", f"v{i}")
         own = wait_for(
