@@ -494,3 +494,34 @@ class TestExampleConfigs:
             monkeypatch.setenv(var, "123456789012" if var == "AWS_ACCOUNT_ID" else "example-value")
         cfg = load_config(path)
         assert cfg.lmdbs
+
+
+class TestDeltas:
+    """The deltas section: defaults, values, and one-line errors."""
+
+    def test_defaults(self) -> None:
+        """Without a deltas section, deltas are on with a chain of 20, half, 10m."""
+        cfg = load(with_lmdb())
+        assert (cfg.deltas.enabled, cfg.deltas.max_chain) == (True, 20)
+        assert (cfg.deltas.max_chain_ratio, cfg.deltas.full_interval) == (0.5, 600.0)
+
+    def test_values(self) -> None:
+        """Every key is read, durations in Go syntax."""
+        top = "deltas:\n  enabled: false\n  max_chain: 5\n  max_chain_ratio: 2\n  full_interval: 1h"
+        cfg = load(with_lmdb(top=top))
+        assert cfg.deltas.enabled is False and cfg.deltas.max_chain == 5
+        assert cfg.deltas.max_chain_ratio == 2.0 and cfg.deltas.full_interval == 3600.0
+
+    @pytest.mark.parametrize(
+        ("top", "needle"),
+        [
+            ("deltas:\n  max_chain: 0", "deltas.max_chain"),
+            ("deltas:\n  max_chain_ratio: .nan", "deltas.max_chain_ratio"),
+            ("deltas:\n  full_interval: 10ms", "deltas.full_interval"),
+            ("deltas:\n  chain: 3", "deltas.chain"),
+        ],
+        ids=["chain of zero", "NaN ratio", "interval below 1s", "unknown key"],
+    )
+    def test_bad_values_name_the_key(self, top: str, needle: str) -> None:
+        """A wrong deltas value is one line naming the key."""
+        assert needle in error(with_lmdb(top=top))
