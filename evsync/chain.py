@@ -96,11 +96,8 @@ def _restart(
 ) -> list[SnapshotName]:
     """From the newest full object after the position (or the position itself), every
     delta that builds on what came before it, in time order."""
-    after = sorted(
-        (n for n in by_ts.values() if position_ns is None or n.timestamp_ns > position_ns),
-        key=lambda n: n.timestamp_ns,
-    )
-    after = [n for n in after if n.timestamp_ns <= newest.timestamp_ns]
+    floor = -1 if position_ns is None else position_ns
+    after = [by_ts[ts] for ts in sorted(by_ts) if floor < ts <= newest.timestamp_ns]
     fulls = [n for n in after if n.delta_base_ns is None]
     out: list[SnapshotName] = []
     reached = position_ns

@@ -167,8 +167,10 @@ class Cleaner:
         stale_instances = {
             n.instance for n in too_old if committed.get(n.instance, -1) >= n.timestamp_ns
         }
-        plan.stale = [n for n in candidates if n.instance in stale_instances]
-        plan.superseded = [n for n in plan.superseded if n.instance not in stale_instances]
+        superseded = set(plan.superseded)
+        plan.stale = [
+            n for n in candidates if n.instance in stale_instances and n not in superseded
+        ]
         return plan
 
     def _skip_recent(

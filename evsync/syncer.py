@@ -844,13 +844,10 @@ class Syncer:
         st = self.instances.get(instance)
         if st is not None:
             st.known.pop(name.name, None)
-        if st is not None and st.newest_seen == name:
-            st.newest_seen = None
+            if st.newest_seen == name:
+                st.newest_seen = None
         self.queue.forget_instance(instance)
-        if instance in self.waiting_for and st is not None and st.newest_seen is None:
-            # A listing decides whether an older object of this instance exists.
-            pass
-        self._relist = True
+        self._relist = True  # a listing decides whether an older object of it exists
 
     def _advance_synced(self, txn_ids: list[int]) -> None:
         """Merge txns that directly follow the last synced txn hold no local change."""
@@ -1011,16 +1008,29 @@ class Syncer:
         self, spool: IO[bytes], want_txn: int, *, forced: bool
     ) -> tuple[SnapshotName, DumpResult]:
         """A delta when the chain allows one and it is small enough, else a full object."""
-        dumped = None if forced else self._dump_delta(spool, want_txn)
-        if dumped is None:
-            ts, dumped = self._dump(spool, want_txn)
-            return SnapshotName.build(self.db, self.instance, ts), dumped
-        base = dumped.header.base_timestamp_ns
-        assert base is not None
-        extras = (delta_extra(base),)
-        return SnapshotName.build(
-            self.db, self.instance, dumped.header.timestamp_ns, extras=extras
-        ), dumped
+        base = self.chain.base_ns
+        if not forced and self.shadow is None and base is not None and self.chain.delta_allowed():
+            delta = self._dump_caught_up(
+                spool,
+                want_txn,
+                lambda ts: dump_native_delta(
+                    self.lenv,
+                    spool,
+                    db=self.db,
+                    instance=self.instance,
+                    timestamp_ns=ts,
+                    base_timestamp_ns=base,
+                    since_txn=self.chain.shipped_txn,
+                    skip_txns=self._merge_txns,
+                    max_entries=chain.MAX_DELTA_ENTRIES,
+                ),
+            )
+            if delta is not None:
+                ts = delta.header.timestamp_ns
+                extras = (delta_extra(base),)
+                return SnapshotName.build(self.db, self.instance, ts, extras=extras), delta
+        dumped = self._dump_full(spool, want_txn)
+        return SnapshotName.build(self.db, self.instance, dumped.header.timestamp_ns), dumped
 
     def _chain_stored(self, header: SnapshotHeader, size: int) -> None:
         """Move the delta chain on; merge txns the new object covers are forgotten."""
@@ -1031,60 +1041,44 @@ class Syncer:
             self.chain.stored_full(header.timestamp_ns, header.txn_id, size)
         self._merge_txns = {t for t in self._merge_txns if t > self.chain.shipped_txn}
 
-    def _dump_delta(self, spool: IO[bytes], want_txn: int) -> DumpResult | None:
-        """A delta into ``spool`` when the chain allows one (native mode only); None for a
-        full object instead."""
-        base = self.chain.base_ns
-        if self.shadow is not None or base is None or not self.chain.delta_allowed():
-            return None
-        for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
-            spool.seek(0)
-            spool.truncate()
-            dumped = dump_native_delta(
+    def _dump_full(self, spool: IO[bytes], want_txn: int) -> DumpResult:
+        """Write a full object into ``spool``."""
+        if self.shadow is not None:
+            return dump_shadow(
                 self.lenv,
                 spool,
                 db=self.db,
                 instance=self.instance,
                 timestamp_ns=self._next_timestamp(),
-                base_timestamp_ns=base,
-                since_txn=self.chain.shipped_txn,
-                skip_txns=self._merge_txns,
-                max_entries=chain.MAX_DELTA_ENTRIES,
+                txn_id=self.shadow.synced_txn,
             )
+        dumped = self._dump_caught_up(
+            spool,
+            want_txn,
+            lambda ts: dump_native(
+                self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
+            ),
+        )
+        assert dumped is not None  # dump_native always writes an object
+        return dumped
+
+    def _dump_caught_up(
+        self, spool: IO[bytes], want_txn: int, dump: Callable[[int], DumpResult | None]
+    ) -> DumpResult | None:
+        """``dump(timestamp)`` into an emptied ``spool`` until it reflects ``want_txn``.
+
+        A read txn begun right after a commit can still see the previous one for a
+        moment; dump again rather than store an object that misses it.
+        """
+        dumped = None
+        for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
+            spool.seek(0)
+            spool.truncate()
+            dumped = dump(self._next_timestamp())
             if dumped is None or dumped.header.txn_id >= want_txn:
                 break
             time.sleep(DUMP_CATCH_UP_SECONDS)
-        if dumped is None:
-            spool.seek(0)
-            spool.truncate()
         return dumped
-
-    def _dump(self, spool: IO[bytes], want_txn: int) -> tuple[int, DumpResult]:
-        """Write a full object into ``spool``; returns its timestamp and dump result."""
-        if self.shadow is not None:
-            ts = self._next_timestamp()
-            dumped = dump_shadow(
-                self.lenv,
-                spool,
-                db=self.db,
-                instance=self.instance,
-                timestamp_ns=ts,
-                txn_id=self.shadow.synced_txn,
-            )
-            return ts, dumped
-        # A read txn begun right after a commit can still see the previous one
-        # for a moment; dump again rather than store an object that misses it.
-        for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
-            ts = self._next_timestamp()
-            spool.seek(0)
-            spool.truncate()
-            dumped = dump_native(
-                self.lenv, spool, db=self.db, instance=self.instance, timestamp_ns=ts
-            )
-            if dumped.header.txn_id >= want_txn:
-                break
-            time.sleep(DUMP_CATCH_UP_SECONDS)
-        return ts, dumped
 
     def _store_with_retry(self, name: str, spool: IO[bytes]) -> None:
         cfg = self.config

@@ -54,13 +54,7 @@ def native_entries(lenv: LmdbEnv, txn: Any, handle: Any, dbi: bytes) -> Iterator
             if version == HEADER_VERSION and len(value) >= offset:
                 yield key, ts, flags & SYNC_FLAG_MASK, value[offset:]
                 continue
-        try:  # not a valid header: let the full parser name the problem
-            parse_header(value)
-        except HeaderError as exc:
-            raise LmdbError(
-                f"lmdb {lenv.name}: DBI {dbi.decode(errors='replace')!r} key {bytes(key)[:64]!r}: "
-                f"{exc}"
-            ) from None
+        yield _entry(lenv, key, value, dbi)  # not a valid header: the full parser names why
 
 
 def dump_native(
@@ -121,7 +115,8 @@ def dump_native_delta(
         changed: list[list[Entry]] = []
         total = 0
         for name, handle in named_handles:
-            if lenv.dbi_flags(txn, handle) & DUP_FLAGS:
+            flags = lenv.dbi_flags(txn, handle)
+            if flags & DUP_FLAGS:
                 return None  # dump_native names the problem
             entries = _changed_entries(
                 lenv, txn, handle, name, since_txn=since_txn, skip_txns=skip_txns
@@ -130,7 +125,7 @@ def dump_native_delta(
             if total > max_entries:
                 return None
             if entries:
-                dbis.append(DbiInfo(name, lenv.dbi_flags(txn, handle), "", len(entries)))
+                dbis.append(DbiInfo(name, flags, "", len(entries)))
                 changed.append(entries)
         header = SnapshotHeader(
             db=db,

@@ -7,6 +7,7 @@ the syncer and the cleaner rely on that, as Lightning Stream does.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ class SnapshotName:
         """True when evsync can read this object."""
         return self.ext == EXT_EVSYNC
 
-    @property
+    @functools.cached_property
     def delta_base_ns(self) -> int | None:
         """For a delta, the timestamp of the object it builds on; None for a full object."""
         for extra in self.extras:
