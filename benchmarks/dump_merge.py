@@ -131,7 +131,7 @@ def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
     with obj.open("rb") as f:
         verify_snapshot(f)
         f.seek(0)
-        result = Merger(lenv).merge(SnapshotReader(f).dbis())
+        result = Merger(lenv).merge(SnapshotReader(f, verified=True).dbis())
     return {"seconds": time.perf_counter() - t0, "longest_txn": result.longest_txn_seconds,
             "txns": result.txns, "entries": result.entries}
 

@@ -771,13 +771,14 @@ class Syncer:
                 self.lenv,
                 deleted_cutoff_ns=self._deleted_cutoff_ns(),
                 create_flags=self._create_flags,
+                stop=self.stop_event,
             )
-            return merger.merge(self._until_stopped(SnapshotReader(data).dbis()))
+            return merger.merge(SnapshotReader(data, verified=True).dbis())
         for _attempt in range(MAX_MAP_GROWTHS):
             data.seek(0)
             try:
                 result, update = self.shadow.merge(
-                    self._until_stopped(SnapshotReader(data).dbis()),
+                    self._until_stopped(SnapshotReader(data, verified=True).dbis()),
                     timestamp_ns=self.clock_ns(),
                     deleted_cutoff_ns=self._deleted_cutoff_ns(),
                     create_flags=self._create_flags,

@@ -3,33 +3,39 @@
 from __future__ import annotations
 
 import logging
+import operator
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice, repeat
 from typing import Any
 
 import lmdb
 
 from evsync import faults
-from evsync.errors import HeaderError, LmdbError
+from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
 from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import (
+    HEADER_STRUCT,
+    HEADER_VERSION,
     SYNC_FLAG_MASK,
     encode_header,
     parse_header,
     timestamp_and_offset,
 )
-from evsync.snapshot.codec import DbiInfo, Entry
+from evsync.snapshot.codec import DbiEntries, DbiInfo, Entry
 
 log = logging.getLogger(__name__)
 
 # A write txn is committed after this many entries or this long, whichever comes first,
 # so that the application's writers never wait long for the LMDB write lock. The
-# entries of a batch are decoded before its txn begins; inside the txn the clock is read
-# every TXN_CLOCK_EVERY entries, and the txn ends early when its time is up.
+# entries of a batch are decoded and checked before its txn begins; inside the txn they
+# are merged in slices of TXN_SLICE (one getmulti and one putmulti each), the clock is
+# read after each slice, and the txn ends once its time is up.
 BATCH_MAX_ENTRIES = 10_000
 BATCH_MAX_SECONDS = 0.05
-TXN_CLOCK_EVERY = 256
+TXN_SLICE = 1024
 MAX_MAP_GROWTHS = 16
 
 
@@ -96,7 +102,9 @@ class Merger:
 
     The syncer verifies an object completely before it hands it over, so a batch
     never fails half-way because of the object; a corrupt *local* value aborts the
-    current batch and raises LmdbError naming the DBI and key.
+    current batch and raises LmdbError naming the DBI and key. Once ``stop`` is set, the
+    next batch raises SyncInterruptedError instead of starting: batches committed before
+    stay, which last-writer-wins makes safe, and the object is merged again later.
     """
 
     def __init__(
@@ -107,12 +115,14 @@ class Merger:
         create_flags: Callable[[DbiInfo], int] | None = None,
         max_entries: int = BATCH_MAX_ENTRIES,
         max_seconds: float = BATCH_MAX_SECONDS,
+        stop: threading.Event | None = None,
     ) -> None:
         self.lenv = lenv
         self.deleted_cutoff_ns = deleted_cutoff_ns
         self.create_flags = create_flags or (lambda info: info.flags)
         self.max_entries = max_entries
         self.max_seconds = max_seconds
+        self.stop = stop
         self.result = MergeResult()
 
     def merge(self, dbis: Iterable[tuple[DbiInfo, Iterable[Entry]]]) -> MergeResult:
@@ -138,13 +148,9 @@ class Merger:
         return self.result
 
     def _merge_dbi(self, info: DbiInfo, entries: Iterable[Entry]) -> None:
-        batch: list[Entry] = []
-        for entry in entries:
-            batch.append(entry)
-            if len(batch) >= self.max_entries:
-                self._apply_batch(info, batch)
-                batch = []
-        if batch:
+        for batch in _batches(entries, self.max_entries):
+            if self.stop is not None and self.stop.is_set():
+                raise SyncInterruptedError(f"lmdb {self.lenv.name}: merge interrupted by shutdown")
             self._apply_batch(info, batch)
 
     def _apply_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
@@ -189,7 +195,7 @@ class Merger:
         )
         return covered
 
-    def _put_entries(  # noqa: PLR0917 - the hot loop's state, passed once per txn
+    def _put_entries(  # noqa: PLR0917 - the txn's state, passed once per txn
         self,
         txn: Any,
         handle: Any,
@@ -199,27 +205,68 @@ class Merger:
         txn_id: int,
         t0: float,
     ) -> tuple[int, int]:
-        written = 0
-        get, put, cutoff = txn.get, txn.put, self.deleted_cutoff_ns
+        """Slices of ``batch[start:]`` until the batch or the txn's time is used up."""
+        cursor = txn.cursor(db=handle)
         deadline = t0 + self.max_seconds
-        end = len(batch)
-        for index in range(start, end):
-            if (index - start) % TXN_CLOCK_EVERY == TXN_CLOCK_EVERY - 1 and (
-                time.monotonic() > deadline
-            ):
-                end = index
+        index, written = start, 0
+        while index < len(batch):
+            piece = batch[index : index + TXN_SLICE]
+            written += self._put_slice(cursor, info, piece, txn_id)
+            index += len(piece)
+            if time.monotonic() > deadline:
                 break
-            entry = batch[index]
+        return index - start, written
+
+    def _put_slice(self, cursor: Any, info: DbiInfo, piece: list[Entry], txn_id: int) -> int:
+        """Merge one slice: one ``getmulti`` for what exists, one ``putmulti`` for what
+        changes. Returns how many entries were written."""
+        keys = list(map(_KEY, piece))
+        local = dict(cursor.getmulti(keys))
+        if not local and not any(map(_FLAGS, piece)):
+            # all new and live, the bulk of a first merge: built and put without a
+            # Python step per entry
+            zero = repeat(0)
+            stamps = map(_STAMP, piece)
+            headers = map(_PACK, stamps, repeat(txn_id), repeat(HEADER_VERSION), zero, zero, zero)
+            cursor.putmulti(zip(keys, map(operator.add, headers, map(_VALUE, piece)), strict=True))
+            return len(piece)
+        puts = self._merged(piece, local, txn_id, info)
+        if puts:
+            cursor.putmulti(puts)
+        return len(puts)
+
+    def _merged(
+        self, piece: list[Entry], local: dict[bytes, bytes], txn_id: int, info: DbiInfo
+    ) -> list[tuple[bytes, bytes]]:
+        """The (key, value) pairs to write, entry by entry through :func:`merge_entry`."""
+        puts = []
+        cutoff = self.deleted_cutoff_ns
+        for entry in piece:
             key = entry[0]
-            local = get(key, db=handle)
             try:
-                new = merge_entry(local, entry, txn_id, cutoff)
+                new = merge_entry(local.get(key), entry, txn_id, cutoff)
             except HeaderError as exc:
                 raise LmdbError(
                     f"lmdb {self.lenv.name}: DBI {info.name.decode(errors='replace')!r} "
                     f"key {key[:64]!r}: corrupt local value: {exc}"
                 ) from None
             if new is not None:
-                put(key, new, db=handle)
-                written += 1
-        return end - start, written
+                puts.append((key, new))
+        return puts
+
+
+def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    """Lists of up to ``size`` entries: the reader's checked chunks where it has them."""
+    if isinstance(entries, DbiEntries):
+        yield from entries.chunks(size)
+        return
+    it = iter(entries)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+_PACK = HEADER_STRUCT.pack
+_KEY = operator.itemgetter(0)
+_STAMP = operator.itemgetter(1)
+_FLAGS = operator.itemgetter(2)
+_VALUE = operator.itemgetter(3)

@@ -3,6 +3,7 @@
 from evsync.snapshot.codec import (
     KIND_DELTA,
     KIND_FULL,
+    DbiEntries,
     DbiInfo,
     Entry,
     SnapshotHeader,
@@ -16,6 +17,7 @@ from evsync.snapshot.name import SnapshotName, db_prefix, format_timestamp, try_
 __all__ = [
     "KIND_DELTA",
     "KIND_FULL",
+    "DbiEntries",
     "DbiInfo",
     "Entry",
     "SnapshotHeader",

@@ -19,9 +19,11 @@ and a caller that must not apply partial data verifies the whole object first.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import IO, Any
 
 import msgpack
@@ -52,6 +54,9 @@ READ_CHUNK = 64 << 10
 # (Measured: verifying 1 M entries costs ~5% more than with unsliced 64 KiB reads.)
 DECOMPRESS_SLICE = 1024
 WRITE_CHUNK = 64 << 10
+# entries are checked, and handed to a merge, in lists of up to this many
+CHECK_CHUNK = 1024
+MSGPACK_NIL = b"\xc0"
 MAX_ENTRY_BYTES = 256 << 20
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
@@ -194,44 +199,96 @@ def _inflate(dctx: Any, compressed: bytes) -> bytes:
     return data
 
 
-def _msgpack_objects(source: IO[bytes]) -> Iterator[Any]:
-    """Yield msgpack objects from a zstd frame, detecting truncation and bad checksums."""
+def _msgpack_batches(source: IO[bytes]) -> Iterator[list[Any]]:
+    """Yield the msgpack objects of one zstd frame, a decompressed slice's worth at a time,
+    detecting truncation and bad checksums. Lists of objects, not single objects: the
+    unpacker's own iteration runs in C, and a Python step per entry was a third of a merge.
+    Arrays decode as tuples, so an entry is an :data:`Entry` as it comes."""
     dctx = zstandard.ZstdDecompressor().decompressobj()
     unpacker = msgpack.Unpacker(
         raw=False,
+        use_list=False,
         strict_map_key=False,
         max_buffer_size=MAX_ENTRY_BYTES,
         max_array_len=1 << 16,
         max_map_len=1 << 10,
     )
-    fed = consumed = 0
     chunk = _frame_start(source)
     while chunk:
         for start in range(0, len(chunk), DECOMPRESS_SLICE):
             data = _inflate(dctx, chunk[start : start + DECOMPRESS_SLICE])
             if not data:
                 continue
-            fed += len(data)
             try:
                 unpacker.feed(data)
             except msgpack.BufferFull:
                 raise CorruptObjectError(
                     f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB (or a decompression bomb)"
                 ) from None
-            while True:
-                try:
-                    obj = unpacker.unpack()
-                except msgpack.OutOfData:
-                    break
-                except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
-                    raise CorruptObjectError(f"msgpack: {exc}") from None
-                consumed = unpacker.tell()
-                yield obj
+            objects = _unpack_all(unpacker)
+            if objects:
+                yield objects
         chunk = source.read(READ_CHUNK)
     if not dctx.eof:
         raise CorruptObjectError("truncated: the zstd frame does not end")
-    if consumed != fed:
+    if not _nothing_pending(unpacker):
         raise CorruptObjectError("truncated: the msgpack stream ends inside an object")
+
+
+def _unpack_all(unpacker: Any) -> list[Any]:
+    try:
+        return list(unpacker)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        raise CorruptObjectError(f"msgpack: {exc}") from None
+
+
+def _nothing_pending(unpacker: Any) -> bool:
+    """True when the unpacker holds no half-read object.
+
+    ``Unpacker.tell()`` counts the bytes of a half-read object too, so probe: a lone nil
+    fed now comes back as exactly one None only if no object was pending; otherwise it
+    becomes part of that object (or an error)."""
+    unpacker.feed(MSGPACK_NIL)
+    try:
+        return list(unpacker) == [None]
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException):
+        return False
+
+
+class _ObjectStream:
+    """The objects of :func:`_msgpack_batches`, taken one or many at a time."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._batches = _msgpack_batches(source)
+        self._buf: list[Any] = []
+        self._pos = 0
+
+    def take(self, n: int) -> list[Any]:
+        """The next ``n`` objects; fewer only where the stream ends."""
+        out: list[Any] = []
+        while len(out) < n:
+            if self._pos >= len(self._buf):
+                batch = next(self._batches, None)
+                if batch is None:
+                    break
+                self._buf, self._pos = batch, 0
+            piece = self._buf[self._pos : self._pos + n - len(out)]
+            self._pos += len(piece)
+            if not out and len(piece) == n:
+                return piece
+            out += piece
+        return out
+
+    def next(self) -> Any:
+        """The next object; raises StopIteration at the end of the stream."""
+        got = self.take(1)
+        if not got:
+            raise StopIteration
+        return got[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        while got := self.take(1):
+            yield got[0]
 
 
 def _parse_header(obj: Any) -> SnapshotHeader:
@@ -246,7 +303,7 @@ def _parse_header(obj: Any) -> SnapshotHeader:
         if key not in obj:
             raise CorruptObjectError(f"header lacks {key!r}")
     dbis_raw = obj["dbis"]
-    if not isinstance(dbis_raw, list):
+    if not isinstance(dbis_raw, (list, tuple)):
         raise CorruptObjectError("header 'dbis' is not a list")
     dbis = []
     for d in dbis_raw:
@@ -308,7 +365,7 @@ def _key_order(flags: int) -> Any:
 
 def _check_entry(obj: Any, dbi: DbiInfo, index: int) -> Entry:
     # type() identity checks: the common case costs one tuple unpack and a few compares
-    if type(obj) is list and len(obj) == 4:
+    if type(obj) is tuple and len(obj) == 4:
         key, ts, flags, value = obj
         if (
             type(key) is bytes
@@ -320,7 +377,7 @@ def _check_entry(obj: Any, dbi: DbiInfo, index: int) -> Entry:
             and 0 <= flags < 256
         ):
             return key, ts, flags, value
-    if not (isinstance(obj, list) and len(obj) == 4):
+    if not (isinstance(obj, tuple) and len(obj) == 4):
         raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: not a 4-element entry")
     key = obj[0]
     if isinstance(key, bytes) and not 0 < len(key) <= MAX_KEY_BYTES:
@@ -335,60 +392,130 @@ def _check_transformed_key(key: bytes, dbi: DbiInfo, index: int) -> None:
         raise CorruptObjectError(f"DBI {dbi.name!r} entry {index}: {exc}") from None
 
 
+_ONLY_TUPLE = {tuple}
+_ONLY_FOUR = {4}
+_ONLY_BYTES = {bytes}
+_ONLY_INT = {int}
+
+
+def _valid_chunk(chunk: list[Any], prev: Any, order: Any) -> Any:
+    """The sort key of the chunk's last entry if every entry is well-formed and the keys
+    strictly increase after ``prev``; None otherwise (then :func:`_check_slowly` finds
+    which entry is wrong). Column-wise with map/set/min/max, so the loops run in C: the
+    entry-by-entry check was a fifth of the time to read an object."""
+    if set(map(type, chunk)) != _ONLY_TUPLE or set(map(len, chunk)) != _ONLY_FOUR:
+        return None
+    keys, stamps, flags, values = zip(*chunk, strict=True)
+    if not (
+        set(map(type, keys)) == _ONLY_BYTES == set(map(type, values))
+        and set(map(type, stamps)) == _ONLY_INT == set(map(type, flags))
+    ):
+        return None
+    lengths = list(map(len, keys))
+    if min(lengths) < 1 or max(lengths) > MAX_KEY_BYTES:
+        return None
+    if min(stamps) < 0 or max(stamps) >= 1 << 64 or min(flags) < 0 or max(flags) > 255:
+        return None
+    sort_keys = keys if order is None else list(map(order, keys))
+    if prev is not None and not prev < sort_keys[0]:
+        return None
+    if not all(map(operator.lt, sort_keys, islice(sort_keys, 1, None))):
+        return None
+    return sort_keys[-1]
+
+
+def _check_slowly(chunk: list[Any], info: DbiInfo, first: int, prev: Any, order: Any) -> Any:
+    """Entry by entry: raises CorruptObjectError naming the first bad entry."""
+    for index, obj in enumerate(chunk, first):
+        entry = _check_entry(obj, info, index)
+        sort_key = order(entry[0]) if order else entry[0]
+        if prev is not None and sort_key <= prev:
+            raise CorruptObjectError(
+                f"DBI {info.name!r} entry {index}: keys out of order ({entry[0][:40]!r})"
+            )
+        prev = sort_key
+    return prev
+
+
+class DbiEntries:
+    """One DBI's entries as a :class:`SnapshotReader` reads them, each checked before it is
+    handed out: iterate for single entries, or take checked lists with :meth:`chunks`."""
+
+    def __init__(self, objects: _ObjectStream, info: DbiInfo, *, check: bool = True) -> None:
+        self.info = info
+        self._objects = objects
+        self._check = check
+        self._index = 0
+        self._prev: Any = None
+        # transformed keys are plain bytes whatever the original DBI's flags
+        self._order = None if info.transform else _key_order(info.flags)
+
+    def chunks(self, size: int = CHECK_CHUNK) -> Iterator[list[Entry]]:
+        """The remaining entries in lists of at most ``size``."""
+        while self._index < self.info.entries:
+            yield self._next_chunk(min(size, self.info.entries - self._index))
+
+    def __iter__(self) -> Iterator[Entry]:
+        for chunk in self.chunks():
+            yield from chunk
+
+    def _next_chunk(self, n: int) -> list[Entry]:
+        info, first = self.info, self._index
+        chunk = self._objects.take(n)
+        if len(chunk) < n:
+            raise CorruptObjectError(
+                f"truncated: DBI {info.name!r} has {first + len(chunk)} of {info.entries} entries"
+            )
+        self._index += n
+        if not self._check:
+            return chunk
+        last = _valid_chunk(chunk, self._prev, self._order)
+        if last is None:
+            last = _check_slowly(chunk, info, first, self._prev, self._order)
+        if info.transform:
+            for index, entry in enumerate(chunk, first):
+                _check_transformed_key(entry[0], info, index)
+        self._prev = last
+        return chunk
+
+
 class SnapshotReader:
     """Read an object as a stream: the header first, then each DBI's entries in order.
 
-    Every entry is checked as it is read; the trailer and the frame end are checked
-    after the last DBI. Use :func:`verify_snapshot` before applying anything.
+    Every entry is checked before it is handed out; the trailer and the frame end are
+    checked after the last DBI. Use :func:`verify_snapshot` before applying anything.
+
+    ``verified=True`` says :func:`verify_snapshot` has just passed on this same file, so
+    the second read, the one that merges, skips the entry checks (a third of its time)
+    and checks only counts, trailer and frame. Only for a file no one else writes, such
+    as the syncer's own spool file.
     """
 
-    def __init__(self, source: IO[bytes]) -> None:
-        self._objects = _msgpack_objects(source)
+    def __init__(self, source: IO[bytes], *, verified: bool = False) -> None:
+        self._verified = verified
+        self._objects = _ObjectStream(source)
         try:
-            first = next(self._objects)
+            first = self._objects.next()
         except StopIteration:
             raise CorruptObjectError("empty object") from None
         self.header = _parse_header(first)
         self._consumed = False
 
-    def dbis(self) -> Iterator[tuple[DbiInfo, Iterator[Entry]]]:
-        """Yield (DbiInfo, entries) in header order; each iterator must be drained in turn."""
+    def dbis(self) -> Iterator[tuple[DbiInfo, DbiEntries]]:
+        """Yield (DbiInfo, entries) in header order; each DBI's entries must be read in turn."""
         if self._consumed:
             raise RuntimeError("a SnapshotReader can be read once")
         self._consumed = True
         for info in self.header.dbis:
-            entries = self._entries(info)
+            entries = DbiEntries(self._objects, info, check=not self._verified)
             yield info, entries
-            for _ in entries:  # drain what the caller left, to stay in step
+            for _ in entries.chunks():  # drain what the caller left, to stay in step
                 pass
         self._finish()
 
-    def _entries(self, info: DbiInfo) -> Iterator[Entry]:
-        # transformed keys are plain bytes whatever the original DBI's flags
-        order = None if info.transform else _key_order(info.flags)
-        transformed = bool(info.transform)
-        prev: Any = None
-        for index in range(info.entries):
-            try:
-                obj = next(self._objects)
-            except StopIteration:
-                raise CorruptObjectError(
-                    f"truncated: DBI {info.name!r} has {index} of {info.entries} entries"
-                ) from None
-            entry = _check_entry(obj, info, index)
-            if transformed:
-                _check_transformed_key(entry[0], info, index)
-            sort_key = order(entry[0]) if order else entry[0]
-            if prev is not None and sort_key <= prev:
-                raise CorruptObjectError(
-                    f"DBI {info.name!r} entry {index}: keys out of order ({entry[0][:40]!r})"
-                )
-            prev = sort_key
-            yield entry
-
     def _finish(self) -> None:
         try:
-            trailer = next(self._objects)
+            trailer = self._objects.next()
         except StopIteration:
             raise CorruptObjectError("truncated: no trailer") from None
         if not (isinstance(trailer, dict) and trailer.get("trailer") is True):
@@ -411,6 +538,6 @@ def verify_snapshot(source: IO[bytes]) -> SnapshotHeader:
     """Read a whole object and check everything; return its header or raise CorruptObjectError."""
     reader = SnapshotReader(source)
     for _info, entries in reader.dbis():
-        for _entry in entries:
+        for _chunk in entries.chunks():
             pass
     return reader.header

@@ -15,6 +15,7 @@ import zstandard
 
 from evsync.errors import CorruptObjectError
 from evsync.snapshot.codec import (
+    CHECK_CHUNK,
     KIND_DELTA,
     DbiInfo,
     Entry,
@@ -446,10 +447,25 @@ class TestEntryChecks:
             io.BytesIO(frame(header, [b"k2", 1, 0, b""], [b"k1", 1, 0, b""], TRAILER_2))
         )
         got: list[Entry] = []
-        with pytest.raises(CorruptObjectError):
+        with pytest.raises(CorruptObjectError, match="entry 1: keys out of order"):
             for _info, entries in reader.dbis():
                 got.extend(entries)
-        assert got == [(b"k2", 1, 0, b"")]
+        assert (b"k1", 1, 0, b"") not in got
+
+    def test_checked_a_chunk_at_a_time(self) -> None:
+        """Entries are handed out in checked chunks of CHECK_CHUNK: a bad entry in the
+        second chunk stops the read after the whole first chunk, named by its index."""
+        n = CHECK_CHUNK + 10
+        entries = [[b"k%06d" % i, 1, 0, b"v"] for i in range(n)]
+        entries[CHECK_CHUNK + 3][1] = -1
+        header = wire_header([(b"d", 0, n)])
+        trailer = {"trailer": True, "entries": n}
+        reader = SnapshotReader(io.BytesIO(frame(header, *entries, trailer)))
+        got: list[Entry] = []
+        with pytest.raises(CorruptObjectError, match=f"entry {CHECK_CHUNK + 3}: wrong field"):
+            for _info, dbi_entries in reader.dbis():
+                got.extend(dbi_entries)
+        assert got == [tuple(e) for e in entries[:CHECK_CHUNK]]
 
 
 class TestTrailingData:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from evsync.errors import HeaderError, LmdbError
+from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
 from evsync.lmdb.env import LmdbEnv
-from evsync.lmdb.merge import TXN_CLOCK_EVERY, Merger, merge_entry
+from evsync.lmdb.merge import TXN_SLICE, Merger, merge_entry
 from evsync.snapshot.codec import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
 
 T = 1_700_000_000_000_000_000
@@ -447,15 +448,34 @@ class TestMergerBatching:
         self, make_env: EnvFactory
     ) -> None:
         """The write lock is bounded by time inside the txn too: with no time at all, each
-        txn covers the entries up to its first clock read (TXN_CLOCK_EVERY - 1), and the
+        txn covers one slice (TXN_SLICE entries, the clock is read after each), and the
         next txn carries on where it stopped, so every entry is written once."""
         lenv = make_env()
-        entries: list[Entry] = [(b"k%04d" % i, T, 0, b"v") for i in range(1000)]
+        n = 3 * TXN_SLICE - 5
+        entries: list[Entry] = [(b"k%06d" % i, T, 0, b"v") for i in range(n)]
         result = merger(lenv, max_seconds=0.0).merge([remote(b"data", entries)])
-        per_txn = TXN_CLOCK_EVERY - 1
-        assert result.txns == -(-1000 // per_txn)
-        assert result.entries == result.written == 1000
+        assert result.txns == 3
+        assert result.entries == result.written == n
         assert sorted(dump_raw(lenv)[b"data"]) == [e[0] for e in entries]
+
+    def test_a_set_stop_event_ends_the_merge_between_batches(self, make_env: EnvFactory) -> None:
+        """Once the stop event is set, the next batch raises SyncInterruptedError before
+        its txn begins; the batches committed before it stay."""
+        lenv = make_env()
+        stop = threading.Event()
+        entries: list[Entry] = [(b"k%04d" % i, T, 0, b"v") for i in range(300)]
+
+        def stop_after_first_batch() -> Iterator[Entry]:
+            for i, entry in enumerate(entries):
+                if i == 100:
+                    stop.set()
+                yield entry
+
+        m = merger(lenv, max_entries=100, stop=stop)
+        with pytest.raises(SyncInterruptedError, match="interrupted by shutdown"):
+            m.merge([(DbiInfo(b"data"), stop_after_first_batch())])
+        assert m.result.txns == 1
+        assert sorted(dump_raw(lenv)[b"data"]) == [e[0] for e in entries[:100]]
 
     def test_batches_per_dbi(self, make_env: EnvFactory) -> None:
         """Each DBI's entries are batched separately (150 + 50 entries -> 2 + 1 txns)."""
