@@ -42,6 +42,7 @@ import msgpack
 import zstandard
 
 from evsync.config import LmdbConfig, LmdbOptions
+from evsync.gcpause import collector_paused
 from evsync.lmdb.dump import dump_native, dump_native_delta
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.header import HEADER_SIZE, HEADER_STRUCT, encode_header
@@ -128,7 +129,7 @@ def floor_merge(src: Path, dst: Path) -> dict[str, Any]:
 def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
     lenv = open_env(dst)
     t0 = time.perf_counter()
-    with obj.open("rb") as f:
+    with obj.open("rb") as f, collector_paused():  # as the syncer does
         verify_snapshot(f)
         f.seek(0)
         result = Merger(lenv).merge(SnapshotReader(f, verified=True).dbis())

@@ -41,6 +41,7 @@ from evsync.errors import (
     StorageUnavailableError,
     SyncInterruptedError,
 )
+from evsync.gcpause import collector_paused
 from evsync.health import HealthTracker
 from evsync.lmdb.dump import DumpResult, dump_native, dump_native_delta, dump_shadow
 from evsync.lmdb.env import LmdbEnv
@@ -696,7 +697,7 @@ class Syncer:
         self.health.success("load")
         backoff.succeeded()
         self._recovered(f"load-{instance}", f"loading objects of {instance}")
-        with data:
+        with data, collector_paused():
             size = _stream_size(data)
             self.stats.bytes_down += size
             self.metrics.bytes_downloaded.labels(self.db).inc(size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,8 +18,6 @@ from evsync import faults
 from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
 from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
 from evsync.lmdb.header import (
-    HEADER_STRUCT,
-    HEADER_VERSION,
     SYNC_FLAG_MASK,
     encode_header,
     parse_header,
@@ -225,10 +224,10 @@ class Merger:
         if not local and not any(map(_FLAGS, piece)):
             # all new and live, the bulk of a first merge: built and put without a
             # Python step per entry
-            zero = repeat(0)
-            stamps = map(_STAMP, piece)
-            headers = map(_PACK, stamps, repeat(txn_id), repeat(HEADER_VERSION), zero, zero, zero)
-            cursor.putmulti(zip(keys, map(operator.add, headers, map(_VALUE, piece)), strict=True))
+            # a header is the timestamp followed by bytes common to the whole slice
+            rest = encode_header(0, txn_id, 0)[_STAMP_BYTES:]
+            parts = zip(map(_PACK_STAMP, map(_STAMP, piece)), repeat(rest), map(_VALUE, piece))
+            cursor.putmulti(zip(keys, map(_JOIN, parts), strict=True))
             return len(piece)
         puts = self._merged(piece, local, txn_id, info)
         if puts:
@@ -265,7 +264,9 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
         yield batch
 
 
-_PACK = HEADER_STRUCT.pack
+_STAMP_BYTES = 8
+_PACK_STAMP = struct.Struct(">Q").pack  # the first field of HEADER_STRUCT
+_JOIN = b"".join
 _KEY = operator.itemgetter(0)
 _STAMP = operator.itemgetter(1)
 _FLAGS = operator.itemgetter(2)

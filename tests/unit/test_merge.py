@@ -247,6 +247,22 @@ class TestMergerRules:
         assert fields(after[b"tie-smaller"]) == (T, txn_id, 0, b"a")
         assert fields(after[b"tie-delete"]) == (T, txn_id, DELETED, b"")
 
+    def test_new_live_entries_stored_byte_for_byte(self, make_env: EnvFactory) -> None:
+        """Entries new to a DBI and live (the bulk of a first merge) are stored as DESIGN
+        §2's header (their timestamp, the merge's txn id, version 0, no flags) followed by
+        their value, byte for byte; a slice with a tombstone takes the entry-wise path
+        and stores the same bytes for its live entries."""
+        lenv = make_env()
+        live: list[Entry] = [(b"k%05d" % i, T + i, 0, b"v%d" % i) for i in range(TXN_SLICE + 7)]
+        tombstone: Entry = (b"z-deleted", T, DELETED, b"")
+        result = merger(lenv).merge([remote(b"data", [*live, tombstone])])
+        stored = dump_raw(lenv)[b"data"]
+        txn_id = result.txn_ids[0]
+        assert stored == {
+            **{key: value(ts, txn_id, 0, app) for key, ts, _flags, app in live},
+            b"z-deleted": value(T, txn_id, DELETED),
+        }
+
     def test_written_with_current_txn_id(self, make_env: EnvFactory) -> None:
         """A written value carries the id of the txn that wrote it, not the remote's."""
         lenv = make_env()
