@@ -16,7 +16,13 @@ import lmdb
 
 from evsync import faults
 from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
-from evsync.lmdb.env import DUP_FLAGS, LmdbEnv, is_sync_dbi
+from evsync.lmdb.env import (
+    DUP_FLAGS,
+    MDB_INTEGERKEY,
+    MDB_REVERSEKEY,
+    LmdbEnv,
+    is_sync_dbi,
+)
 from evsync.lmdb.header import (
     SYNC_FLAG_MASK,
     encode_header,
@@ -180,7 +186,10 @@ class Merger:
                 handle = self.lenv.open_dbi(info.name, txn, create_flags=flags)
                 created = True
             txn_id = txn.id()
-            covered, written = self._put_entries(txn, handle, info, batch, start, txn_id, t0)
+            bytewise = not self.lenv.dbi_flags(txn, handle) & _OTHER_ORDER
+            covered, written = self._put_entries(
+                txn, handle, info, batch, start, txn_id, t0, bytewise=bytewise
+            )
             faults.point("merge")
         if created:
             self.result.dbis_created.append(info.name)
@@ -203,31 +212,36 @@ class Merger:
         start: int,
         txn_id: int,
         t0: float,
+        *,
+        bytewise: bool,
     ) -> tuple[int, int]:
-        """Slices of ``batch[start:]`` until the batch or the txn's time is used up."""
+        """Slices of ``batch[start:]`` until the batch or the txn's time is used up;
+        ``bytewise`` says the DBI orders its keys as plain bytes."""
         cursor = txn.cursor(db=handle)
         deadline = t0 + self.max_seconds
         index, written = start, 0
         while index < len(batch):
             piece = batch[index : index + TXN_SLICE]
-            written += self._put_slice(cursor, info, piece, txn_id)
+            written += self._put_slice(cursor, info, piece, txn_id, bytewise=bytewise)
             index += len(piece)
             if time.monotonic() > deadline:
                 break
         return index - start, written
 
-    def _put_slice(self, cursor: Any, info: DbiInfo, piece: list[Entry], txn_id: int) -> int:
-        """Merge one slice: one ``getmulti`` for what exists, one ``putmulti`` for what
-        changes. Returns how many entries were written."""
+    def _put_slice(
+        self, cursor: Any, info: DbiInfo, piece: list[Entry], txn_id: int, *, bytewise: bool
+    ) -> int:
+        """Merge one slice: one ``getmulti`` (or a range probe) for what exists, one
+        ``putmulti`` for what changes. Returns how many entries were written."""
         keys = list(map(_KEY, piece))
-        local = dict(cursor.getmulti(keys))
+        local, past_end = _local_values(cursor, keys, bytewise=bytewise)
         if not local and not any(map(_FLAGS, piece)):
             # all new and live, the bulk of a first merge: built and put without a
-            # Python step per entry
-            # a header is the timestamp followed by bytes common to the whole slice
+            # Python step per entry; a header is the timestamp followed by bytes common
+            # to the whole slice
             rest = encode_header(0, txn_id, 0)[_STAMP_BYTES:]
             parts = zip(map(_PACK_STAMP, map(_STAMP, piece)), repeat(rest), map(_VALUE, piece))
-            cursor.putmulti(zip(keys, map(_JOIN, parts), strict=True))
+            cursor.putmulti(zip(keys, map(_JOIN, parts), strict=True), append=past_end)
             return len(piece)
         puts = self._merged(piece, local, txn_id, info)
         if puts:
@@ -254,6 +268,24 @@ class Merger:
         return puts
 
 
+def _local_values(
+    cursor: Any, keys: list[bytes], *, bytewise: bool
+) -> tuple[dict[bytes, bytes], bool]:
+    """The stored values of ``keys``, and whether every key sorts after every stored key
+    (then MDB_APPEND may write them).
+
+    Sorted keys of a bytewise DBI need no lookup each when one ``set_range`` shows the
+    DBI holds nothing between the first and the last: the usual case when a new
+    instance merges its first full object.
+    """
+    if bytewise and all(map(operator.lt, keys, islice(keys, 1, None))):
+        if not cursor.set_range(keys[0]):
+            return {}, True
+        if cursor.key() > keys[-1]:
+            return {}, False
+    return dict(cursor.getmulti(keys)), False
+
+
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
     """Lists of up to ``size`` entries: the reader's checked chunks where it has them."""
     if isinstance(entries, DbiEntries):
@@ -264,6 +296,8 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
         yield batch
 
 
+# reverse or integer keys: LMDB's order is not the bytes' order
+_OTHER_ORDER = MDB_REVERSEKEY | MDB_INTEGERKEY
 _STAMP_BYTES = 8
 _PACK_STAMP = struct.Struct(">Q").pack  # the first field of HEADER_STRUCT
 _JOIN = b"".join

@@ -446,6 +446,78 @@ class TestMergerDbis:
         assert dump_raw(lenv)[b"_sync_state"] == {b"k": b"local state"}
 
 
+class TestMergerRangeProbe:
+    """Sorted slices of a bytewise DBI skip the per-key lookup when one range probe shows
+    no stored key among them; every other slice looks each key up."""
+
+    def test_keys_after_every_stored_key_are_appended(self, make_env: EnvFactory) -> None:
+        """New keys sorting after all stored keys are written, and the stored keys keep
+        their values."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"a1": value(T, 1, 0, b"old-a1"), b"a2": value(T, 1, 0, b"a2")})
+        entries: list[Entry] = [(b"b%04d" % i, T + 1, 0, b"new") for i in range(100)]
+        result = merger(lenv).merge([remote(b"data", entries)])
+        stored = dump_raw(lenv)[b"data"]
+        assert result.written == 100
+        assert stored[b"a1"] == value(T, 1, 0, b"old-a1")
+        assert stored[b"a2"] == value(T, 1, 0, b"a2")
+        assert [fields(stored[k])[3] for k, *_ in entries] == [b"new"] * 100
+
+    def test_stored_keys_after_the_slice_stay(self, make_env: EnvFactory) -> None:
+        """Stored keys sorting after the whole slice are neither lost nor overwritten."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"z": value(T + 5, 1, 0, b"z")})
+        entries: list[Entry] = [(b"m%02d" % i, T, 0, b"m") for i in range(10)]
+        merger(lenv).merge([remote(b"data", entries)])
+        stored = dump_raw(lenv)[b"data"]
+        assert stored[b"z"] == value(T + 5, 1, 0, b"z")
+        assert len(stored) == 11
+
+    def test_a_newer_stored_key_inside_the_slice_wins(self, make_env: EnvFactory) -> None:
+        """A stored key between the slice's first and last keys is looked up, so its
+        newer value is kept against the older remote one."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"k0050": value(T + 9, 1, 0, b"local")})
+        entries: list[Entry] = [(b"k%04d" % i, T, 0, b"remote") for i in range(100)]
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert dump_raw(lenv)[b"data"][b"k0050"] == value(T + 9, 1, 0, b"local")
+        assert result.written == 99
+
+    def test_unsorted_entries_are_looked_up(self, make_env: EnvFactory) -> None:
+        """Entries a caller hands over out of order are looked up key by key, as a probe
+        from the first key would miss the stored ones: an older stored value is replaced
+        and a newer one kept."""
+        lenv = make_env()
+        put_raw(
+            lenv,
+            b"data",
+            {b"a": value(T - 1, 1, 0, b"older"), b"c": value(T + 9, 1, 0, b"newer")},
+        )
+        entries: list[Entry] = [
+            (b"d", T, 0, b"remote"),
+            (b"a", T, 0, b"remote"),
+            (b"c", T, 0, b"remote"),
+        ]
+        merger(lenv).merge([remote(b"data", entries)])
+        stored = dump_raw(lenv)[b"data"]
+        assert fields(stored[b"a"])[::3] == (T, b"remote")
+        assert stored[b"c"] == value(T + 9, 1, 0, b"newer")
+        assert fields(stored[b"d"])[3] == b"remote"
+
+    def test_reverse_key_dbi_is_looked_up(self, make_env: EnvFactory) -> None:
+        """In a reverse-key DBI, LMDB's order is not the bytes' order, so no probe decides:
+        a newer stored key among the remote ones keeps its value. (Probed bytewise, the
+        first stored key at or after b"a2" would be b"c3", after the slice's last key.)"""
+        lenv = make_env()
+        lenv.env.open_db(b"rev", reverse_key=True)
+        put_raw(lenv, b"rev", {b"b1": value(T + 9, 1, 0, b"local"), b"c3": value(T, 1, 0, b"c")})
+        entries: list[Entry] = [(b"a2", T, 0, b"remote"), (b"b1", T, 0, b"remote")]
+        merger(lenv).merge([remote(b"rev", entries, flags=0x02)])
+        stored = dump_raw(lenv)[b"rev"]
+        assert stored[b"b1"] == value(T + 9, 1, 0, b"local")
+        assert fields(stored[b"a2"])[3] == b"remote"
+
+
 class TestMergerBatching:
     """Merges run in bounded write transactions."""
 
