@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import islice
 from typing import Any
 
 import lmdb
@@ -239,9 +239,10 @@ class Merger:
             # all new and live, the bulk of a first merge: built and put without a
             # Python step per entry; a header is the timestamp followed by bytes common
             # to the whole slice
-            rest = encode_header(0, txn_id, 0)[_STAMP_BYTES:]
-            parts = zip(map(_PACK_STAMP, map(_STAMP, piece)), repeat(rest), map(_VALUE, piece))
-            cursor.putmulti(zip(keys, map(_JOIN, parts), strict=True), append=past_end)
+            join = encode_header(0, txn_id, 0)[_STAMP_BYTES:].join  # stamp + rest + value
+            stamps = map(_PACK_STAMP, map(_STAMP, piece))
+            values = map(join, zip(stamps, map(_VALUE, piece), strict=True))
+            cursor.putmulti(zip(keys, values, strict=True), append=past_end)
             return len(piece)
         puts = self._merged(piece, local, txn_id, info)
         if puts:
@@ -300,7 +301,6 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
 _OTHER_ORDER = MDB_REVERSEKEY | MDB_INTEGERKEY
 _STAMP_BYTES = 8
 _PACK_STAMP = struct.Struct(">Q").pack  # the first field of HEADER_STRUCT
-_JOIN = b"".join
 _KEY = operator.itemgetter(0)
 _STAMP = operator.itemgetter(1)
 _FLAGS = operator.itemgetter(2)
