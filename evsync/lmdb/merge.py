@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # A write txn is committed after this many entries or this long, whichever comes first,
 # so that the application's writers never wait long for the LMDB write lock. The
 # entries of a batch are decoded and checked before its txn begins; inside the txn they
-# are merged in slices of TXN_SLICE (one getmulti and one putmulti each), the clock is
-# read after each slice, and the txn ends once its time is up.
+# are merged in slices of TXN_SLICE (one getmulti, or a range probe, and one putmulti
+# each), the clock is read after each slice, and the txn ends once its time is up.
 BATCH_MAX_ENTRIES = 10_000
 BATCH_MAX_SECONDS = 0.05
 TXN_SLICE = 1024
