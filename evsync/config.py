@@ -8,6 +8,7 @@ dotted key it is about, e.g. ``lmdbs.main.path: missing``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -417,17 +418,25 @@ def _mask(data: Any) -> Any:
 
 # ---------------------------------------------------------------- section reader
 
+# how alike a leftover key and a missing one must be (difflib's ratio) to be named as
+# its misspelling: 'tpye' and 'type' score 0.75, 'optons' and 'options' 0.92
+MISSPELT_CUTOFF = 0.7
+
 
 class _Section:
     """A mapping being read: takes keys one by one and rejects the leftovers."""
 
-    def __init__(self, data: object, path: str) -> None:
+    def __init__(
+        self, data: object, path: str, *, parent: _Section | None = None, name: str = ""
+    ) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
         self._data = dict(data)
         self.path = path
+        self._parent = parent
+        self._name = name
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -439,13 +448,30 @@ class _Section:
         return self._data.pop(name, None)
 
     def section(self, name: str) -> _Section:
-        return _Section(self.raw(name), self.key(name))
+        return _Section(self.raw(name), self.key(name), parent=self, name=name)
+
+    def missing(self, name: str, detail: str = "") -> ConfigError:
+        """The error for a required key that is absent. A misspelt key is the likelier
+        mistake, so a leftover key close to the wanted one (or, for an empty section, to
+        the section's own name in its parent) is named instead: ``storage.optons:
+        unknown key (did you mean 'options'?)`` rather than ``storage.options.root_path:
+        missing``."""
+        for section, wanted in ((self, name), (self._parent, self._name)):
+            if section is None or not wanted:
+                continue
+            leftovers = [str(key) for key in section._data]
+            close = difflib.get_close_matches(wanted, leftovers, n=1, cutoff=MISSPELT_CUTOFF)
+            if close:
+                return ConfigError(
+                    f"{section.key(close[0])}: unknown key (did you mean {wanted!r}?)"
+                )
+        return ConfigError(f"{self.key(name)}: missing{detail}")
 
     def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.raw(name)
         if value is None or value == "":
             if required:
-                raise ConfigError(f"{self.key(name)}: missing")
+                raise self.missing(name)
             return default if default is not None else ""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             # the type only: the value may be a secret
@@ -628,7 +654,7 @@ def _load_storage(data: object) -> StorageConfig:
     sec = _Section(data, "storage")
     kind = sec.choice("type", "", ("s3", "fs", "memory")) if sec.has("type") else ""
     if not kind:
-        raise ConfigError("storage.type: missing (one of s3, fs, memory)")
+        raise sec.missing("type", " (one of s3, fs, memory)")
     opt = sec.section("options")
     if sec.has("root_path"):  # LS's deprecated spelling of options.root_path
         opt._data.setdefault("root_path", sec.raw("root_path"))
@@ -879,7 +905,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
     if lmdbs_raw is not None and not isinstance(lmdbs_raw, dict):
         raise ConfigError(f"lmdbs: expected a mapping, got {type(lmdbs_raw).__name__}")
     if not lmdbs_raw:
-        raise ConfigError("lmdbs: missing (at least one db is needed)")
+        raise sec.missing("lmdbs", " (at least one db is needed)")
     lmdbs = {}
     for name, ldata in lmdbs_raw.items():
         key = f"lmdbs.{name}"
@@ -887,7 +913,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         lmdbs[str(name)] = _load_lmdb(str(name), ldata, key)
 
     if not sec.has("storage"):
-        raise ConfigError("storage: missing")
+        raise sec.missing("storage")
     storage = _load_storage(sec.raw("storage"))
 
     force = sec.duration("storage_force_snapshot_interval", DEFAULT_FORCE_SNAPSHOT_INTERVAL)

@@ -81,7 +81,12 @@ class LmdbEnv:
             except OSError as exc:
                 raise LmdbError(f"{key}: cannot create {target_dir}: {exc.strerror}") from None
         elif not path.exists():
-            raise LmdbError(f"{key}: {path} does not exist (set options.create: true to create it)")
+            hint = (
+                "a read-only command does not create it; run `evsync sync` first"
+                if opts.create
+                else "set options.create: true to create it"
+            )
+            raise LmdbError(f"{key}: {path} does not exist ({hint})")
         try:
             return lmdb.open(
                 str(path),

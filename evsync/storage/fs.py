@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import uuid
@@ -14,6 +15,8 @@ from evsync.errors import ObjectNotFoundError, StorageError, StorageUnavailableE
 from evsync.storage.base import COPY_CHUNK, BlobStore, ObjectInfo
 
 TMP_SUFFIX = ".tmp"
+
+log = logging.getLogger(__name__)
 
 
 def is_temp_name(name: str) -> bool:
@@ -28,10 +31,17 @@ class FsStore(BlobStore):
 
     def __init__(self, root_path: str | os.PathLike[str]) -> None:
         self.root = Path(root_path)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"fs store: cannot create {self.root}: {exc.strerror}") from None
+        key = "storage.options.root_path"
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"{key}: {self.root} is not a directory")
+        if not self.root.exists():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"{key}: cannot create {self.root}: {exc.strerror}") from None
+            # said aloud: a mistyped root_path would otherwise give this instance a
+            # bucket of its own, silently
+            log.warning("fs store: created %s (a new, empty bucket)", self.root)
 
     def describe(self) -> str:
         return f"fs:{self.root}"

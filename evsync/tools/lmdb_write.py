@@ -85,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("count", type=int)
     f.add_argument("--prefix", default="key")
     args = p.parse_args(argv)
-    env = open_env(args.path, no_subdir=args.no_subdir, writemap=args.writemap)
+    try:
+        env = open_env(args.path, no_subdir=args.no_subdir, writemap=args.writemap)
+    except (lmdb.Error, OSError) as exc:
+        # one line, as evsync's own commands do: usually a mistyped path, or an LMDB
+        # that `make run` has not created yet
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"lmdb_write: cannot open {args.path}: {reason}", file=sys.stderr)
+        return 1
     if args.op == "put":
         put(env, args.dbi, args.key.encode(), args.value.encode(), args.ts)
     elif args.op == "delete":

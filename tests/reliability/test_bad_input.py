@@ -182,6 +182,16 @@ BAD_CONFIGS = [
         "lmdb_pol_interval: unknown key"),
     row("unknown-nested-key", swap("    path:", "    schema_track_changes: true\n    path:"),
         "lmdbs.main.schema_track_changes: unknown key"),
+    # a misspelt required key is named as unknown, not the key it hides as missing
+    row("misspelt-storage-options", swap("type: memory", "type: fs\n  optons: {root_path: /x}"),
+        "storage.optons: unknown key (did you mean 'options'?)"),
+    row("misspelt-storage-type", swap("type: memory", "tpye: memory"),
+        "storage.tpye: unknown key (did you mean 'type'?)"),
+    row("misspelt-mqtt-url", BASE + "notify:\n  mqtt: {urll: 'mqtt://127.0.0.1:9'}\n",
+        "notify.mqtt.urll: unknown key (did you mean 'url'?)"),
+    row("misspelt-storage", swap("storage:", "storag:"),
+        "storag: unknown key (did you mean 'storage'?)"),
+    row("misspelt-lmdbs", swap("lmdbs:", "lmdb:"), "lmdb: unknown key (did you mean 'lmdbs'?)"),
     row("unknown-storage-type", swap("type: memory", "type: gcs"),
         "storage.type: must be one of s3, fs, memory, got 'gcs'"),
     # --- wrong types

@@ -161,10 +161,31 @@ class TestFsStore:
         put(fs, NAMES[0], b"data")
         assert (tmp_path / "b" / NAMES[0]).read_bytes() == b"data"
 
-    def test_creates_root(self, tmp_path: Path) -> None:
-        """The root directory is created when missing."""
-        FsStore(tmp_path / "x" / "y")
+    def test_creates_root(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """The root directory is created when missing, and a warning says so (a mistyped
+        root_path would otherwise give the instance a bucket of its own, unnoticed)."""
+        with caplog.at_level("WARNING", logger="evsync.storage.fs"):
+            FsStore(tmp_path / "x" / "y")
         assert (tmp_path / "x" / "y").is_dir()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"fs store: created {tmp_path / 'x' / 'y'} (a new, empty bucket)"
+        ]
+
+    def test_existing_root_opens_quietly(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An existing bucket directory is used without a warning."""
+        with caplog.at_level("WARNING", logger="evsync.storage.fs"):
+            FsStore(tmp_path)
+        assert caplog.records == []
+
+    def test_root_that_is_a_file_is_named(self, tmp_path: Path) -> None:
+        """A root_path naming a file is refused with one line naming the config key."""
+        file = tmp_path / "bucket"
+        file.write_text("not a directory")
+        with pytest.raises(StorageError) as err:
+            FsStore(file)
+        assert str(err.value) == f"storage.options.root_path: {file} is not a directory"
 
     @pytest.mark.parametrize(
         "name", [".hidden", ".main__a.evs.zst.1234.tmp", "upload.tmp", "x.tmp"]
