@@ -16,6 +16,7 @@ from evsync.config import Config, FsOptions, HealthCheckConfig, S3Options
 from evsync.errors import ConfigError
 from evsync.health import ERROR, OK, WARNING
 from evsync.http import HttpServer
+from evsync.lmdb.lock import SyncLock
 from evsync.metrics import Metrics
 from evsync.storage import BlobStore, open_store
 from evsync.syncer import Syncer
@@ -65,8 +66,12 @@ class Daemon:
         self.cleaners: dict[str, Cleaner] = {}
         self.http: HttpServer | None = None
         self._threads: list[threading.Thread] = []
+        self._locks: list[SyncLock] = []
         try:
             for name in names:
+                lock = SyncLock(config.lmdbs[name])
+                if lock.acquire():
+                    self._locks.append(lock)
                 self.syncers[name] = Syncer(
                     config,
                     config.lmdbs[name],
@@ -203,9 +208,12 @@ class Daemon:
         return ok
 
     def close(self) -> None:
-        """Release the LMDBs and the storage client."""
+        """Release the LMDBs, their locks and the storage client."""
         for syncer in self.syncers.values():
             syncer.close()
+        for lock in self._locks:
+            lock.release()
+        self._locks.clear()
         self.store.close()
 
     def status(self) -> dict[str, Any]:

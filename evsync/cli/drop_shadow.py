@@ -8,6 +8,7 @@ from typing import Any
 
 from evsync.errors import ConfigError
 from evsync.lmdb.env import SHADOW_PREFIX, LmdbEnv
+from evsync.lmdb.lock import SyncLock
 from evsync.lmdb.shadow import drop_shadows
 
 EXIT_DECLINED = 1
@@ -37,12 +38,17 @@ def run(args: argparse.Namespace) -> int:
         if name not in config.lmdbs:
             raise ConfigError(f"--name: {name!r} is not configured under lmdbs")
     for name in names:
-        lenv = LmdbEnv(config.lmdbs[name])
+        lock = SyncLock(config.lmdbs[name])  # refuses while a daemon syncs this LMDB
+        lock.acquire()
         try:
-            if not _drop_one(lenv, assume_yes=args.yes):
-                return EXIT_DECLINED
+            lenv = LmdbEnv(config.lmdbs[name])
+            try:
+                if not _drop_one(lenv, assume_yes=args.yes):
+                    return EXIT_DECLINED
+            finally:
+                lenv.close()
         finally:
-            lenv.close()
+            lock.release()
     return 0
 
 

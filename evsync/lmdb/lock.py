@@ -1,0 +1,97 @@
+"""One evsync per LMDB: an exclusive lock file beside it, held while a daemon syncs it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from evsync.config import LmdbConfig
+from evsync.errors import LmdbError
+
+# <path>/evsync.lock for an LMDB directory; <path>-evsync.lock beside a no_subdir file
+# (PowerDNS's own files there are <path>, <path>-lock and its shards <path>-N)
+LOCK_NAME = "evsync.lock"
+LOCK_SUFFIX = "-evsync.lock"
+LOCK_MODE = 0o644
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(cfg: LmdbConfig) -> Path:
+    """Where the lock file of an LMDB lives."""
+    path = Path(cfg.path)
+    return Path(f"{path}{LOCK_SUFFIX}") if cfg.options.no_subdir else path / LOCK_NAME
+
+
+class SyncLock:
+    """Held by the one process that syncs an LMDB.
+
+    Two daemons on one LMDB would both upload under the same instance name, each
+    believing its chain of objects is the only one. The lock is ``flock``: the kernel
+    drops it when the process dies, so a killed daemon never leaves a stale lock. The
+    file holds the holder's pid, for the error the next one prints.
+    """
+
+    def __init__(self, cfg: LmdbConfig) -> None:
+        self.path = lock_path(cfg)
+        self._fd: int | None = None
+        self._key = f"lmdbs.{cfg.name}"
+        self._lmdb = cfg.path
+        self._create = cfg.options.create
+
+    def acquire(self) -> bool:
+        """Take the lock. False when the LMDB's directory does not exist (and is not to
+        be created), which opening the LMDB then reports, or when the lock file cannot
+        be created (logged). Raises LmdbError naming the holder's pid when another
+        process holds it."""
+        if not self.path.parent.is_dir():
+            if not self._create:
+                return False
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                return False  # opening the LMDB names the path and the reason
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+        except OSError as exc:
+            # a full disk or a read-only directory must not stop the daemon: the lock
+            # guards against an operator's mistake, the sync itself can still run
+            log.warning(
+                "%s: cannot create %s (%s); running without the one-evsync-per-LMDB check",
+                self._key,
+                self.path,
+                exc.strerror,
+            )
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise LmdbError(
+                f"{self._key}: another evsync{holder} is already syncing {self._lmdb} "
+                f"(it holds {self.path}); stop it first"
+            ) from None
+        self._fd = fd
+        with contextlib.suppress(OSError):  # the pid is for the message only; a full disk
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def release(self) -> None:
+        """Let the next process in; the file stays (removing it would race a newcomer)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def _read_pid(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 32, 0).decode().strip()
+        if text.isdigit():
+            return f" (pid {text})"
+    return ""
