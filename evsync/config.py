@@ -437,6 +437,7 @@ class _Section:
         self.path = path
         self._parent = parent
         self._name = name
+        self._given = bool(data)
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -456,7 +457,9 @@ class _Section:
         the section's own name in its parent) is named instead: ``storage.optons:
         unknown key (did you mean 'options'?)`` rather than ``storage.options.root_path:
         missing``."""
-        for section, wanted in ((self, name), (self._parent, self._name)):
+        # the parent only when this section is absent: then its own name may be misspelt
+        parent = None if self._given else self._parent
+        for section, wanted in ((self, name), (parent, self._name)):
             if section is None or not wanted:
                 continue
             leftovers = [str(key) for key in section._data]

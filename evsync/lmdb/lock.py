@@ -44,8 +44,8 @@ class SyncLock:
 
     def acquire(self) -> bool:
         """Take the lock. False when the LMDB's directory does not exist (and is not to
-        be created), which opening the LMDB then reports, or when the lock file cannot
-        be created (logged). Raises LmdbError naming the holder's pid when another
+        be created), which opening the LMDB then reports, or when the file cannot be
+        opened or locked (logged). Raises LmdbError naming the holder's pid when another
         process holds it."""
         if not self.path.parent.is_dir():
             if not self._create:
@@ -55,16 +55,9 @@ class SyncLock:
             except OSError:
                 return False  # opening the LMDB names the path and the reason
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+            fd = _open_lock_file(self.path)
         except OSError as exc:
-            # a full disk or a read-only directory must not stop the daemon: the lock
-            # guards against an operator's mistake, the sync itself can still run
-            log.warning(
-                "%s: cannot create %s (%s); running without the one-evsync-per-LMDB check",
-                self._key,
-                self.path,
-                exc.strerror,
-            )
+            self._unchecked(exc)
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,11 +68,26 @@ class SyncLock:
                 f"{self._key}: another evsync{holder} is already syncing {self._lmdb} "
                 f"(it holds {self.path}); stop it first"
             ) from None
+        except OSError as exc:  # no locks on this filesystem (NFS without lockd, FUSE)
+            os.close(fd)
+            self._unchecked(exc)
+            return False
         self._fd = fd
         with contextlib.suppress(OSError):  # the pid is for the message only; a full disk
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
         return True
+
+    def _unchecked(self, exc: OSError) -> None:
+        # a full disk, a read-only directory or a filesystem without locks must not
+        # stop the daemon: the lock guards against an operator's mistake, and the sync
+        # itself can still run
+        log.warning(
+            "%s: cannot lock %s (%s); running without the one-evsync-per-LMDB check",
+            self._key,
+            self.path,
+            exc.strerror or exc,
+        )
 
     def release(self) -> None:
         """Let the next process in; the file stays (removing it would race a newcomer)."""
@@ -87,6 +95,15 @@ class SyncLock:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file, created if missing; read-only when another user owns it (flock
+    works on any open file, only the pid is then not written)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def _read_pid(fd: int) -> str:

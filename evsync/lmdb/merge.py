@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 # each), the clock is read after each slice, and the txn ends once its time is up.
 BATCH_MAX_ENTRIES = 10_000
 BATCH_MAX_SECONDS = 0.05
-TXN_SLICE = 1024
+# 256, not more: a slice whose lookups miss a cold page cache can take ~100 µs per key,
+# and the clock is only read between slices (1,024 merged ~5% faster, measured)
+TXN_SLICE = 256
 MAX_MAP_GROWTHS = 16
 
 
@@ -234,17 +236,24 @@ class Merger:
         """Merge one slice: one ``getmulti`` (or a range probe) for what exists, one
         ``putmulti`` for what changes. Returns how many entries were written."""
         keys = list(map(_KEY, piece))
-        local, past_end = _local_values(cursor, keys, bytewise=bytewise)
-        if not local and not any(map(_FLAGS, piece)):
+        ascending = all(map(operator.lt, keys, islice(keys, 1, None)))
+        stored = _stored_values(cursor, keys, probe=bytewise and ascending)
+        # a key twice in one slice (only from a caller's own list: the reader refuses
+        # that) must meet its first copy's result, so only distinct keys take the
+        # fast path
+        distinct = ascending or len(set(keys)) == len(keys)
+        if distinct and not stored.values and not any(map(_FLAGS, piece)):
             # all new and live, the bulk of a first merge: built and put without a
-            # Python step per entry; a header is the timestamp followed by bytes common
-            # to the whole slice
-            join = encode_header(0, txn_id, 0)[_STAMP_BYTES:].join  # stamp + rest + value
-            stamps = map(_PACK_STAMP, map(_STAMP, piece))
-            values = map(join, zip(stamps, map(_VALUE, piece), strict=True))
-            cursor.putmulti(zip(keys, values, strict=True), append=past_end)
+            # Python step per entry
+            pairs = _new_live_pairs(piece, keys, txn_id)
+            if stored.after_all:
+                _consumed, added = cursor.putmulti(pairs, append=True)
+                if added == len(piece):
+                    return len(piece)
+                pairs = _new_live_pairs(piece, keys, txn_id)  # never expected; stay correct
+            cursor.putmulti(pairs)
             return len(piece)
-        puts = self._merged(piece, local, txn_id, info)
+        puts = self._merged(piece, stored.values, txn_id, info)
         if puts:
             cursor.putmulti(puts)
         return len(puts)
@@ -252,7 +261,9 @@ class Merger:
     def _merged(
         self, piece: list[Entry], local: dict[bytes, bytes], txn_id: int, info: DbiInfo
     ) -> list[tuple[bytes, bytes]]:
-        """The (key, value) pairs to write, entry by entry through :func:`merge_entry`."""
+        """The (key, value) pairs to write, entry by entry through :func:`merge_entry`.
+        ``local`` is updated as entries are merged, so a repeated key meets its
+        earlier copy's result."""
         puts = []
         cutoff = self.deleted_cutoff_ns
         for entry in piece:
@@ -266,25 +277,42 @@ class Merger:
                 ) from None
             if new is not None:
                 puts.append((key, new))
+                local[key] = new
         return puts
 
 
-def _local_values(
-    cursor: Any, keys: list[bytes], *, bytewise: bool
-) -> tuple[dict[bytes, bytes], bool]:
-    """The stored values of ``keys``, and whether every key sorts after every stored key
-    (then MDB_APPEND may write them).
+class _Stored(NamedTuple):
+    """What a slice's keys hold in the DBI before the slice is written."""
 
-    Sorted keys of a bytewise DBI need no lookup each when one ``set_range`` shows the
-    DBI holds nothing between the first and the last: the usual case when a new
-    instance merges its first full object.
+    #: the stored value of each key that has one
+    values: dict[bytes, bytes]
+    #: every key sorts after every stored key, so MDB_APPEND may write them
+    after_all: bool
+
+
+def _stored_values(cursor: Any, keys: list[bytes], *, probe: bool) -> _Stored:
+    """The stored values of ``keys``.
+
+    ``probe`` says the keys strictly increase in the DBI's own order; then one
+    ``set_range`` can show the DBI holds nothing between the first and the last, and no
+    key needs a lookup: the usual case when a new instance merges its first full object.
     """
-    if bytewise and all(map(operator.lt, keys, islice(keys, 1, None))):
+    if probe:
         if not cursor.set_range(keys[0]):
-            return {}, True
+            return _Stored({}, after_all=True)
         if cursor.key() > keys[-1]:
-            return {}, False
-    return dict(cursor.getmulti(keys)), False
+            return _Stored({}, after_all=False)
+    return _Stored(dict(cursor.getmulti(keys)), after_all=False)
+
+
+def _new_live_pairs(piece: list[Entry], keys: list[bytes], txn_id: int) -> Iterator[Any]:
+    """(key, header + value) of entries new to the DBI and live. Their headers differ
+    only in the timestamp, the first 8 bytes, so each value is the packed timestamp and
+    the application value joined by the 16 header bytes common to the slice."""
+    join = encode_header(0, txn_id, 0)[_STAMP_BYTES:].join
+    stamps = map(_PACK_STAMP, map(_STAMP, piece))
+    values = map(join, zip(stamps, map(_VALUE, piece), strict=True))
+    return zip(keys, values, strict=True)
 
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:

@@ -394,6 +394,7 @@ def _check_transformed_key(key: bytes, dbi: DbiInfo, index: int) -> None:
 
 _ONLY_TUPLE = {tuple}
 _ONLY_INT = {int}
+_ONLY_BYTES = {bytes}
 _JOIN = b"".join
 
 
@@ -410,9 +411,11 @@ def _valid_chunk(chunk: list[Any], prev: Any, order: Any) -> Any:
         # exact types: msgpack's true/false arrive as bool, an int subclass
         if set(map(type, stamps + flags)) != _ONLY_INT or min(stamps) < 0:
             return None  # msgpack ints never reach 1 << 64
-        # join takes only bytes-like objects, and msgpack makes no bytes-like but bytes
+        # join takes only bytes-like objects, and msgpack makes no bytes-like but bytes;
+        # keys are short, values may be large, so values are checked by type, not copied
         _JOIN(keys)
-        _JOIN(values)
+        if set(map(type, values)) != _ONLY_BYTES:
+            return None
         bytes(flags)  # ValueError outside 0..255
     except (TypeError, ValueError):
         return None

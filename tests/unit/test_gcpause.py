@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
+from evsync import gcpause
 from evsync.gcpause import collector_paused
+
+
+class Node:
+    """An object that can sit in a reference cycle and be watched by a weakref."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
 
 
 @pytest.fixture(autouse=True)
@@ -67,4 +76,22 @@ class TestCollectorPaused:
         finally:
             release.set()
             other.join(10)
+        assert gc.isenabled()
+
+    def test_pauses_that_overlap_for_good_still_collect(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When pauses keep overlapping past MAX_PAUSE_SECONDS, the end of any of them
+        collects the cycles made meanwhile, though the collector stays off."""
+        monkeypatch.setattr(gcpause, "MAX_PAUSE_SECONDS", 0.0)
+        gc.enable()
+        with collector_paused():
+            with collector_paused():
+                a, b = Node(), Node()
+                a.other, b.other = b, a
+                watch = weakref.ref(a)
+                del a, b
+                assert watch() is not None  # a cycle: reference counting cannot free it
+            assert watch() is None
+            assert not gc.isenabled()
         assert gc.isenabled()

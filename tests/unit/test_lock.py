@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -119,8 +121,28 @@ class TestSyncLock:
         with caplog.at_level("WARNING", logger="evsync.lmdb.lock"):
             assert SyncLock(config(tmp_path / "lmdb")).acquire() is False
         assert [r.getMessage() for r in caplog.records] == [
-            f"lmdbs.main: cannot create {tmp_path / 'lmdb' / 'evsync.lock'} (Is a directory); "
+            f"lmdbs.main: cannot lock {tmp_path / 'lmdb' / 'evsync.lock'} (Is a directory); "
             "running without the one-evsync-per-LMDB check"
+        ]
+
+
+    def test_filesystem_without_locks_warns_and_runs(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A filesystem that refuses flock itself (NFS without lockd: ENOLCK) gives one
+        warning and no lock, not a traceback, and leaves no file descriptor open."""
+        def no_locks(fd: int, op: int) -> None:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+        monkeypatch.setattr(fcntl, "flock", no_locks)
+        before = len(os.listdir("/proc/self/fd"))
+        with caplog.at_level("WARNING", logger="evsync.lmdb.lock"):
+            assert SyncLock(config(tmp_path / "lmdb")).acquire() is False
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert [r.getMessage() for r in caplog.records] == [
+            f"lmdbs.main: cannot lock {tmp_path / 'lmdb' / 'evsync.lock'} "
+            f"({os.strerror(errno.ENOLCK)}); running without the one-evsync-per-LMDB check"
         ]
 
 

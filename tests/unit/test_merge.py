@@ -518,6 +518,26 @@ class TestMergerRangeProbe:
         assert fields(stored[b"a2"])[3] == b"remote"
 
 
+class TestMergerRepeatedKeys:
+    """A caller's own list may hold a key twice (the reader refuses that): each copy
+    meets the result of the one before it, as if merged one by one."""
+
+    def test_older_copy_after_newer_loses(self, make_env: EnvFactory) -> None:
+        """New key, newer copy first: the older copy after it does not overwrite it."""
+        lenv = make_env()
+        entries: list[Entry] = [(b"k", T + 10, 0, b"new"), (b"k", T, 0, b"old")]
+        merger(lenv).merge([remote(b"data", entries)])
+        assert fields(dump_raw(lenv)[b"data"][b"k"])[::3] == (T + 10, b"new")
+
+    def test_newer_copy_after_older_wins(self, make_env: EnvFactory) -> None:
+        """A stored key, then two copies in rising time: the last one is stored."""
+        lenv = make_env()
+        put_raw(lenv, b"data", {b"k": value(T - 5, 1, 0, b"stored")})
+        entries: list[Entry] = [(b"k", T, 0, b"mid"), (b"k", T + 1, 0, b"last")]
+        merger(lenv).merge([remote(b"data", entries)])
+        assert fields(dump_raw(lenv)[b"data"][b"k"])[::3] == (T + 1, b"last")
+
+
 class TestMergerBatching:
     """Merges run in bounded write transactions."""
 
