@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import operator
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,15 +34,16 @@ import lmdb
 import msgpack
 import zstandard
 
-from evsync.lmdb.header import encode_header
+from evsync.lmdb.merge import TXN_SLICE, _new_live_pairs
 from evsync.snapshot.codec import CHECK_CHUNK, _valid_chunk
 
 TS = 1_700_000_000_000_000_000
 TXN_ENTRIES = 10_000
 DECODE_FEED = 1 << 18  # bytes fed to the unpacker at a time, as the reader reads
 REPEATS = 3
+BENCH_TXN_ID = 7
 
-_KEY, _STAMP, _FLAGS, _VALUE = (operator.itemgetter(i) for i in range(4))
+_KEY, _FLAGS = operator.itemgetter(0), operator.itemgetter(2)
 
 
 def best_of(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -78,18 +78,14 @@ def check(entries: list[Any]) -> None:
 
 
 def build(entries: list[Any], *, keep: bool = False) -> list[tuple[bytes, bytes]]:
-    """The merger's fast path: pairs built a slice at a time and handed on (kept only
-    for the floor, untimed)."""
-    join = encode_header(0, 7, 0)[8:].join  # stamp + the slice's common bytes + value
-    pack = struct.Struct(">Q").pack
+    """The merger's fast path, slice by slice as it runs: the keys, the flags test and
+    the pairs of its own ``_new_live_pairs`` (kept only for the floor, untimed)."""
     out: list[tuple[bytes, bytes]] = []
-    for start in range(0, len(entries), CHECK_CHUNK):
-        piece = entries[start : start + CHECK_CHUNK]
+    for start in range(0, len(entries), TXN_SLICE):
+        piece = entries[start : start + TXN_SLICE]
         keys = list(map(_KEY, piece))
         any(map(_FLAGS, piece))
-        stamps = map(pack, map(_STAMP, piece))
-        values = map(join, zip(stamps, map(_VALUE, piece), strict=True))
-        pairs = list(zip(keys, values, strict=True))
+        pairs = list(_new_live_pairs(piece, keys, BENCH_TXN_ID))
         if keep:
             out.extend(pairs)
     return out

@@ -69,9 +69,6 @@ class Daemon:
         self._locks: list[SyncLock] = []
         try:
             for name in names:
-                lock = SyncLock(config.lmdbs[name])
-                if lock.acquire():
-                    self._locks.append(lock)
                 self.syncers[name] = Syncer(
                     config,
                     config.lmdbs[name],
@@ -82,6 +79,11 @@ class Daemon:
                     metrics=self.metrics,
                     force_rejoin=force_rejoin,
                 )
+                # after the syncer opened the LMDB (and created its directory), before
+                # anything is read or written
+                lock = SyncLock(config.lmdbs[name])
+                if lock.acquire():
+                    self._locks.append(lock)
         except Exception:
             self.close()
             raise

@@ -801,8 +801,9 @@ class Syncer:
     ) -> Iterator[tuple[DbiInfo, Iterable[Entry]]]:
         """The object's DBIs, raising SyncInterruptedError inside the merge once shutdown is asked.
 
-        Raised from within the write txn, it aborts that txn; batches committed before
-        stay, which last-writer-wins makes safe, and the object is merged again later.
+        For the shadow merge, which runs in one write txn: raised from within it, it
+        aborts that txn, and the object is merged again later. (The native Merger takes
+        the stop event itself and checks it between batches.)
         """
         stop = self.stop_event
 

@@ -38,17 +38,15 @@ def run(args: argparse.Namespace) -> int:
         if name not in config.lmdbs:
             raise ConfigError(f"--name: {name!r} is not configured under lmdbs")
     for name in names:
-        lock = SyncLock(config.lmdbs[name])  # refuses while a daemon syncs this LMDB
-        lock.acquire()
+        lenv = LmdbEnv(config.lmdbs[name])
+        lock = SyncLock(config.lmdbs[name])
         try:
-            lenv = LmdbEnv(config.lmdbs[name])
-            try:
-                if not _drop_one(lenv, assume_yes=args.yes):
-                    return EXIT_DECLINED
-            finally:
-                lenv.close()
+            lock.acquire()  # refuses while a daemon syncs this LMDB
+            if not _drop_one(lenv, assume_yes=args.yes):
+                return EXIT_DECLINED
         finally:
             lock.release()
+            lenv.close()
     return 0
 
 

@@ -40,20 +40,14 @@ class SyncLock:
         self._fd: int | None = None
         self._key = f"lmdbs.{cfg.name}"
         self._lmdb = cfg.path
-        self._create = cfg.options.create
 
     def acquire(self) -> bool:
-        """Take the lock. False when the LMDB's directory does not exist (and is not to
-        be created), which opening the LMDB then reports, or when the file cannot be
-        opened or locked (logged). Raises LmdbError naming the holder's pid when another
+        """Take the lock, once the LMDB is open (opening it creates its directory).
+        False when that directory does not exist, or when the file cannot be opened or
+        locked (logged). Raises LmdbError naming the holder's pid when another
         process holds it."""
         if not self.path.parent.is_dir():
-            if not self._create:
-                return False
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError:
-                return False  # opening the LMDB names the path and the reason
+            return False  # opening the LMDB creates it, or names the path and the reason
         try:
             fd = _open_lock_file(self.path)
         except OSError as exc:

@@ -31,17 +31,18 @@ class FsStore(BlobStore):
 
     def __init__(self, root_path: str | os.PathLike[str]) -> None:
         self.root = Path(root_path)
+        if self.root.is_dir():
+            return
         key = "storage.options.root_path"
-        if self.root.exists() and not self.root.is_dir():
+        if self.root.exists():
             raise StorageError(f"{key}: {self.root} is not a directory")
-        if not self.root.exists():
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(f"{key}: cannot create {self.root}: {exc.strerror}") from None
-            # said aloud: a mistyped root_path would otherwise give this instance a
-            # bucket of its own, silently
-            log.warning("fs store: created %s (a new, empty bucket)", self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{key}: cannot create {self.root}: {exc.strerror}") from None
+        # said aloud: a mistyped root_path would otherwise give this instance a bucket
+        # of its own, silently
+        log.warning("fs store: created %s (a new, empty bucket)", self.root)
 
     def describe(self) -> str:
         return f"fs:{self.root}"

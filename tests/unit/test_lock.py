@@ -40,7 +40,8 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         from evsync.lmdb.lock import SyncLock
         cfg = LmdbConfig(name="main", path={str(tmp_path / "lmdb")!r},
                          schema_tracks_changes=True, options=LmdbOptions(create=True))
-        SyncLock(cfg).acquire()
+        Path(cfg.path).mkdir(parents=True, exist_ok=True)  # as opening the LMDB does
+        assert SyncLock(cfg).acquire()
         print("held", flush=True)
         time.sleep({HOLD_SECONDS})
     """)
@@ -85,6 +86,7 @@ class TestSyncLock:
 
     def test_released_lock_lets_the_next_in(self, tmp_path: Path) -> None:
         """After release() another acquirer (here a second open in this process) gets it."""
+        (tmp_path / "lmdb").mkdir()
         first = SyncLock(config(tmp_path / "lmdb"))
         assert first.acquire()
         with pytest.raises(LmdbError, match="already syncing"):
@@ -103,9 +105,9 @@ class TestSyncLock:
         assert (tmp_path / "pdns.lmdb-evsync.lock").exists()
         lock.release()
 
-    def test_missing_directory_without_create_is_left_to_the_open(self, tmp_path: Path) -> None:
-        """With create: false and no LMDB directory, nothing is created and acquire()
-        returns False: opening the LMDB then says the path does not exist."""
+    def test_missing_directory_is_left_to_the_open(self, tmp_path: Path) -> None:
+        """With no LMDB directory, nothing is created and acquire() returns False:
+        opening the LMDB creates the directory, or says the path does not exist."""
         cfg = config(tmp_path / "absent", create=False)
         assert SyncLock(cfg).acquire() is False
         assert not (tmp_path / "absent").exists()
@@ -135,6 +137,7 @@ class TestSyncLock:
         def no_locks(fd: int, op: int) -> None:
             raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
+        (tmp_path / "lmdb").mkdir()
         monkeypatch.setattr(fcntl, "flock", no_locks)
         before = len(os.listdir("/proc/self/fd"))
         with caplog.at_level("WARNING", logger="evsync.lmdb.lock"):
