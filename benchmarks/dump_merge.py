@@ -53,7 +53,7 @@ from evsync.lmdb.dump import dump_native, dump_native_delta
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.header import HEADER_SIZE, HEADER_STRUCT, encode_header
 from evsync.lmdb.merge import Merger
-from evsync.snapshot.codec import SnapshotReader, verify_snapshot
+from evsync.snapshot import SnapshotReader, verify_snapshot
 
 NS = 1_000_000_000
 TS = 1_800_000_000 * NS

@@ -35,7 +35,7 @@ import msgpack
 import zstandard
 
 from evsync.lmdb.merge import TXN_SLICE, _new_live_pairs
-from evsync.snapshot.codec import CHECK_CHUNK, _valid_chunk
+from evsync.snapshot.evs import CHECK_CHUNK, _valid_chunk
 
 TS = 1_700_000_000_000_000_000
 TXN_ENTRIES = 10_000

@@ -49,7 +49,7 @@ from evsync.lmdb.dump import dump_native, dump_shadow
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.header import encode_value
 from evsync.lmdb.shadow import Shadow
-from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, write_snapshot
+from evsync.snapshot import DbiInfo, SnapshotHeader, SnapshotReader, write_snapshot
 
 T0 = 1_700_000_000_000_000_000
 MAP_SIZE = 2 << 30

@@ -17,7 +17,7 @@ from evsync.errors import (
     SyncError,
 )
 from evsync.storage import BlobStore, FsStore, MemoryStore, ObjectInfo, open_store
-from evsync.syncer import Syncer
+from evsync.sync import Syncer
 from evsync.triggers import Hint, HintQueue
 
 __all__ = [

@@ -19,7 +19,7 @@ from evsync.http import HttpServer
 from evsync.lmdb.lock import SyncLock
 from evsync.metrics import Metrics
 from evsync.storage import BlobStore, open_store
-from evsync.syncer import Syncer
+from evsync.sync import Syncer
 from evsync.triggers.base import HintQueue, Trigger
 from evsync.triggers.fs_watch import FsBucketWatcher
 from evsync.triggers.listing import Lister

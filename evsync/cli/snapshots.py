@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from evsync.cli._format import show_bytes, show_time
 from evsync.errors import InvalidNameError
-from evsync.snapshot.codec import SnapshotReader
+from evsync.snapshot import EVS_ZST, SnapshotStream, format_for
 from evsync.snapshot.name import SnapshotName
 from evsync.storage import open_store
 
@@ -116,7 +116,8 @@ def run_dump(args: argparse.Namespace) -> int:
     else:
         src = _store(args).fetch(args.name)
     with src:
-        reader = SnapshotReader(src)
+        # by the name's extension; a file named otherwise is read as evsync's own format
+        reader = (format_for(Path(args.name).name) or EVS_ZST).reader(src)
         header = reader.header
         want = args.dbi.encode() if args.dbi else None
         if args.format == "json":
@@ -137,7 +138,7 @@ def run_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dump_json(reader: SnapshotReader, want: bytes | None) -> int:
+def _dump_json(reader: SnapshotStream, want: bytes | None) -> int:
     out: dict[str, Any] = {"header": {**reader.header.to_wire(), "dbis": None}, "dbis": {}}
     out["header"]["dbis"] = [d.name.decode(errors="replace") for d in reader.header.dbis]
     for info, entries in reader.dbis():

@@ -1,7 +1,7 @@
 """The LMDB side: opening envs, the native header, LWW merge and dumps.
 
 Only the modules below the snapshot layer are re-exported here: ``dump`` and
-``merge`` read and write objects (``evsync.snapshot.codec``), which itself uses
+``merge`` read and write objects (``evsync.snapshot``), which itself uses
 ``lmdb.dupsort``; importing them from this package's ``__init__`` would make the
 two packages import each other.
 """

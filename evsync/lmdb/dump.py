@@ -1,4 +1,7 @@
-"""Dump the synced DBIs of an LMDB into an evs.zst object, in one read txn.
+"""Dump the synced DBIs of an LMDB into a snapshot object, in one read txn.
+
+The object is written by a :class:`~evsync.snapshot.base.SnapshotFormat` (``.evs.zst``
+unless the caller passes another); this module only decides which entries go in.
 
 Native mode dumps the data DBIs themselves; shadow mode dumps each data DBI's
 ``_sync_shadow_*`` copy under the data DBI's name, flags and transform.
@@ -23,15 +26,16 @@ from evsync.lmdb.header import (
     SYNC_FLAG_MASK,
     parse_header,
 )
-from evsync.snapshot.codec import (
+from evsync.snapshot.base import (
     KIND_DELTA,
     KIND_FULL,
     DbiInfo,
     Entry,
+    SnapshotFormat,
     SnapshotHeader,
     WriteStats,
-    write_snapshot,
 )
+from evsync.snapshot.evs import EVS_ZST
 
 _TXN_ID = struct.Struct(">Q").unpack_from  # the header's txn id, at offset 8
 
@@ -64,6 +68,7 @@ def dump_native(
     db: str,
     instance: str,
     timestamp_ns: int,
+    fmt: SnapshotFormat = EVS_ZST,
 ) -> DumpResult:
     """Write a full object of every synced DBI as of one read txn."""
     with lenv.read_synced_dbis() as (txn, named_handles):
@@ -88,6 +93,7 @@ def dump_native(
             instance=instance,
             timestamp_ns=timestamp_ns,
             txn_id=int(txn.id()),
+            fmt=fmt,
         )
 
 
@@ -102,6 +108,7 @@ def dump_native_delta(
     since_txn: int,
     skip_txns: Container[int],
     max_entries: int,
+    fmt: SnapshotFormat = EVS_ZST,
 ) -> DumpResult | None:
     """Write a delta (DESIGN §7): the entries whose header txn id is after ``since_txn``
     and not one of ``skip_txns`` (evsync's own merges), as of one read txn.
@@ -137,7 +144,7 @@ def dump_native_delta(
             kind=KIND_DELTA,
             base_timestamp_ns=base_timestamp_ns,
         )
-        return DumpResult(header, write_snapshot(out, header, changed))
+        return DumpResult(header, fmt.write(out, header, changed))
 
 
 def _changed_entries(
@@ -175,6 +182,7 @@ def dump_shadow(
     instance: str,
     timestamp_ns: int,
     txn_id: int,
+    fmt: SnapshotFormat = EVS_ZST,
 ) -> DumpResult:
     """Write a full object of the shadow DBIs; ``txn_id`` is the main txn they reflect.
 
@@ -203,6 +211,7 @@ def dump_shadow(
             instance=instance,
             timestamp_ns=timestamp_ns,
             txn_id=txn_id,
+            fmt=fmt,
         )
 
 
@@ -217,6 +226,7 @@ def _write(
     instance: str,
     timestamp_ns: int,
     txn_id: int,
+    fmt: SnapshotFormat,
 ) -> DumpResult:
     header = SnapshotHeader(
         db=db,
@@ -227,7 +237,7 @@ def _write(
         dbis=tuple(dbis),
         kind=KIND_FULL,
     )
-    stats = write_snapshot(
+    stats = fmt.write(
         out,
         header,
         (native_entries(lenv, txn, h, d.name) for h, d in zip(handles, dbis, strict=True)),

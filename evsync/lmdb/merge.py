@@ -29,7 +29,7 @@ from evsync.lmdb.header import (
     parse_header,
     timestamp_and_offset,
 )
-from evsync.snapshot.codec import DbiEntries, DbiInfo, Entry
+from evsync.snapshot.base import DbiInfo, Entry
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +317,9 @@ def _new_live_pairs(piece: list[Entry], keys: list[bytes], txn_id: int) -> Itera
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
     """Lists of up to ``size`` entries: the reader's checked chunks where it has them."""
-    if isinstance(entries, DbiEntries):
-        yield from entries.chunks(size)
+    chunks = getattr(entries, "chunks", None)  # a format's EntryStream
+    if chunks is not None:
+        yield from chunks(size)
         return
     it = iter(entries)
     while batch := list(islice(it, size)):

@@ -55,7 +55,7 @@ from evsync.lmdb.header import (
     parse_header,
 )
 from evsync.lmdb.merge import MergeResult, merge_entry
-from evsync.snapshot.codec import DbiInfo, Entry
+from evsync.snapshot.base import DbiInfo, Entry
 
 log = logging.getLogger(__name__)
 

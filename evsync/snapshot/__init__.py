@@ -1,12 +1,27 @@
-"""Snapshot objects: their names and the evs.zst stream format."""
+"""Snapshot objects: their names, and the formats they are written in, chosen by extension.
 
-from evsync.snapshot.codec import (
+- ``name.py``: ``<db>__<instance>__<ts>__<gen>[__extra].<ext>`` (DESIGN §4);
+- ``base.py``: header and entry types, and the :class:`SnapshotFormat` interface;
+- ``evs.py``: ``.evs.zst``, evsync's own format.
+
+:func:`format_for` is the one place that maps a name to the format that reads it; an
+object whose extension no format claims is not evsync's to merge.
+"""
+
+from evsync.snapshot.base import (
     KIND_DELTA,
     KIND_FULL,
-    DbiEntries,
     DbiInfo,
     Entry,
+    EntryStream,
+    SnapshotFormat,
     SnapshotHeader,
+    SnapshotStream,
+    WriteStats,
+)
+from evsync.snapshot.evs import (
+    EVS_ZST,
+    DbiEntries,
     SnapshotReader,
     read_header,
     verify_snapshot,
@@ -14,16 +29,35 @@ from evsync.snapshot.codec import (
 )
 from evsync.snapshot.name import SnapshotName, db_prefix, format_timestamp, try_parse
 
+#: every format evsync reads, by name extension
+FORMATS: dict[str, SnapshotFormat] = {EVS_ZST.extension: EVS_ZST}
+
+
+def format_for(name: SnapshotName | str) -> SnapshotFormat | None:
+    """The format that reads an object of this name, or None when evsync reads none."""
+    if isinstance(name, SnapshotName):
+        return FORMATS.get(name.ext)
+    _base, dot, ext = name.partition(".")
+    return FORMATS.get(ext) if dot else None
+
+
 __all__ = [
+    "EVS_ZST",
+    "FORMATS",
     "KIND_DELTA",
     "KIND_FULL",
     "DbiEntries",
     "DbiInfo",
     "Entry",
+    "EntryStream",
+    "SnapshotFormat",
     "SnapshotHeader",
     "SnapshotName",
     "SnapshotReader",
+    "SnapshotStream",
+    "WriteStats",
     "db_prefix",
+    "format_for",
     "format_timestamp",
     "read_header",
     "try_parse",

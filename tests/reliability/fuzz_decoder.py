@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 with atheris.instrument_imports(include=["evsync"]):
     from evsync.errors import CorruptObjectError
-    from evsync.snapshot.codec import (
+    from evsync.snapshot import (
         DbiInfo,
         SnapshotHeader,
         SnapshotReader,

@@ -3,7 +3,7 @@
 DESIGN §4: a reader "must reject — with a clear log line and a metric, never a crash, never a
 partial or wrong apply — a truncated object, a bad checksum, a foreign format or version,
 counts that disagree, or entries out of key order". The syncer catches exactly
-:class:`~evsync.errors.CorruptObjectError` around ``verify_snapshot`` (Syncer._merge_object),
+:class:`~evsync.errors.CorruptObjectError` around ``verify_snapshot`` (Receiver.merge_object),
 so that is the only exception the decoder may raise: a MemoryError, KeyError, struct.error,
 zstd or msgpack error would escape the syncer's handling.
 
@@ -55,7 +55,7 @@ from evsync.config import LmdbConfig, LmdbOptions
 from evsync.errors import CorruptObjectError, StorageError
 from evsync.lmdb.env import MDB_DUPSORT, MDB_INTEGERKEY, LmdbEnv
 from evsync.lmdb.merge import Merger
-from evsync.snapshot.codec import (
+from evsync.snapshot.evs import (
     FORMAT_NAME,
     DbiInfo,
     Entry,

@@ -1,7 +1,7 @@
 """Properties of the last-writer-wins merge (DESIGN §3) on real LMDBs, found by hypothesis.
 
 Every example builds a few snapshot objects with the real writer
-(:func:`evsync.snapshot.codec.write_snapshot`), verifies them and merges them into a fresh
+(:func:`evsync.snapshot.evs.write_snapshot`), verifies them and merges them into a fresh
 LMDB exactly as the syncer does: ``verify_snapshot`` then
 ``Merger(lenv).merge(SnapshotReader(data).dbis())``. Keys come from a tiny alphabet and
 timestamps from a tiny range, so the same key meets itself in several objects and equal
@@ -35,7 +35,7 @@ from evsync.lmdb.dump import dump_native
 from evsync.lmdb.env import MDB_INTEGERKEY, MDB_REVERSEKEY, LmdbEnv
 from evsync.lmdb.header import FLAG_DELETED, HEADER_SIZE, encode_value
 from evsync.lmdb.merge import Merger, MergeResult
-from evsync.snapshot.codec import (
+from evsync.snapshot import (
     DbiInfo,
     Entry,
     SnapshotHeader,
@@ -133,7 +133,7 @@ def encode(obj: Obj, *, instance: str = "remote", timestamp_ns: int = 1) -> byte
 
 
 def merge(lenv: LmdbEnv, data: bytes, **kwargs: Any) -> MergeResult:
-    """Verify, then merge one object the way the syncer does (Syncer._merge_object/_apply)."""
+    """Verify, then merge one object the way the receiver does (Receiver.merge_object)."""
     stream = io.BytesIO(data)
     verify_snapshot(stream)
     stream.seek(0)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from evsync.chain import SenderChain, plan
 from evsync.config import DeltasConfig
 from evsync.snapshot.name import SnapshotName, delta_extra
+from evsync.sync.chain import SenderChain, plan
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S

@@ -12,7 +12,7 @@ import pytest
 from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.merge import TXN_SLICE, Merger, merge_entry
-from evsync.snapshot.codec import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
+from evsync.snapshot import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
 
 T = 1_700_000_000_000_000_000
 DELETED = 0x01

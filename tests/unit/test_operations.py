@@ -29,10 +29,10 @@ from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.state import read_last_sync_ns, write_last_sync_ns
 from evsync.metrics import Metrics
 from evsync.rejoin import RejoinGuard
-from evsync.snapshot.codec import DbiInfo, SnapshotHeader, write_snapshot
+from evsync.snapshot import DbiInfo, SnapshotHeader, write_snapshot
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
-from evsync.syncer import Syncer
+from evsync.sync import Syncer
 from evsync.triggers.base import Batch, Hint, HintQueue
 from tests.unit.test_syncer import app_put, make_config, objects, read
 
@@ -145,7 +145,7 @@ class TestMetrics:
         app_put(a, b"k2", b"v", 1000)
         a.queue.put(Hint("watcher", local=True))
         a.run_once()
-        a._refresh_lmdb_stats(force=True)
+        a.refresh_lmdb_stats(force=True)
         text = generate_latest(m.registry).decode()
         assert 'evsync_lmdb_entries{db="main",dbi="records"} 2.0' in text
         assert value(m, "evsync_lmdb_last_txn_id", db="main") == a.lenv.last_txn_id()
@@ -247,7 +247,7 @@ class TestRejoinGuard:
         first = objects(store, "a")
         clock.now += DAY  # the next in-sync write is due
         a.on_listing(True)  # the lister thread listed the bucket ...
-        a._promote_listing_time()  # ... and run() drained its hints
+        a.promote_listing_time()  # ... and run() drained its hints
         txn = a.lenv.last_txn_id()
         a.step(Batch())
         assert a.lenv.last_txn_id() == txn + 1  # the state was written ...
@@ -267,7 +267,7 @@ class TestRejoinGuard:
         for _ in range(3):
             clock.now += DAY // 2
             a.on_listing(False)
-            a._promote_listing_time()
+            a.promote_listing_time()
             a.step(Batch())
         assert read_last_sync_ns(a.lenv) == NOW
 

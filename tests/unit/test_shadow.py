@@ -15,7 +15,7 @@ from evsync.lmdb.dupsort import encode_key
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.header import FLAG_DELETED, parse_header
 from evsync.lmdb.shadow import SEED_TIMESTAMP_NS, Shadow, drop_shadows, shadow_name
-from evsync.snapshot.codec import (
+from evsync.snapshot import (
     DbiInfo,
     Entry,
     SnapshotHeader,

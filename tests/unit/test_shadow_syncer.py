@@ -9,7 +9,7 @@ import pytest
 
 from evsync.config import Config, LmdbConfig, LmdbOptions, MemoryOptions, StorageConfig
 from evsync.storage.memory import MemoryStore
-from evsync.syncer import Syncer
+from evsync.sync import Syncer
 from evsync.triggers.base import Batch, HintQueue
 
 DBI = b"records"
@@ -57,7 +57,7 @@ def app_get(syncer: Syncer, key: bytes) -> bytes | None:
 
 def poll(syncer: Syncer) -> None:
     """One wake-up of a running syncer: list the bucket, then handle a local hint."""
-    syncer._list_and_note(startup=False)
+    syncer.receiver.list_bucket(startup=False)
     syncer.step(Batch(local=True))
 
 
@@ -141,7 +141,7 @@ class TestShadowStartupScenario:
         app_put(b, b"y", b"from-b")  # not yet seen by B's syncer
         app_put(a, b"x", b"a2")
         poll(a)
-        b._list_and_note(startup=False)
+        b.receiver.list_bucket(startup=False)
         b.step(Batch())  # remote only: the merge txn captures y first
         assert app_get(b, b"x") == b"a2" and app_get(b, b"y") == b"from-b"
         b.step(Batch(local=True))
@@ -174,7 +174,7 @@ class TestShadowErrors:
 
         with env.begin(write=True) as txn:
             txn.delete(b"k" * 300, db=idx)
-        a._store_backoff.succeeded()  # skip the retry delay
+        a.sender.backoff.succeeded()  # skip the retry delay
         a.step(Batch(local=True))
         assert len(objects(store, "a")) == 1
         a.close()

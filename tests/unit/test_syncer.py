@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -17,11 +19,24 @@ from evsync.config import (
     MemoryOptions,
     StorageConfig,
 )
-from evsync.errors import StorageUnavailableError
-from evsync.snapshot.codec import DbiInfo, SnapshotHeader, SnapshotReader, write_snapshot
+from evsync.errors import ObjectNotFoundError, StorageUnavailableError
+from evsync.snapshot import (
+    EVS_ZST,
+    FORMATS,
+    DbiInfo,
+    Entry,
+    SnapshotFormat,
+    SnapshotHeader,
+    SnapshotReader,
+    SnapshotStream,
+    WriteStats,
+    format_for,
+    write_snapshot,
+)
 from evsync.snapshot.name import SnapshotName, delta_extra
 from evsync.storage.memory import MemoryStore
-from evsync.syncer import Syncer
+from evsync.sync import ObjectSource, Syncer
+from evsync.sync.receiver import MAX_RELIST_PASSES
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch, HintQueue
 
@@ -153,7 +168,7 @@ class TestStorageFailures:
         assert a.health.failing("store")
         assert a.stats.store_failures >= 1
         store.fail = False
-        a._store_backoff.succeeded()  # skip the wait between attempts
+        a.sender.backoff.succeeded()  # skip the wait between attempts
         a.step(Batch())
         assert len(objects(store, "a")) == 1
         assert not a.health.failing("store")
@@ -387,3 +402,117 @@ class TestStartupRetry:
         assert again.startup(retry_forever=True)
         assert "a" not in again.waiting_for
         assert len(objects(store, "a")) == 2
+
+
+class _CountingSource(ObjectSource):
+    """Serves objects from its own copy, counting fetches (the bucket only lists)."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.fetched: list[str] = []
+
+    def fetch(self, name: SnapshotName) -> io.BytesIO:
+        self.fetched.append(name.name)
+        try:
+            return io.BytesIO(self.objects[name.name])
+        except KeyError:
+            raise ObjectNotFoundError(name.name) from None
+
+
+class _TwiceFormat(SnapshotFormat):
+    """A test format: evs.zst bytes under another extension, counting reads and writes."""
+
+    extension = "twice.zst"
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.writes = 0
+
+    def reader(self, source: IO[bytes], *, verified: bool = False) -> SnapshotStream:
+        self.reads += 1
+        return EVS_ZST.reader(source, verified=verified)
+
+    def write(
+        self, out: IO[bytes], header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]]
+    ) -> WriteStats:
+        self.writes += 1
+        return EVS_ZST.write(out, header, dbi_entries)
+
+
+class TestSeams:
+    """The receiver reads through an ObjectSource and the object's format; the sender
+    writes through a format; neither knows which."""
+
+    def test_objects_come_from_the_source(self, tmp_path: Path, store: MemoryStore) -> None:
+        """A receiver with its own ObjectSource merges what the source serves: the bucket
+        is listed, never read."""
+        a = make_syncer("a", tmp_path, store)
+        app_put(a, b"k", b"from-a", 1000)
+        assert a.run_once()
+        (name,) = objects(store, "a")
+        source = _CountingSource({name: store.fetch(name).read()})
+        reads = store.calls["open"]
+        b = make_syncer("b", tmp_path, store, source=source)
+        assert b.run_once()
+        assert source.fetched == [name]
+        assert store.calls["open"] == reads
+        assert read(b, b"k") == (b"from-a", 1000, False)
+
+    def test_a_gone_object_from_the_source_is_forgotten(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """An object the source cannot serve is not corrupt: it is not marked bad, the
+        bucket is listed again, and an only-once run that keeps being told it exists ends
+        (unsuccessful) instead of listing forever."""
+        a = make_syncer("a", tmp_path, store)
+        app_put(a, b"k", b"v", 1000)
+        assert a.run_once()
+        source = _CountingSource({})
+        b = make_syncer("b", tmp_path, store, source=source)
+        assert not b.run_once()
+        assert read(b, b"k") is None
+        assert b.stats.objects_rejected == 0
+        assert b.bad_objects == set()
+        assert 1 < len(source.fetched) <= MAX_RELIST_PASSES
+
+    def test_a_new_format_plugs_in_by_extension(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A format registered for an extension is written by a sender given it and read
+        by every receiver for names with that extension; an unregistered one is ignored."""
+        fmt = _TwiceFormat()
+        off = DeltasConfig(enabled=False)
+        a = make_syncer("a", tmp_path, store, off)
+        a.sender.format = fmt
+        app_put(a, b"k", b"v", 1000)
+        assert a.run_once()
+        (name,) = objects(store, "a")
+        assert name.endswith(".twice.zst") and fmt.writes == 1
+
+        b = make_syncer("b", tmp_path, store, off)
+        assert b.run_once()  # not registered: nothing evsync reads
+        assert read(b, b"k") is None and fmt.reads == 0
+
+        monkeypatch.setitem(FORMATS, fmt.extension, fmt)
+        assert format_for(name) is fmt
+        c = make_syncer("c", tmp_path, store, off)
+        assert c.run_once()
+        assert read(c, b"k") == (b"v", 1000, False)
+        assert fmt.reads == 2  # verified, then merged
+
+
+class TestFormatFor:
+    """Object names map to the format that reads them by extension."""
+
+    def test_evs_zst_names(self) -> None:
+        """A name or string ending in .evs.zst is read by the evs.zst format."""
+        name = SnapshotName.build("main", "a", 1)
+        assert format_for(name) is EVS_ZST
+        assert format_for(name.name) is EVS_ZST
+
+    def test_other_extensions_have_no_format(self) -> None:
+        """Lightning Stream's .pb.gz (until it is supported), foreign and extensionless
+        names have no format, so the receiver skips them."""
+        assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is None
+        assert format_for("main__a__20260101-000000-000000000__GX.txt") is None
+        assert format_for("no-extension") is None

@@ -15,6 +15,9 @@ The reader rejects a truncated frame, a bad checksum, a foreign format or versio
 counts that disagree, malformed entries and keys out of order with
 :class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked,
 and a caller that must not apply partial data verifies the whole object first.
+
+:data:`EVS_ZST` is this module behind the :class:`~evsync.snapshot.base.SnapshotFormat`
+interface, the way the sender and the receiver use it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO, Any
 
@@ -31,12 +33,18 @@ import zstandard
 
 from evsync.errors import CorruptObjectError, TransformError
 from evsync.lmdb.dupsort import TRANSFORM_NAME, decode_key
+from evsync.snapshot.base import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KINDS,
+    DbiInfo,
+    Entry,
+    SnapshotFormat,
+    SnapshotHeader,
+    WriteStats,
+)
+from evsync.snapshot.name import EXT_EVSYNC
 
-FORMAT_NAME = "evsync-snapshot"
-FORMAT_VERSION = 1
-KIND_FULL = "full"
-KIND_DELTA = "delta"
-KINDS = (KIND_FULL, KIND_DELTA)
 TRANSFORMS = ("", TRANSFORM_NAME)
 MDB_REVERSEKEY = 0x02
 MDB_INTEGERKEY = 0x08
@@ -61,68 +69,7 @@ MAX_ENTRY_BYTES = 256 << 20
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
 
-@dataclass(frozen=True)
-class DbiInfo:
-    """One DBI in an object: its name, the original DBI flags, transform and entry count."""
-
-    name: bytes
-    flags: int = 0
-    transform: str = ""
-    entries: int = 0
-
-
-@dataclass(frozen=True)
-class SnapshotHeader:
-    """The header map of an object."""
-
-    db: str
-    instance: str
-    hostname: str
-    timestamp_ns: int
-    txn_id: int
-    dbis: tuple[DbiInfo, ...]
-    kind: str = KIND_FULL
-    base_timestamp_ns: int | None = None
-    version: int = FORMAT_VERSION
-
-    @property
-    def total_entries(self) -> int:
-        """Entries over all DBIs."""
-        return sum(d.entries for d in self.dbis)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The msgpack map written at the start of an object."""
-        return {
-            "format": FORMAT_NAME,
-            "version": self.version,
-            "db": self.db,
-            "instance": self.instance,
-            "hostname": self.hostname,
-            "timestamp_ns": self.timestamp_ns,
-            "txn_id": self.txn_id,
-            "kind": self.kind,
-            "base_timestamp_ns": self.base_timestamp_ns,
-            "dbis": [
-                {"name": d.name, "flags": d.flags, "transform": d.transform, "entries": d.entries}
-                for d in self.dbis
-            ],
-        }
-
-
-Entry = tuple[bytes, int, int, bytes]
-"""key, timestamp_ns, flags, application value (without the LMDB header)."""
-
-
 # ------------------------------------------------------------------ writing
-
-
-@dataclass
-class WriteStats:
-    """What a writer produced."""
-
-    entries: int = 0
-    raw_bytes: int = 0
-    per_dbi: list[int] = field(default_factory=list)
 
 
 def write_snapshot(
@@ -550,3 +497,22 @@ def verify_snapshot(source: IO[bytes]) -> SnapshotHeader:
         for _chunk in entries.chunks():
             pass
     return reader.header
+
+
+class EvsZstFormat(SnapshotFormat):
+    """``.evs.zst``: evsync's own format (DESIGN §4)."""
+
+    extension = EXT_EVSYNC
+
+    def reader(self, source: IO[bytes], *, verified: bool = False) -> SnapshotReader:
+        """See :class:`SnapshotReader`."""
+        return SnapshotReader(source, verified=verified)
+
+    def write(
+        self, out: IO[bytes], header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]]
+    ) -> WriteStats:
+        """See :func:`write_snapshot`."""
+        return write_snapshot(out, header, dbi_entries)
+
+
+EVS_ZST = EvsZstFormat()

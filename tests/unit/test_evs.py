@@ -14,8 +14,7 @@ import pytest
 import zstandard
 
 from evsync.errors import CorruptObjectError
-from evsync.snapshot.codec import (
-    CHECK_CHUNK,
+from evsync.snapshot import (
     KIND_DELTA,
     DbiInfo,
     Entry,
@@ -25,6 +24,7 @@ from evsync.snapshot.codec import (
     verify_snapshot,
     write_snapshot,
 )
+from evsync.snapshot.evs import CHECK_CHUNK
 
 INTEGERKEY = 0x08
 

@@ -1,0 +1,143 @@
+"""What every snapshot format shares: the header and entry types, and the format interface.
+
+A format (one module beside this one, as ``evs.py`` for ``.evs.zst``) turns a header
+and per-DBI entries into a byte stream and back. The sender and the receiver only see
+:class:`SnapshotFormat`; :func:`evsync.snapshot.format_for` picks one by the object
+name's extension, so a second format plugs in without either of them changing.
+
+A reader's contract, whatever the format: the header is checked when the reader is
+opened; each entry is checked before it is handed out; the end of the stream (counts,
+checksums, trailing data) is checked after the last DBI; every failure is a
+:class:`~evsync.errors.CorruptObjectError`. :meth:`SnapshotFormat.verify` reads a whole
+object that way, so the receiver can verify completely before it applies anything.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+KIND_FULL = "full"
+KIND_DELTA = "delta"
+KINDS = (KIND_FULL, KIND_DELTA)
+# The identity an evs.zst header map carries (see evs.py); kept with the header type
+# because SnapshotHeader.to_wire() writes it.
+FORMAT_NAME = "evsync-snapshot"
+FORMAT_VERSION = 1
+
+Entry = tuple[bytes, int, int, bytes]
+"""key, timestamp_ns, flags, application value (without the LMDB header)."""
+
+
+@dataclass(frozen=True)
+class DbiInfo:
+    """One DBI in an object: its name, the original DBI flags, transform and entry count."""
+
+    name: bytes
+    flags: int = 0
+    transform: str = ""
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """What an object says about itself, whatever its format."""
+
+    db: str
+    instance: str
+    hostname: str
+    timestamp_ns: int
+    txn_id: int
+    dbis: tuple[DbiInfo, ...]
+    kind: str = KIND_FULL
+    base_timestamp_ns: int | None = None
+    version: int = FORMAT_VERSION
+
+    @property
+    def total_entries(self) -> int:
+        """Entries over all DBIs."""
+        return sum(d.entries for d in self.dbis)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The header as plain data: the msgpack map an evs.zst object starts with, and
+        what ``evsync snapshots dump`` prints."""
+        return {
+            "format": FORMAT_NAME,
+            "version": self.version,
+            "db": self.db,
+            "instance": self.instance,
+            "hostname": self.hostname,
+            "timestamp_ns": self.timestamp_ns,
+            "txn_id": self.txn_id,
+            "kind": self.kind,
+            "base_timestamp_ns": self.base_timestamp_ns,
+            "dbis": [
+                {"name": d.name, "flags": d.flags, "transform": d.transform, "entries": d.entries}
+                for d in self.dbis
+            ],
+        }
+
+
+@dataclass
+class WriteStats:
+    """What a writer produced."""
+
+    entries: int = 0
+    raw_bytes: int = 0
+    per_dbi: list[int] = field(default_factory=list)
+
+
+class EntryStream(Protocol):
+    """One DBI's entries as a reader hands them out, each checked first."""
+
+    def chunks(self, size: int = ...) -> Iterator[list[Entry]]:
+        """The remaining entries in lists of at most ``size``."""
+        ...
+
+    def __iter__(self) -> Iterator[Entry]: ...
+
+
+class SnapshotStream(Protocol):
+    """An open object: its checked header, then each DBI's entries in turn, read once."""
+
+    header: SnapshotHeader
+
+    def dbis(self) -> Iterator[tuple[DbiInfo, EntryStream]]:
+        """(DbiInfo, entries) in header order; the end of the object is checked last."""
+        ...
+
+
+class SnapshotFormat(abc.ABC):
+    """One object format: a name extension, a streaming reader and a streaming writer."""
+
+    #: the name extension without its leading dot, e.g. ``evs.zst``
+    extension: str
+
+    @abc.abstractmethod
+    def reader(self, source: IO[bytes], *, verified: bool = False) -> SnapshotStream:
+        """Open an object; raises CorruptObjectError when its header is bad.
+
+        ``verified=True`` says :meth:`verify` has just passed on this same file, which
+        no one else writes: a format may then skip checks it already made.
+        """
+
+    @abc.abstractmethod
+    def write(
+        self, out: IO[bytes], header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]]
+    ) -> WriteStats:
+        """Write one object: ``dbi_entries`` yields one entry iterable per header DBI, in
+        key order; a count that differs from the header raises ValueError."""
+
+    def verify(self, source: IO[bytes]) -> SnapshotHeader:
+        """Read a whole object and check everything; its header, or CorruptObjectError."""
+        stream = self.reader(source)
+        for _info, entries in stream.dbis():
+            for _chunk in entries.chunks():
+                pass
+        return stream.header
+
+    def read_header(self, source: IO[bytes]) -> SnapshotHeader:
+        """Only the header (cheap; nothing else is checked)."""
+        return self.reader(source).header

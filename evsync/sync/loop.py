@@ -1,0 +1,424 @@
+"""One loop per LMDB: hints in, then it decides what runs. Its thread is the only LMDB writer.
+
+Owns: the thread (:meth:`Syncer.run`), the order of work in a step (names from the
+hints, a listing when one is due, merges, the upload, a sweeper txn), the deadlines it
+wakes for (forced snapshots, sweeps), retries of a failed step, and the LMDB gauges.
+It builds the parts and wires them together:
+
+    triggers -> HintQueue -> Syncer (this loop) -> Sender   -> storage -> announcements
+                                                -> Receiver <- storage / sources
+
+May call: everything in this package. Must not: be called from another thread, except
+:meth:`Syncer.stop`, :meth:`Syncer.on_listing`, and the read-only :meth:`Syncer.status`
+and :meth:`Syncer.metrics_state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+
+from evsync.config import Config, LmdbConfig
+from evsync.errors import LmdbError
+from evsync.health import HealthTracker
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.shadow import Shadow
+from evsync.metrics import Metrics
+from evsync.rejoin import RejoinGuard
+from evsync.storage.base import BlobStore
+from evsync.sweeper import Sweeper
+from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
+from evsync.sync.receiver import Receiver
+from evsync.sync.recorder import Recorder, SyncStats
+from evsync.sync.sender import SOURCE_SELF, CommittedCallback, Sender, StoredCallback
+from evsync.sync.sources import ObjectSource, StorageSource
+from evsync.sync.startup import Startup
+from evsync.sync.state import InstanceState, Peers, TxnLedger
+from evsync.triggers.base import Batch, Hint, HintQueue
+
+log = logging.getLogger(__name__)
+
+# The loop wakes at least this often even when nothing is queued (deadlines, stop).
+MAX_IDLE_SECONDS = 1.0
+# LMDB gauges (map, entries per DBI ...) are refreshed by the loop thread this often.
+LMDB_STATS_INTERVAL = 5.0
+
+
+class Syncer:
+    """Keeps one LMDB and the bucket in sync; call :meth:`run` in its own thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        lmdb_cfg: LmdbConfig,
+        store: BlobStore,
+        queue: HintQueue,
+        *,
+        lenv: LmdbEnv | None = None,
+        receive_only: bool = False,
+        stop_event: threading.Event | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        metrics: Metrics | None = None,
+        force_rejoin: bool = False,
+        source: ObjectSource | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = lmdb_cfg
+        self.db = lmdb_cfg.name
+        self.instance = config.instance
+        self.store = store
+        self.queue = queue
+        self.lenv = lenv or LmdbEnv(lmdb_cfg)
+        self.shadow = (
+            None
+            if lmdb_cfg.schema_tracks_changes
+            else Shadow(self.lenv, dupsort_hack=lmdb_cfg.dupsort_hack)
+        )
+        self.receive_only = receive_only
+        self.stop_event = stop_event or threading.Event()
+        self.clock_ns = clock_ns
+        self.metrics = metrics or Metrics()
+        self.recorder = Recorder(self.db, config, self.metrics)
+        self.peers = Peers(config.instance)
+        self.ledger = TxnLedger()
+        self.guard = RejoinGuard(
+            self.lenv, config.sweeper, override=force_rejoin, clock_ns=clock_ns
+        )
+        self.receiver = Receiver(
+            config,
+            lmdb_cfg,
+            self.lenv,
+            self.shadow,
+            store,
+            source or StorageSource(store),
+            self.peers,
+            self.ledger,
+            self.recorder,
+            queue,
+            self.stop_event,
+            clock_ns,
+        )
+        self.sender = Sender(
+            config,
+            self.lenv,
+            self.shadow,
+            store,
+            self.peers,
+            self.ledger,
+            self.recorder,
+            queue,
+            self.stop_event,
+            clock_ns,
+        )
+        self.startup_rules = Startup(
+            config,
+            self.lenv,
+            self.shadow,
+            self.guard,
+            self.receiver,
+            self.peers,
+            self.recorder,
+            self.stop_event,
+        )
+        self.sweeper = (
+            Sweeper(
+                self.lenv, config.sweeper, shadow_mode=self.shadow is not None, clock_ns=clock_ns
+            )
+            if config.sweeper.enabled and not receive_only
+            else None
+        )
+        self._next_sweep = time.monotonic() + config.sweeper.first_interval
+        self._sweep_resume_at = 0.0
+        # Wall time of the lister thread's last successful listing, and the same once its
+        # hints are drained (promoted in run()): a candidate for the rejoin guard's time.
+        self._lister_ok_ns: int | None = None
+        self._lister_promoted_ns: int | None = None
+        self.lmdb_stats: dict[str, Any] = {}
+        self._lmdb_stats_at = 0.0
+
+    # ------------------------------------------------------------------ the parts' faces
+
+    @property
+    def stats(self) -> SyncStats:
+        """Counters of this db (the recorder's)."""
+        return self.recorder.stats
+
+    @property
+    def health(self) -> HealthTracker:
+        """Storage health of this db (the recorder's)."""
+        return self.recorder.health
+
+    @property
+    def instances(self) -> dict[str, InstanceState]:
+        """What is known of each instance (the peers')."""
+        return self.peers.instances
+
+    @property
+    def bad_objects(self) -> set[str]:
+        """Names rejected as corrupt (the peers')."""
+        return self.peers.bad_objects
+
+    @property
+    def waiting_for(self) -> set[str]:
+        """Instances whose newest object startup still waits for (the peers')."""
+        return self.peers.waiting_for
+
+    @property
+    def last_synced_txn(self) -> int:
+        """The LMDB txn up to which nothing needs uploading (the ledger's)."""
+        return self.ledger.last_synced
+
+    @property
+    def on_stored(self) -> list[StoredCallback]:
+        """Called as (db, object name, size) after every store (the sender's)."""
+        return self.sender.on_stored
+
+    @property
+    def on_committed(self) -> list[CommittedCallback]:
+        """Called with the other instances' merged timestamps after a full object is
+        stored (the sender's)."""
+        return self.sender.on_committed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Startup, then serve hints until stopped."""
+        self.refresh_lmdb_stats()
+        step_backoff = Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
+        while not self.stop_event.is_set():
+            try:
+                self.startup(retry_forever=True)
+                break
+            except Exception as exc:  # noqa: BLE001 - a full disk, say: report, start over
+                self._failed("startup", exc, step_backoff)
+        while not self.stop_event.is_set():
+            # Read before draining: the lister queued a listing's hints before it
+            # reported it, so they are all in the batch drained below.
+            self.promote_listing_time()
+            batch = self.queue.wait(self._idle_timeout())
+            if batch.stop or self.stop_event.is_set():
+                break
+            try:
+                self.step(batch)
+                step_backoff.succeeded()
+            except Exception as exc:  # noqa: BLE001 - the daemon keeps serving whatever hit
+                self._failed("sync step", exc, step_backoff)
+                self.queue.put(Hint(SOURCE_SELF, local=True))
+
+    def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
+        """One error line, then wait the backoff."""
+        backoff.failed()
+        self.recorder.step_failed(what, exc, backoff.delay)
+        self.stop_event.wait(backoff.delay)
+
+    def run_once(self) -> bool:
+        """``sync --only-once``: merge every instance's newest object, upload if needed.
+
+        Returns True when everything completed; False (with a logged reason) otherwise.
+        """
+        if not self.startup(retry_forever=False):
+            return False
+        ok = self.receiver.merge_pending(include_own=True, retry=True)
+        ok = self._maybe_upload(only_once=True) and ok
+        if ok and not self.waiting_for:
+            self._mark_in_sync()
+        if self.waiting_for:
+            log.error(
+                "db %s: could not merge the newest object of: %s",
+                self.db,
+                ", ".join(sorted(self.waiting_for)),
+            )
+            ok = False
+        return ok
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current step."""
+        self.stop_event.set()
+        self.queue.stop()
+
+    def close(self) -> None:
+        """Close the LMDB."""
+        self.lenv.close()
+
+    def startup(self, *, retry_forever: bool) -> bool:
+        """Initial listing, then merge every instance's newest object, own first; then the
+        first upload. ``retry_forever=False`` (``--only-once``) stops after the checks."""
+        if not self.startup_rules.begin(retry_forever=retry_forever):
+            return False
+        if retry_forever:
+            self.receiver.merge_pending(include_own=True, retry=False)
+            self._maybe_upload()
+        self.stats.startup_done = not self.waiting_for
+        return True
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, batch: Batch) -> None:
+        """Handle one drained batch of hints, then whatever deadlines are due."""
+        self.refresh_lmdb_stats()
+        if self.startup_rules.guard_blocks():
+            return
+        for instance, name in batch.remote.items():
+            self.receiver.note_name(instance, name)
+        if self.receiver.relist and self.receiver.list_backoff.ready():
+            self.receiver.list_bucket(startup=False)
+        self.startup_rules.resume_if_unblocked()
+        self.receiver.merge_pending(include_own=bool(self.waiting_for), retry=False)
+        if not self.waiting_for:
+            self.stats.startup_done = True
+            self._mark_in_sync()
+        self._maybe_upload()
+        self._maybe_sweep()
+
+    def _maybe_upload(self, *, only_once: bool = False) -> bool:
+        """The sender's turn, unless this instance only receives or its own history is
+        not merged yet; False when an upload failed."""
+        if self.receive_only:
+            return True
+        if self.instance in self.waiting_for:
+            self.recorder.log_limited(
+                "wait-own",
+                logging.INFO,
+                "db %s: waiting to load own old snapshot before writing a new one",
+                self.db,
+            )
+            return not only_once
+        return self.sender.maybe_upload(only_once=only_once)
+
+    def _idle_timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [MAX_IDLE_SECONDS]
+        forced_in = self.sender.forced_due_in(now)
+        if forced_in is not None and not self.receive_only:
+            deadlines.append(forced_in)
+        if self.sweeper is not None:
+            due = self._sweep_resume_at if self.sweeper.in_progress else self._next_sweep
+            deadlines.append(due - now)
+        return max(0.0, min(deadlines))
+
+    # ------------------------------------------------------------------ rejoin guard
+
+    def on_listing(self, ok: bool) -> None:
+        """Callback for the lister trigger, which lists from its own thread."""
+        if ok:
+            self._lister_ok_ns = self.clock_ns()
+        self.recorder.lister_result(ok)
+
+    def promote_listing_time(self) -> None:
+        """The lister thread's newest successful listing becomes the in-sync time candidate;
+        call before draining the queue, so that listing's hints are in the drained batch."""
+        lister = self._lister_ok_ns
+        if lister is not None and (
+            self._lister_promoted_ns is None or lister > self._lister_promoted_ns
+        ):
+            self._lister_promoted_ns = lister
+
+    def _mark_in_sync(self) -> None:
+        """Every instance's newest object is merged: record it for the rejoin guard.
+
+        The time recorded is the newest listing whose names are all noted: the lister
+        thread's once promoted, or one this thread made itself.
+        """
+        times = [t for t in (self._lister_promoted_ns, self.receiver.listed_ok_ns) if t is not None]
+        txn_id = self.startup_rules.mark_in_sync(max(times, default=None))
+        if txn_id is not None:
+            self._own_txn(txn_id)
+
+    def _own_txn(self, txn_id: int) -> None:
+        """A txn of evsync's that changed no application data needs no upload."""
+        self.ledger.advance([txn_id])
+        if self.shadow is not None:
+            self.shadow.note_own_txn(txn_id)
+
+    # ------------------------------------------------------------------ sweeping
+
+    def _maybe_sweep(self) -> None:
+        """One sweeper txn when a pass is due or under way; the lock is released in between."""
+        sweeper = self.sweeper
+        if sweeper is None or self.guard.blocked:
+            return
+        now = time.monotonic()
+        if not sweeper.in_progress:
+            if now < self._next_sweep:
+                return
+            sweeper.begin()
+        elif now < self._sweep_resume_at:
+            return
+        step = sweeper.step()
+        self.recorder.sweep_step(step)
+        if step.txn_id is not None:
+            self._own_txn(step.txn_id)
+        if not step.done:
+            self._sweep_resume_at = time.monotonic() + self.config.sweeper.release_duration
+            return
+        self._next_sweep = time.monotonic() + self.config.sweeper.interval
+        self.recorder.sweep_done(sweeper.stats)
+
+    # ------------------------------------------------------------------ reporting
+
+    def refresh_lmdb_stats(self, *, force: bool = False) -> None:
+        """Publish LMDB figures for /metrics; only this thread opens DBI handles."""
+        now = time.monotonic()
+        if not force and now - self._lmdb_stats_at < LMDB_STATS_INTERVAL:
+            return
+        self._lmdb_stats_at = now
+        try:
+            info = self.lenv.info()
+            entries: dict[str, int] = {}
+            with self.lenv.read_synced_dbis(include_sync=True) as (txn, handles):
+                for name, handle in handles:
+                    entries[name.decode(errors="replace")] = int(txn.stat(handle)["entries"])
+            psize = int(self.lenv.env.stat()["psize"])
+        except (LmdbError, lmdb.Error) as exc:
+            self.recorder.log_limited(
+                "lmdb-stats", logging.WARNING, "db %s: cannot read LMDB stats: %s", self.db, exc
+            )
+            return
+        self.lmdb_stats = {
+            "map_size": int(info["map_size"]),
+            "used_bytes": (int(info["last_pgno"]) + 1) * psize,
+            "last_txn_id": int(info["last_txnid"]),
+            "readers": int(info["num_readers"]),
+            "max_readers": int(info["max_readers"]),
+            "entries": entries,
+        }
+
+    def metrics_state(self) -> dict[str, Any]:
+        """What the scrape-time collector exports; cheap, and safe from another thread."""
+        return {
+            "lmdb": self.lmdb_stats,
+            "last_synced_txn_id": self.ledger.last_synced,
+            "last_store_at": self.stats.last_store_at,
+            "newest_seen_ts": self.peers.seen_timestamps("newest_seen"),
+            "merged_ts": self.peers.seen_timestamps("merged"),
+            "startup_done": self.stats.startup_done,
+            "rejoin_blocked": self.guard.blocked,
+            "hints_received": dict(self.queue.received),
+            "hints_first": dict(self.queue.first),
+        }
+
+    def status(self) -> dict[str, object]:
+        """Plain data describing this db's sync state."""
+        return {
+            "db": self.db,
+            "instance": self.instance,
+            "last_txn_id": self.lenv.last_txn_id(),
+            "last_synced_txn_id": self.ledger.last_synced,
+            "last_upload": self.stats.last_store_name,
+            "startup_done": self.stats.startup_done,
+            "rejoin_blocked": self.guard.blocked_reason,
+            "waiting_for": sorted(self.waiting_for),
+            "instances": self.peers.status(self.clock_ns()),
+            "hints": {
+                "received": dict(self.queue.received),
+                "first": dict(self.queue.first),
+            },
+            "health": self.health.snapshot(),
+            "stats": {k: v for k, v in vars(self.stats).items() if k != "rejected"},
+            "rejected_objects": list(self.stats.rejected[-20:]),
+        }

@@ -1,0 +1,388 @@
+"""Remote objects into the LMDB: names -> plan per instance -> fetch -> verify -> merge.
+
+Owns: the listing of the bucket, the plan that takes each instance from its position
+to its newest object (:func:`~evsync.sync.chain.plan`), fetch retries per instance,
+verification, the merge itself, and bad-object bookkeeping. An object is verified
+completely (its format's reader, then its header against its name) before any of it
+is applied, so a corrupt object leaves the LMDB exactly as it was; it is marked bad
+and skipped.
+
+May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
+the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
+(:class:`~evsync.lmdb.merge.Merger`, or :class:`~evsync.lmdb.shadow.Shadow` in shadow
+mode), :class:`~evsync.sync.state.Peers`, the txn ledger and the recorder.
+Must not: upload, or decide when it runs (the loop does); it writes the LMDB only from
+the loop's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
+
+import lmdb
+
+from evsync.config import Config, LmdbConfig
+from evsync.errors import (
+    CorruptObjectError,
+    LmdbError,
+    ObjectNotFoundError,
+    StorageError,
+    SyncInterruptedError,
+)
+from evsync.gcpause import collector_paused
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.merge import MAX_MAP_GROWTHS, Merger, MergeResult
+from evsync.lmdb.shadow import Shadow
+from evsync.snapshot import format_for
+from evsync.snapshot.base import KIND_DELTA, KIND_FULL, DbiInfo, Entry, SnapshotHeader
+from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
+from evsync.storage.base import BlobStore
+from evsync.sync import chain
+from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
+from evsync.sync.recorder import Recorder
+from evsync.sync.sources import ObjectSource
+from evsync.sync.state import NS, Peers, TxnLedger
+from evsync.triggers.base import HintQueue
+
+log = logging.getLogger(__name__)
+
+# A shadow merge looks at the stop flag this often (entries), so shutdown never waits
+# for a big one. (The native Merger checks between its batches.)
+STOP_CHECK_EVERY = 1024
+
+# ``--only-once`` starts over after a listing at most this often: a bucket that keeps
+# listing an object it cannot serve (an inconsistent store) must not loop forever.
+MAX_RELIST_PASSES = 16
+
+# What one attempt to merge an object came to.
+DONE = "done"  # merged
+SKIPPED = "skipped"  # rejected, vanished or interrupted: not to be retried as it is
+RETRY = "retry"  # failed for now (fetch or write); tried again after the backoff
+STOPPED = "stopped"  # shutdown
+
+
+class Receiver:
+    """Merges what other instances (and, at startup, this one) stored into the LMDB."""
+
+    def __init__(  # noqa: PLR0917 - the parts it works with, named once
+        self,
+        config: Config,
+        lmdb_cfg: LmdbConfig,
+        lenv: LmdbEnv,
+        shadow: Shadow | None,
+        store: BlobStore,
+        source: ObjectSource,
+        peers: Peers,
+        ledger: TxnLedger,
+        recorder: Recorder,
+        queue: HintQueue,
+        stop_event: threading.Event,
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self.config = config
+        self.cfg = lmdb_cfg
+        self.db = lmdb_cfg.name
+        self.lenv = lenv
+        self.shadow = shadow
+        self.store = store
+        self.source = source
+        self.peers = peers
+        self.ledger = ledger
+        self.recorder = recorder
+        self.queue = queue
+        self.stop_event = stop_event
+        self.clock_ns = clock_ns
+        #: a listing is needed to decide what exists (set after a name turned out gone)
+        self.relist = False
+        self.list_backoff = Backoff(RETRY_BACKOFF_START, config.storage_retry_interval)
+        self._load_backoff: dict[str, Backoff] = {}
+        #: wall time (ns) of this thread's last successful listing
+        self.listed_ok_ns: int | None = None
+
+    # ------------------------------------------------------------------ names
+
+    def list_bucket(self, *, startup: bool) -> bool:
+        """List the db's objects and note every name; False when the listing failed.
+
+        Outside startup the own instance's names are not noted (they are our uploads),
+        but they still count as present: an instance with nothing valid left in the
+        bucket is no longer waited for.
+        """
+        try:
+            objects = self.store.list(db_prefix(self.db))
+        except StorageError as exc:
+            self.list_backoff.failed()
+            self.recorder.list_failed(exc)
+            return False
+        self.recorder.listed()
+        self.listed_ok_ns = self.clock_ns()
+        self.list_backoff.succeeded()
+        self.relist = False
+        present: set[str] = set()
+        for obj in objects:
+            name = try_parse(obj.name)
+            if name is None or name.db != self.db or format_for(name) is None:
+                continue
+            if name.name in self.peers.bad_objects:
+                continue
+            present.add(name.instance)
+            if name.instance == self.peers.own and not startup:
+                continue
+            self.note_name(name.instance, name)
+        self.peers.waiting_for.intersection_update(present)
+        return True
+
+    def note_name(self, instance: str, name: SnapshotName) -> None:
+        """A name from a hint or a listing: remembered if it is news."""
+        if self.peers.note(instance, name, own_done=self.recorder.stats.startup_done):
+            ahead = (name.timestamp_ns - self.clock_ns()) / NS
+            self.recorder.clock_skew(instance, name, ahead)
+
+    # ------------------------------------------------------------------ plans
+
+    def merge_pending(self, *, include_own: bool, retry: bool) -> bool:
+        """Take each instance to its newest object (a full one, or the deltas after our
+        position); True when no merge failed. ``retry`` (``--only-once``): retry a failing
+        fetch or merge in place, and start over after a listing that a vanished or
+        rejected object asked for, instead of leaving both to the next step."""
+        ok = True
+        for _pass in range(MAX_RELIST_PASSES):
+            finished, pass_ok = self._merge_pass(include_own=include_own, retry=retry)
+            ok = ok and pass_ok
+            if finished:
+                return ok
+        log.error(
+            "db %s: the bucket still lists objects that cannot be fetched after %d listings",
+            self.db,
+            MAX_RELIST_PASSES,
+        )
+        return False
+
+    def _merge_pass(self, *, include_own: bool, retry: bool) -> tuple[bool, bool]:
+        """One pass over the pending instances: (finished, no merge failed); not finished
+        when ``retry`` asks to start over after a listing."""
+        ok = True
+        for instance, newest in self.peers.pending(include_own=include_own):
+            if self.stop_event.is_set():
+                return True, False
+            st = self.peers.instances[instance]
+            position = st.merged.timestamp_ns if st.merged is not None else None
+            for name in chain.plan(st.known.values(), position, newest):
+                outcome = self._merge_with_retries(instance, name, retry)
+                if outcome == STOPPED:
+                    return True, False
+                if outcome != DONE:
+                    ok = ok and outcome != RETRY
+                    break
+            self._check_reached(instance, newest)
+            if self.relist:
+                self.list_bucket(startup=not self.recorder.stats.startup_done)
+                if retry:
+                    return False, ok
+        return True, ok
+
+    def _merge_with_retries(self, instance: str, name: SnapshotName, retry: bool) -> str:
+        """:meth:`merge_object` paced by the instance's backoff."""
+        backoff = self._backoff(instance)
+        attempts = 0
+        while True:
+            if not retry and not backoff.ready():
+                return RETRY
+            outcome = self.merge_object(instance, name)
+            if outcome != RETRY:
+                return outcome
+            attempts += 1
+            if not retry or attempts >= self.config.storage_retry_count:
+                return RETRY
+            self.stop_event.wait(backoff.delay)
+            if self.stop_event.is_set():
+                return STOPPED
+
+    def _backoff(self, instance: str) -> Backoff:
+        return self._load_backoff.setdefault(
+            instance, Backoff(RETRY_BACKOFF_START, self.config.storage_retry_interval)
+        )
+
+    def _check_reached(self, instance: str, newest: SnapshotName) -> None:
+        """A plan that fell short of the newest object (a delta's base is missing): list
+        again once; if that does not help, wait for the sender's next full object."""
+        st = self.peers.instances[instance]
+        if st.merged is not None and st.merged.name >= newest.name:
+            st.relisted_for = None
+            return
+        backoff = self._load_backoff.get(instance)
+        if st.newest_seen != newest or (backoff is not None and backoff.delay):
+            return  # rejected or failing: handled where that happened
+        if st.relisted_for != newest.name:
+            st.relisted_for = newest.name
+            self.relist = True
+            return
+        st.stuck = newest.name
+        if st.merged is not None:
+            self.peers.waiting_for.discard(instance)  # what can be reached is merged
+        self.recorder.chain_stuck(instance, newest, st.merged)
+
+    # ------------------------------------------------------------------ one object
+
+    def merge_object(self, instance: str, name: SnapshotName) -> str:
+        """Fetch, verify and merge one object: ``done``, ``skipped`` or ``retry``."""
+        backoff = self._backoff(instance)
+        fmt = format_for(name)
+        if fmt is None:  # a name no format reads never gets this far; be safe
+            self._reject(instance, name, f"no reader for .{name.ext} objects")
+            return SKIPPED
+        t0 = time.monotonic()
+        try:
+            data = self.source.fetch(name)
+        except ObjectNotFoundError:
+            self.recorder.vanished(name)
+            self._forget_newest(instance, name)
+            return SKIPPED
+        except StorageError as exc:
+            backoff.failed()
+            self.recorder.fetch_failed(instance, name, exc)
+            return RETRY
+        backoff.succeeded()
+        with data, collector_paused():
+            self.recorder.fetched(instance, _stream_size(data))
+            try:
+                header = fmt.verify(data)
+                _check_header(header, name)
+            except CorruptObjectError as exc:
+                self._reject(instance, name, str(exc))
+                return SKIPPED
+            try:
+                data.seek(0)
+                result = self._apply(lambda: fmt.reader(data, verified=True).dbis(), data)
+            except CorruptObjectError as exc:  # only if the temp file changed under us
+                self._reject(instance, name, str(exc))
+                return SKIPPED
+            except SyncInterruptedError:
+                self.recorder.merge_interrupted(name)
+                return SKIPPED
+            except LmdbError as exc:
+                backoff.failed()
+                self.recorder.merge_failed(instance, name, exc)
+                return RETRY
+        self._merged(instance, name, result, t0)
+        return DONE
+
+    def _merged(self, instance: str, name: SnapshotName, result: MergeResult, t0: float) -> None:
+        self.ledger.merged(result.txn_ids)
+        st = self.peers.merged(instance, name, self.clock_ns())
+        self.recorder.merged(
+            instance,
+            name,
+            result,
+            time.monotonic() - t0,
+            st.lag_seconds or 0.0,
+            own=instance == self.peers.own,
+        )
+
+    def _apply(
+        self,
+        open_dbis: Callable[[], Iterator[tuple[DbiInfo, Iterable[Entry]]]],
+        data: IO[bytes],
+    ) -> MergeResult:
+        """Merge a verified object: batched txns in native mode, one txn in shadow mode."""
+        if self.shadow is None:
+            merger = Merger(
+                self.lenv,
+                deleted_cutoff_ns=self._deleted_cutoff_ns(),
+                create_flags=self._create_flags,
+                stop=self.stop_event,
+            )
+            return merger.merge(open_dbis())
+        for _attempt in range(MAX_MAP_GROWTHS):
+            data.seek(0)
+            try:
+                result, update = self.shadow.merge(
+                    self._until_stopped(open_dbis()),
+                    timestamp_ns=self.clock_ns(),
+                    deleted_cutoff_ns=self._deleted_cutoff_ns(),
+                    create_flags=self._create_flags,
+                )
+            except lmdb.MapFullError:
+                self.lenv.grow_map()
+                continue
+            if update.changes:
+                log.info(
+                    "db %s: stamped %d local change(s) before merging", self.db, update.changes
+                )
+            return result
+        raise LmdbError(f"lmdb {self.db}: map still full after {MAX_MAP_GROWTHS} growths")
+
+    def _until_stopped(
+        self, dbis: Iterable[tuple[DbiInfo, Iterable[Entry]]]
+    ) -> Iterator[tuple[DbiInfo, Iterable[Entry]]]:
+        """The object's DBIs, raising SyncInterruptedError inside the merge once shutdown is asked.
+
+        For the shadow merge, which runs in one write txn: raised from within it, it
+        aborts that txn, and the object is merged again later.
+        """
+        stop = self.stop_event
+
+        def entries(items: Iterable[Entry]) -> Iterator[Entry]:
+            for n, entry in enumerate(items):
+                if n % STOP_CHECK_EVERY == 0 and stop.is_set():
+                    raise SyncInterruptedError(f"db {self.db}: merge interrupted by shutdown")
+                yield entry
+
+        for info, items in dbis:
+            yield info, entries(items)
+
+    def _deleted_cutoff_ns(self) -> int:
+        """Tombstones older than this are not inserted (the sweeper would remove them)."""
+        sweeper = self.config.sweeper
+        if not sweeper.enabled:
+            return 0
+        return self.clock_ns() - int((sweeper.retention - sweeper.load_cutoff) * NS)
+
+    def _create_flags(self, info: DbiInfo) -> int:
+        opt = self.cfg.dbi_options.get(info.name.decode(errors="replace"))
+        if opt is not None and opt.override_create_flags is not None:
+            return opt.override_create_flags
+        return info.flags
+
+    # ------------------------------------------------------------------ bad objects
+
+    def _reject(self, instance: str, name: SnapshotName, reason: str) -> None:
+        self.peers.bad_objects.add(name.name)
+        self.recorder.rejected(instance, name, reason)
+        self._forget_newest(instance, name)
+
+    def _forget_newest(self, instance: str, name: SnapshotName) -> None:
+        self.peers.forget_newest(instance, name)
+        self.queue.forget_instance(instance)
+        self.relist = True  # a listing decides whether an older object of it exists
+
+
+def _check_header(header: SnapshotHeader, name: SnapshotName) -> None:
+    """The object must say what its name says: db, instance, time, kind and base."""
+    if (header.db, header.instance, header.timestamp_ns) != (
+        name.db,
+        name.instance,
+        name.timestamp_ns,
+    ):
+        raise CorruptObjectError(
+            f"header ({header.db}, {header.instance}, {header.timestamp_ns}) does not match "
+            "the object name"
+        )
+    base = name.delta_base_ns
+    kind = KIND_FULL if base is None else KIND_DELTA
+    if header.kind != kind or (base is not None and header.base_timestamp_ns != base):
+        raise CorruptObjectError(
+            f"header kind {header.kind!r} (base {header.base_timestamp_ns}) does not match "
+            "the object name"
+        )
+
+
+def _stream_size(data: IO[bytes]) -> int:
+    data.seek(0, 2)
+    size = data.tell()
+    data.seek(0)
+    return size

@@ -1,0 +1,348 @@
+"""One db's bookkeeping: every sync event updates stats, metrics, health and the log here.
+
+The receiver, the sender and the loop say *what happened* (stored, merged, rejected,
+a fetch failed ...) with one call each; this module decides which counter moves, which
+health check flips, and which line is logged, so the pipeline stays free of it.
+
+Repeating conditions are logged once per streak (:meth:`Recorder.log_limited`); the
+success that ends a streak logs "... works again" once (:meth:`Recorder.recovered`).
+The loop thread makes every call except :meth:`Recorder.lister_result`, which the
+lister thread makes; the counters it moves are only read for display.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from evsync.config import Config
+from evsync.errors import EvsyncError
+from evsync.health import HealthTracker
+from evsync.metrics import Metrics
+from evsync.snapshot.base import SnapshotHeader
+from evsync.snapshot.name import SnapshotName
+
+if TYPE_CHECKING:
+    from evsync.lmdb.merge import MergeResult
+    from evsync.sweeper import SweepStats, SweepStep
+
+log = logging.getLogger(__name__)
+
+# /status lists this many of the most recently rejected objects
+STATUS_REJECTED = 20
+
+
+@dataclass
+class SyncStats:
+    """Counters for /status (the metrics count the same events for Prometheus)."""
+
+    objects_stored: int = 0
+    objects_loaded: int = 0
+    objects_rejected: int = 0
+    store_failures: int = 0
+    load_failures: int = 0
+    list_failures: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    entries_merged: int = 0
+    entries_written: int = 0
+    last_store_name: str | None = None
+    last_store_at: float | None = None
+    startup_done: bool = False
+    rejected: list[str] = field(default_factory=list)
+
+
+class Recorder:
+    """Stats, metrics, health and rate-limited log lines of one db, one method per event."""
+
+    def __init__(self, db: str, config: Config, metrics: Metrics) -> None:
+        self.db = db
+        self.metrics = metrics
+        self.stats = SyncStats()
+        self.health = HealthTracker(
+            {
+                "list": config.health.storage_list,
+                "load": config.health.storage_load,
+                "store": config.health.storage_store,
+            }
+        )
+        self._clock_skew_threshold = config.clock_skew_threshold
+        self._logged_once: set[str] = set()
+
+    # ------------------------------------------------------------------ log streaks
+
+    def log_limited(self, key: str, level: int, msg: str, *args: object) -> None:
+        """Log a repeating condition once per streak (errors every time)."""
+        if key in self._logged_once and level < logging.ERROR:
+            log.debug(msg, *args)
+            return
+        self._logged_once.add(key)
+        log.log(level, msg, *args)
+
+    def recovered(self, key: str, what: str) -> None:
+        """End a streak started by :meth:`log_limited`, saying so once."""
+        if key in self._logged_once:
+            self._logged_once.discard(key)
+            log.info("db %s: %s works again", self.db, what)
+
+    def end_streak(self, key: str) -> None:
+        """End a streak quietly (the condition is gone; nothing worth a line)."""
+        self._logged_once.discard(key)
+
+    def step_failed(self, what: str, exc: Exception, delay: float) -> None:
+        """A loop step raised: one error line, a traceback only for what is a bug."""
+        log.error(
+            "db %s: %s failed (%s); retrying in %.1fs",
+            self.db,
+            what,
+            exc,
+            delay,
+            exc_info=not isinstance(exc, EvsyncError),
+        )
+
+    # ------------------------------------------------------------------ listing
+
+    def listed(self) -> None:
+        """A listing by the loop succeeded."""
+        self.health.success("list")
+        self.recovered("list", "listing")
+
+    def list_failed(self, exc: Exception) -> None:
+        """A listing by the loop failed."""
+        self.health.failure("list", str(exc))
+        self._count_list_failure()
+        self.log_limited("list", logging.WARNING, "db %s: listing failed: %s", self.db, exc)
+
+    def lister_result(self, ok: bool) -> None:
+        """The lister thread's periodic listing succeeded or failed (it logs itself)."""
+        if ok:
+            self.health.success("list")
+        else:
+            self.health.failure("list", "listing failed")
+            self._count_list_failure()
+
+    def _count_list_failure(self) -> None:
+        self.stats.list_failures += 1
+        self.metrics.list_failures.labels(self.db).inc()
+
+    def clock_skew(self, instance: str, name: SnapshotName, ahead: float) -> None:
+        """A remote object's timestamp is ``ahead`` seconds past this host's clock."""
+        self.metrics.clock_skew.labels(self.db, instance).set(ahead)
+        threshold = self._clock_skew_threshold
+        if threshold and ahead > threshold:
+            self.metrics.clock_skew_warnings.labels(self.db, instance).inc()
+            self.log_limited(
+                f"skew-{instance}",
+                logging.WARNING,
+                "db %s: clock skew: %s is stamped %.2fs ahead of this host's clock "
+                "(threshold %gs); check NTP on both hosts",
+                self.db,
+                name,
+                ahead,
+                threshold,
+            )
+        else:
+            self.end_streak(f"skew-{instance}")
+
+    # ------------------------------------------------------------------ receiving
+
+    def fetched(self, instance: str, size: int) -> None:
+        """An object of ``instance`` was fetched (``size`` bytes)."""
+        self.health.success("load")
+        self.recovered(f"load-{instance}", f"loading objects of {instance}")
+        self.stats.bytes_down += size
+        self.metrics.bytes_downloaded.labels(self.db).inc(size)
+
+    def fetch_failed(self, instance: str, name: SnapshotName, exc: Exception) -> None:
+        """Fetching an object failed; it is tried again after a backoff."""
+        self.health.failure("load", str(exc))
+        self.stats.load_failures += 1
+        self.metrics.load_failures.labels(self.db, instance).inc()
+        self.log_limited(
+            f"load-{instance}", logging.WARNING, "db %s: cannot fetch %s: %s", self.db, name, exc
+        )
+
+    def vanished(self, name: SnapshotName) -> None:
+        """A listed or announced object was gone when fetched (cleaned up, say)."""
+        log.info("db %s: %s vanished before it was fetched; listing again", self.db, name)
+
+    def rejected(self, instance: str, name: SnapshotName, reason: str) -> None:
+        """An object failed verification: it is marked bad and never merged."""
+        log.error("db %s: rejecting corrupt object %s: %s", self.db, name, reason)
+        self.stats.objects_rejected += 1
+        self.metrics.objects_rejected.labels(self.db, instance).inc()
+        self.stats.rejected.append(name.name)
+        del self.stats.rejected[:-STATUS_REJECTED]
+
+    def merge_failed(self, instance: str, name: SnapshotName, exc: Exception) -> None:
+        """Writing a verified object into the LMDB failed (a full disk, say)."""
+        self.metrics.merge_failures.labels(self.db).inc()
+        self.log_limited(
+            f"merge-{instance}", logging.ERROR, "db %s: merge of %s failed: %s", self.db, name, exc
+        )
+
+    def merge_interrupted(self, name: SnapshotName) -> None:
+        """Shutdown stopped a merge; its open txn was aborted."""
+        log.info("db %s: merge of %s interrupted by shutdown", self.db, name)
+
+    def merged(  # noqa: PLR0917 - one event, told in full
+        self,
+        instance: str,
+        name: SnapshotName,
+        result: MergeResult,
+        seconds: float,
+        lag_seconds: float,
+        own: bool,
+    ) -> None:
+        """An object was merged into the LMDB."""
+        self.end_streak(f"chain-{instance}")
+        self.stats.objects_loaded += 1
+        self.stats.entries_merged += result.entries
+        self.stats.entries_written += result.written
+        m = self.metrics
+        m.objects_loaded.labels(self.db, instance).inc()
+        m.entries_merged.labels(self.db).inc(result.entries)
+        m.entries_written.labels(self.db).inc(result.written)
+        m.merge_seconds.labels(self.db).observe(seconds)
+        m.observe_write_lock(self.db, result.longest_txn_seconds)
+        if not own:
+            m.propagation_lag.labels(self.db).observe(lag_seconds)
+        log.info(
+            "db %s: merged %s (%d entries, %d written, %d txns, %.1f ms, lag %.1f ms)",
+            self.db,
+            name,
+            result.entries,
+            result.written,
+            result.txns,
+            seconds * 1000,
+            lag_seconds * 1000,
+        )
+
+    def chain_stuck(self, instance: str, newest: SnapshotName, merged: SnapshotName | None) -> None:
+        """A delta chain cannot be followed to ``newest``: a delta it builds on is gone."""
+        self.log_limited(
+            f"chain-{instance}",
+            logging.WARNING,
+            "db %s: cannot reach %s: a delta it builds on is missing; merged up to %s, "
+            "waiting for the next full object of %s",
+            self.db,
+            newest,
+            merged,
+            instance,
+        )
+
+    # ------------------------------------------------------------------ sending
+
+    def dump_failed(self, exc: Exception) -> None:
+        """The LMDB could not be dumped; the change stays pending."""
+        self.log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
+
+    def dumped(self, *, empty: bool) -> None:
+        """A dump worked; ``empty``: the LMDB holds nothing, so nothing is uploaded."""
+        self.end_streak("dump")
+        if empty:
+            self.log_limited(
+                "empty", logging.INFO, "db %s: LMDB is empty, waiting for data", self.db
+            )
+        else:
+            self.end_streak("empty")
+
+    def store_retrying(self, name: str, attempt: int, exc: BaseException | None) -> None:
+        """A store attempt failed; it is retried."""
+        self._count_store_failure(exc)
+        self.log_limited(
+            "store",
+            logging.WARNING,
+            "db %s: store of %s failed (attempt %d): %s; retrying",
+            self.db,
+            name,
+            attempt,
+            exc,
+        )
+
+    def store_failed(self, name: SnapshotName, exc: Exception) -> None:
+        """A store failed for good; the change stays pending and is tried again later."""
+        self._count_store_failure(exc)
+        log.error("db %s: could not store %s: %s; the change stays pending", self.db, name, exc)
+
+    def _count_store_failure(self, exc: BaseException | None) -> None:
+        self.health.failure("store", str(exc))
+        self.stats.store_failures += 1
+        self.metrics.store_failures.labels(self.db).inc()
+
+    def stored(  # noqa: PLR0917 - one event, told in full
+        self,
+        name: SnapshotName,
+        header: SnapshotHeader,
+        entries: int,
+        size: int,
+        dump_seconds: float,
+        total_seconds: float,
+        forced: bool,
+    ) -> None:
+        """An object was stored in the bucket."""
+        self.health.success("store")
+        self.recovered("store", "storing")
+        self.stats.objects_stored += 1
+        self.stats.bytes_up += size
+        self.stats.last_store_name = name.name
+        self.stats.last_store_at = time.time()
+        m = self.metrics
+        m.objects_stored.labels(self.db).inc()
+        m.bytes_uploaded.labels(self.db).inc(size)
+        m.dump_seconds.labels(self.db).observe(dump_seconds)
+        if header.kind == "delta":
+            m.deltas_stored.labels(self.db).inc()
+        log.info(
+            "db %s: stored %s (%s, %d entries, %d bytes, txn %d, dump %.1f ms, total %.1f ms%s)",
+            self.db,
+            name,
+            header.kind,
+            entries,
+            size,
+            header.txn_id,
+            dump_seconds * 1000,
+            total_seconds * 1000,
+            ", forced" if forced else "",
+        )
+
+    def announce_failed(self, name: SnapshotName, exc: Exception) -> None:
+        """A stored-object callback (an MQTT announcement) raised; the sync goes on."""
+        self.log_limited(
+            "on-stored", logging.WARNING, "db %s: announcing %s failed: %s", self.db, name, exc
+        )
+
+    # ------------------------------------------------------------------ the local LMDB
+
+    def write_lock(self, seconds: float) -> None:
+        """evsync held the LMDB write lock this long in one txn."""
+        self.metrics.observe_write_lock(self.db, seconds)
+
+    def sweep_step(self, step: SweepStep) -> None:
+        """One sweeper txn ran."""
+        self.write_lock(step.txn_seconds)
+        if step.removed:
+            self.metrics.sweeper_removed.labels(self.db).inc(step.removed)
+
+    def sweep_done(self, st: SweepStats) -> None:
+        """A sweeper pass over every DBI finished."""
+        m = self.metrics
+        m.sweeper_runs.labels(self.db).inc()
+        m.sweeper_seconds.labels(self.db).observe(st.seconds)
+        m.sweeper_entries.labels(self.db, "live").set(st.live)
+        m.sweeper_entries.labels(self.db, "deleted").set(st.deleted)
+        total = st.live + st.deleted
+        log.info(
+            "db %s: swept tombstones: %d entries, %d deleted (%.1f%%), %d removed, "
+            "%d txns, longest %.1f ms, %.2fs",
+            self.db,
+            total,
+            st.deleted,
+            100.0 * st.deleted / total if total else 0.0,
+            st.removed,
+            st.txns,
+            st.longest_txn_seconds * 1000,
+            st.seconds,
+        )

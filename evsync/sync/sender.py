@@ -1,0 +1,330 @@
+"""Local changes into the bucket: decide an upload, dump, store with retries, announce.
+
+Owns: the upload decision (changed since the last synced txn, or a forced snapshot
+due), the delta chain (:class:`~evsync.sync.chain.SenderChain`: a delta or a full
+object), object names (timestamps never repeat or go back within a run), the store
+with its retries and backoff, and the callbacks after a store (MQTT announcements,
+the cleaner's "committed" mark). When a commit raced an upload it queues a hint for
+itself, so the loop runs it again.
+
+Rules (DESIGN §5): an empty LMDB never uploads; merged remote data is not uploaded
+again when nothing changed locally; a store that fails is retried with backoff and the
+change stays pending, so a storage outage makes the daemon unhealthy, never makes it
+exit or lose a change. In shadow mode an upload first runs a main -> shadow pass and
+dumps the shadow DBIs (always a full object).
+
+May call: the LMDB dumps (read txns; the shadow pass is the one write), the object
+format's writer, the bucket's ``store``, :class:`~evsync.sync.state.Peers` (to record
+its own uploads), the txn ledger and the recorder. Must not: merge, or list the bucket.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import IO
+
+import tenacity
+
+from evsync import faults
+from evsync.config import Config
+from evsync.errors import LmdbError, StorageError, StorageUnavailableError
+from evsync.lmdb.dump import DumpResult, dump_native, dump_native_delta, dump_shadow
+from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.shadow import Shadow
+from evsync.snapshot.base import KIND_DELTA, KIND_FULL, SnapshotFormat
+from evsync.snapshot.evs import EVS_ZST
+from evsync.snapshot.name import SnapshotName, delta_extra
+from evsync.storage.base import BlobStore
+from evsync.sync import chain
+from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff, StopOnEvent
+from evsync.sync.recorder import Recorder
+from evsync.sync.state import Peers, TxnLedger
+from evsync.triggers.base import Hint, HintQueue
+
+# Objects up to this size are built in memory; larger dumps spill to a temp file.
+DUMP_SPOOL_BYTES = 8 << 20
+# A read txn begun right after a commit can still see the previous one for a moment:
+# dump again, this many times at most, this long apart.
+DUMP_CATCH_UP_ATTEMPTS = 5
+DUMP_CATCH_UP_SECONDS = 0.001
+# The hint source of the sender's own "look again": a commit raced an upload.
+SOURCE_SELF = "self"
+
+#: called as (db, object name, size) after every successful store
+StoredCallback = Callable[[str, str, int], None]
+#: called with {instance: newest merged object's timestamp} of the other instances after
+#: a full object is stored: their data is now proven to be in our own object
+CommittedCallback = Callable[[Mapping[str, int]], None]
+
+
+class Sender:
+    """Turns the LMDB's local changes into stored, announced objects."""
+
+    def __init__(  # noqa: PLR0917 - the parts it works with, named once
+        self,
+        config: Config,
+        lenv: LmdbEnv,
+        shadow: Shadow | None,
+        store: BlobStore,
+        peers: Peers,
+        ledger: TxnLedger,
+        recorder: Recorder,
+        queue: HintQueue,
+        stop_event: threading.Event,
+        clock_ns: Callable[[], int],
+        fmt: SnapshotFormat = EVS_ZST,
+    ) -> None:
+        self.config = config
+        self.db = lenv.name
+        self.lenv = lenv
+        self.shadow = shadow
+        self.store = store
+        self.peers = peers
+        self.ledger = ledger
+        self.recorder = recorder
+        self.queue = queue
+        self.stop_event = stop_event
+        self.clock_ns = clock_ns
+        self.format = fmt
+        self.chain = chain.SenderChain(config.deltas)
+        retry = config.storage_retry_interval
+        self.backoff = Backoff(retry, retry)
+        self.last_store_mono = time.monotonic()
+        self._last_name_ts = 0
+        self.on_stored: list[StoredCallback] = []
+        self.on_committed: list[CommittedCallback] = []
+
+    # ------------------------------------------------------------------ deciding
+
+    def forced_due_in(self, now: float) -> float | None:
+        """Seconds until a forced snapshot is due, or None when none is configured."""
+        force = self.config.storage_force_snapshot_interval
+        return self.last_store_mono + force - now if force else None
+
+    def maybe_upload(self, *, only_once: bool = False) -> bool:
+        """Upload when the LMDB changed (or a forced snapshot is due); False on failure.
+
+        ``only_once``: the store is tried at once (not after the backoff) and its
+        failure is the run's.
+        """
+        txn_id = self.lenv.last_txn_id()
+        force_every = self.config.storage_force_snapshot_interval
+        forced = bool(force_every) and (time.monotonic() - self.last_store_mono >= force_every)
+        if txn_id <= self.ledger.last_synced and not forced:
+            return True
+        if not only_once and not self.backoff.ready():
+            return False
+        return self._upload(forced=forced and txn_id <= self.ledger.last_synced, want_txn=txn_id)
+
+    def _upload(self, *, forced: bool, want_txn: int) -> bool:
+        """Dump into a spool and store it: True when stored or nothing needed storing."""
+        t0 = time.monotonic()
+        with tempfile.SpooledTemporaryFile(max_size=DUMP_SPOOL_BYTES) as spool:
+            try:
+                if self.shadow is not None and not self._shadow_has_news(forced):
+                    return True
+                name, dumped = self._dump_object(spool, want_txn, forced=forced)
+            except LmdbError as exc:
+                self.recorder.dump_failed(exc)
+                self.backoff.failed()
+                return False
+            header = dumped.header
+            if header.kind == KIND_DELTA and header.total_entries == 0:
+                # the commits since the last upload were evsync's own merges
+                self.recorder.dumped(empty=False)
+                self.ledger.synced_up_to(header.txn_id)
+                return True
+            self.recorder.dumped(empty=header.total_entries == 0)
+            if header.total_entries == 0:  # an empty LMDB never uploads
+                return True
+            size = spool.tell()
+            t_dump = time.monotonic() - t0
+            try:
+                self._store_with_retry(name.name, spool)
+            except StorageError as exc:
+                self.recorder.store_failed(name, exc)
+                self.backoff.failed()
+                return False
+        self._stored(name, dumped, size, t_dump, t0, forced)
+        return True
+
+    def _stored(  # noqa: PLR0917 - one event, told in full
+        self,
+        name: SnapshotName,
+        dumped: DumpResult,
+        size: int,
+        t_dump: float,
+        t0: float,
+        forced: bool,
+    ) -> None:
+        """Everything a successful store moves on: backoff, txns, chain, peers, callbacks."""
+        header = dumped.header
+        self.backoff.succeeded()
+        if self.shadow is not None:
+            self.shadow.dirty = False
+        self.ledger.synced_up_to(header.txn_id)
+        self.last_store_mono = time.monotonic()
+        if header.kind == KIND_DELTA:
+            self.chain.stored_delta(header.timestamp_ns, header.txn_id, size)
+        elif self.shadow is None:
+            self.chain.stored_full(header.timestamp_ns, header.txn_id, size)
+        self.ledger.shipped(self.chain.shipped_txn)
+        self.peers.stored_own(name)
+        if header.kind == KIND_FULL:
+            self._notify_committed()  # a delta does not carry what was merged
+        if self.lenv.last_txn_id() > self.ledger.last_synced:
+            self.queue.put(Hint(SOURCE_SELF, local=True))  # committed during the upload
+        for callback in self.on_stored:
+            try:
+                callback(self.db, name.name, size)
+            except Exception as exc:  # noqa: BLE001 - an announcement must never break the sync
+                self.recorder.announce_failed(name, exc)
+        total = time.monotonic() - t0
+        self.recorder.stored(name, header, dumped.stats.entries, size, t_dump, total, forced)
+
+    def _notify_committed(self) -> None:
+        """Our object now carries every merged object's data: tell the cleaner."""
+        merged = self.peers.merged_timestamps()
+        for callback in self.on_committed:
+            callback(merged)
+
+    def _shadow_has_news(self, forced: bool) -> bool:
+        """Shadow mode: run main -> shadow; False when there is nothing new to upload."""
+        assert self.shadow is not None
+        t0 = time.monotonic()
+        update = self.shadow.update_from_main(self.clock_ns())
+        if not update.skipped:
+            self.recorder.write_lock(time.monotonic() - t0)
+        if update.changes or self.shadow.dirty or forced:
+            return True
+        # The commits since the last upload changed no value (or were our own merges).
+        self.ledger.synced_up_to(self.shadow.synced_txn)
+        return False
+
+    # ------------------------------------------------------------------ dumping
+
+    def _dump_object(
+        self, spool: IO[bytes], want_txn: int, *, forced: bool
+    ) -> tuple[SnapshotName, DumpResult]:
+        """A delta when the chain allows one and it is small enough, else a full object."""
+        base = self.chain.base_ns
+        if not forced and self.shadow is None and base is not None and self.chain.delta_allowed():
+            delta = self._dump_caught_up(
+                spool,
+                want_txn,
+                lambda ts: dump_native_delta(
+                    self.lenv,
+                    spool,
+                    db=self.db,
+                    instance=self.peers.own,
+                    timestamp_ns=ts,
+                    base_timestamp_ns=base,
+                    since_txn=self.chain.shipped_txn,
+                    skip_txns=self.ledger.merge_txns,
+                    max_entries=chain.MAX_DELTA_ENTRIES,
+                    fmt=self.format,
+                ),
+            )
+            if delta is not None:
+                return self._name(delta, extras=(delta_extra(base),)), delta
+        dumped = self._dump_full(spool, want_txn)
+        return self._name(dumped), dumped
+
+    def _name(self, dumped: DumpResult, extras: tuple[str, ...] = ()) -> SnapshotName:
+        ts = dumped.header.timestamp_ns
+        return SnapshotName.build(
+            self.db, self.peers.own, ts, extras=extras, ext=self.format.extension
+        )
+
+    def _dump_full(self, spool: IO[bytes], want_txn: int) -> DumpResult:
+        """Write a full object into ``spool``."""
+        if self.shadow is not None:
+            return dump_shadow(
+                self.lenv,
+                spool,
+                db=self.db,
+                instance=self.peers.own,
+                timestamp_ns=self._next_timestamp(),
+                txn_id=self.shadow.synced_txn,
+                fmt=self.format,
+            )
+        dumped = self._dump_caught_up(
+            spool,
+            want_txn,
+            lambda ts: dump_native(
+                self.lenv,
+                spool,
+                db=self.db,
+                instance=self.peers.own,
+                timestamp_ns=ts,
+                fmt=self.format,
+            ),
+        )
+        assert dumped is not None  # dump_native always writes an object
+        return dumped
+
+    def _dump_caught_up(
+        self, spool: IO[bytes], want_txn: int, dump: Callable[[int], DumpResult | None]
+    ) -> DumpResult | None:
+        """``dump(timestamp)`` into an emptied ``spool`` until it reflects ``want_txn``.
+
+        A read txn begun right after a commit can still see the previous one for a
+        moment; dump again rather than store an object that misses it.
+        """
+        dumped = None
+        for _attempt in range(DUMP_CATCH_UP_ATTEMPTS):
+            spool.seek(0)
+            spool.truncate()
+            dumped = dump(self._next_timestamp())
+            if dumped is None or dumped.header.txn_id >= want_txn:
+                break
+            time.sleep(DUMP_CATCH_UP_SECONDS)
+        return dumped
+
+    def _next_timestamp(self) -> int:
+        """The clock, but never at or below the previous object's timestamp."""
+        ts = max(self.clock_ns(), self._last_name_ts + 1)
+        self._last_name_ts = ts
+        return ts
+
+    # ------------------------------------------------------------------ storing
+
+    def _store_with_retry(self, name: str, spool: IO[bytes]) -> None:
+        """Store, retrying while the bucket is unavailable (forever, or the configured
+        count); shutdown ends the retries."""
+        cfg = self.config
+        attempts: tenacity.stop.stop_base = (
+            tenacity.stop_never
+            if cfg.storage_retry_forever
+            else tenacity.stop_after_attempt(cfg.storage_retry_count)
+        )
+
+        def attempt() -> None:
+            spool.seek(0)
+            self.store.store(name, faults.reading(spool, "upload"))
+            faults.point("stored")
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.recorder.store_retrying(name, state.attempt_number, exc)
+
+        retrying = tenacity.Retrying(
+            stop=attempts | StopOnEvent(self.stop_event),
+            wait=tenacity.wait_exponential(
+                multiplier=RETRY_BACKOFF_START,
+                min=RETRY_BACKOFF_START,
+                max=cfg.storage_retry_interval,
+            ),
+            retry=tenacity.retry_if_exception_type(StorageUnavailableError),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        retrying(attempt)
+
+    def _sleep(self, seconds: float) -> None:
+        """Retry sleeps end early on shutdown."""
+        self.stop_event.wait(seconds)

@@ -1,0 +1,184 @@
+"""The state the receiver and the sender share: what is known of each instance, and which
+local txns are evsync's own.
+
+Owned by the loop thread: only it changes these objects. The HTTP thread reads them
+for /status and /metrics (plain reads of dicts and ints, copied before iterating).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from evsync.snapshot.name import SnapshotName
+
+NS = 1_000_000_000
+
+
+@dataclass
+class InstanceState:
+    """What this syncer knows about one remote (or its own) instance."""
+
+    newest_seen: SnapshotName | None = None
+    merged: SnapshotName | None = None
+    merged_at: float | None = None  # wall clock
+    lag_seconds: float | None = None  # object timestamp -> merged
+    #: names newer than ``merged`` known to exist: the deltas a plan may need
+    known: dict[str, SnapshotName] = field(default_factory=dict)
+    #: the newest name a plan fell short of once (a listing is tried), then for good
+    relisted_for: str | None = None
+    stuck: str | None = None
+
+
+class Peers:
+    """Every instance's objects as far as this syncer knows them, its own included.
+
+    The receiver notes names and merges; the sender records its own uploads; the
+    startup rules read :attr:`waiting_for`.
+    """
+
+    def __init__(self, own_instance: str) -> None:
+        self.own = own_instance
+        self.instances: dict[str, InstanceState] = {}
+        #: objects rejected as corrupt: never fetched again
+        self.bad_objects: set[str] = set()
+        #: instances whose newest object (at startup) is not merged yet
+        self.waiting_for: set[str] = set()
+
+    def get(self, instance: str) -> InstanceState:
+        """The instance's state, created empty on first use."""
+        return self.instances.setdefault(instance, InstanceState())
+
+    def note(self, instance: str, name: SnapshotName, *, own_done: bool) -> bool:
+        """Remember that ``name`` exists; True when it is a remote instance's new newest.
+
+        Names at or below the instance's merged position are no news; the own
+        instance's names only count until startup is done (``own_done``).
+        """
+        if name.name in self.bad_objects:
+            return False
+        if instance == self.own and own_done:
+            return False  # our own uploads; only merged at startup
+        st = self.get(instance)
+        if st.merged is not None and name.name <= st.merged.name:
+            return False
+        st.known[name.name] = name
+        if st.newest_seen is None or name.name > st.newest_seen.name:
+            st.newest_seen = name
+            return instance != self.own
+        return False
+
+    def pending(self, *, include_own: bool) -> list[tuple[str, SnapshotName]]:
+        """(instance, newest) for every instance with something newer than its position,
+        own history first."""
+        out = []
+        for instance, st in self.instances.items():
+            if st.newest_seen is None:
+                continue
+            if st.merged is not None and st.newest_seen.name <= st.merged.name:
+                continue
+            if st.stuck == st.newest_seen.name:
+                continue  # waits for a newer name (the sender's next full object)
+            if instance == self.own and not include_own:
+                continue
+            out.append((instance, st.newest_seen))
+        out.sort(key=lambda item: item[0] != self.own)  # own history first
+        return out
+
+    def unmerged(self) -> set[str]:
+        """Instances whose newest seen object is beyond what is merged of them."""
+        return {
+            i
+            for i, st in self.instances.items()
+            if st.newest_seen is not None
+            and (st.merged is None or st.merged.name < st.newest_seen.name)
+        }
+
+    def forget_newest(self, instance: str, name: SnapshotName) -> None:
+        """Drop a name that cannot be merged, so a listing can promote an older one."""
+        st = self.instances.get(instance)
+        if st is not None:
+            st.known.pop(name.name, None)
+            if st.newest_seen == name:
+                st.newest_seen = None
+
+    def merged(self, instance: str, name: SnapshotName, now_ns: int) -> InstanceState:
+        """``name`` is merged: the instance's position moves to it."""
+        st = self.get(instance)
+        st.merged = name
+        st.known = {n: v for n, v in st.known.items() if n > name.name}
+        st.merged_at = time.time()
+        st.lag_seconds = max(0.0, now_ns / NS - name.timestamp_ns / NS)
+        self.waiting_for.discard(instance)
+        return st
+
+    def stored_own(self, name: SnapshotName) -> None:
+        """Our own upload: it is both the newest and the merged object of this instance."""
+        own = self.get(self.own)
+        own.merged = own.newest_seen = name
+
+    def merged_timestamps(self) -> dict[str, int]:
+        """{instance: timestamp of its newest merged object} of the other instances."""
+        return {
+            inst: st.merged.timestamp_ns
+            for inst, st in list(self.instances.items())
+            if st.merged is not None and inst != self.own
+        }
+
+    def seen_timestamps(self, attr: str) -> dict[str, float]:
+        """{instance: seconds} of the other instances' ``newest_seen`` or ``merged``."""
+        out = {}
+        for inst, st in list(self.instances.items()):
+            name = getattr(st, attr)
+            if name is not None and inst != self.own:
+                out[inst] = name.timestamp_ns / NS
+        return out
+
+    def status(self, now_ns: int) -> dict[str, Any]:
+        """Plain data per instance for /status."""
+        return {
+            inst: {
+                "newest_seen": st.newest_seen.name if st.newest_seen else None,
+                "merged": st.merged.name if st.merged else None,
+                "merged_age_seconds": (now_ns - st.merged.timestamp_ns) / NS if st.merged else None,
+                "lag_seconds": st.lag_seconds,
+            }
+            for inst, st in sorted(self.instances.items())
+        }
+
+
+@dataclass
+class TxnLedger:
+    """Which local txns need no upload: those up to the last synced one, and evsync's own.
+
+    A merge's txns that directly follow the last synced txn hold no local change, so
+    merged remote data is not uploaded again; merge txns after a local commit are kept
+    in :attr:`merge_txns`, so a delta leaves their entries out.
+    """
+
+    last_synced: int = 0
+    #: txns of evsync's own merges since the last upload
+    merge_txns: set[int] = field(default_factory=set)
+
+    def advance(self, txn_ids: Iterable[int]) -> None:
+        """Txns that directly follow the last synced txn and hold no local change."""
+        for txn_id in txn_ids:
+            if txn_id == self.last_synced + 1:
+                self.last_synced = txn_id
+            else:
+                break
+
+    def merged(self, txn_ids: list[int]) -> None:
+        """A merge committed these txns."""
+        self.advance(txn_ids)
+        self.merge_txns.update(txn_ids)
+
+    def synced_up_to(self, txn_id: int) -> None:
+        """Everything up to ``txn_id`` is in the bucket (or needs no upload)."""
+        self.last_synced = max(self.last_synced, txn_id)
+
+    def shipped(self, shipped_txn: int) -> None:
+        """A stored object covers everything up to ``shipped_txn``: forget older merges."""
+        self.merge_txns = {t for t in self.merge_txns if t > shipped_txn}
