@@ -19,6 +19,7 @@ from typing import Any
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from evsync.snapshot import format_for
 from evsync.snapshot.name import SnapshotName, try_parse
 
 SOURCE_WATCHER = "watcher"
@@ -86,7 +87,7 @@ class HintQueue:
 
     def _put_remote(self, hint: Hint) -> bool:
         parsed = try_parse(hint.name or "")
-        if parsed is None or parsed.db != self.db or not parsed.is_evsync:
+        if parsed is None or parsed.db != self.db or format_for(parsed) is None:
             self.ignored[hint.source] += 1
             return False
         if parsed.instance == self.own_instance:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from evsync.errors import StorageError
+from evsync.snapshot import format_for
 from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
 from evsync.storage.base import BlobStore, ObjectInfo
 from evsync.triggers.base import SOURCE_LISTING, Hint, HintQueue, Trigger
@@ -21,7 +22,7 @@ def newest_per_instance(objects: list[ObjectInfo], db: str) -> dict[str, Snapsho
     newest: dict[str, SnapshotName] = {}
     for obj in objects:
         parsed = try_parse(obj.name)
-        if parsed is None or parsed.db != db or not parsed.is_evsync:
+        if parsed is None or parsed.db != db or format_for(parsed) is None:
             continue
         current = newest.get(parsed.instance)
         if current is None or parsed.name > current.name:

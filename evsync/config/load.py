@@ -1,73 +1,88 @@
-"""Load, validate and mask the YAML config: frozen dataclasses checked once at load.
+"""Read a config: YAML (strict: no duplicate keys), ``${ENV}``, then every section
+checked key by key into the dataclasses of ``schema.py``.
 
-Keys follow Lightning Stream (DESIGN §8) so that an LS config mostly works as is.
 Every error is a :class:`~evsync.errors.ConfigError` whose message starts with the
-dotted key it is about, e.g. ``lmdbs.main.path: missing``.
+dotted key it is about, e.g. ``lmdbs.main.path: missing``; a leftover key is an error
+(named as the misspelling of a missing one when it looks like it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import os
 import re
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
+from evsync.config.env import expand_tree
+from evsync.config.schema import (
+    DEFAULT_CLEANUP_INTERVAL,
+    DEFAULT_CLOCK_SKEW_THRESHOLD,
+    DEFAULT_DELTA_FULL_INTERVAL,
+    DEFAULT_DELTA_MAX_CHAIN,
+    DEFAULT_DELTA_MAX_CHAIN_RATIO,
+    DEFAULT_FORCE_SNAPSHOT_INTERVAL,
+    DEFAULT_HEALTH,
+    DEFAULT_LMDB_POLL_INTERVAL,
+    DEFAULT_MAP_SIZE_ON_CREATE,
+    DEFAULT_MAX_DBS,
+    DEFAULT_MQTT_TOPIC,
+    DEFAULT_MUST_KEEP_INTERVAL,
+    DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL,
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_S3_DIAL_TIMEOUT,
+    DEFAULT_S3_READ_TIMEOUT,
+    DEFAULT_S3_REGION,
+    DEFAULT_START_HEALTH,
+    DEFAULT_STORAGE_POLL_INTERVAL,
+    DEFAULT_STORAGE_RETRY_COUNT,
+    DEFAULT_STORAGE_RETRY_INTERVAL,
+    DEFAULT_SWEEP_FIRST_INTERVAL,
+    DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_SWEEP_LOCK_DURATION,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MIN_FORCE_SNAPSHOT_INTERVAL,
+    MIN_POLL_INTERVAL,
+    CleanupConfig,
+    Config,
+    DbiOptions,
+    DeltasConfig,
+    FsOptions,
+    HealthCheckConfig,
+    HealthConfig,
+    LmdbConfig,
+    LmdbOptions,
+    LogConfig,
+    MemoryOptions,
+    MqttConfig,
+    MqttTls,
+    NotifyConfig,
+    S3Options,
+    SqsConfig,
+    StartHealthConfig,
+    StorageConfig,
+    StorageOptions,
+    SweeperConfig,
+)
+from evsync.config.values import (
+    parse_dbi_flags,
+    parse_duration,
+    parse_size,
+    sanitize_instance,
+    validate_db_name,
+    validate_instance,
+)
 from evsync.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "evsync.yaml"
+
 CONFIG_ENV_VAR = "EVSYNC_CONFIG"
-
-DEFAULT_LMDB_POLL_INTERVAL = 1.0
-MIN_POLL_INTERVAL = 0.01
-DEFAULT_STORAGE_POLL_INTERVAL = 1.0
-DEFAULT_STORAGE_RETRY_INTERVAL = 5.0
-DEFAULT_STORAGE_RETRY_COUNT = 100
-DEFAULT_FORCE_SNAPSHOT_INTERVAL = 4 * 3600.0
-MIN_FORCE_SNAPSHOT_INTERVAL = 60.0
-DEFAULT_LISTING_INTERVAL_WITH_PUSH = 60.0
-DEFAULT_MAP_SIZE_ON_CREATE = 1 << 30
-DEFAULT_MAX_DBS = 64
-# S3: how long to wait for a TCP connection (LS's dial_timeout), and for each read of a
-# response; a server that stalls longer fails the request, and evsync's retries take over.
-DEFAULT_S3_DIAL_TIMEOUT = 10.0
-DEFAULT_S3_READ_TIMEOUT = 60.0
-DEFAULT_CLEANUP_INTERVAL = 300.0
-DEFAULT_MUST_KEEP_INTERVAL = 600.0
-DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL = 168 * 3600.0
-DEFAULT_RETENTION_DAYS = 370.0
-DEFAULT_SWEEP_INTERVAL = 6 * 3600.0
-DEFAULT_SWEEP_FIRST_INTERVAL = 600.0
-DEFAULT_SWEEP_LOCK_DURATION = 0.05
-DEFAULT_MQTT_TOPIC = "evsync"
-DEFAULT_S3_REGION = "us-east-1"
-DEFAULT_HEALTH = (5.0, 60.0, 300.0)  # interval, warn_duration, error_duration
-DEFAULT_START_HEALTH = (1.0, 60.0, 300.0)  # LS health.start
-# A remote object stamped further ahead of the local clock than this is logged and counted:
-# its writer's clock is ahead, so its writes win conflicts they should lose.
-DEFAULT_CLOCK_SKEW_THRESHOLD = 1.0
-# Deltas (DESIGN §7): a full object is written when the chain since the last one has
-# this many deltas, when the deltas add up to this share of the full object's size, or
-# when the full object is this old (which also heals a receiver that missed a delta).
-DEFAULT_DELTA_MAX_CHAIN = 20
-DEFAULT_DELTA_MAX_CHAIN_RATIO = 0.5
-DEFAULT_DELTA_FULL_INTERVAL = 600.0
-
-INSTANCE_RE = re.compile(r"^[a-zA-Z0-9-]+$")
-DB_NAME_RE = re.compile(r"^[a-z0-9-]+$")
-SECRET_KEYS = frozenset({"secret_key", "access_key", "password"})
-MASK = "***"
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "fatal")
-LOG_FORMATS = ("human", "logfmt", "json")
 
 # LS keys that evsync accepts so an LS config loads, but that have no effect here.
 LS_ACCEPTED_NOOP_KEYS = frozenset(
@@ -79,344 +94,6 @@ LS_ACCEPTED_NOOP_KEYS = frozenset(
     }
 )
 
-
-# ---------------------------------------------------------------- value parsing
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-# Go's time.Duration ends at 2562047h (about 292 years); beyond it Python's waits overflow too.
-MAX_DURATION = 2562047 * 3600.0
-
-
-def parse_duration(value: object, key: str) -> float:
-    """Parse a Go-style duration (``500ms``, ``1h30m``, ``168h``) into seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
-    if isinstance(value, int | float) and value == 0:
-        return 0.0
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
-    text = value.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or pos != len(text):
-        raise ConfigError(f"{key}: expected a duration like 500ms, 1s, 5m, got {value!r}")
-    if total > MAX_DURATION:
-        raise ConfigError(f"{key}: must be at most 2562047h, got {value}")
-    return total
-
-
-def parse_size(value: object, key: str) -> int:
-    """Parse a size (``256MB``, ``1GB``, bytes as an integer); units are powers of 1024."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a size like 256MB or 1GB, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative")
-        return value
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match:
-            unit = (match.group(2) or "").upper().replace("I", "").rstrip("B") or ""
-            if unit in _SIZE_UNITS:
-                return int(float(match.group(1)) * _SIZE_UNITS[unit])
-    raise ConfigError(f"{key}: expected a size like 256MB or 1GB, got {value!r}")
-
-
-def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; ``$$`` is a literal ``$``.
-
-    An unset variable without a default is an error rather than an empty string,
-    so a missing secret fails loudly at load instead of as an auth error later.
-    """
-    env = os.environ if environ is None else environ
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(3)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"config: environment variable {name} is not set (used as ${{{name}}})")
-
-    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, text)
-
-
-# ---------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True)
-class LmdbOptions:
-    """How to open one LMDB environment (LS ``lmdbs.<db>.options``)."""
-
-    no_subdir: bool = False
-    create: bool = False
-    map_size: int = 0
-    max_dbs: int = DEFAULT_MAX_DBS
-
-
-@dataclass(frozen=True)
-class DbiOptions:
-    """Per-DBI overrides (LS ``dbi_options.<dbi>``)."""
-
-    override_create_flags: int | None = None
-
-
-@dataclass(frozen=True)
-class LmdbConfig:
-    """One synced LMDB (a "db"): its name is part of every object name."""
-
-    name: str
-    path: str
-    schema_tracks_changes: bool = False
-    dupsort_hack: bool = False
-    options: LmdbOptions = field(default_factory=LmdbOptions)
-    dbi_options: Mapping[str, DbiOptions] = field(default_factory=dict)
-
-    @property
-    def data_file(self) -> Path:
-        """The LMDB data file that the watcher observes."""
-        p = Path(self.path)
-        return p if self.options.no_subdir else p / "data.mdb"
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """Options of the ``s3`` storage backend."""
-
-    bucket: str
-    endpoint_url: str | None = None
-    region: str = DEFAULT_S3_REGION
-    access_key: str | None = None
-    secret_key: str | None = None
-    global_prefix: str = ""
-    create_bucket: bool = False
-    dial_timeout: float = DEFAULT_S3_DIAL_TIMEOUT
-    read_timeout: float = DEFAULT_S3_READ_TIMEOUT
-
-
-@dataclass(frozen=True)
-class FsOptions:
-    """Options of the ``fs`` storage backend: a directory used as the bucket."""
-
-    root_path: str
-    watch: bool = True
-
-
-@dataclass(frozen=True)
-class MemoryOptions:
-    """The ``memory`` backend has no options; it lives and dies with the process."""
-
-
-StorageOptions = S3Options | FsOptions | MemoryOptions
-
-
-@dataclass(frozen=True)
-class CleanupConfig:
-    """Snapshot cleanup (LS ``storage.cleanup``); on by default, unlike LS."""
-
-    enabled: bool = True
-    interval: float = DEFAULT_CLEANUP_INTERVAL
-    must_keep_interval: float = DEFAULT_MUST_KEEP_INTERVAL
-    remove_old_instances_interval: float = DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    """Where snapshot objects live."""
-
-    type: str
-    options: StorageOptions
-    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
-
-
-@dataclass(frozen=True)
-class SweeperConfig:
-    """Tombstone sweeper (LS ``sweeper``); off by default as in LS."""
-
-    enabled: bool = False
-    retention_days: float = DEFAULT_RETENTION_DAYS
-    interval: float = DEFAULT_SWEEP_INTERVAL
-    first_interval: float = DEFAULT_SWEEP_FIRST_INTERVAL
-    lock_duration: float = DEFAULT_SWEEP_LOCK_DURATION
-    release_duration: float = DEFAULT_SWEEP_LOCK_DURATION
-    retention_load_cutoff_duration: float = 0.0
-
-    @property
-    def retention(self) -> float:
-        """The retention in seconds."""
-        return self.retention_days * 86400.0
-
-    @property
-    def load_cutoff(self) -> float:
-        """Seconds subtracted from the retention when skipping stale remote tombstones."""
-        cutoff = self.retention_load_cutoff_duration or 0.01 * self.retention
-        return min(cutoff, 0.75 * self.retention)
-
-
-@dataclass(frozen=True)
-class DeltasConfig:
-    """Delta objects (evsync only): when a change uploads only what changed."""
-
-    enabled: bool = True
-    max_chain: int = DEFAULT_DELTA_MAX_CHAIN
-    max_chain_ratio: float = DEFAULT_DELTA_MAX_CHAIN_RATIO
-    full_interval: float = DEFAULT_DELTA_FULL_INTERVAL
-
-
-@dataclass(frozen=True)
-class MqttTls:
-    """TLS material for ``mqtts://``; empty means the system CAs."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """An MQTT broker that delivers S3 events and peer announcements."""
-
-    url: str
-    topics: tuple[str, ...] = (DEFAULT_MQTT_TOPIC,)
-    qos: int = 1
-    username: str | None = None
-    password: str | None = None
-    tls: MqttTls = field(default_factory=MqttTls)
-    publish: bool = False
-    protocol: int = 4  # 4 = MQTT 3.1.1, 5 = MQTT 5
-
-
-@dataclass(frozen=True)
-class SqsConfig:
-    """An SQS queue that receives S3 events (directly or through SNS)."""
-
-    queue_url: str
-    region: str = DEFAULT_S3_REGION
-    endpoint_url: str | None = None
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    """Event sources that wake the syncer (evsync's addition to the LS keys)."""
-
-    watch_lmdb: bool = True
-    listing_interval: float | None = None
-    mqtt: MqttConfig | None = None
-    sqs: SqsConfig | None = None
-
-
-@dataclass(frozen=True)
-class HealthCheckConfig:
-    """Thresholds of one health check: continuous failure for warn/error durations."""
-
-    interval: float = DEFAULT_HEALTH[0]
-    warn_duration: float = DEFAULT_HEALTH[1]
-    error_duration: float = DEFAULT_HEALTH[2]
-
-
-@dataclass(frozen=True)
-class StartHealthConfig(HealthCheckConfig):
-    """LS ``health.start``: how long startup may take; evsync reports it by default."""
-
-    interval: float = DEFAULT_START_HEALTH[0]
-    warn_duration: float = DEFAULT_START_HEALTH[1]
-    error_duration: float = DEFAULT_START_HEALTH[2]
-    report_healthz: bool = True
-    report_metadata: bool = True
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """Health thresholds per storage operation (LS ``health``), startup and push sources."""
-
-    storage_list: HealthCheckConfig = field(default_factory=HealthCheckConfig)
-    storage_load: HealthCheckConfig = field(default_factory=HealthCheckConfig)
-    storage_store: HealthCheckConfig = field(default_factory=HealthCheckConfig)
-    start: StartHealthConfig = field(default_factory=StartHealthConfig)
-    notify: HealthCheckConfig = field(default_factory=HealthCheckConfig)
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    """Logging level and format."""
-
-    level: str = "info"
-    format: str = "human"
-    timestamp: str = "short"
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole, validated configuration."""
-
-    instance: str
-    lmdbs: Mapping[str, LmdbConfig]
-    storage: StorageConfig
-    lmdb_poll_interval: float = DEFAULT_LMDB_POLL_INTERVAL
-    storage_poll_interval: float = DEFAULT_STORAGE_POLL_INTERVAL
-    storage_retry_interval: float = DEFAULT_STORAGE_RETRY_INTERVAL
-    storage_retry_count: int = DEFAULT_STORAGE_RETRY_COUNT
-    storage_retry_forever: bool = False
-    storage_force_snapshot_interval: float = DEFAULT_FORCE_SNAPSHOT_INTERVAL
-    only_once: bool = False
-    clock_skew_threshold: float = DEFAULT_CLOCK_SKEW_THRESHOLD
-    sweeper: SweeperConfig = field(default_factory=SweeperConfig)
-    deltas: DeltasConfig = field(default_factory=DeltasConfig)
-    notify: NotifyConfig = field(default_factory=NotifyConfig)
-    http_address: str = ""
-    log: LogConfig = field(default_factory=LogConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-
-    @property
-    def listing_interval(self) -> float:
-        """Seconds between fallback listings (DESIGN §8)."""
-        if self.notify.listing_interval is not None:
-            return self.notify.listing_interval
-        if self.notify.mqtt is not None or self.notify.sqs is not None:
-            return DEFAULT_LISTING_INTERVAL_WITH_PUSH
-        return self.storage_poll_interval
-
-    def with_instance(self, instance: str) -> Config:
-        """A copy with another instance name (the ``-i`` flag), validated."""
-        return dataclasses.replace(self, instance=validate_instance(instance, "--instance"))
-
-    def masked(self) -> dict[str, Any]:
-        """The config as plain data with every secret replaced by ``***``."""
-        masked: dict[str, Any] = _mask(dataclasses.asdict(self))
-        return masked
-
-
-def _mask(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: (MASK if k in SECRET_KEYS and v else _mask(v)) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_mask(v) for v in data]
-    return data
-
-
-# ---------------------------------------------------------------- section reader
 
 # how alike a leftover key and a missing one must be (difflib's ratio) to be named as
 # its misspelling: 'tpye' and 'type' score 0.75, 'optons' and 'options' 0.92
@@ -538,71 +215,6 @@ class _Section:
         """Reject every key that was not read: LS loads YAML strictly too."""
         for name in self._data:
             raise ConfigError(f"{self.key(str(name))}: unknown key")
-
-
-# ---------------------------------------------------------------- validation helpers
-
-
-def sanitize_instance(name: str) -> str:
-    """LS's rule for a default instance name: anything outside [a-zA-Z0-9-] becomes '-'."""
-    return re.sub(r"[^a-zA-Z0-9-]", "-", name)
-
-
-def validate_instance(name: str, key: str = "instance") -> str:
-    """Check an instance name: it is part of object names split on '__'."""
-    if not name:
-        raise ConfigError(f"{key}: missing")
-    if not INSTANCE_RE.match(name):
-        raise ConfigError(
-            f"{key}: {name!r} may only hold letters, digits and '-' (no '_', '/' or spaces)"
-        )
-    return name
-
-
-def validate_db_name(name: str, key: str) -> str:
-    """Check a db name: lowercase, digits and '-' so object names parse."""
-    if not DB_NAME_RE.match(name):
-        raise ConfigError(
-            f"{key}: db name {name!r} may only hold lowercase letters, digits and '-'"
-        )
-    return name
-
-
-_DBI_FLAG_NAMES = {
-    "REVERSEKEY": 0x02,
-    "DUPSORT": 0x04,
-    "INTEGERKEY": 0x08,
-    "DUPFIXED": 0x10,
-    "INTEGERDUP": 0x20,
-    "REVERSEDUP": 0x40,
-}
-
-
-def parse_dbi_flags(value: object, key: str) -> int:
-    """Parse LS's flag syntax: names joined by | , + or space, or a number."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        flags = value
-    elif isinstance(value, str):
-        flags = 0
-        for part in re.split(r"[|,+\s]+", value.strip()):
-            if not part:
-                continue
-            name = part.upper().removeprefix("MDB_")
-            if name in _DBI_FLAG_NAMES:
-                flags |= _DBI_FLAG_NAMES[name]
-            else:
-                try:
-                    flags |= int(part, 0)
-                except ValueError:
-                    raise ConfigError(f"{key}: unknown DBI flag {part!r}") from None
-    else:
-        raise ConfigError(f"{key}: expected flag names like MDB_DUPSORT|MDB_DUPFIXED")
-    if flags & ~sum(_DBI_FLAG_NAMES.values()):
-        raise ConfigError(f"{key}: only persistent DBI flags are allowed, got {flags:#x}")
-    return flags
-
-
-# ---------------------------------------------------------------- section loaders
 
 
 def _load_lmdb(name: str, data: object, path: str) -> LmdbConfig:
@@ -969,32 +581,6 @@ def load_config(path: str | os.PathLike[str], *, instance: str | None = None) ->
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(p)!r}: {exc.strerror}") from None
     return load_config_text(text, instance=instance, source=str(p))
-
-
-_WHOLE_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$")
-
-
-def expand_tree(data: Any) -> Any:
-    """Expand ``${ENV}`` in every string of parsed YAML (so comments are left alone).
-
-    A value that is a single reference, like ``create: ${CREATE}``, is read as YAML
-    after expansion, so it can stand for a boolean or a number as in the file itself.
-    """
-    if isinstance(data, dict):
-        return {k: expand_tree(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [expand_tree(v) for v in data]
-    if isinstance(data, str) and "$" in data:
-        expanded = expand_env(data)
-        if _WHOLE_REF.match(data.strip()):
-            try:
-                typed = yaml.safe_load(expanded)
-            except yaml.YAMLError:
-                return expanded
-            if isinstance(typed, bool | int | float):
-                return typed
-        return expanded
-    return data
 
 
 class _StrictLoader(yaml.SafeLoader):
