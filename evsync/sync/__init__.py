@@ -7,7 +7,8 @@ The data flow is in the file names::
 
 - ``loop.py``: :class:`Syncer`, one thread per LMDB: hints in, decides what runs, and is
   the only thread that writes the LMDB;
-- ``startup.py``: the startup rules (own history first) and the rejoin guard's gate;
+- ``startup.py``: the startup rules (own history first);
+- ``gate.py``: the rejoin guard in the loop: may this LMDB sync, when was it in sync;
 - ``sender.py``: where an upload is decided, dumped, stored and announced;
 - ``receiver.py``: where names become plans, objects are fetched, verified and merged;
 - ``sources.py``: where a remote object's bytes come from;

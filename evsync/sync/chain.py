@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from evsync.config import DeltasConfig
+from evsync.snapshot import format_for
 from evsync.snapshot.name import SnapshotName
 
 # A delta is collected in memory before it is written (its header counts entries);
@@ -76,7 +77,11 @@ def plan(
     build on it in turn; the plan then ends short of ``newest`` (the caller may list
     again, or wait for the sender's next full object).
     """
-    by_ts = {n.timestamp_ns: n for n in names if n.instance == newest.instance and n.is_evsync}
+    by_ts = {
+        n.timestamp_ns: n
+        for n in names
+        if n.instance == newest.instance and format_for(n) is not None
+    }
     by_ts[newest.timestamp_ns] = newest
     chain: list[SnapshotName] = []
     current: SnapshotName | None = newest

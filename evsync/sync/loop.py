@@ -33,6 +33,7 @@ from evsync.rejoin import RejoinGuard
 from evsync.storage.base import BlobStore
 from evsync.sweeper import Sweeper
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
+from evsync.sync.gate import RejoinGate
 from evsync.sync.receiver import Receiver
 from evsync.sync.recorder import Recorder, SyncStats
 from evsync.sync.sender import SOURCE_SELF, CommittedCallback, Sender, StoredCallback
@@ -115,14 +116,16 @@ class Syncer:
             self.stop_event,
             clock_ns,
         )
+        self.gate = RejoinGate(
+            self.db, self.guard, self.peers, self.recorder, lambda: self.receiver.listed_ok_ns
+        )
         self.startup_rules = Startup(
             config,
             self.lenv,
             self.shadow,
-            self.guard,
+            self.gate,
             self.receiver,
             self.peers,
-            self.recorder,
             self.stop_event,
         )
         self.sweeper = (
@@ -134,10 +137,6 @@ class Syncer:
         )
         self._next_sweep = time.monotonic() + config.sweeper.first_interval
         self._sweep_resume_at = 0.0
-        # Wall time of the lister thread's last successful listing, and the same once its
-        # hints are drained (promoted in run()): a candidate for the rejoin guard's time.
-        self._lister_ok_ns: int | None = None
-        self._lister_promoted_ns: int | None = None
         self.lmdb_stats: dict[str, Any] = {}
         self._lmdb_stats_at = 0.0
 
@@ -199,7 +198,7 @@ class Syncer:
         while not self.stop_event.is_set():
             # Read before draining: the lister queued a listing's hints before it
             # reported it, so they are all in the batch drained below.
-            self.promote_listing_time()
+            self.gate.promote()
             batch = self.queue.wait(self._idle_timeout())
             if batch.stop or self.stop_event.is_set():
                 break
@@ -261,7 +260,7 @@ class Syncer:
     def step(self, batch: Batch) -> None:
         """Handle one drained batch of hints, then whatever deadlines are due."""
         self.refresh_lmdb_stats()
-        if self.startup_rules.guard_blocks():
+        if self.gate.blocks():
             return
         for instance, name in batch.remote.items():
             self.receiver.note_name(instance, name)
@@ -276,18 +275,9 @@ class Syncer:
         self._maybe_sweep()
 
     def _maybe_upload(self, *, only_once: bool = False) -> bool:
-        """The sender's turn, unless this instance only receives or its own history is
-        not merged yet; False when an upload failed."""
+        """The sender's turn, unless this instance only receives; False when it failed."""
         if self.receive_only:
             return True
-        if self.instance in self.waiting_for:
-            self.recorder.log_limited(
-                "wait-own",
-                logging.INFO,
-                "db %s: waiting to load own old snapshot before writing a new one",
-                self.db,
-            )
-            return not only_once
         return self.sender.maybe_upload(only_once=only_once)
 
     def _idle_timeout(self) -> float:
@@ -306,26 +296,12 @@ class Syncer:
     def on_listing(self, ok: bool) -> None:
         """Callback for the lister trigger, which lists from its own thread."""
         if ok:
-            self._lister_ok_ns = self.clock_ns()
+            self.gate.lister_listed(self.clock_ns())
         self.recorder.lister_result(ok)
 
-    def promote_listing_time(self) -> None:
-        """The lister thread's newest successful listing becomes the in-sync time candidate;
-        call before draining the queue, so that listing's hints are in the drained batch."""
-        lister = self._lister_ok_ns
-        if lister is not None and (
-            self._lister_promoted_ns is None or lister > self._lister_promoted_ns
-        ):
-            self._lister_promoted_ns = lister
-
     def _mark_in_sync(self) -> None:
-        """Every instance's newest object is merged: record it for the rejoin guard.
-
-        The time recorded is the newest listing whose names are all noted: the lister
-        thread's once promoted, or one this thread made itself.
-        """
-        times = [t for t in (self._lister_promoted_ns, self.receiver.listed_ok_ns) if t is not None]
-        txn_id = self.startup_rules.mark_in_sync(max(times, default=None))
+        """Every instance's newest object is merged: record it for the rejoin guard."""
+        txn_id = self.gate.mark_in_sync()
         if txn_id is not None:
             self._own_txn(txn_id)
 

@@ -2,10 +2,10 @@
 
 Owns: the listing of the bucket, the plan that takes each instance from its position
 to its newest object (:func:`~evsync.sync.chain.plan`), fetch retries per instance,
-verification, the merge itself, and bad-object bookkeeping. An object is verified
-completely (its format's reader, then its header against its name) before any of it
-is applied, so a corrupt object leaves the LMDB exactly as it was; it is marked bad
-and skipped.
+verification, handing a verified object to the LMDB merge, and bad-object bookkeeping.
+An object is verified completely (its format's reader, then its header against its
+name) before any of it is applied, so a corrupt object leaves the LMDB exactly as it
+was; it is marked bad and skipped.
 
 May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
 the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
@@ -156,7 +156,8 @@ class Receiver:
             if finished:
                 return ok
         log.error(
-            "db %s: the bucket still lists objects that cannot be fetched after %d listings",
+            "db %s: gave up after %d listings in one run: objects listed could not be "
+            "fetched, or the listing failed",
             self.db,
             MAX_RELIST_PASSES,
         )
@@ -232,8 +233,9 @@ class Receiver:
         """Fetch, verify and merge one object: ``done``, ``skipped`` or ``retry``."""
         backoff = self._backoff(instance)
         fmt = format_for(name)
-        if fmt is None:  # a name no format reads never gets this far; be safe
-            self._reject(instance, name, f"no reader for .{name.ext} objects")
+        if fmt is None:  # hints and listings drop such names first; never fetch one
+            self.peers.bad_objects.add(name.name)
+            self._forget_newest(instance, name)
             return SKIPPED
         t0 = time.monotonic()
         try:

@@ -2,7 +2,8 @@
 
 The receiver, the sender and the loop say *what happened* (stored, merged, rejected,
 a fetch failed ...) with one call each; this module decides which counter moves, which
-health check flips, and which line is logged, so the pipeline stays free of it.
+health check flips, and which line is logged, so the pipeline stays free of it. (Lines
+that only narrate, such as the startup listing's summary, are logged where they arise.)
 
 Repeating conditions are logged once per streak (:meth:`Recorder.log_limited`); the
 success that ends a streak logs "... works again" once (:meth:`Recorder.recovered`).
@@ -21,14 +22,15 @@ from evsync.config import Config
 from evsync.errors import EvsyncError
 from evsync.health import HealthTracker
 from evsync.metrics import Metrics
-from evsync.snapshot.base import SnapshotHeader
+from evsync.snapshot.base import KIND_DELTA, SnapshotHeader
 from evsync.snapshot.name import SnapshotName
 
 if TYPE_CHECKING:
     from evsync.lmdb.merge import MergeResult
     from evsync.sweeper import SweepStats, SweepStep
 
-log = logging.getLogger(__name__)
+# event lines name the package ("evsync.sync"), not this bookkeeping module
+log = logging.getLogger("evsync.sync")
 
 # /status lists this many of the most recently rejected objects
 STATUS_REJECTED = 20
@@ -293,7 +295,7 @@ class Recorder:
         m.objects_stored.labels(self.db).inc()
         m.bytes_uploaded.labels(self.db).inc(size)
         m.dump_seconds.labels(self.db).observe(dump_seconds)
-        if header.kind == "delta":
+        if header.kind == KIND_DELTA:
             m.deltas_stored.labels(self.db).inc()
         log.info(
             "db %s: stored %s (%s, %d entries, %d bytes, txn %d, dump %.1f ms, total %.1f ms%s)",

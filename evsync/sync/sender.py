@@ -1,11 +1,12 @@
 """Local changes into the bucket: decide an upload, dump, store with retries, announce.
 
-Owns: the upload decision (changed since the last synced txn, or a forced snapshot
-due), the delta chain (:class:`~evsync.sync.chain.SenderChain`: a delta or a full
-object), object names (timestamps never repeat or go back within a run), the store
-with its retries and backoff, and the callbacks after a store (MQTT announcements,
-the cleaner's "committed" mark). When a commit raced an upload it queues a hint for
-itself, so the loop runs it again.
+Owns: the upload decision (never before the own history is merged; then when the LMDB
+changed since the last synced txn, or when a forced snapshot is due), the delta chain
+(:class:`~evsync.sync.chain.SenderChain`: a delta or a full object), object names
+(timestamps never repeat or go back within a run), the store with its retries and
+backoff, and the callbacks after a store (MQTT announcements, the cleaner's
+"committed" mark). When a commit raced an upload it queues a hint for itself, so the
+loop runs it again.
 
 Rules (DESIGN §5): an empty LMDB never uploads; merged remote data is not uploaded
 again when nothing changed locally; a store that fails is retried with backoff and the
@@ -20,6 +21,7 @@ its own uploads), the txn ledger and the recorder. Must not: merge, or list the 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import time
@@ -108,8 +110,18 @@ class Sender:
         """Upload when the LMDB changed (or a forced snapshot is due); False on failure.
 
         ``only_once``: the store is tried at once (not after the backoff) and its
-        failure is the run's.
+        failure is the run's. Nothing is uploaded while this instance's own newest
+        object is not merged (startup, DESIGN §5): a wiped instance would overwrite
+        its own history.
         """
+        if self.peers.own in self.peers.waiting_for:
+            self.recorder.log_limited(
+                "wait-own",
+                logging.INFO,
+                "db %s: waiting to load own old snapshot before writing a new one",
+                self.db,
+            )
+            return not only_once
         txn_id = self.lenv.last_txn_id()
         force_every = self.config.storage_force_snapshot_interval
         forced = bool(force_every) and (time.monotonic() - self.last_store_mono >= force_every)
@@ -173,6 +185,8 @@ class Sender:
             self.chain.stored_full(header.timestamp_ns, header.txn_id, size)
         self.ledger.shipped(self.chain.shipped_txn)
         self.peers.stored_own(name)
+        total = time.monotonic() - t0
+        self.recorder.stored(name, header, dumped.stats.entries, size, t_dump, total, forced)
         if header.kind == KIND_FULL:
             self._notify_committed()  # a delta does not carry what was merged
         if self.lenv.last_txn_id() > self.ledger.last_synced:
@@ -182,8 +196,6 @@ class Sender:
                 callback(self.db, name.name, size)
             except Exception as exc:  # noqa: BLE001 - an announcement must never break the sync
                 self.recorder.announce_failed(name, exc)
-        total = time.monotonic() - t0
-        self.recorder.stored(name, header, dumped.stats.entries, size, t_dump, total, forced)
 
     def _notify_committed(self) -> None:
         """Our object now carries every merged object's data: tell the cleaner."""

@@ -1,15 +1,16 @@
-"""The startup rules (DESIGN §5, as Lightning Stream) and the rejoin guard's gate.
+"""The startup rules (DESIGN §5, as Lightning Stream).
 
 At startup the bucket is listed (again and again while it cannot be) and the newest
 object of every instance, the own one included, is to be merged before anything is
 uploaded, so a wiped instance never overwrites its own history: this module computes
-that set (:attr:`~evsync.sync.state.Peers.waiting_for`), asks the rejoin guard whether
+that set (:attr:`~evsync.sync.state.Peers.waiting_for`), asks the rejoin gate whether
 this LMDB may sync at all, and in shadow mode seeds the shadow DBIs with what the
 application wrote while evsync was down. The merges and the first upload themselves
-are the loop's to run.
+are the loop's to run; the sender refuses to upload while this instance's own newest
+object is still waited for.
 
-May call: the receiver's listing, the rejoin guard, the shadow's seeding pass and the
-recorder. Must not: merge or upload.
+May call: the receiver's listing, the rejoin gate, the shadow's seeding pass.
+Must not: merge or upload.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from evsync.config import Config
 from evsync.errors import LmdbError
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.shadow import SEED_TIMESTAMP_NS, Shadow
-from evsync.rejoin import RejoinGuard
+from evsync.sync.gate import RejoinGate
 from evsync.sync.receiver import Receiver
-from evsync.sync.recorder import Recorder
 from evsync.sync.state import Peers
 
 log = logging.getLogger(__name__)
@@ -37,20 +37,18 @@ class Startup:
         config: Config,
         lenv: LmdbEnv,
         shadow: Shadow | None,
-        guard: RejoinGuard,
+        gate: RejoinGate,
         receiver: Receiver,
         peers: Peers,
-        recorder: Recorder,
         stop_event: threading.Event,
     ) -> None:
         self.config = config
         self.db = lenv.name
         self.lenv = lenv
         self.shadow = shadow
-        self.guard = guard
+        self.gate = gate
         self.receiver = receiver
         self.peers = peers
-        self.recorder = recorder
         self.stop_event = stop_event
         #: the guard refused at startup; the loop finishes startup once it lets go
         self.blocked = False
@@ -69,7 +67,7 @@ class Startup:
             len(waiting),
             (": " + ", ".join(sorted(waiting))) if waiting else "",
         )
-        if self.guard_blocks():
+        if self.gate.blocks():
             self.blocked = True
             return False
         self.seed_shadow()
@@ -93,22 +91,6 @@ class Startup:
             self.blocked = False
             self.seed_shadow()
 
-    def guard_blocks(self) -> bool:
-        """True (with one error line) while the rejoin guard refuses to sync."""
-        try:
-            reason = self.guard.check()
-        except LmdbError as exc:
-            self.recorder.log_limited(
-                "guard", logging.ERROR, "db %s: rejoin guard: %s", self.db, exc
-            )
-            return True
-        if reason is None:
-            return False
-        self.recorder.log_limited(
-            "guard", logging.ERROR, "db %s: refusing to sync: %s", self.db, reason
-        )
-        return True
-
     def seed_shadow(self) -> None:
         """Capture data written while evsync was down at 1 ns, so it never beats remote data."""
         if self.shadow is None or self.lenv.last_txn_id() == 0:
@@ -125,16 +107,3 @@ class Startup:
             update.changed,
             update.deleted,
         )
-
-    def mark_in_sync(self, listed_ok_ns: int | None) -> int | None:
-        """Every instance's newest object is merged: record the listing's time for the
-        rejoin guard. Returns the txn that recorded it, if one was written."""
-        if self.peers.pending(include_own=False) or listed_ok_ns is None:
-            return None
-        try:
-            return self.guard.mark_in_sync(listed_ok_ns)
-        except LmdbError as exc:
-            self.recorder.log_limited(
-                "state", logging.ERROR, "db %s: cannot record sync state: %s", self.db, exc
-            )
-            return None

@@ -2,7 +2,8 @@
 local txns are evsync's own.
 
 Owned by the loop thread: only it changes these objects. The HTTP thread reads them
-for /status and /metrics (plain reads of dicts and ints, copied before iterating).
+for /status and /metrics: plain reads of ints, and of dicts and sets it copies or sorts
+(one C-level call each under the GIL, so a change by the loop cannot tear them).
 """
 
 from __future__ import annotations

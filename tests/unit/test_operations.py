@@ -247,7 +247,7 @@ class TestRejoinGuard:
         first = objects(store, "a")
         clock.now += DAY  # the next in-sync write is due
         a.on_listing(True)  # the lister thread listed the bucket ...
-        a.promote_listing_time()  # ... and run() drained its hints
+        a.gate.promote()  # ... and run() drained its hints
         txn = a.lenv.last_txn_id()
         a.step(Batch())
         assert a.lenv.last_txn_id() == txn + 1  # the state was written ...
@@ -267,7 +267,7 @@ class TestRejoinGuard:
         for _ in range(3):
             clock.now += DAY // 2
             a.on_listing(False)
-            a.promote_listing_time()
+            a.gate.promote()
             a.step(Batch())
         assert read_last_sync_ns(a.lenv) == NOW
 
