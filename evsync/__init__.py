@@ -16,8 +16,9 @@ from evsync.errors import (
     StorageUnavailableError,
     SyncError,
 )
+from evsync.snapshot import SnapshotFormat, format_for
 from evsync.storage import BlobStore, FsStore, MemoryStore, ObjectInfo, open_store
-from evsync.sync import Syncer
+from evsync.sync import ObjectSource, StorageSource, Syncer
 from evsync.triggers import Hint, HintQueue
 
 __all__ = [
@@ -37,12 +38,16 @@ __all__ = [
     "MemoryStore",
     "ObjectInfo",
     "ObjectNotFoundError",
+    "ObjectSource",
     "SnapshotError",
+    "SnapshotFormat",
     "StorageError",
+    "StorageSource",
     "StorageUnavailableError",
     "SyncError",
     "Syncer",
     "__version__",
+    "format_for",
     "load_config",
     "load_config_text",
     "open_store",

@@ -7,6 +7,9 @@ instance — the timestamp of the last object of that instance it merged — and
 last-writer-wins per record, so an object applied on top of a newer state than its
 base is harmless; what must not happen is skipping a delta, which would lose its
 changes until the next full object.
+
+Pure rules on names and sizes, no I/O: the sender keeps a :class:`SenderChain`, the
+receiver calls :func:`plan`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Repeating conditions are logged once per streak (:meth:`Recorder.log_limited`); 
 success that ends a streak logs "... works again" once (:meth:`Recorder.recovered`).
 The loop thread makes every call except :meth:`Recorder.lister_result`, which the
 lister thread makes; the counters it moves are only read for display.
+
+May call: the metrics registry, the health tracker and logging. Must not: decide
+anything about the sync (it only reports what happened).
 """
 
 from __future__ import annotations

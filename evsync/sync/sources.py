@@ -5,6 +5,9 @@ stream; it never learns whether the bytes came by GET from the bucket
 (:class:`StorageSource`) or, say, inside the notification that announced the object.
 A source raises :class:`~evsync.errors.ObjectNotFoundError` when the object is gone
 and another :class:`~evsync.errors.StorageError` when it cannot tell (worth a retry).
+
+May call: a bucket's ``fetch``. Must not: verify, merge or keep state about instances
+(the receiver does).
 """
 
 from __future__ import annotations

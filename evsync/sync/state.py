@@ -4,6 +4,8 @@ local txns are evsync's own.
 Owned by the loop thread: only it changes these objects. The HTTP thread reads them
 for /status and /metrics: plain reads of ints, and of dicts and sets it copies or sorts
 (one C-level call each under the GIL, so a change by the loop cannot tear them).
+
+Plain data with small rules (what counts as news, what is pending); no I/O.
 """
 
 from __future__ import annotations
