@@ -21,6 +21,9 @@ from evsync.rejoin import RejoinGuard
 from evsync.sync.recorder import Recorder
 from evsync.sync.state import Peers
 
+# A refusal lasts until an operator acts: say it at once, then this often (seconds).
+REFUSAL_LOG_INTERVAL = 300.0
+
 
 class RejoinGate:
     """Asks the rejoin guard before each step and tells it when the LMDB is in sync."""
@@ -42,18 +45,30 @@ class RejoinGate:
         self._lister_drained_ns: int | None = None
 
     def blocks(self) -> bool:
-        """True (with one error line per streak) while the guard refuses to sync."""
+        """True while the guard refuses to sync; the reason is logged at once, then at
+        most every :data:`REFUSAL_LOG_INTERVAL` (it lasts until an operator acts)."""
         try:
             reason = self.guard.check()
         except LmdbError as exc:
-            self.recorder.log_limited(
-                "guard", logging.ERROR, "db %s: rejoin guard: %s", self.db, exc
+            self.recorder.log_every(
+                "guard",
+                REFUSAL_LOG_INTERVAL,
+                logging.ERROR,
+                "db %s: rejoin guard: %s",
+                self.db,
+                exc,
             )
             return True
         if reason is None:
+            self.recorder.end_streak("guard")
             return False
-        self.recorder.log_limited(
-            "guard", logging.ERROR, "db %s: refusing to sync: %s", self.db, reason
+        self.recorder.log_every(
+            "guard",
+            REFUSAL_LOG_INTERVAL,
+            logging.ERROR,
+            "db %s: refusing to sync: %s",
+            self.db,
+            reason,
         )
         return True
 

@@ -281,6 +281,10 @@ class Syncer:
         return self.sender.maybe_upload(only_once=only_once)
 
     def _idle_timeout(self) -> float:
+        if self.guard.blocked:
+            # nothing runs while the guard refuses, so no deadline is due: a passed one
+            # would wake the loop at once, again and again
+            return MAX_IDLE_SECONDS
         now = time.monotonic()
         deadlines = [MAX_IDLE_SECONDS]
         forced_in = self.sender.forced_due_in(now)

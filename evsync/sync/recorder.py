@@ -75,6 +75,7 @@ class Recorder:
         )
         self._clock_skew_threshold = config.clock_skew_threshold
         self._logged_once: set[str] = set()
+        self._last_logged: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ log streaks
 
@@ -92,9 +93,22 @@ class Recorder:
             self._logged_once.discard(key)
             log.info("db %s: %s works again", self.db, what)
 
+    def log_every(self, key: str, interval: float, level: int, msg: str, *args: object) -> None:
+        """Log a condition that lasts: at once, then at most every ``interval`` seconds
+        while the line stays the same (a new line is logged at once)."""
+        line = msg % args
+        last = self._last_logged.get(key)
+        now = time.monotonic()
+        if last is not None and last[1] == line and now - last[0] < interval:
+            log.debug(msg, *args)
+            return
+        self._last_logged[key] = (now, line)
+        log.log(level, msg, *args)
+
     def end_streak(self, key: str) -> None:
         """End a streak quietly (the condition is gone; nothing worth a line)."""
         self._logged_once.discard(key)
+        self._last_logged.pop(key, None)
 
     def step_failed(self, what: str, exc: Exception, delay: float) -> None:
         """A loop step raised: one error line, a traceback only for what is a bug."""

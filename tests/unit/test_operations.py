@@ -230,6 +230,46 @@ class TestRejoinGuard:
         assert read_last_sync_ns(a.lenv) == NOW
         assert a.guard.override is False
 
+    def test_a_blocked_syncer_idles_and_logs_the_refusal_once(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A blocked syncer whose sweep and forced-snapshot deadlines have passed waits
+        for hints instead of waking again at once, and logs the refusal once, not on every
+        wake-up (it used to spin at 100 % CPU, ~16,000 ERROR lines a second)."""
+        sweeper = dataclasses.replace(self.SWEEPER, first_interval=0.0)
+        a = syncer(
+            "a",
+            tmp_path,
+            store,
+            clock=Clock(),
+            sweeper=sweeper,
+            storage_force_snapshot_interval=60.0,
+        )
+        app_put(a, b"local", b"v", 1000)
+        write_last_sync_ns(a.lenv, NOW - 3 * DAY)
+        a.sender.last_store_mono -= 120.0  # a forced snapshot is overdue
+        steps = 0
+        real_step = a.step
+
+        def counting_step(batch: Batch) -> None:
+            nonlocal steps
+            steps += 1
+            real_step(batch)
+
+        a.step = counting_step  # type: ignore[method-assign]
+        thread = threading.Thread(target=a.run)
+        with caplog.at_level("ERROR"):
+            thread.start()
+            time.sleep(1.5)
+            a.stop()
+            thread.join(10)
+        assert not thread.is_alive()
+        refusals = [r for r in caplog.records if "refusing to sync" in r.getMessage()]
+        assert len(refusals) == 1
+        assert 1 <= steps <= 4  # a wake-up a second, not a busy loop
+        assert a.guard.blocked
+        assert objects(store, "a") == []
+
     def test_guard_is_off_without_the_sweeper(self, tmp_path: Path, store: MemoryStore) -> None:
         """Without sweeping nothing is forgotten, so the guard never blocks or writes state."""
         a = syncer("a", tmp_path, store, clock=Clock())
