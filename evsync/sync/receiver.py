@@ -127,6 +127,8 @@ class Receiver:
             name = try_parse(obj.name)
             if name is None or name.db != self.db or format_for(name) is None:
                 continue
+            if name.instance == self.peers.own:
+                self.peers.own_named(name)  # bad or not, it holds its name
             if name.name in self.peers.bad_objects:
                 continue
             present.add(name.instance)

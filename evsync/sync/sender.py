@@ -43,7 +43,7 @@ from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff, StopOnEvent
 from evsync.sync.recorder import Recorder
-from evsync.sync.state import Peers, TxnLedger
+from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import Hint, HintQueue
 
 # Objects up to this size are built in memory; larger dumps spill to a temp file.
@@ -297,8 +297,26 @@ class Sender:
         return dumped
 
     def _next_timestamp(self) -> int:
-        """The clock, but never at or below the previous object's timestamp."""
-        ts = max(self.clock_ns(), self._last_name_ts + 1)
+        """The clock, but after every object name of this instance: receivers take the
+        newest name as the newest state, and the cleaner deletes what sorts below it.
+
+        A clock behind this instance's newest object (stepped back across a restart, or
+        a previous run's clock was ahead) is logged, and names continue from that object.
+        """
+        now = self.clock_ns()
+        floor = max(self._last_name_ts, self.peers.own_newest_ns)
+        if now < floor:
+            self.recorder.log_limited(
+                "own-clock",
+                logging.WARNING,
+                "db %s: this host's clock is %.3fs behind this instance's newest object in "
+                "the bucket; naming new objects after it (check NTP)",
+                self.db,
+                (floor - now) / NS,
+            )
+        else:
+            self.recorder.end_streak("own-clock")
+        ts = max(now, floor + 1)
         self._last_name_ts = ts
         return ts
 

@@ -49,6 +49,12 @@ class Peers:
         self.bad_objects: set[str] = set()
         #: instances whose newest object (at startup) is not merged yet
         self.waiting_for: set[str] = set()
+        #: the newest timestamp in any object name of this instance (listed or stored)
+        self.own_newest_ns = 0
+
+    def own_named(self, name: SnapshotName) -> None:
+        """An object of this instance exists under ``name``: new names must sort after it."""
+        self.own_newest_ns = max(self.own_newest_ns, name.timestamp_ns)
 
     def get(self, instance: str) -> InstanceState:
         """The instance's state, created empty on first use."""
@@ -121,6 +127,7 @@ class Peers:
         """Our own upload: it is both the newest and the merged object of this instance."""
         own = self.get(self.own)
         own.merged = own.newest_seen = name
+        self.own_named(name)
 
     def merged_timestamps(self) -> dict[str, int]:
         """{instance: timestamp of its newest merged object} of the other instances."""

@@ -180,6 +180,29 @@ class TestClockSkew:
         assert value(m, "evsync_clock_skew_seconds", db="main", instance="x") == pytest.approx(-2)
 
 
+class TestOwnNames:
+    """A sender's new objects always sort after its objects already in the bucket."""
+
+    def test_a_clock_behind_the_own_newest_object_names_after_it(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After a restart with the clock an hour behind the instance's newest object, the
+        next object is named 1 ns after that object (so receivers take it as newest and
+        the cleaner keeps it), the skew is logged, and a receiver gets the new record."""
+        hour = 3600 * NS
+        put_object(store, "a", NOW + hour, {b"old": b"v"})  # a previous run, clock ahead
+        a = syncer("a", tmp_path, store, clock=Clock())
+        app_put(a, b"new", b"v2", NOW)
+        with caplog.at_level("WARNING"):
+            assert a.run_once()
+        newest = max(objects(store, "a"))
+        assert SnapshotName.parse(newest).timestamp_ns == NOW + hour + 1
+        assert any("behind this instance's newest object" in r.getMessage() for r in caplog.records)
+        b = syncer("b", tmp_path, store, clock=Clock())
+        assert b.run_once()
+        assert read(b, b"new") is not None
+
+
 class TestRejoinGuard:
     """An LMDB away longer than the tombstone retention must not sync (LS issue #90)."""
 
