@@ -10,6 +10,7 @@ Every error is a :class:`~evsync.errors.ConfigError` naming the dotted key it is
 """
 
 from evsync.config.env import (
+    EnvText,
     expand_env,
     expand_tree,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "Config",
     "DbiOptions",
     "DeltasConfig",
+    "EnvText",
     "FsOptions",
     "HealthCheckConfig",
     "HealthConfig",

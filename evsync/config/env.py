@@ -7,8 +7,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from evsync.errors import ConfigError
 
 
@@ -33,27 +31,25 @@ def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
     return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, text)
 
 
-_WHOLE_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$")
+class EnvText(str):
+    """A string that came out of ``${ENV}`` expansion.
+
+    It stays the string it is: a password ``0777``, a time ``12:30`` or a ``yes`` is
+    never read again as YAML (which would make them 511, 750 and true). A key that takes
+    a boolean or a number reads such a value in that type's plain spelling (``true``,
+    ``7``, ``0.5``), so ``create: ${CREATE}`` works as in the file itself.
+    """
+
+    __slots__ = ()
 
 
 def expand_tree(data: Any) -> Any:
-    """Expand ``${ENV}`` in every string of parsed YAML (so comments are left alone).
-
-    A value that is a single reference, like ``create: ${CREATE}``, is read as YAML
-    after expansion, so it can stand for a boolean or a number as in the file itself.
-    """
+    """Expand ``${ENV}`` in every string of parsed YAML (so comments are left alone);
+    an expanded string is an :class:`EnvText`."""
     if isinstance(data, dict):
         return {k: expand_tree(v) for k, v in data.items()}
     if isinstance(data, list):
         return [expand_tree(v) for v in data]
     if isinstance(data, str) and "$" in data:
-        expanded = expand_env(data)
-        if _WHOLE_REF.match(data.strip()):
-            try:
-                typed = yaml.safe_load(expanded)
-            except yaml.YAMLError:
-                return expanded
-            if isinstance(typed, bool | int | float):
-                return typed
-        return expanded
+        return EnvText(expand_env(data))
     return data

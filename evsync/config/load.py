@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from evsync.config.env import expand_tree
+from evsync.config.env import EnvText, expand_tree
 from evsync.config.schema import (
     DEFAULT_CLEANUP_INTERVAL,
     DEFAULT_CLOCK_SKEW_THRESHOLD,
@@ -100,6 +100,27 @@ LS_ACCEPTED_NOOP_KEYS = frozenset(
 MISSPELT_CUTOFF = 0.7
 
 
+_ENV_TRUE_FALSE = {"true": True, "false": False}
+_ENV_INT = re.compile(r"[+-]?[0-9]+")
+_ENV_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _from_env(value: object) -> object:
+    """For a boolean or numeric key: ``${ENV}`` text in that type's plain spelling
+    becomes the value (``true``, ``7``, ``0.5``); anything else is left for the key's
+    own check to reject, so ``yes`` is not a boolean and ``0777`` not octal."""
+    if not isinstance(value, EnvText):
+        return value
+    text = value.strip()
+    if text.lower() in _ENV_TRUE_FALSE:
+        return _ENV_TRUE_FALSE[text.lower()]
+    if _ENV_INT.fullmatch(text):
+        return int(text)
+    if _ENV_FLOAT.fullmatch(text):
+        return float(text)
+    return value
+
+
 class _Section:
     """A mapping being read: takes keys one by one and rejects the leftovers."""
 
@@ -163,7 +184,7 @@ class _Section:
         return value or None
 
     def boolean(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
+        value = _from_env(self.raw(name))
         if value is None:
             return default
         if not isinstance(value, bool):
@@ -171,7 +192,7 @@ class _Section:
         return value
 
     def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
-        value = self.raw(name)
+        value = _from_env(self.raw(name))
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
@@ -181,7 +202,7 @@ class _Section:
         return value
 
     def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
-        value = self.raw(name)
+        value = _from_env(self.raw(name))
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -320,6 +320,24 @@ class TestEnvExpansion:
         assert cfg.lmdbs["main"].options.create is True
         assert cfg.storage_retry_count == 7
 
+    @pytest.mark.parametrize("secret", ["0777", "12:30", "yes", "1e3", "null", "~", "[a]"])
+    def test_a_reference_stays_the_string_it_is(
+        self, monkeypatch: pytest.MonkeyPatch, secret: str
+    ) -> None:
+        """${VAR} substitutes text and is never read again as YAML: a password 0777 stays
+        0777 (not octal 511), 12:30 stays 12:30 (not 750 minutes), yes stays yes."""
+        monkeypatch.setenv("EVSYNC_TEST_SECRET", secret)
+        cfg = load(S3.replace("s3cr3t-value", "${EVSYNC_TEST_SECRET}"))
+        opts = cfg.storage.options
+        assert isinstance(opts, S3Options)
+        assert opts.secret_key == secret
+
+    def test_yes_is_not_a_boolean(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A boolean key takes only true or false from the environment, as in the file."""
+        monkeypatch.setenv("EVSYNC_TEST_BOOL", "yes")
+        message = error(with_lmdb(options="create: ${EVSYNC_TEST_BOOL}"))
+        assert message == "lmdbs.main.options.create: expected true or false, got 'yes'"
+
 
 class TestMasking:
     """Secrets never appear when a config is printed."""
