@@ -223,11 +223,11 @@ class Instance:
     def _died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
-    def stop(self) -> int | None:
-        """SIGTERM and wait; returns the exit code."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """Send ``sig`` (SIGTERM) and wait; returns the exit code."""
         if self.proc is None:
             return None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -48,7 +48,7 @@ def _add_force_rejoin(p: argparse.ArgumentParser) -> None:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM/SIGINT, or one pass."""
+    """Run the daemon until SIGTERM, SIGINT or SIGHUP, or one pass."""
     from evsync.cli import load
 
     config = load(args)
@@ -83,3 +83,6 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    # A graceful stop too (its default would kill the daemon mid-upload); evsync keeps no
+    # log file to reopen, and a supervisor's restart re-reads the config
+    signal.signal(signal.SIGHUP, handle)

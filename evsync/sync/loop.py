@@ -132,7 +132,7 @@ class Syncer:
             Sweeper(
                 self.lenv, config.sweeper, shadow_mode=self.shadow is not None, clock_ns=clock_ns
             )
-            if config.sweeper.enabled and not receive_only
+            if config.sweeper.enabled  # receive-only too, as LS: tombstones age there alike
             else None
         )
         self._next_sweep = time.monotonic() + config.sweeper.first_interval

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -180,6 +181,17 @@ class TestLifecycle:
         b = instances("b", s3_storage).start()
         wait_for(lambda: all(b.writer.get(f"k{i}") == "v" for i in range(20)), timeout=20,
                  what="every key on b")
+
+
+    def test_sighup_stops_as_sigterm_does(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """SIGHUP (a closed terminal, or a reload sent by habit) ends the daemon as SIGTERM
+        does: a clean stop that says so and exits 0, instead of dying at once."""
+        a = instances("a", s3_storage).start()
+        a.writer.put("k", "v")
+        assert a.stop(signal.SIGHUP) == 0
+        assert "received SIGHUP" in a.log() and "stopped" in a.log()
 
 
 class TestCleanup:

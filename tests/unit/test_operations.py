@@ -386,6 +386,33 @@ class TestSweeperInTheSyncer:
         a.step(Batch())
         assert objects(store, "a") == uploaded
 
+    def test_a_receive_only_instance_sweeps_too(self, tmp_path: Path, store: MemoryStore) -> None:
+        """A receive-only instance sweeps its LMDB as Lightning Stream does in receive mode,
+        so its tombstones do not pile up for ever; it still uploads nothing."""
+        m = Metrics()
+        sweeper = SweeperConfig(enabled=True, retention_days=2, first_interval=0.0)
+        cfg, lcfg = make_config("r", tmp_path / "r")
+        r = Syncer(
+            dataclasses.replace(cfg, sweeper=sweeper),
+            lcfg,
+            store,
+            HintQueue("main", own_instance="r"),
+            receive_only=True,
+            stop_event=threading.Event(),
+            clock_ns=Clock(),
+            metrics=m,
+        )
+        app_put(r, b"old-del", b"", NOW - 3 * DAY, deleted=True)
+        app_put(r, b"live", b"v", NOW - 10 * DAY)
+        assert r.run_once()
+        for _ in range(20):
+            r.step(Batch())
+            if value(m, "evsync_sweeper_runs_total", db="main"):
+                break
+        assert read(r, b"old-del") is None
+        assert read(r, b"live") is not None
+        assert objects(store, "r") == []
+
 
 class TestShutdown:
     """Shutdown interrupts a merge cleanly."""
