@@ -77,6 +77,13 @@ class Metrics:
         self.list_failures = Counter(
             f"{PREFIX}_list_failures", "Failed bucket listings.", db, registry=r
         )
+        self.dump_failures = Counter(
+            f"{PREFIX}_dump_failures",
+            "Dumps of the LMDB that failed (a value without a header, a DUPSORT DBI in "
+            "native mode, an LMDB error); the change stays pending.",
+            db,
+            registry=r,
+        )
         self.merge_failures = Counter(
             f"{PREFIX}_merge_failures",
             "Merges aborted by an LMDB error (the txn was rolled back).",

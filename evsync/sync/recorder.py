@@ -168,8 +168,8 @@ class Recorder:
     # ------------------------------------------------------------------ receiving
 
     def fetched(self, instance: str, size: int) -> None:
-        """An object of ``instance`` was fetched (``size`` bytes)."""
-        self.health.success("load")
+        """An object of ``instance`` was fetched (``size`` bytes). The load check turns
+        healthy once it is merged or rejected: a merge that keeps failing keeps it failing."""
         self.recovered(f"load-{instance}", f"loading objects of {instance}")
         self.stats.bytes_down += size
         self.metrics.bytes_downloaded.labels(self.db).inc(size)
@@ -190,13 +190,16 @@ class Recorder:
     def rejected(self, instance: str, name: SnapshotName, reason: str) -> None:
         """An object failed verification: it is marked bad and never merged."""
         log.error("db %s: rejecting corrupt object %s: %s", self.db, name, reason)
+        self.health.success("load")  # loading works; this object is bad
         self.stats.objects_rejected += 1
         self.metrics.objects_rejected.labels(self.db, instance).inc()
         self.stats.rejected.append(name.name)
         del self.stats.rejected[:-STATUS_REJECTED]
 
     def merge_failed(self, instance: str, name: SnapshotName, exc: Exception) -> None:
-        """Writing a verified object into the LMDB failed (a full disk, say)."""
+        """Writing a verified object into the LMDB failed (a full disk, say). It counts
+        against the load check: nothing of the bucket reaches the LMDB while it lasts."""
+        self.health.failure("load", f"merge of {name} failed: {exc}")
         self.metrics.merge_failures.labels(self.db).inc()
         self.log_limited(
             f"merge-{instance}", logging.ERROR, "db %s: merge of %s failed: %s", self.db, name, exc
@@ -216,6 +219,8 @@ class Recorder:
         own: bool,
     ) -> None:
         """An object was merged into the LMDB."""
+        self.health.success("load")
+        self.recovered(f"merge-{instance}", f"merging objects of {instance}")
         self.end_streak(f"chain-{instance}")
         self.stats.objects_loaded += 1
         self.stats.entries_merged += result.entries
@@ -255,7 +260,10 @@ class Recorder:
     # ------------------------------------------------------------------ sending
 
     def dump_failed(self, exc: Exception) -> None:
-        """The LMDB could not be dumped; the change stays pending."""
+        """The LMDB could not be dumped; the change stays pending. It counts against the
+        store check: nothing reaches the bucket while it lasts."""
+        self.health.failure("store", f"cannot dump: {exc}")
+        self.metrics.dump_failures.labels(self.db).inc()
         self.log_limited("dump", logging.ERROR, "db %s: cannot dump: %s", self.db, exc)
 
     def dumped(self, *, empty: bool) -> None:

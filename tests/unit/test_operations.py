@@ -153,6 +153,35 @@ class TestMetrics:
         assert value(m, "evsync_startup_done", db="main") == 1
 
 
+class TestFailuresInHealth:
+    """A dump or merge that fails shows in the health checks, not only in the log."""
+
+    def test_a_failing_dump_fails_the_store_check_until_fixed(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A value without a native header makes every dump fail: the store check fails
+        (so /healthz turns 503 after its error duration), evsync_dump_failures_total
+        counts, the error names the DBI and key; once the value is fixed it is stored."""
+        m = Metrics()
+        a = syncer("a", tmp_path, store, metrics=m)
+        app_put(a, b"good", b"v", 1000)
+        assert a.run_once()
+        stored = objects(store, "a")
+        env = a.lenv.env
+        with env.begin(write=True) as txn:
+            txn.put(b"bad", b"no header", db=env.open_db(b"records", txn=txn))
+        a.step(Batch(local=True))
+        assert a.health.failing("store")
+        assert "'records' key b'bad'" in a.health.snapshot()["store"]["last_error"]
+        assert value(m, "evsync_dump_failures_total", db="main") == 1
+        assert objects(store, "a") == stored
+        app_put(a, b"bad", b"fixed", 2000)
+        a.sender.backoff.succeeded()  # skip the retry delay
+        a.step(Batch(local=True))
+        assert not a.health.failing("store")
+        assert len(objects(store, "a")) == len(stored) + 1
+
+
 class TestClockSkew:
     """Objects stamped ahead of the local clock are reported."""
 

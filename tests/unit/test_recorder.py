@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from evsync.config import Config, LmdbConfig, MemoryOptions, StorageConfig
-from evsync.errors import StorageUnavailableError
+from evsync.errors import LmdbError, StorageUnavailableError
+from evsync.lmdb.merge import MergeResult
 from evsync.metrics import Metrics
 from evsync.snapshot.name import SnapshotName
 from evsync.sync.recorder import STATUS_REJECTED, Recorder
@@ -57,21 +58,46 @@ class TestEvents:
     def test_a_fetch_after_failures_recovers_health_and_says_so(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Failed fetches log one warning per streak; the next fetch clears the load
-        check, counts its bytes and logs "works again" once."""
+        """Failed fetches log one warning per streak; the next fetch counts its bytes and
+        logs "works again" once; the load check clears when the object is merged."""
         rec = recorder()
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger="evsync.sync"):
             rec.fetch_failed("b", NAME, StorageUnavailableError("timeout"))
             rec.fetch_failed("b", NAME, StorageUnavailableError("timeout"))
             assert rec.health.failing("load")
             rec.fetched("b", 100)
             rec.fetched("b", 50)
+            assert rec.health.failing("load")
+            rec.merged("b", NAME, MergeResult(entries=1), 0.001, 0.01, own=False)
         lines = [r.getMessage() for r in caplog.records]
-        assert lines == [
+        assert lines[:2] == [
             f"db main: cannot fetch {NAME}: timeout",
             "db main: loading objects of b works again",
         ]
+        assert lines[2].startswith(f"db main: merged {NAME}")
         assert not rec.health.failing("load")
         assert rec.stats.load_failures == 2
         assert rec.stats.bytes_down == 150
         assert sample(rec, "evsync_downloaded_bytes_total") == 150
+
+    def test_a_failing_merge_keeps_the_load_check_failing(self) -> None:
+        """A merge that fails (a full disk, say) counts against the load check and in
+        evsync_merge_failures_total; fetches that work meanwhile do not clear it."""
+        rec = recorder()
+        for _ in range(3):
+            rec.fetched("b", 10)
+            rec.merge_failed("b", NAME, LmdbError("lmdb main: mdb_txn_commit: No space left"))
+        assert rec.health.failing("load")
+        assert sample(rec, "evsync_merge_failures_total") == 3
+        rec.fetched("b", 10)
+        rec.merged("b", NAME, MergeResult(entries=1), 0.001, 0.01, own=False)
+        assert not rec.health.failing("load")
+
+    def test_a_failing_dump_counts_against_the_store_check(self) -> None:
+        """A dump that fails counts against the store check and in
+        evsync_dump_failures_total, naming the cause; a later store clears it."""
+        rec = recorder()
+        rec.dump_failed(LmdbError("lmdb main: DBI 'records' key b'k': no header"))
+        assert rec.health.failing("store")
+        assert "DBI 'records' key b'k'" in rec.health.snapshot()["store"]["last_error"]
+        assert sample(rec, "evsync_dump_failures_total") == 1
