@@ -252,9 +252,12 @@ class Daemon:
                 "last_error": reason or "",
             }
         for source, push in self.push_sources.items():
-            checks[source] = _duration_check(
-                push.failing_since, push.last_error, self.config.health.notify
-            )
+            check = _duration_check(push.failing_since, push.last_error, self.config.health.notify)
+            if push.failed and check["status"] == OK:
+                # a failed attempt is news at once (not only after warn_duration); a
+                # source that is merely still connecting stays ok
+                check["status"] = WARNING
+            checks[source] = check
         return checks
 
     def _startup_check(self, done: bool) -> dict[str, Any]:

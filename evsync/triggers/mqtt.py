@@ -39,7 +39,9 @@ DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 KEEPALIVE_SECONDS = 30
 RECONNECT_MIN_SECONDS = 1
-RECONNECT_MAX_SECONDS = 30
+# paho doubles its wait after each failed attempt up to this: a broker that comes back
+# is found within 5 s, and an attempt every 5 s costs a down broker nothing.
+RECONNECT_MAX_SECONDS = 5
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
 MALFORMED_LOG_INTERVAL = 60.0
 
@@ -81,6 +83,8 @@ class MqttSource(Trigger):
         self.messages = 0
         self.failing_since: float | None = time.monotonic()
         self.last_error = "not connected yet"
+        #: an attempt failed since the last connection (not merely "not connected yet")
+        self.failed = False
         self._last_malformed_log = -math.inf  # the first one is always logged
         self._client = self._make_client()
 
@@ -112,6 +116,7 @@ class MqttSource(Trigger):
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         return client
 
@@ -154,6 +159,7 @@ class MqttSource(Trigger):
         client.subscribe(subs)
         self.connected.set()
         self.failing_since = None
+        self.failed = False
         self.last_error = ""
         log.info(
             "mqtt: connected (session present: %s), subscribed to %s",
@@ -168,10 +174,17 @@ class MqttSource(Trigger):
         if not self._stop.is_set():
             self._fail(f"disconnected: {reason_code}; reconnecting")
 
+    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+        host, port = self._address()
+        self._fail(f"cannot connect to {host}:{port}; retrying every {RECONNECT_MAX_SECONDS}s")
+
     def _fail(self, error: str) -> None:
+        """A failed attempt: logged once per outage, and the health check shows it."""
         if self.failing_since is None:
             self.failing_since = time.monotonic()
+        if not self.failed:
             log.warning("mqtt: %s", error)
+        self.failed = True
         self.last_error = error
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:

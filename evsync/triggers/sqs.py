@@ -58,6 +58,11 @@ class SqsSource(Trigger):
             "sqs", region_name=cfg.region, endpoint_url=cfg.endpoint_url
         )
 
+    @property
+    def failed(self) -> bool:
+        """True while receiving fails (since the last successful poll)."""
+        return self.failing_since is not None
+
     def run(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():

@@ -164,6 +164,40 @@ class TestHealthz:
             server.stop()
 
 
+class TestBrokerOutage:
+    """A broker that is down is reported at once and found again quickly."""
+
+    def test_broker_down_at_start_warns_and_is_found_when_it_comes_back(
+        self, instances: Make, s3_storage: dict[str, Any], tmp_path: Any
+    ) -> None:
+        """With the broker down at start, the first failed attempt logs one warning and
+        turns the mqtt check to a warning (not "ok" for its first minute); the sync goes on
+        by listing; once the broker is up, evsync connects within about 5 s although it
+        had been failing for 16 s (paho's doubling backoff used to wait up to 30 s)."""
+        broker = Mosquitto(tmp_path / "late-broker")  # not started yet
+        port = free_port()
+        notify = {"listing_interval": "1s", "mqtt": {"url": broker.url, "topic": "evsync-late"}}
+        a = instances("a", s3_storage, notify=notify, http=http_on(port)).start()
+        wait_for(lambda: "mqtt: cannot connect" in a.log(), timeout=10, what="a warning")
+        checks = json.loads(get(port, "/healthz")[1])["checks"]
+        assert checks["mqtt"]["status"] == "warning", checks["mqtt"]
+        assert "cannot connect" in checks["mqtt"]["last_error"]
+        time.sleep(16)  # failing long enough for the old backoff to reach 16 s
+        assert a.log().count("mqtt: cannot connect") == 1
+        broker.start()
+        try:
+            started = time.monotonic()
+            wait_for(lambda: "mqtt: connected" in a.log(), timeout=20, what="a to connect")
+            assert time.monotonic() - started < 8.0
+            wait_for(
+                lambda: json.loads(get(port, "/healthz")[1])["checks"]["mqtt"]["status"] == "ok",
+                what="the mqtt check to clear",
+            )
+        finally:
+            assert a.stop() == 0
+            broker.stop()
+
+
 class TestLifecycle:
     """Signals end the daemon cleanly; --only-once says why it failed."""
 
