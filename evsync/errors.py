@@ -14,7 +14,9 @@
     │                                or entries out of order; the object is marked bad
     ├── StorageError                 the bucket could not do what was asked
     │   ├── ObjectNotFoundError      the named object does not exist (any more)
-    │   └── StorageUnavailableError  the backend is down or refused; worth retrying
+    │   ├── StorageUnavailableError  the backend is down or failed; worth retrying
+    │   └── StorageConfigError       the bucket is missing, access is denied or the
+    │                                credentials are wrong: retrying soon will not help
     └── SyncError                    a sync run could not complete (only-once mode)
         └── SyncInterruptedError     shutdown asked a merge to stop; its txn was aborted
 """
@@ -64,6 +66,11 @@ class ObjectNotFoundError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """The backend is unreachable or refused the request; retrying may help."""
+
+
+class StorageConfigError(StorageError):
+    """The bucket refused in a way only an operator fixes: it does not exist, access is
+    denied, or the credentials are wrong. evsync still retries, at its slowest pace."""
 
 
 class SyncError(EvsyncError):

@@ -208,13 +208,16 @@ class Instance:
             cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
         )
 
-    def start(self, *args: str) -> Instance:
+    def start(self, *args: str, wait: bool = True) -> Instance:
+        """Start `evsync sync`; ``wait``: until its startup listing (or its death)."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "evsync", "-c", str(self.config_path), "sync", *args],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
+        if not wait:
+            return self
         wait_for(lambda: b"startup listing" in self.log_path.read_bytes() or self._died(),
                  timeout=30, what=f"{self.name} to start")
         assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()}"

@@ -10,7 +10,12 @@ import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
 from evsync.config import S3Options
-from evsync.errors import ObjectNotFoundError, StorageError, StorageUnavailableError
+from evsync.errors import (
+    ObjectNotFoundError,
+    StorageConfigError,
+    StorageError,
+    StorageUnavailableError,
+)
 from evsync.storage.base import BlobStore, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -22,6 +27,8 @@ LIST_PAGE_SIZE = 1000
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _CONFIG_ERROR_CODES = frozenset(
     {
+        "403",  # HeadBucket's bare "access denied"
+        "Forbidden",
         "NoSuchBucket",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
@@ -56,8 +63,19 @@ class S3Store(BlobStore):
                 retries={"max_attempts": BOTO_MAX_ATTEMPTS, "mode": "standard"},
             ),
         )
+        # With create_bucket, the bucket is made sure of before the first listing; an S3
+        # that is down at start is retried like any listing, never a reason to exit.
+        self._bucket_ready = not options.create_bucket
         if options.create_bucket:
+            try:
+                self._ensure_bucket()
+            except StorageError as exc:
+                log.warning("%s; trying again before each listing", exc)
+
+    def _ensure_bucket(self) -> None:
+        if not self._bucket_ready:
             self._create_bucket()
+            self._bucket_ready = True
 
     def describe(self) -> str:
         where = self.options.endpoint_url or "aws"
@@ -73,7 +91,7 @@ class S3Store(BlobStore):
             if code in _NOT_FOUND_CODES:
                 return ObjectNotFoundError(msg)
             if code in _CONFIG_ERROR_CODES:
-                return StorageUnavailableError(msg + f" (bucket {self.bucket!r})")
+                return StorageConfigError(msg + f" (bucket {self.bucket!r})")
             return StorageUnavailableError(msg)
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return StorageUnavailableError(f"s3: {action}: {exc}")
@@ -102,6 +120,7 @@ class S3Store(BlobStore):
             raise self._wrap(exc, f"create bucket {self.bucket}") from None
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
+        self._ensure_bucket()
         out: list[ObjectInfo] = []
         try:
             paginator = self._client.get_paginator("list_objects_v2")

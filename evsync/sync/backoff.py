@@ -29,6 +29,11 @@ class Backoff:
         self.delay = self.start if self.delay == 0 else min(self.delay * 2, self.cap)
         self.not_before = time.monotonic() + self.delay
 
+    def failed_for_good(self) -> None:
+        """A failure that retrying soon will not fix: wait the longest from now on."""
+        self.delay = self.cap
+        self.not_before = time.monotonic() + self.delay
+
     def succeeded(self) -> None:
         """The operation works again: no wait."""
         self.delay = 0.0

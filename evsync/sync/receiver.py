@@ -30,6 +30,7 @@ from evsync.errors import (
     CorruptObjectError,
     LmdbError,
     ObjectNotFoundError,
+    StorageConfigError,
     StorageError,
     SyncInterruptedError,
 )
@@ -102,6 +103,8 @@ class Receiver:
         self._load_backoff: dict[str, Backoff] = {}
         #: wall time (ns) of this thread's last successful listing
         self.listed_ok_ns: int | None = None
+        #: why the last listing failed (None after a success)
+        self.last_list_error: StorageError | None = None
 
     # ------------------------------------------------------------------ names
 
@@ -115,9 +118,14 @@ class Receiver:
         try:
             objects = self.store.list(db_prefix(self.db))
         except StorageError as exc:
-            self.list_backoff.failed()
+            self.last_list_error = exc
+            if isinstance(exc, StorageConfigError):
+                self.list_backoff.failed_for_good()
+            else:
+                self.list_backoff.failed()
             self.recorder.list_failed(exc)
             return False
+        self.last_list_error = None
         self.recorder.listed()
         self.listed_ok_ns = self.clock_ns()
         self.list_backoff.succeeded()

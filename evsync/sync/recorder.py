@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from evsync.config import Config
-from evsync.errors import EvsyncError
+from evsync.errors import EvsyncError, StorageConfigError
 from evsync.health import HealthTracker
 from evsync.metrics import Metrics
 from evsync.snapshot.base import KIND_DELTA, SnapshotHeader
@@ -126,12 +126,21 @@ class Recorder:
     def listed(self) -> None:
         """A listing by the loop succeeded."""
         self.health.success("list")
+        self._logged_once.discard("list-config")
         self.recovered("list", "listing")
 
     def list_failed(self, exc: Exception) -> None:
-        """A listing by the loop failed."""
+        """A listing by the loop failed: a warning once per streak, or an error once when
+        only an operator can fix it (no such bucket, access denied, bad credentials)."""
         self.health.failure("list", str(exc))
         self._count_list_failure()
+        if isinstance(exc, StorageConfigError):
+            if "list-config" not in self._logged_once:
+                self._logged_once.add("list-config")
+                self._logged_once.add("list")
+                log.error("db %s: cannot list the bucket: %s", self.db, exc)
+            return
+        self._logged_once.discard("list-config")
         self.log_limited("list", logging.WARNING, "db %s: listing failed: %s", self.db, exc)
 
     def lister_result(self, ok: bool) -> None:

@@ -19,7 +19,7 @@ import logging
 import threading
 
 from evsync.config import Config
-from evsync.errors import LmdbError
+from evsync.errors import LmdbError, StorageConfigError
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.shadow import SEED_TIMESTAMP_NS, Shadow
 from evsync.sync.gate import RejoinGate
@@ -79,6 +79,8 @@ class Startup:
             attempts += 1
             if self.stop_event.is_set():
                 return False
+            if not retry_forever and isinstance(self.receiver.last_list_error, StorageConfigError):
+                return False  # the line naming the cause is logged; waiting will not help
             if not retry_forever and attempts >= self.config.storage_retry_count:
                 log.error("db %s: cannot list the bucket after %d attempts", self.db, attempts)
                 return False

@@ -164,6 +164,62 @@ class TestHealthz:
             server.stop()
 
 
+class TestS3AtStart:
+    """S3 that is down at start is waited for; a bucket that cannot work is named at once."""
+
+    def test_s3_down_at_start_is_waited_for_not_fatal(self, instances: Make) -> None:
+        """S3 unreachable when `sync` starts, with create_bucket on (as config/s3.yaml
+        ships): the daemon stays up and says so, the listing check fails, and once S3
+        answers it creates the bucket and stores what was written meanwhile. (It used to
+        exit 1 at once.)"""
+        server = MotoServer()  # not started yet
+        storage = {"type": "s3", "options": {
+            "bucket": "late", "endpoint_url": server.endpoint, "create_bucket": True,
+            "region": "us-east-1", "access_key": "test", "secret_key": "test"}}
+        port = free_port()
+        fast = {"warn_duration": "300ms", "error_duration": "1s"}
+        a = instances("a", storage, http=http_on(port), health={"storage_list": fast})
+        a.start(wait=False)
+        try:
+            wait_for(lambda: "trying again before each listing" in a.log(), timeout=30,
+                     what="the warning")
+            wait_for(lambda: get(port, "/healthz")[0] == 503, what="503 while S3 is down")
+            assert a.proc is not None and a.proc.poll() is None
+            a.writer.put("k", "v")
+            server.start()
+
+            def stored() -> bool:
+                try:
+                    listing = server.client().list_objects_v2(Bucket="late")
+                except server.client().exceptions.NoSuchBucket:
+                    return False  # evsync has not created it yet
+                return any(o["Key"].startswith("main__a__") for o in listing.get("Contents", []))
+
+            wait_for(stored, timeout=30, what="a's object in the bucket it created")
+            wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20, what="healthy")
+            assert a.stop() == 0
+        finally:
+            server.stop()
+
+    def test_only_once_against_a_missing_bucket_fails_at_once(
+        self, instances: Make, aws: AwsServer
+    ) -> None:
+        """`sync --only-once` against a bucket that does not exist (create_bucket off)
+        exits 1 within seconds, with one line naming NoSuchBucket (it used to retry in
+        silence for about 8 minutes with the default retry settings)."""
+        storage = {"type": "s3", "options": {
+            "bucket": "no-such-bucket-evsync", "endpoint_url": aws.endpoint,
+            "region": "us-east-1", "access_key": "test", "secret_key": "test"}}
+        a = instances("a", storage, storage_retry_count=100, storage_retry_interval="5s")
+        started = time.monotonic()
+        res = a.command("sync", "--only-once", timeout=120)
+        assert res.returncode == 1, res.stderr
+        assert time.monotonic() - started < 30
+        named = [line for line in res.stderr.splitlines() if "NoSuchBucket" in line]
+        assert len(named) == 1, res.stderr
+        assert "no-such-bucket-evsync" in named[0]
+
+
 class TestBrokerOutage:
     """A broker that is down is reported at once and found again quickly."""
 
