@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evsync.config import DeltasConfig
 from evsync.snapshot import format_for
@@ -39,6 +39,9 @@ class SenderChain:
     full_at: float = 0.0
     deltas: int = 0
     delta_bytes: int = 0
+    #: timestamps of the objects a receiver needs to reach ``base_ns``: the last full
+    #: object and the deltas after it
+    members: list[int] = field(default_factory=list)
 
     def delta_allowed(self) -> bool:
         """True when the next upload may be a delta."""
@@ -56,16 +59,19 @@ class SenderChain:
         self.base_ns, self.shipped_txn = timestamp_ns, txn_id
         self.full_bytes, self.full_at = size, self.clock()
         self.deltas = self.delta_bytes = 0
+        self.members = [timestamp_ns]
 
     def stored_delta(self, timestamp_ns: int, txn_id: int, size: int) -> None:
         """A delta was stored on top of the chain."""
         self.base_ns, self.shipped_txn = timestamp_ns, txn_id
         self.deltas += 1
         self.delta_bytes += size
+        self.members.append(timestamp_ns)
 
     def broken(self) -> None:
         """The next upload must be full (e.g. a store failed half-way or state was lost)."""
         self.base_ns = None
+        self.members = []
 
 
 def plan(

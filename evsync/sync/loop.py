@@ -30,7 +30,8 @@ from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.shadow import Shadow
 from evsync.metrics import Metrics
 from evsync.rejoin import RejoinGuard
-from evsync.storage.base import BlobStore
+from evsync.snapshot.name import try_parse
+from evsync.storage.base import BlobStore, ObjectInfo
 from evsync.sweeper import Sweeper
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
 from evsync.sync.gate import RejoinGate
@@ -137,6 +138,8 @@ class Syncer:
         )
         self._next_sweep = time.monotonic() + config.sweeper.first_interval
         self._sweep_resume_at = 0.0
+        # the lister thread's latest (LIST start, own object timestamps), for the loop
+        self._own_listed: tuple[float, frozenset[int]] | None = None
         self.lmdb_stats: dict[str, Any] = {}
         self._lmdb_stats_at = 0.0
 
@@ -267,6 +270,7 @@ class Syncer:
         if self.receiver.relist and self.receiver.list_backoff.ready():
             self.receiver.list_bucket(startup=False)
         self.startup_rules.resume_if_unblocked()
+        self._check_own_objects()
         self.receiver.merge_pending(include_own=bool(self.waiting_for), retry=False)
         if not self.waiting_for:
             self.stats.startup_done = True
@@ -297,11 +301,29 @@ class Syncer:
 
     # ------------------------------------------------------------------ rejoin guard
 
-    def on_listing(self, ok: bool) -> None:
-        """Callback for the lister trigger, which lists from its own thread."""
+    def on_listing(
+        self, ok: bool, objects: list[ObjectInfo] | None = None, started: float = 0.0
+    ) -> None:
+        """Callback for the lister trigger, which lists from its own thread: ``objects``
+        listed from the LIST begun at ``started`` (monotonic)."""
         if ok:
             self.gate.lister_listed(self.clock_ns())
+            if objects is not None:
+                own = frozenset(
+                    n.timestamp_ns
+                    for o in objects
+                    if (n := try_parse(o.name)) is not None
+                    and n.db == self.db
+                    and n.instance == self.instance
+                )
+                self._own_listed = (started, own)  # one assignment: the loop takes it whole
         self.recorder.lister_result(ok)
+
+    def _check_own_objects(self) -> None:
+        """The lister's newest listing against what the sender stored (wiped buckets)."""
+        listed, self._own_listed = self._own_listed, None
+        if listed is not None and not self.receive_only:
+            self.sender.check_listed(*listed)
 
     def _mark_in_sync(self) -> None:
         """Every instance's newest object is merged: record it for the rejoin guard."""

@@ -38,7 +38,7 @@ from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.shadow import Shadow
 from evsync.snapshot.base import KIND_DELTA, KIND_FULL, SnapshotFormat
 from evsync.snapshot.evs import EVS_ZST
-from evsync.snapshot.name import SnapshotName, delta_extra
+from evsync.snapshot.name import SnapshotName, delta_extra, format_timestamp
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff, StopOnEvent
@@ -95,6 +95,11 @@ class Sender:
         retry = config.storage_retry_interval
         self.backoff = Backoff(retry, retry)
         self.last_store_mono = time.monotonic()
+        #: timestamp of the newest object this run stored (0: none yet)
+        self.last_stored_ts = 0
+        #: the next upload is a full object even without a local change (own objects
+        #: went missing from the bucket)
+        self.full_requested = False
         self._last_name_ts = 0
         self.on_stored: list[StoredCallback] = []
         self.on_committed: list[CommittedCallback] = []
@@ -124,7 +129,9 @@ class Sender:
             return not only_once
         txn_id = self.lenv.last_txn_id()
         force_every = self.config.storage_force_snapshot_interval
-        forced = bool(force_every) and (time.monotonic() - self.last_store_mono >= force_every)
+        forced = self.full_requested or (
+            bool(force_every) and time.monotonic() - self.last_store_mono >= force_every
+        )
         if txn_id <= self.ledger.last_synced and not forced:
             return True
         if not only_once and not self.backoff.ready():
@@ -175,6 +182,8 @@ class Sender:
         """Everything a successful store moves on: backoff, txns, chain, peers, callbacks."""
         header = dumped.header
         self.backoff.succeeded()
+        self.full_requested = self.full_requested and header.kind != KIND_FULL
+        self.last_stored_ts = header.timestamp_ns
         if self.shadow is not None:
             self.shadow.dirty = False
         self.ledger.synced_up_to(header.txn_id)
@@ -196,6 +205,29 @@ class Sender:
                 callback(self.db, name.name, size)
             except Exception as exc:  # noqa: BLE001 - an announcement must never break the sync
                 self.recorder.announce_failed(name, exc)
+
+    def check_listed(self, started: float, own_timestamps: frozenset[int]) -> None:
+        """A listing that began at ``started`` (monotonic) found these objects of ours. If
+        one that receivers need is missing (a wiped or recreated bucket, an object removed
+        by hand), the next upload is a full object, whether or not anything changed."""
+        if started <= self.last_store_mono or not self.last_stored_ts:
+            return  # the listing may predate our newest store; or we stored nothing yet
+        needed = set(self.chain.members) | {self.last_stored_ts}
+        missing = needed - own_timestamps
+        if not missing:
+            self.recorder.end_streak("own-missing")
+            return
+        self.recorder.log_limited(
+            "own-missing",
+            logging.WARNING,
+            "db %s: %d of this instance's objects are gone from the bucket (the newest "
+            "stamped %s); uploading a full object",
+            self.db,
+            len(missing),
+            format_timestamp(max(missing)),
+        )
+        self.chain.broken()
+        self.full_requested = True
 
     def _notify_committed(self) -> None:
         """Our object now carries every merged object's data: tell the cleaner."""

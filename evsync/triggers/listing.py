@@ -41,7 +41,7 @@ class Lister(Trigger):
         db: str,
         queue: HintQueue,
         interval: float,
-        on_result: Callable[[bool], None] | None = None,
+        on_result: Callable[[bool, list[ObjectInfo], float], None] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -52,7 +52,12 @@ class Lister(Trigger):
         self._last_error_log = 0.0
 
     def list_once(self) -> bool:
-        """One listing; returns False when the bucket could not be listed."""
+        """One listing; returns False when the bucket could not be listed.
+
+        ``on_result`` hears (ok, the objects, when the LIST began): the syncer checks
+        that its own objects are still there (a wiped bucket, objects removed by hand).
+        """
+        started = time.monotonic()
         try:
             objects = self.store.list(db_prefix(self.db))
         except StorageError as exc:
@@ -61,12 +66,12 @@ class Lister(Trigger):
                 log.warning("db %s: listing failed: %s", self.db, exc)
                 self._last_error_log = now
             if self.on_result:
-                self.on_result(False)
+                self.on_result(False, [], started)
             return False
         for name in newest_per_instance(objects, self.db).values():
             self.queue.put(Hint(SOURCE_LISTING, name=name.name))
         if self.on_result:
-            self.on_result(True)
+            self.on_result(True, objects, started)
         return True
 
     def run(self) -> None:

@@ -263,7 +263,28 @@ class TestNewestPerInstance:
         store.fail = True
         results: list[bool] = []
         q = HintQueue("main")
-        lister = Lister(store, "main", q, interval=60, on_result=results.append)
+        lister = Lister(
+            store, "main", q, interval=60, on_result=lambda ok, _objs, _at: results.append(ok)
+        )
         assert not lister.list_once()
         assert results == [False]
         assert q.wait(0) == Batch()
+
+    def test_lister_reports_what_it_listed_and_when(self) -> None:
+        """A listing reports its objects and the monotonic time its LIST began, so the
+        syncer can tell its own objects are still there."""
+        store = MemoryStore()
+        store.put_bytes("main__a__20260101-000000-000000000__GX.evs.zst", b"x")
+        results: list[tuple[bool, list[str], float]] = []
+        lister = Lister(
+            store,
+            "main",
+            HintQueue("main"),
+            interval=60,
+            on_result=lambda ok, objs, at: results.append((ok, [o.name for o in objs], at)),
+        )
+        before = time.monotonic()
+        assert lister.list_once()
+        ((ok, names, at),) = results
+        assert ok and names == ["main__a__20260101-000000-000000000__GX.evs.zst"]
+        assert before <= at <= time.monotonic()

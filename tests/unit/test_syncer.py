@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -402,6 +403,33 @@ class TestStartupRetry:
         assert again.startup(retry_forever=True)
         assert "a" not in again.waiting_for
         assert len(objects(store, "a")) == 2
+
+
+class TestOwnObjectsMissing:
+    """A sender whose objects vanish from the bucket stores a full object again."""
+
+    def test_a_listing_without_our_objects_brings_a_full_object(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A listing begun after our last store that lacks our objects makes the next
+        step store a full object although nothing changed; a listing begun before that
+        store proves nothing and changes nothing."""
+        a = make_syncer("a", tmp_path, store)
+        app_put(a, b"k", b"v", 1000)
+        assert a.run_once()
+        stored = objects(store, "a")
+        a.sender.check_listed(a.sender.last_store_mono - 1.0, frozenset())
+        a.step(Batch())
+        assert objects(store, "a") == stored
+        for name in stored:
+            store.delete(name)
+        a.sender.check_listed(time.monotonic(), frozenset())
+        a.step(Batch())
+        (again,) = objects(store, "a")
+        assert not SnapshotName.parse(again).is_delta
+        b = make_syncer("b", tmp_path, store)
+        assert b.run_once()
+        assert read(b, b"k") == (b"v", 1000, False)
 
 
 class _CountingSource(ObjectSource):
