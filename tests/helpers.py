@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -310,6 +311,31 @@ class Mosquitto:
         finally:
             client.disconnect()
             client.loop_stop()
+
+
+    def retained(self, topic: str, timeout: float = 5.0) -> bytes | None:
+        """The retained message on ``topic`` (None when none arrives in ``timeout``)."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        got: list[bytes] = []
+        arrived = threading.Event()
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            got.append(bytes(msg.payload))
+            arrived.set()
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        client.on_message = on_message
+        client.connect("127.0.0.1", self.port)
+        client.subscribe(topic, qos=1)
+        client.loop_start()
+        try:
+            arrived.wait(timeout)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return got[0] if got else None
 
 
 def _find_mosquitto() -> str:

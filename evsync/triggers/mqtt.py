@@ -5,7 +5,8 @@ instance name and a persistent session (MQTT 3.1.1 clean_session=False, or MQTT 
 session expiry), so the broker queues events while evsync is down. paho reconnects
 with backoff by itself; while the broker is away the listing keeps the sync going.
 With ``publish: true`` the same client announces every stored object, retained, on
-``<topic>/<db>/<instance>``, so any S3 works without bucket notifications.
+``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. While the
+broker is away only the newest announcement per db waits; it is sent on reconnect.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ RECONNECT_MIN_SECONDS = 1
 # is found within 5 s, and an attempt every 5 s costs a down broker nothing.
 RECONNECT_MAX_SECONDS = 5
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
+# paho's own queue of unsent messages (announcements caught by a disconnect); past it a
+# publish is dropped, which costs a hint, never data
+MAX_QUEUED_MESSAGES = 100
 MALFORMED_LOG_INTERVAL = 60.0
 
 
@@ -86,6 +90,10 @@ class MqttSource(Trigger):
         #: an attempt failed since the last connection (not merely "not connected yet")
         self.failed = False
         self._last_malformed_log = -math.inf  # the first one is always logged
+        # While disconnected only the newest announcement per db is kept (announcements
+        # are retained hints: the newest one says everything an older one did).
+        self._pending: dict[str, tuple[str, bytes]] = {}
+        self._pending_lock = threading.Lock()
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ client set-up
@@ -114,6 +122,7 @@ class MqttSource(Trigger):
             if cfg.tls.insecure:
                 client.tls_insecure_set(True)
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
@@ -157,10 +166,14 @@ class MqttSource(Trigger):
             return
         subs = [(subscription_for(t), self.cfg.qos) for t in self.cfg.topics]
         client.subscribe(subs)
-        self.connected.set()
+        self.connected.set()  # before taking the pending ones: see announce()
         self.failing_since = None
         self.failed = False
         self.last_error = ""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for topic, payload in pending.values():
+            client.publish(topic, payload, qos=self.cfg.qos, retain=True)
         log.info(
             "mqtt: connected (session present: %s), subscribed to %s",
             getattr(flags, "session_present", None),
@@ -218,12 +231,17 @@ class MqttSource(Trigger):
         payload = announcement(
             self.bucket or "", self.prefix + name, size, db=db, instance=self.instance
         )
+        with self._pending_lock:
+            if not self.connected.is_set():
+                self._pending[db] = (topic, payload)  # replaces an older one of this db
+                return
         self._client.publish(topic, payload, qos=self.cfg.qos, retain=True)
 
     def status(self) -> dict[str, object]:
         """Connection state and counters."""
         return {
             "connected": self.connected.is_set(),
+            "pending_announcements": len(self._pending),
             "messages": self.messages,
             "malformed": self.malformed,
             "last_error": self.last_error,

@@ -232,19 +232,28 @@ class TestBrokerOutage:
         had been failing for 16 s (paho's doubling backoff used to wait up to 30 s)."""
         broker = Mosquitto(tmp_path / "late-broker")  # not started yet
         port = free_port()
-        notify = {"listing_interval": "1s", "mqtt": {"url": broker.url, "topic": "evsync-late"}}
+        notify = {"listing_interval": "1s",
+                  "mqtt": {"url": broker.url, "topic": "evsync-late", "publish": True}}
         a = instances("a", s3_storage, notify=notify, http=http_on(port)).start()
         wait_for(lambda: "mqtt: cannot connect" in a.log(), timeout=10, what="a warning")
         checks = json.loads(get(port, "/healthz")[1])["checks"]
         assert checks["mqtt"]["status"] == "warning", checks["mqtt"]
         assert "cannot connect" in checks["mqtt"]["last_error"]
+        for i in range(3):  # stored while the broker is away: announcements wait
+            a.writer.put("k", f"v{i}")
+            wait_for(lambda i=i: a.log().count("db main: stored") >= i + 1, what="a store")
         time.sleep(16)  # failing long enough for the old backoff to reach 16 s
         assert a.log().count("mqtt: cannot connect") == 1
+        newest = re.findall(r"db main: stored (\S+)", a.log())[-1]
         broker.start()
         try:
             started = time.monotonic()
             wait_for(lambda: "mqtt: connected" in a.log(), timeout=20, what="a to connect")
             assert time.monotonic() - started < 8.0
+            # the newest announcement was kept and is sent once connected
+            announced = wait_for(lambda: broker.retained("evsync-late/main/a"),
+                                 what="the retained announcement")
+            assert newest.encode() in announced
             wait_for(
                 lambda: json.loads(get(port, "/healthz")[1])["checks"]["mqtt"]["status"] == "ok",
                 what="the mqtt check to clear",

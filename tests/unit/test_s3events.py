@@ -1008,3 +1008,21 @@ class TestMqttHelpers:
         """The paho client is created with client_id_for(instance)."""
         src = make_mqtt(make_queues("main"))
         assert src._client._client_id == client_id_for("node-z").encode()
+
+
+class TestMqttAnnouncementsWhileDisconnected:
+    """Announcements made while the broker is away are bounded."""
+
+    def test_only_the_newest_announcement_per_db_waits(self) -> None:
+        """20,000 uploads while the broker is down keep one announcement per db waiting
+        (the newest: retained hints, so it says all the older ones did) and nothing in
+        paho's own queue; they used to pile up, 40 MB of them."""
+        src = make_mqtt(make_queues("main", "other"))
+        for i in range(20_000):
+            src.announce("main", f"main__node-z__20260101-000000-{i:09d}__GX.evs.zst", 10)
+        src.announce("other", "other__node-z__20260101-000000-000000001__GX.evs.zst", 10)
+        assert src.status()["pending_announcements"] == 2
+        assert len(src._client._out_messages) == 0
+        topic, payload = src._pending["main"]
+        assert topic == "evsync/events/main/node-z"
+        assert b"20260101-000000-000019999" in payload
