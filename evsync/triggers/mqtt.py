@@ -1,9 +1,10 @@
 """MQTT push source: S3 events, MinIO events and peer announcements arrive as hints.
 
 One paho-mqtt client per process, with a stable client id derived from the
-instance name and a persistent session (MQTT 3.1.1 clean_session=False, or MQTT 5
-session expiry), so the broker queues events while evsync is down. paho reconnects
-with backoff by itself; while the broker is away the listing keeps the sync going.
+instance name (and the dbs, for a process started with ``--only-db``) and a
+persistent session (MQTT 3.1.1 clean_session=False, or MQTT 5 session expiry), so
+the broker queues events while evsync is down. paho reconnects with backoff by
+itself; while the broker is away the listing keeps the sync going.
 With ``publish: true`` the same client announces every stored object, retained, on
 ``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. While the
 broker is away only the newest announcement per db waits; it is sent on reconnect.
@@ -16,7 +17,7 @@ import math
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -50,9 +51,16 @@ MAX_QUEUED_MESSAGES = 100
 MALFORMED_LOG_INTERVAL = 60.0
 
 
-def client_id_for(instance: str) -> str:
-    """A stable client id, so the broker finds the persistent session again."""
-    return f"evsync-{instance}"
+def client_id_for(instance: str, only_dbs: Iterable[str] | None = None) -> str:
+    """A stable client id, so the broker finds the persistent session again.
+
+    A process that syncs only some of the config's dbs (``--only-db``) adds them: two
+    such processes of one instance would otherwise take the session from each other
+    about once a second, and the events the broker gave the other one would be lost.
+    """
+    if only_dbs is None:
+        return f"evsync-{instance}"
+    return f"evsync-{instance}-" + "-".join(sorted(only_dbs))
 
 
 def subscription_for(topic: str) -> str:
@@ -75,10 +83,12 @@ class MqttSource(Trigger):
         *,
         bucket: str | None,
         prefix: str = "",
+        only_dbs: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.instance = instance
+        self.client_id = client_id_for(instance, only_dbs)
         self.queues = dict(queues)
         self.bucket = bucket
         self.prefix = prefix
@@ -103,7 +113,7 @@ class MqttSource(Trigger):
         v5 = cfg.protocol == 5
         kwargs: dict[str, Any] = {
             "callback_api_version": CallbackAPIVersion.VERSION2,
-            "client_id": client_id_for(self.instance),
+            "client_id": self.client_id,
             "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         }
         if not v5:
@@ -146,7 +156,7 @@ class MqttSource(Trigger):
         except (OSError, ValueError) as exc:
             self._fail(f"cannot connect to {host}:{port}: {exc}")
         self._client.loop_start()
-        log.info("mqtt: connecting to %s:%d as %s", host, port, client_id_for(self.instance))
+        log.info("mqtt: connecting to %s:%d as %s", host, port, self.client_id)
 
     def run(self) -> None:  # paho runs its own network thread
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +191,32 @@ class TestSqs:
         insts["b"].stop()
         summary = insts["b"].log().split("first to announce", 1)[1].splitlines()[0]
         assert "sqs=" in summary, summary
+
+
+class TestOnlyDbProcesses:
+    """Processes of one instance that split its dbs each keep their own MQTT session."""
+
+    def test_two_only_db_processes_keep_their_sessions(
+        self, instances: Make, s3_storage: dict[str, Any], mosquitto: Mosquitto, topic: str,
+        tmp_path: Path,
+    ) -> None:
+        """`sync --only-db main` and `sync --only-db other` from one config connect once
+        each and stay connected (one client id shared, the broker handed the session
+        back and forth about once a second and events went to the wrong process)."""
+        lmdbs = {
+            db: {"path": str(tmp_path / f"lmdb-{db}"), "schema_tracks_changes": True,
+                 "options": {"create": True, "map_size": "64MB"}}
+            for db in ("main", "other")
+        }
+        notify = mqtt_notify(mosquitto, topic)
+        one = instances("a-main", s3_storage, instance="a", lmdbs=lmdbs, notify=notify)
+        two = instances("a-other", s3_storage, instance="a", lmdbs=lmdbs, notify=notify)
+        one.start("--only-db", "main")
+        two.start("--only-db", "other")
+        wait_for(lambda: "mqtt: connected" in one.log() and "mqtt: connected" in two.log(),
+                 what="both to connect")
+        time.sleep(5)
+        for proc in (one, two):
+            assert proc.log().count("mqtt: connected") == 1, proc.log()
+            assert "mqtt: disconnected" not in proc.log()
+        assert "as evsync-a-main" in one.log() and "as evsync-a-other" in two.log()

@@ -183,7 +183,8 @@ class TestS3AtStart:
         try:
             wait_for(lambda: "trying again before each listing" in a.log(), timeout=30,
                      what="the warning")
-            wait_for(lambda: get(port, "/healthz")[0] == 503, what="503 while S3 is down")
+            wait_for(lambda: get(port, "/healthz")[0] == 503, timeout=30,
+                     what="503 while S3 is down")
             assert a.proc is not None and a.proc.poll() is None
             a.writer.put("k", "v")
             server.start()
@@ -195,9 +196,11 @@ class TestS3AtStart:
                     return False  # evsync has not created it yet
                 return any(o["Key"].startswith("main__a__") for o in listing.get("Contents", []))
 
-            wait_for(stored, timeout=30, what="a's object in the bucket it created")
-            wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20, what="healthy")
+            wait_for(stored, timeout=60, what="a's object in the bucket it created")
+            wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=30, what="healthy")
             assert a.stop() == 0
+        except AssertionError as exc:  # say what the daemon saw
+            raise AssertionError(f"{exc}\n--- evsync log ---\n{a.log()[-4000:]}") from None
         finally:
             server.stop()
 

@@ -1004,6 +1004,14 @@ class TestMqttHelpers:
         assert client_id_for("node-a") == client_id_for("node-a")
         assert client_id_for("node-a") != client_id_for("node-b")
 
+    def test_client_id_names_the_dbs_of_an_only_db_process(self) -> None:
+        """Two processes of one instance with --only-db main and --only-db other get ids
+        of their own, each stable across restarts (the order of the dbs does not count)."""
+        assert client_id_for("node-a", ["main"]) == "evsync-node-a-main"
+        assert client_id_for("node-a", ["main"]) != client_id_for("node-a", ["other"])
+        assert client_id_for("node-a", ["b", "a"]) == client_id_for("node-a", ["a", "b"])
+        assert client_id_for("node-a", ["main"]) != client_id_for("node-a")
+
     def test_source_uses_client_id(self) -> None:
         """The paho client is created with client_id_for(instance)."""
         src = make_mqtt(make_queues("main"))
