@@ -57,7 +57,8 @@ class Daemon:
         self.stop_event = threading.Event()
         self.store = store or open_store(config.storage)
         self.receive_only = receive_only
-        self.only_dbs = only_dbs is not None
+        # the dbs a process started with --only-db syncs (None: all of the config's)
+        self._only_dbs = names if only_dbs else None
         self.metrics = Metrics()
         self.metrics.info.labels(__version__).set(1)
         self.metrics.add_state_collector(self._metrics_state)
@@ -113,7 +114,7 @@ class Daemon:
                 {name: s.queue for name, s in self.syncers.items()},
                 bucket=opts.bucket if isinstance(opts, S3Options) else None,
                 prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
-                only_dbs=list(self.syncers) if self.only_dbs else None,
+                only_dbs=self._only_dbs,
             )
             self.triggers.append(mqtt)
             self.push_sources["mqtt"] = mqtt

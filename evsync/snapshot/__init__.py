@@ -41,6 +41,14 @@ def format_for(name: SnapshotName | str) -> SnapshotFormat | None:
     return FORMATS.get(ext) if dot else None
 
 
+def readable_name(name: str, db: str) -> SnapshotName | None:
+    """``name`` parsed, when it names an object of ``db`` that evsync reads; else None."""
+    parsed = try_parse(name)
+    if parsed is None or parsed.db != db or format_for(parsed) is None:
+        return None
+    return parsed
+
+
 __all__ = [
     "EVS_ZST",
     "FORMATS",
@@ -60,6 +68,7 @@ __all__ = [
     "format_for",
     "format_timestamp",
     "read_header",
+    "readable_name",
     "try_parse",
     "verify_snapshot",
     "write_snapshot",

@@ -30,8 +30,8 @@ from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.shadow import Shadow
 from evsync.metrics import Metrics
 from evsync.rejoin import RejoinGuard
-from evsync.snapshot.name import try_parse
-from evsync.storage.base import BlobStore, ObjectInfo
+from evsync.snapshot.name import SnapshotName
+from evsync.storage.base import BlobStore
 from evsync.sweeper import Sweeper
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
 from evsync.sync.gate import RejoinGate
@@ -40,7 +40,7 @@ from evsync.sync.recorder import Recorder, SyncStats
 from evsync.sync.sender import SOURCE_SELF, CommittedCallback, Sender, StoredCallback
 from evsync.sync.sources import ObjectSource, StorageSource
 from evsync.sync.startup import Startup
-from evsync.sync.state import InstanceState, Peers, TxnLedger
+from evsync.sync.state import NS, InstanceState, Peers, TxnLedger
 from evsync.triggers.base import Batch, Hint, HintQueue
 
 log = logging.getLogger(__name__)
@@ -171,11 +171,6 @@ class Syncer:
         return self.peers.waiting_for
 
     @property
-    def last_synced_txn(self) -> int:
-        """The LMDB txn up to which nothing needs uploading (the ledger's)."""
-        return self.ledger.last_synced
-
-    @property
     def on_stored(self) -> list[StoredCallback]:
         """Called as (db, object name, size) after every store (the sender's)."""
         return self.sender.on_stored
@@ -302,20 +297,14 @@ class Syncer:
     # ------------------------------------------------------------------ rejoin guard
 
     def on_listing(
-        self, ok: bool, objects: list[ObjectInfo] | None = None, started: float = 0.0
+        self, ok: bool, names: list[SnapshotName] | None = None, started: float = 0.0
     ) -> None:
-        """Callback for the lister trigger, which lists from its own thread: ``objects``
-        listed from the LIST begun at ``started`` (monotonic)."""
+        """Callback for the lister trigger, which lists from its own thread: the readable
+        ``names`` of the LIST begun at ``started`` (monotonic)."""
         if ok:
             self.gate.lister_listed(self.clock_ns())
-            if objects is not None:
-                own = frozenset(
-                    n.timestamp_ns
-                    for o in objects
-                    if (n := try_parse(o.name)) is not None
-                    and n.db == self.db
-                    and n.instance == self.instance
-                )
+            if names is not None:
+                own = frozenset(n.timestamp_ns for n in names if n.instance == self.instance)
                 self._own_listed = (started, own)  # one assignment: the loop takes it whole
         self.recorder.lister_result(ok)
 
@@ -396,8 +385,8 @@ class Syncer:
             "lmdb": self.lmdb_stats,
             "last_synced_txn_id": self.ledger.last_synced,
             "last_store_at": self.stats.last_store_at,
-            "newest_seen_ts": self.peers.seen_timestamps("newest_seen"),
-            "merged_ts": self.peers.seen_timestamps("merged"),
+            "newest_seen_ts": _seconds(self.peers.others_ns("newest_seen")),
+            "merged_ts": _seconds(self.peers.others_ns("merged")),
             "startup_done": self.stats.startup_done,
             "rejoin_blocked": self.guard.blocked,
             "hints_received": dict(self.queue.received),
@@ -422,5 +411,9 @@ class Syncer:
             },
             "health": self.health.snapshot(),
             "stats": {k: v for k, v in vars(self.stats).items() if k != "rejected"},
-            "rejected_objects": list(self.stats.rejected[-20:]),
+            "rejected_objects": list(self.stats.rejected),  # the recorder keeps the last 20
         }
+
+
+def _seconds(stamps: dict[str, int]) -> dict[str, float]:
+    return {inst: ns / NS for inst, ns in stamps.items()}

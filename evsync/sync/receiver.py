@@ -38,9 +38,16 @@ from evsync.gcpause import collector_paused
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.merge import MAX_MAP_GROWTHS, Merger, MergeResult
 from evsync.lmdb.shadow import Shadow
-from evsync.snapshot import format_for
-from evsync.snapshot.base import KIND_DELTA, KIND_FULL, DbiInfo, Entry, SnapshotHeader
-from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
+from evsync.snapshot import format_for, readable_name
+from evsync.snapshot.base import (
+    KIND_DELTA,
+    KIND_FULL,
+    DbiInfo,
+    Entry,
+    SnapshotFormat,
+    SnapshotHeader,
+)
+from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
@@ -132,8 +139,8 @@ class Receiver:
         self.relist = False
         present: set[str] = set()
         for obj in objects:
-            name = try_parse(obj.name)
-            if name is None or name.db != self.db or format_for(name) is None:
+            name = readable_name(obj.name, self.db)
+            if name is None:
                 continue
             if name.instance == self.peers.own:
                 self.peers.own_named(name)  # bad or not, it holds its name
@@ -243,10 +250,7 @@ class Receiver:
         """Fetch, verify and merge one object: ``done``, ``skipped`` or ``retry``."""
         backoff = self._backoff(instance)
         fmt = format_for(name)
-        if fmt is None:  # hints and listings drop such names first; never fetch one
-            self.peers.bad_objects.add(name.name)
-            self._forget_newest(instance, name)
-            return SKIPPED
+        assert fmt is not None  # only readable names get past hints and listings
         t0 = time.monotonic()
         try:
             data = self.source.fetch(name)
@@ -268,8 +272,7 @@ class Receiver:
                 self._reject(instance, name, str(exc))
                 return SKIPPED
             try:
-                data.seek(0)
-                result = self._apply(lambda: fmt.reader(data, verified=True).dbis(), data)
+                result = self._apply(fmt, data)
             except CorruptObjectError as exc:  # only if the temp file changed under us
                 self._reject(instance, name, str(exc))
                 return SKIPPED
@@ -295,12 +298,13 @@ class Receiver:
             own=instance == self.peers.own,
         )
 
-    def _apply(
-        self,
-        open_dbis: Callable[[], Iterator[tuple[DbiInfo, Iterable[Entry]]]],
-        data: IO[bytes],
-    ) -> MergeResult:
+    def _apply(self, fmt: SnapshotFormat, data: IO[bytes]) -> MergeResult:
         """Merge a verified object: batched txns in native mode, one txn in shadow mode."""
+
+        def open_dbis() -> Iterator[tuple[DbiInfo, Iterable[Entry]]]:
+            data.seek(0)
+            return fmt.reader(data, verified=True).dbis()
+
         if self.shadow is None:
             merger = Merger(
                 self.lenv,
@@ -310,7 +314,6 @@ class Receiver:
             )
             return merger.merge(open_dbis())
         for _attempt in range(MAX_MAP_GROWTHS):
-            data.seek(0)
             try:
                 result, update = self.shadow.merge(
                     self._until_stopped(open_dbis()),

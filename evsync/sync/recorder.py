@@ -17,6 +17,7 @@ anything about the sync (it only reports what happened).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -126,7 +127,7 @@ class Recorder:
     def listed(self) -> None:
         """A listing by the loop succeeded."""
         self.health.success("list")
-        self._logged_once.discard("list-config")
+        self.end_streak("list-config")
         self.recovered("list", "listing")
 
     def list_failed(self, exc: Exception) -> None:
@@ -135,12 +136,17 @@ class Recorder:
         self.health.failure("list", str(exc))
         self._count_list_failure()
         if isinstance(exc, StorageConfigError):
-            if "list-config" not in self._logged_once:
-                self._logged_once.add("list-config")
-                self._logged_once.add("list")
-                log.error("db %s: cannot list the bucket: %s", self.db, exc)
+            # only an operator fixes it: said once, at error level, however long it lasts
+            self.log_every(
+                "list-config",
+                math.inf,
+                logging.ERROR,
+                "db %s: cannot list the bucket: %s",
+                self.db,
+                exc,
+            )
+            self._logged_once.add("list")  # its end is said as "listing works again"
             return
-        self._logged_once.discard("list-config")
         self.log_limited("list", logging.WARNING, "db %s: listing failed: %s", self.db, exc)
 
     def lister_result(self, ok: bool) -> None:

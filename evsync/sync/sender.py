@@ -151,13 +151,10 @@ class Sender:
                 self.backoff.failed()
                 return False
             header = dumped.header
-            if header.kind == KIND_DELTA and header.total_entries == 0:
-                # the commits since the last upload were evsync's own merges
-                self.recorder.dumped(empty=False)
-                self.ledger.synced_up_to(header.txn_id)
-                return True
-            self.recorder.dumped(empty=header.total_entries == 0)
+            self.recorder.dumped(empty=header.kind == KIND_FULL and header.total_entries == 0)
             if header.total_entries == 0:  # an empty LMDB never uploads
+                if header.kind == KIND_DELTA:  # the commits were evsync's own merges
+                    self.ledger.synced_up_to(header.txn_id)
                 return True
             size = spool.tell()
             t_dump = time.monotonic() - t0
@@ -231,7 +228,7 @@ class Sender:
 
     def _notify_committed(self) -> None:
         """Our object now carries every merged object's data: tell the cleaner."""
-        merged = self.peers.merged_timestamps()
+        merged = self.peers.others_ns("merged")
         for callback in self.on_committed:
             callback(merged)
 

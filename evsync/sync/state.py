@@ -129,21 +129,13 @@ class Peers:
         own.merged = own.newest_seen = name
         self.own_named(name)
 
-    def merged_timestamps(self) -> dict[str, int]:
-        """{instance: timestamp of its newest merged object} of the other instances."""
-        return {
-            inst: st.merged.timestamp_ns
-            for inst, st in list(self.instances.items())
-            if st.merged is not None and inst != self.own
-        }
-
-    def seen_timestamps(self, attr: str) -> dict[str, float]:
-        """{instance: seconds} of the other instances' ``newest_seen`` or ``merged``."""
+    def others_ns(self, attr: str) -> dict[str, int]:
+        """{instance: timestamp (ns)} of the other instances' ``newest_seen`` or ``merged``."""
         out = {}
         for inst, st in list(self.instances.items()):
             name = getattr(st, attr)
             if name is not None and inst != self.own:
-                out[inst] = name.timestamp_ns / NS
+                out[inst] = name.timestamp_ns
         return out
 
     def status(self, now_ns: int) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from typing import Any
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from evsync.snapshot import format_for
-from evsync.snapshot.name import SnapshotName, try_parse
+from evsync.snapshot import readable_name
+from evsync.snapshot.name import SnapshotName
 
 SOURCE_WATCHER = "watcher"
 SOURCE_POLL = "poll"
@@ -86,8 +86,8 @@ class HintQueue:
             return new
 
     def _put_remote(self, hint: Hint) -> bool:
-        parsed = try_parse(hint.name or "")
-        if parsed is None or parsed.db != self.db or format_for(parsed) is None:
+        parsed = readable_name(hint.name or "", self.db)
+        if parsed is None:
             self.ignored[hint.source] += 1
             return False
         if parsed.instance == self.own_instance:

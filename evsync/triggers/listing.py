@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 from evsync.errors import StorageError
-from evsync.snapshot import format_for
-from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
+from evsync.snapshot import readable_name
+from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore, ObjectInfo
 from evsync.triggers.base import SOURCE_LISTING, Hint, HintQueue, Trigger
 
@@ -19,14 +19,20 @@ ERROR_LOG_INTERVAL = 60.0
 
 def newest_per_instance(objects: list[ObjectInfo], db: str) -> dict[str, SnapshotName]:
     """The newest readable object name of each instance in a listing of one db."""
+    return _newest(readable_names(objects, db))
+
+
+def readable_names(objects: list[ObjectInfo], db: str) -> list[SnapshotName]:
+    """The names in a listing of objects of ``db`` that evsync reads."""
+    return [n for obj in objects if (n := readable_name(obj.name, db)) is not None]
+
+
+def _newest(names: list[SnapshotName]) -> dict[str, SnapshotName]:
     newest: dict[str, SnapshotName] = {}
-    for obj in objects:
-        parsed = try_parse(obj.name)
-        if parsed is None or parsed.db != db or format_for(parsed) is None:
-            continue
-        current = newest.get(parsed.instance)
-        if current is None or parsed.name > current.name:
-            newest[parsed.instance] = parsed
+    for name in names:
+        current = newest.get(name.instance)
+        if current is None or name.name > current.name:
+            newest[name.instance] = name
     return newest
 
 
@@ -41,7 +47,7 @@ class Lister(Trigger):
         db: str,
         queue: HintQueue,
         interval: float,
-        on_result: Callable[[bool, list[ObjectInfo], float], None] | None = None,
+        on_result: Callable[[bool, list[SnapshotName], float], None] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -54,8 +60,9 @@ class Lister(Trigger):
     def list_once(self) -> bool:
         """One listing; returns False when the bucket could not be listed.
 
-        ``on_result`` hears (ok, the objects, when the LIST began): the syncer checks
-        that its own objects are still there (a wiped bucket, objects removed by hand).
+        ``on_result`` hears (ok, the readable names listed, when the LIST began): the
+        syncer checks that its own objects are still there (a wiped bucket, objects
+        removed by hand).
         """
         started = time.monotonic()
         try:
@@ -68,10 +75,11 @@ class Lister(Trigger):
             if self.on_result:
                 self.on_result(False, [], started)
             return False
-        for name in newest_per_instance(objects, self.db).values():
+        names = readable_names(objects, self.db)
+        for name in _newest(names).values():
             self.queue.put(Hint(SOURCE_LISTING, name=name.name))
         if self.on_result:
-            self.on_result(True, objects, started)
+            self.on_result(True, names, started)
         return True
 
     def run(self) -> None:

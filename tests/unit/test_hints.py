@@ -271,8 +271,8 @@ class TestNewestPerInstance:
         assert q.wait(0) == Batch()
 
     def test_lister_reports_what_it_listed_and_when(self) -> None:
-        """A listing reports its objects and the monotonic time its LIST began, so the
-        syncer can tell its own objects are still there."""
+        """A listing reports the readable names it found and the monotonic time its LIST
+        began, so the syncer can tell its own objects are still there."""
         store = MemoryStore()
         store.put_bytes("main__a__20260101-000000-000000000__GX.evs.zst", b"x")
         results: list[tuple[bool, list[str], float]] = []
