@@ -67,8 +67,12 @@ class Cleaner:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        rejected: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
+        #: names the syncer rejected as corrupt: never an instance's newest here either,
+        #: or a junk object named far ahead would get the instance's real objects deleted
+        self.rejected = rejected or (lambda _name: False)
         self.db = db
         self.cfg = cfg
         self.metrics = metrics
@@ -128,17 +132,20 @@ class Cleaner:
             # The prefix already excludes "main-2__…" for db "main"; the db check guards
             # against a backend whose listing is looser than asked.
             if parsed is None or parsed.db != self.db:
-                self._note_ignored(obj.name)
+                self._note_ignored(obj.name, "not a snapshot of this db")
+                continue
+            if self.rejected(parsed.name):
+                self._note_ignored(obj.name, "rejected as corrupt, never counted as newest")
                 continue
             names.append(parsed)
             present.add(parsed.name)
         self._forget_missing(present, {o.name for o in objects})
         return names
 
-    def _note_ignored(self, name: str) -> None:
+    def _note_ignored(self, name: str, why: str) -> None:
         if name not in self._ignored:
             self._ignored.add(name)
-            log.debug("db %s: cleaner: ignoring %s, not a snapshot of this db", self.db, name)
+            log.debug("db %s: cleaner: ignoring %s, %s", self.db, name, why)
 
     def _forget_missing(self, present: set[str], listed: set[str]) -> None:
         """Drop state of names gone from the listing, so memory follows the bucket."""

@@ -146,7 +146,13 @@ class Daemon:
         if not cleanup.enabled or self.receive_only:
             return  # as LS: a receive-only instance never deletes
         for name, syncer in self.syncers.items():
-            cleaner = Cleaner(self.store, name, cleanup, metrics=self.metrics)
+            cleaner = Cleaner(
+                self.store,
+                name,
+                cleanup,
+                metrics=self.metrics,
+                rejected=syncer.bad_objects.__contains__,
+            )
             syncer.on_committed.append(cleaner.set_committed)
             self.cleaners[name] = cleaner
 

@@ -84,6 +84,13 @@ class Metrics:
             db,
             registry=r,
         )
+        self.name_conflicts = Counter(
+            f"{PREFIX}_instance_name_conflicts",
+            "Objects found under this instance's name that this process did not store (two "
+            "hosts configured with one instance name).",
+            db,
+            registry=r,
+        )
         self.merge_failures = Counter(
             f"{PREFIX}_merge_failures",
             "Merges aborted by an LMDB error (the txn was rolled back).",

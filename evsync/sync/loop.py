@@ -139,7 +139,7 @@ class Syncer:
         self._next_sweep = time.monotonic() + config.sweeper.first_interval
         self._sweep_resume_at = 0.0
         # the lister thread's latest (LIST start, own object timestamps), for the loop
-        self._own_listed: tuple[float, frozenset[int]] | None = None
+        self._own_listed: tuple[float, tuple[SnapshotName, ...]] | None = None
         self.lmdb_stats: dict[str, Any] = {}
         self._lmdb_stats_at = 0.0
 
@@ -304,15 +304,20 @@ class Syncer:
         if ok:
             self.gate.lister_listed(self.clock_ns())
             if names is not None:
-                own = frozenset(n.timestamp_ns for n in names if n.instance == self.instance)
+                own = tuple(n for n in names if n.instance == self.instance)
                 self._own_listed = (started, own)  # one assignment: the loop takes it whole
         self.recorder.lister_result(ok)
 
     def _check_own_objects(self) -> None:
-        """The lister's newest listing against what the sender stored (wiped buckets)."""
+        """The lister's newest listing against what the sender stored (wiped buckets),
+        and for objects of our name that another process stored."""
         listed, self._own_listed = self._own_listed, None
-        if listed is not None and not self.receive_only:
-            self.sender.check_listed(*listed)
+        if listed is None:
+            return
+        started, own = listed
+        self.receiver.check_own_names(own)
+        if not self.receive_only:
+            self.sender.check_listed(started, frozenset(n.timestamp_ns for n in own))
 
     def _mark_in_sync(self) -> None:
         """Every instance's newest object is merged: record it for the rejoin guard."""

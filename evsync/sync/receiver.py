@@ -18,6 +18,7 @@ the loop's thread.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -112,6 +113,8 @@ class Receiver:
         self.listed_ok_ns: int | None = None
         #: why the last listing failed (None after a success)
         self.last_list_error: StorageError | None = None
+        #: the own-instance object :meth:`check_own_names` verified last
+        self._own_checked: str | None = None
 
     # ------------------------------------------------------------------ names
 
@@ -126,6 +129,7 @@ class Receiver:
             objects = self.store.list(db_prefix(self.db))
         except StorageError as exc:
             self.last_list_error = exc
+            self.peers.list_failed()
             if isinstance(exc, StorageConfigError):
                 self.list_backoff.failed_for_good()
             else:
@@ -140,11 +144,7 @@ class Receiver:
         present: set[str] = set()
         for obj in objects:
             name = readable_name(obj.name, self.db)
-            if name is None:
-                continue
-            if name.instance == self.peers.own:
-                self.peers.own_named(name)  # bad or not, it holds its name
-            if name.name in self.peers.bad_objects:
+            if name is None or name.name in self.peers.bad_objects:
                 continue
             present.add(name.instance)
             if name.instance == self.peers.own and not startup:
@@ -155,9 +155,41 @@ class Receiver:
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
-        if self.peers.note(instance, name, own_done=self.recorder.stats.startup_done):
-            ahead = (name.timestamp_ns - self.clock_ns()) / NS
-            self.recorder.clock_skew(instance, name, ahead)
+        self.peers.note(instance, name, own_done=self.recorder.stats.startup_done)
+
+    def check_own_names(self, names: Iterable[SnapshotName]) -> None:
+        """Listed objects of this instance: the newest one that this process neither
+        stored nor merged (nor checked) is fetched and verified once. A valid one was
+        stored by another process under our name (two hosts configured alike): logged
+        and counted, and new names sort after it; a corrupt one is rejected."""
+        usable = [n for n in names if n.name not in self.peers.bad_objects]
+        newest = max(usable, key=lambda n: n.name, default=None)
+        if (
+            newest is None
+            or newest.timestamp_ns <= self.peers.own_newest_ns
+            or newest.name == self._own_checked
+            or self.peers.own in self.peers.waiting_for  # startup merges it anyway
+        ):
+            return
+        fmt = format_for(newest)
+        assert fmt is not None  # readable names only
+        try:
+            data = self.source.fetch(newest)
+        except ObjectNotFoundError:
+            return  # gone again; nothing to sort after
+        except StorageError as exc:
+            self.recorder.fetch_failed(self.peers.own, newest, exc)
+            return  # the next listing tries again
+        self._own_checked = newest.name
+        with data:
+            try:
+                header = fmt.verify(data)
+                _check_header(header, newest)
+            except CorruptObjectError as exc:
+                self._reject(self.peers.own, newest, str(exc))
+                return
+        self.peers.own_named(newest)
+        self.recorder.name_conflict(newest, header.hostname, socket.gethostname())
 
     # ------------------------------------------------------------------ plans
 
@@ -240,8 +272,9 @@ class Receiver:
             self.relist = True
             return
         st.stuck = newest.name
-        if st.merged is not None:
-            self.peers.waiting_for.discard(instance)  # what can be reached is merged
+        # What can be reached is merged; startup waits no longer for the rest (an own
+        # newest full object that is corrupt or gone must not stop every upload).
+        self.peers.waiting_for.discard(instance)
         self.recorder.chain_stuck(instance, newest, st.merged)
 
     # ------------------------------------------------------------------ one object
@@ -271,6 +304,10 @@ class Receiver:
             except CorruptObjectError as exc:
                 self._reject(instance, name, str(exc))
                 return SKIPPED
+            if instance != self.peers.own:
+                # only a verified object's name says what a peer's clock read
+                ahead = (name.timestamp_ns - self.clock_ns()) / NS
+                self.recorder.clock_skew(instance, name, ahead)
             try:
                 result = self._apply(fmt, data)
             except CorruptObjectError as exc:  # only if the temp file changed under us
@@ -369,6 +406,7 @@ class Receiver:
         self.peers.bad_objects.add(name.name)
         self.recorder.rejected(instance, name, reason)
         self._forget_newest(instance, name)
+        self.queue.reject(name)
 
     def _forget_newest(self, instance: str, name: SnapshotName) -> None:
         self.peers.forget_newest(instance, name)

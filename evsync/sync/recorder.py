@@ -38,6 +38,8 @@ log = logging.getLogger("evsync.sync")
 
 # /status lists this many of the most recently rejected objects
 STATUS_REJECTED = 20
+# Two instances sharing a name collide on every upload; one line per this many seconds.
+NAME_CONFLICT_LOG_INTERVAL = 300.0
 
 
 @dataclass
@@ -50,6 +52,7 @@ class SyncStats:
     store_failures: int = 0
     load_failures: int = 0
     list_failures: int = 0
+    name_conflicts: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     entries_merged: int = 0
@@ -211,6 +214,27 @@ class Recorder:
         self.stats.rejected.append(name.name)
         del self.stats.rejected[:-STATUS_REJECTED]
 
+    def name_conflict(self, name: SnapshotName, their_host: str, our_host: str) -> None:
+        """A valid object under this instance's name that this process did not store."""
+        self.metrics.name_conflicts.labels(self.db).inc()
+        self.stats.name_conflicts += 1
+        where = (
+            f"by host {their_host!r} (this host is {our_host!r})"
+            if their_host != our_host
+            else f"by another process on this host {our_host!r}"
+        )
+        self.log_every(
+            "name-conflict",
+            NAME_CONFLICT_LOG_INTERVAL,
+            logging.ERROR,
+            "db %s: %s was stored %s under this instance's name %r: two evsync instances "
+            "share one name; give each its own `instance`",
+            self.db,
+            name,
+            where,
+            name.instance,
+        )
+
     def merge_failed(self, instance: str, name: SnapshotName, exc: Exception) -> None:
         """Writing a verified object into the LMDB failed (a full disk, say). It counts
         against the load check: nothing of the bucket reaches the LMDB while it lasts."""
@@ -264,11 +288,11 @@ class Recorder:
         self.log_limited(
             f"chain-{instance}",
             logging.WARNING,
-            "db %s: cannot reach %s: a delta it builds on is missing; merged up to %s, "
+            "db %s: cannot reach %s: an object it builds on is missing or unusable; %s, "
             "waiting for the next full object of %s",
             self.db,
             newest,
-            merged,
+            f"merged up to {merged}" if merged is not None else "nothing of it merged",
             instance,
         )
 

@@ -53,7 +53,9 @@ class Peers:
         self.own_newest_ns = 0
 
     def own_named(self, name: SnapshotName) -> None:
-        """An object of this instance exists under ``name``: new names must sort after it."""
+        """A verified object of this instance exists under ``name`` (stored, merged or
+        checked): new names must sort after it. Listed names alone do not count: a junk
+        object named far ahead must not drag this instance's names along."""
         self.own_newest_ns = max(self.own_newest_ns, name.timestamp_ns)
 
     def get(self, instance: str) -> InstanceState:
@@ -73,6 +75,9 @@ class Peers:
         st = self.get(instance)
         if st.merged is not None and name.name <= st.merged.name:
             return False
+        if name.name not in st.known:
+            # a name not known before may be the base a stuck plan lacked: plan again
+            st.stuck = st.relisted_for = None
         st.known[name.name] = name
         if st.newest_seen is None or name.name > st.newest_seen.name:
             st.newest_seen = name
@@ -105,6 +110,11 @@ class Peers:
             and (st.merged is None or st.merged.name < st.newest_seen.name)
         }
 
+    def list_failed(self) -> None:
+        """A listing failed: a plan that asked for one has not had it yet."""
+        for st in self.instances.values():
+            st.relisted_for = None
+
     def forget_newest(self, instance: str, name: SnapshotName) -> None:
         """Drop a name that cannot be merged, so a listing can promote an older one."""
         st = self.instances.get(instance)
@@ -115,6 +125,8 @@ class Peers:
 
     def merged(self, instance: str, name: SnapshotName, now_ns: int) -> InstanceState:
         """``name`` is merged: the instance's position moves to it."""
+        if instance == self.own:
+            self.own_named(name)  # verified: new names must sort after it
         st = self.get(instance)
         st.merged = name
         st.known = {n: v for n, v in st.known.items() if n > name.name}

@@ -30,6 +30,10 @@ SOURCE_MQTT = "mqtt"
 SOURCE_SQS = "sqs"
 SOURCES = (SOURCE_WATCHER, SOURCE_POLL, SOURCE_LISTING, SOURCE_FSWATCH, SOURCE_MQTT, SOURCE_SQS)
 
+# Names the syncer rejected, remembered by the queue so they can neither be news again
+# nor hide the later names of their instance; the oldest are forgotten past this many.
+MAX_REJECTED_NAMES = 1024
+
 
 @dataclass(frozen=True)
 class Hint:
@@ -61,6 +65,8 @@ class HintQueue:
         self._local = False
         self._remote: dict[str, SnapshotName] = {}
         self._newest_seen: dict[str, SnapshotName] = {}
+        #: rejected names, oldest first (a dict as an ordered set)
+        self._rejected: dict[str, None] = {}
         self._stop = False
         #: every hint received, by source
         self.received: Counter[str] = Counter()
@@ -93,6 +99,8 @@ class HintQueue:
         if parsed.instance == self.own_instance:
             self.own_echoes[hint.source] += 1
             return False
+        if parsed.name in self._rejected:
+            return False
         seen = self._newest_seen.get(parsed.instance)
         if seen is not None and parsed.name <= seen.name:
             return False
@@ -104,6 +112,20 @@ class HintQueue:
         """Let an older name of ``instance`` count as new again (after its newest went bad)."""
         with self._cond:
             self._newest_seen.pop(instance, None)
+
+    def reject(self, name: SnapshotName) -> None:
+        """``name`` can never be merged: it is no news from now on, and names of its
+        instance that sort below it count as new again (a junk object named far ahead
+        must not hide the instance's real objects)."""
+        with self._cond:
+            self._rejected[name.name] = None
+            if len(self._rejected) > MAX_REJECTED_NAMES:
+                del self._rejected[next(iter(self._rejected))]
+            self._newest_seen.pop(name.instance, None)
+
+    def is_rejected(self, name: str) -> bool:
+        """True for a name the syncer rejected (the lister leaves it out)."""
+        return name in self._rejected
 
     def wait(self, timeout: float | None) -> Batch:
         """Block until something is queued, ``timeout`` passes or stop; then drain."""

@@ -76,7 +76,9 @@ class Lister(Trigger):
                 self.on_result(False, [], started)
             return False
         names = readable_names(objects, self.db)
-        for name in _newest(names).values():
+        # A rejected name may be the newest of its instance; hint the newest usable one.
+        usable = [n for n in names if not self.queue.is_rejected(n.name)]
+        for name in _newest(usable).values():
             self.queue.put(Hint(SOURCE_LISTING, name=name.name))
         if self.on_result:
             self.on_result(True, names, started)

@@ -289,6 +289,21 @@ class TestNames:
         assert names(store) == sorted([*invalid, *valid])
         assert result.listed == 1
 
+    def test_a_rejected_name_never_supersedes_its_instance(
+        self, store: MemoryStore, clock: Clock
+    ) -> None:
+        """A junk object the syncer rejected, named far ahead as `a`'s newest, is neither
+        deleted nor taken as `a`'s newest: `a`'s real newest object stays."""
+        junk = add(store, snap(DB, "a", "2099-12-01 00:00:00"))
+        real = [add(store, snap(DB, "a", f"2020-01-30 0{h}:00:00")) for h in (7, 8)]
+        cleaner = Cleaner(
+            store, DB, LS_CFG, metrics=Metrics(), clock=clock, rejected={junk}.__contains__
+        )
+        for _ in range(3):
+            cleaner.run_once()
+            clock.now += DAY
+        assert names(store) == sorted([junk, real[1]])
+
     def test_other_dbs_are_skipped_even_if_the_listing_is_loose(self, clock: Clock) -> None:
         """Names of another db are never deleted even by a backend that ignores the prefix."""
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.base import ObjectInfo
 from evsync.storage.memory import MemoryStore
-from evsync.triggers.base import Batch, Hint, HintQueue
+from evsync.triggers.base import MAX_REJECTED_NAMES, Batch, Hint, HintQueue
 from evsync.triggers.listing import Lister, newest_per_instance
 
 T = 1_700_000_000_000_000_000
@@ -288,3 +289,37 @@ class TestNewestPerInstance:
         ((ok, names, at),) = results
         assert ok and names == ["main__a__20260101-000000-000000000__GX.evs.zst"]
         assert before <= at <= time.monotonic()
+
+
+class TestRejectedNames:
+    """A name the syncer rejected neither counts as news nor hides its instance."""
+
+    def test_a_rejected_newest_lets_older_names_through(self) -> None:
+        """After the junk newest of `a` is rejected, an older real name of `a` is news
+        again, and the junk name never is."""
+        q = HintQueue("main")
+        junk = SnapshotName.parse(name("a", T + 100))
+        assert q.put(Hint("listing", name=junk.name))
+        q.wait(0)
+        assert not q.put(Hint("mqtt", name=name("a", T + 2)))  # hidden below the junk
+        q.reject(junk)
+        assert q.put(Hint("mqtt", name=name("a", T + 3)))
+        assert not q.put(Hint("listing", name=junk.name))
+
+    def test_the_lister_hints_the_newest_usable_name(self) -> None:
+        """A listing whose newest object of `a` was rejected hints `a`'s next newest."""
+        store = MemoryStore()
+        for ts in (T + 1, T + 2, T + 100):
+            store.store(name("a", ts), io.BytesIO(b"x"))
+        q = HintQueue("main")
+        q.reject(SnapshotName.parse(name("a", T + 100)))
+        assert Lister(store, "main", q, 60).list_once()
+        assert q.wait(0).remote["a"].timestamp_ns == T + 2
+
+    def test_rejected_names_are_bounded(self) -> None:
+        """The queue remembers a bounded number of rejected names, oldest forgotten first."""
+        q = HintQueue("main")
+        for i in range(MAX_REJECTED_NAMES + 10):
+            q.reject(SnapshotName.parse(name("a", T + i)))
+        assert not q.is_rejected(name("a", T))
+        assert q.is_rejected(name("a", T + MAX_REJECTED_NAMES + 9))
