@@ -258,6 +258,9 @@ class Receiver:
             self.recorder.vanished(name)
             self._forget_newest(instance, name)
             return SKIPPED
+        except CorruptObjectError as exc:  # refused unread (fs: not a regular file, too big)
+            self._reject(instance, name, str(exc))
+            return SKIPPED
         except StorageError as exc:
             backoff.failed()
             self.recorder.fetch_failed(instance, name, exc)
