@@ -87,7 +87,10 @@ class Syncer:
         self.metrics = metrics or Metrics()
         self.recorder = Recorder(self.db, config, self.metrics)
         self.peers = Peers(config.instance)
-        self.ledger = TxnLedger()
+        # merge txns matter only to deltas, which receive-only and shadow mode never write
+        self.ledger = TxnLedger(
+            track_merges=not receive_only and self.shadow is None and config.deltas.enabled
+        )
         self.guard = RejoinGuard(
             self.lenv, config.sweeper, override=force_rejoin, clock_ns=clock_ns
         )
