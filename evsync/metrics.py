@@ -71,6 +71,12 @@ class Metrics:
         self.store_failures = Counter(
             f"{PREFIX}_store_failures", "Failed store attempts (each retry counts).", db, registry=r
         )
+        self.objects_vanished = Counter(
+            f"{PREFIX}_objects_vanished",
+            "Listed or hinted objects whose GET answered 404 (cleaned up, or forged hints).",
+            db,
+            registry=r,
+        )
         self.load_failures = Counter(
             f"{PREFIX}_load_failures", "Failed object downloads.", ["db", "instance"], registry=r
         )
@@ -259,6 +265,12 @@ def _db_families(dbs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         "Changes, by the trigger source that announced each one first.",
         labels=["db", "source"],
     )
+    hints_dropped = CounterMetricFamily(
+        f"{PREFIX}_hints_dropped",
+        "Hints dropped unread: the name's GET answered 404 before (gone), or too many "
+        "instances known from hints only (too_many_unlisted_instances).",
+        labels=["db", "reason"],
+    )
     now = time.time()
     for db, st in dbs.items():
         lm = st.get("lmdb") or {}
@@ -280,9 +292,11 @@ def _db_families(dbs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             hints.add_metric([db, source], count)
         for source, count in (st.get("hints_first") or {}).items():
             hints_first.add_metric([db, source], count)
+        for reason, count in (st.get("hints_dropped") or {}).items():
+            hints_dropped.add_metric([db, reason], count)
     yield from lmdb_gauges.values()
     yield from (entries, synced, upload_age, seen_age, merged_age, startup, blocked)
-    yield from (hints, hints_first)
+    yield from (hints, hints_first, hints_dropped)
 
 
 HEALTH_LEVELS = {"ok": 0, "warning": 1, "error": 2}

@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 # for a big one. (The native Merger checks between its batches.)
 STOP_CHECK_EVERY = 1024
 
+# A listing asked for by a vanished or rejected object runs at most this often (outside
+# ``--only-once``): forged hints for names that do not exist must not list the bucket
+# once each. The periodic listing runs regardless.
+RELIST_MIN_SECONDS = 5.0
+
 # ``--only-once`` starts over after a listing at most this often: a bucket that keeps
 # listing an object it cannot serve (an inconsistent store) must not loop forever.
 MAX_RELIST_PASSES = 16
@@ -112,6 +117,7 @@ class Receiver:
         self.listed_ok_ns: int | None = None
         #: why the last listing failed (None after a success)
         self.last_list_error: StorageError | None = None
+        self._listed_at = -RELIST_MIN_SECONDS  # monotonic time of the last listing
 
     # ------------------------------------------------------------------ names
 
@@ -122,6 +128,7 @@ class Receiver:
         but they still count as present: an instance with nothing valid left in the
         bucket is no longer waited for.
         """
+        self._listed_at = time.monotonic()
         try:
             objects = self.store.list(db_prefix(self.db))
         except StorageError as exc:
@@ -151,13 +158,25 @@ class Receiver:
                 continue
             self.note_name(name.instance, name)
         self.peers.waiting_for.intersection_update(present)
+        self.queue.listed(present)
         return True
+
+    def relist_due(self, *, retry: bool = False) -> bool:
+        """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
+        return self.relist and (
+            retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS
+        )
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
-        if self.peers.note(instance, name, own_done=self.recorder.stats.startup_done):
-            ahead = (name.timestamp_ns - self.clock_ns()) / NS
-            self.recorder.clock_skew(instance, name, ahead)
+        news = self.peers.note(instance, name, own_done=self.recorder.stats.startup_done)
+        # an instance known from hints only may be forged: its skew waits for a merge
+        if news and not self.queue.unlisted(instance):
+            self._clock_skew(instance, name)
+
+    def _clock_skew(self, instance: str, name: SnapshotName) -> None:
+        ahead = (name.timestamp_ns - self.clock_ns()) / NS
+        self.recorder.clock_skew(instance, name, ahead)
 
     # ------------------------------------------------------------------ plans
 
@@ -197,7 +216,7 @@ class Receiver:
                     ok = ok and outcome != RETRY
                     break
             self._check_reached(instance, newest)
-            if self.relist:
+            if self.relist_due(retry=retry):
                 self.list_bucket(startup=not self.recorder.stats.startup_done)
                 if retry:
                     return False, ok
@@ -228,7 +247,9 @@ class Receiver:
     def _check_reached(self, instance: str, newest: SnapshotName) -> None:
         """A plan that fell short of the newest object (a delta's base is missing): list
         again once; if that does not help, wait for the sender's next full object."""
-        st = self.peers.instances[instance]
+        st = self.peers.instances.get(instance)
+        if st is None:
+            return  # dropped: nothing of it exists
         if st.merged is not None and st.merged.name >= newest.name:
             st.relisted_for = None
             return
@@ -256,6 +277,7 @@ class Receiver:
             data = self.source.fetch(name)
         except ObjectNotFoundError:
             self.recorder.vanished(name)
+            self.queue.gone(name.name)  # a hint naming it again costs no GET
             self._forget_newest(instance, name)
             return SKIPPED
         except CorruptObjectError as exc:  # refused unread (fs: not a regular file, too big)
@@ -291,6 +313,8 @@ class Receiver:
 
     def _merged(self, instance: str, name: SnapshotName, result: MergeResult, t0: float) -> None:
         self.ledger.merged(result.txn_ids)
+        if instance != self.peers.own and self.queue.unlisted(instance):
+            self._clock_skew(instance, name)  # deferred by note_name
         st = self.peers.merged(instance, name, self.clock_ns())
         self.recorder.merged(
             instance,
@@ -377,6 +401,9 @@ class Receiver:
         self.peers.forget_newest(instance, name)
         self.queue.forget_instance(instance)
         self.relist = True  # a listing decides whether an older object of it exists
+        if self.peers.drop_if_unknown(instance):  # a forged name's instance, say
+            self._load_backoff.pop(instance, None)
+            self.recorder.forget_instance(instance)
 
 
 def _check_header(header: SnapshotHeader, name: SnapshotName) -> None:

@@ -113,6 +113,22 @@ class Peers:
             if st.newest_seen == name:
                 st.newest_seen = None
 
+    def drop_if_unknown(self, instance: str) -> bool:
+        """Forget an instance of which nothing is merged or known (its only name was
+        gone or bad): hints alone must not grow /status. True when it was dropped."""
+        st = self.instances.get(instance)
+        if (
+            st is None
+            or instance == self.own
+            or instance in self.waiting_for
+            or st.merged is not None
+            or st.newest_seen is not None
+            or st.known
+        ):
+            return False
+        del self.instances[instance]
+        return True
+
     def merged(self, instance: str, name: SnapshotName, now_ns: int) -> InstanceState:
         """``name`` is merged: the instance's position moves to it."""
         st = self.get(instance)
