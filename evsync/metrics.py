@@ -319,8 +319,14 @@ def _daemon_families(state: dict[str, Any]) -> Iterator[Metric]:
         "Push messages received (any shape).",
         labels=["source"],
     )
+    other_bucket = CounterMetricFamily(
+        f"{PREFIX}_notifications_other_bucket",
+        "Events and announcements of another bucket (a shared broker), ignored.",
+        labels=["source"],
+    )
     for source, st in (state.get("push") or {}).items():
+        other_bucket.add_metric([source], st.get("other_bucket", 0))
         connected.add_metric([source], 1 if st.get("connected") else 0)
         malformed.add_metric([source], st.get("malformed", 0))
         received.add_metric([source], st.get("messages", 0))
-    yield from (health, connected, malformed, received)
+    yield from (health, connected, malformed, received, other_bucket)

@@ -31,6 +31,7 @@ from evsync.triggers.base import SOURCE_MQTT, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import (
     MalformedEventError,
     announcement,
+    is_foreign,
     object_names,
     parse_message,
 )
@@ -84,6 +85,7 @@ class MqttSource(Trigger):
         bucket: str | None,
         prefix: str = "",
         only_dbs: Iterable[str] | None = None,
+        origin: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -92,8 +94,13 @@ class MqttSource(Trigger):
         self.queues = dict(queues)
         self.bucket = bucket
         self.prefix = prefix
+        #: the bucket as this instance reaches it (s3events.bucket_origin)
+        self.origin = origin
         self.connected = threading.Event()
         self.malformed = 0
+        #: events and announcements of another bucket, ignored
+        self.other_bucket = 0
+        self._last_other_log = -math.inf
         self.messages = 0
         self.failing_since: float | None = time.monotonic()
         self.last_error = "not connected yet"
@@ -217,9 +224,29 @@ class MqttSource(Trigger):
         except MalformedEventError as exc:
             self._malformed(msg.topic, str(exc))
             return
+        foreign = [e for e in events if is_foreign(e, self.bucket, self.origin)]
+        if foreign:
+            self._other_bucket(msg.topic, foreign[0].origin or foreign[0].bucket, len(foreign))
         hint_names(
-            self.queues.values(), SOURCE_MQTT, object_names(events, self.bucket, self.prefix)
+            self.queues.values(),
+            SOURCE_MQTT,
+            object_names(events, self.bucket, self.prefix, self.origin),
         )
+
+    def _other_bucket(self, topic: str, theirs: str, count: int) -> None:
+        """Counted; said once a minute (a shared broker carries them all the time)."""
+        self.other_bucket += count
+        now = time.monotonic()
+        if now - self._last_other_log >= MALFORMED_LOG_INTERVAL:
+            self._last_other_log = now
+            log.info(
+                "mqtt: ignoring events for another bucket on %s: %s (this instance syncs "
+                "%s; %d ignored so far)",
+                topic,
+                theirs,
+                self.origin or self.bucket,
+                self.other_bucket,
+            )
 
     def _malformed(self, topic: str, reason: str) -> None:
         self.malformed += 1
@@ -239,7 +266,12 @@ class MqttSource(Trigger):
         """Publish a retained S3-event-shaped message for a stored object."""
         topic = f"{self.cfg.topics[0].rstrip('/#+').rstrip('/')}/{db}/{self.instance}"
         payload = announcement(
-            self.bucket or "", self.prefix + name, size, db=db, instance=self.instance
+            self.bucket or "",
+            self.prefix + name,
+            size,
+            db=db,
+            instance=self.instance,
+            origin=self.origin,
         )
         with self._pending_lock:
             if not self.connected.is_set():
@@ -254,5 +286,6 @@ class MqttSource(Trigger):
             "pending_announcements": len(self._pending),
             "messages": self.messages,
             "malformed": self.malformed,
+            "other_bucket": self.other_bucket,
             "last_error": self.last_error,
         }
