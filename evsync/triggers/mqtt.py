@@ -8,6 +8,13 @@ itself; while the broker is away the listing keeps the sync going.
 With ``publish: true`` the same client announces every stored object, retained, on
 ``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. While the
 broker is away only the newest announcement per db waits; it is sent on reconnect.
+
+Message size: with MQTT 5 (``protocol: 5``) the CONNECT carries a maximum packet size
+just above the parser's cap, so the broker drops a larger message instead of sending
+it, and evsync never holds it. MQTT 3.1.1 has no such field: paho reads a packet whole
+before evsync sees it, so there the cap belongs on the broker (Mosquitto's
+``message_size_limit`` / ``max_packet_size``); evsync drops what exceeds its cap after
+reading it (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from paho.mqtt.properties import Properties
 from evsync.config import MqttConfig
 from evsync.triggers.base import SOURCE_MQTT, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import (
+    MAX_MESSAGE_BYTES,
     MalformedEventError,
     announcement,
     is_foreign,
@@ -50,6 +58,10 @@ SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
 # publish is dropped, which costs a hint, never data
 MAX_QUEUED_MESSAGES = 100
 MALFORMED_LOG_INTERVAL = 60.0
+# MQTT 5 maximum packet size: the parser's message cap plus room for the fixed header,
+# the topic and the properties, so every message the parser accepts still arrives.
+PACKET_OVERHEAD_BYTES = 4096
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + PACKET_OVERHEAD_BYTES
 
 
 def client_id_for(instance: str, only_dbs: Iterable[str] | None = None) -> str:
@@ -157,6 +169,7 @@ class MqttSource(Trigger):
         if self.cfg.protocol == 5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            props.MaximumPacketSize = MAX_PACKET_BYTES  # the broker drops larger ones
             connect_kwargs.update(clean_start=False, properties=props)
         try:
             self._client.connect_async(host, port, **connect_kwargs)
