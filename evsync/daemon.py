@@ -25,6 +25,7 @@ from evsync.triggers.fs_watch import FsBucketWatcher
 from evsync.triggers.listing import Lister
 from evsync.triggers.lmdb_watch import LmdbWatcher, TxnObserver, TxnPoller
 from evsync.triggers.mqtt import MqttSource
+from evsync.triggers.s3events import bucket_origin
 from evsync.triggers.sqs import SqsSource
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Daemon:
                 bucket=opts.bucket if isinstance(opts, S3Options) else None,
                 prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
                 only_dbs=self._only_dbs,
+                origin=bucket_origin(opts),
             )
             self.triggers.append(mqtt)
             self.push_sources["mqtt"] = mqtt
@@ -301,6 +303,7 @@ class Daemon:
                     "connected": p.failing_since is None,
                     "messages": p.messages,
                     "malformed": p.malformed,
+                    "other_bucket": getattr(p, "other_bucket", 0),
                 }
                 for name, p in self.push_sources.items()
             },

@@ -71,6 +71,12 @@ class Metrics:
         self.store_failures = Counter(
             f"{PREFIX}_store_failures", "Failed store attempts (each retry counts).", db, registry=r
         )
+        self.objects_vanished = Counter(
+            f"{PREFIX}_objects_vanished",
+            "Listed or hinted objects whose GET answered 404 (cleaned up, or forged hints).",
+            db,
+            registry=r,
+        )
         self.load_failures = Counter(
             f"{PREFIX}_load_failures", "Failed object downloads.", ["db", "instance"], registry=r
         )
@@ -266,6 +272,12 @@ def _db_families(dbs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         "Changes, by the trigger source that announced each one first.",
         labels=["db", "source"],
     )
+    hints_dropped = CounterMetricFamily(
+        f"{PREFIX}_hints_dropped",
+        "Hints dropped unread: the name's GET answered 404 before (gone), or too many "
+        "instances known from hints only (too_many_unlisted_instances).",
+        labels=["db", "reason"],
+    )
     now = time.time()
     for db, st in dbs.items():
         lm = st.get("lmdb") or {}
@@ -287,9 +299,11 @@ def _db_families(dbs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             hints.add_metric([db, source], count)
         for source, count in (st.get("hints_first") or {}).items():
             hints_first.add_metric([db, source], count)
+        for reason, count in (st.get("hints_dropped") or {}).items():
+            hints_dropped.add_metric([db, reason], count)
     yield from lmdb_gauges.values()
     yield from (entries, synced, upload_age, seen_age, merged_age, startup, blocked)
-    yield from (hints, hints_first)
+    yield from (hints, hints_first, hints_dropped)
 
 
 HEALTH_LEVELS = {"ok": 0, "warning": 1, "error": 2}
@@ -312,8 +326,14 @@ def _daemon_families(state: dict[str, Any]) -> Iterator[Metric]:
         "Push messages received (any shape).",
         labels=["source"],
     )
+    other_bucket = CounterMetricFamily(
+        f"{PREFIX}_notifications_other_bucket",
+        "Events and announcements of another bucket (a shared broker), ignored.",
+        labels=["source"],
+    )
     for source, st in (state.get("push") or {}).items():
+        other_bucket.add_metric([source], st.get("other_bucket", 0))
         connected.add_metric([source], 1 if st.get("connected") else 0)
         malformed.add_metric([source], st.get("malformed", 0))
         received.add_metric([source], st.get("messages", 0))
-    yield from (health, connected, malformed, received)
+    yield from (health, connected, malformed, received, other_bucket)

@@ -87,7 +87,10 @@ class Syncer:
         self.metrics = metrics or Metrics()
         self.recorder = Recorder(self.db, config, self.metrics)
         self.peers = Peers(config.instance)
-        self.ledger = TxnLedger()
+        # merge txns matter only to deltas, which receive-only and shadow mode never write
+        self.ledger = TxnLedger(
+            track_merges=not receive_only and self.shadow is None and config.deltas.enabled
+        )
         self.guard = RejoinGuard(
             self.lenv, config.sweeper, override=force_rejoin, clock_ns=clock_ns
         )
@@ -262,7 +265,7 @@ class Syncer:
             return
         for instance, name in batch.remote.items():
             self.receiver.note_name(instance, name)
-        if self.receiver.relist and self.receiver.list_backoff.ready():
+        if self.receiver.relist_due() and self.receiver.list_backoff.ready():
             self.receiver.list_bucket(startup=False)
         self.startup_rules.resume_if_unblocked()
         self._check_own_objects()
@@ -396,6 +399,7 @@ class Syncer:
             "rejoin_blocked": self.guard.blocked,
             "hints_received": dict(self.queue.received),
             "hints_first": dict(self.queue.first),
+            "hints_dropped": dict(self.queue.ignored_by_reason),
         }
 
     def status(self) -> dict[str, object]:
@@ -413,6 +417,7 @@ class Syncer:
             "hints": {
                 "received": dict(self.queue.received),
                 "first": dict(self.queue.first),
+                "dropped": dict(self.queue.ignored_by_reason),
             },
             "health": self.health.snapshot(),
             "stats": {k: v for k, v in vars(self.stats).items() if k != "rejected"},

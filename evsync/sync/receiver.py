@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 # for a big one. (The native Merger checks between its batches.)
 STOP_CHECK_EVERY = 1024
 
+# A listing asked for by a vanished or rejected object runs at most this often (outside
+# ``--only-once``): forged hints for names that do not exist must not list the bucket
+# once each. The periodic listing runs regardless.
+RELIST_MIN_SECONDS = 5.0
+
 # ``--only-once`` starts over after a listing at most this often: a bucket that keeps
 # listing an object it cannot serve (an inconsistent store) must not loop forever.
 MAX_RELIST_PASSES = 16
@@ -115,6 +120,7 @@ class Receiver:
         self.last_list_error: StorageError | None = None
         #: the own-instance object :meth:`check_own_names` verified last
         self._own_checked: str | None = None
+        self._listed_at = -RELIST_MIN_SECONDS  # monotonic time of the last listing
 
     # ------------------------------------------------------------------ names
 
@@ -125,6 +131,7 @@ class Receiver:
         but they still count as present: an instance with nothing valid left in the
         bucket is no longer waited for.
         """
+        self._listed_at = time.monotonic()
         try:
             objects = self.store.list(db_prefix(self.db))
         except StorageError as exc:
@@ -151,7 +158,14 @@ class Receiver:
                 continue
             self.note_name(name.instance, name)
         self.peers.waiting_for.intersection_update(present)
+        self.queue.listed(present)
         return True
+
+    def relist_due(self, *, retry: bool = False) -> bool:
+        """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
+        return self.relist and (
+            retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS
+        )
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
@@ -229,7 +243,7 @@ class Receiver:
                     ok = ok and outcome != RETRY
                     break
             self._check_reached(instance, newest)
-            if self.relist:
+            if self.relist_due(retry=retry):
                 self.list_bucket(startup=not self.recorder.stats.startup_done)
                 if retry:
                     return False, ok
@@ -260,7 +274,9 @@ class Receiver:
     def _check_reached(self, instance: str, newest: SnapshotName) -> None:
         """A plan that fell short of the newest object (a delta's base is missing): list
         again once; if that does not help, wait for the sender's next full object."""
-        st = self.peers.instances[instance]
+        st = self.peers.instances.get(instance)
+        if st is None:
+            return  # dropped: nothing of it exists
         if st.merged is not None and st.merged.name >= newest.name:
             st.relisted_for = None
             return
@@ -289,7 +305,11 @@ class Receiver:
             data = self.source.fetch(name)
         except ObjectNotFoundError:
             self.recorder.vanished(name)
+            self.queue.gone(name.name)  # a hint naming it again costs no GET
             self._forget_newest(instance, name)
+            return SKIPPED
+        except CorruptObjectError as exc:  # refused unread (fs: not a regular file, too big)
+            self._reject(instance, name, str(exc))
             return SKIPPED
         except StorageError as exc:
             backoff.failed()
@@ -412,6 +432,9 @@ class Receiver:
         self.peers.forget_newest(instance, name)
         self.queue.forget_instance(instance)
         self.relist = True  # a listing decides whether an older object of it exists
+        if self.peers.drop_if_unknown(instance):  # a forged name's instance, say
+            self._load_backoff.pop(instance, None)
+            self.recorder.forget_instance(instance)
 
 
 def _check_header(header: SnapshotHeader, name: SnapshotName) -> None:

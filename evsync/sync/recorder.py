@@ -16,6 +16,7 @@ anything about the sync (it only reports what happened).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,6 +41,8 @@ log = logging.getLogger("evsync.sync")
 STATUS_REJECTED = 20
 # Two instances sharing a name collide on every upload; one line per this many seconds.
 NAME_CONFLICT_LOG_INTERVAL = 300.0
+# "vanished before fetched" is said at most this often (the metric counts every one)
+VANISHED_LOG_SECONDS = 60.0
 
 
 @dataclass
@@ -80,6 +83,8 @@ class Recorder:
         self._clock_skew_threshold = config.clock_skew_threshold
         self._logged_once: set[str] = set()
         self._last_logged: dict[str, tuple[float, str]] = {}
+        self._vanished = 0
+        self._vanished_logged_at = -math.inf
 
     # ------------------------------------------------------------------ log streaks
 
@@ -202,8 +207,30 @@ class Recorder:
         )
 
     def vanished(self, name: SnapshotName) -> None:
-        """A listed or announced object was gone when fetched (cleaned up, say)."""
-        log.info("db %s: %s vanished before it was fetched; listing again", self.db, name)
+        """A listed or announced object was gone when fetched (cleaned up, say, or a
+        forged hint): counted, and said at most once a minute (forged hints come fast)."""
+        self.metrics.objects_vanished.labels(self.db).inc()
+        self._vanished += 1
+        now = time.monotonic()
+        if now - self._vanished_logged_at < VANISHED_LOG_SECONDS:
+            return
+        self._vanished_logged_at = now
+        log.info(
+            "db %s: %s vanished before it was fetched; listing again (%d vanished so far)",
+            self.db,
+            name,
+            self._vanished,
+        )
+
+    def forget_instance(self, instance: str) -> None:
+        """An instance known from hints only turned out not to exist: drop its metric
+        series and log streaks, so forged names cannot grow either."""
+        m = self.metrics
+        for family in (m.clock_skew, m.clock_skew_warnings, m.load_failures):
+            with contextlib.suppress(KeyError):
+                family.remove(self.db, instance)
+        for key in (f"skew-{instance}", f"load-{instance}", f"merge-{instance}"):
+            self.end_streak(key)
 
     def rejected(self, instance: str, name: SnapshotName, reason: str) -> None:
         """An object failed verification: it is marked bad and never merged."""

@@ -263,7 +263,9 @@ class Sender:
                     instance=self.peers.own,
                     timestamp_ns=ts,
                     base_timestamp_ns=base,
-                    since_txn=self.chain.shipped_txn,
+                    # txns up to last_synced hold no local change (merges and
+                    # evsync's own): the ledger keeps only merge txns after it
+                    since_txn=max(self.chain.shipped_txn, self.ledger.last_synced),
                     skip_txns=self.ledger.merge_txns,
                     max_entries=chain.MAX_DELTA_ENTRIES,
                     fmt=self.format,

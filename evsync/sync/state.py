@@ -123,6 +123,22 @@ class Peers:
             if st.newest_seen == name:
                 st.newest_seen = None
 
+    def drop_if_unknown(self, instance: str) -> bool:
+        """Forget an instance of which nothing is merged or known (its only name was
+        gone or bad): hints alone must not grow /status. True when it was dropped."""
+        st = self.instances.get(instance)
+        if (
+            st is None
+            or instance == self.own
+            or instance in self.waiting_for
+            or st.merged is not None
+            or st.newest_seen is not None
+            or st.known
+        ):
+            return False
+        del self.instances[instance]
+        return True
+
     def merged(self, instance: str, name: SnapshotName, now_ns: int) -> InstanceState:
         """``name`` is merged: the instance's position moves to it."""
         if instance == self.own:
@@ -163,18 +179,28 @@ class Peers:
         }
 
 
+# Merge txns remembered after a local commit that is not uploaded yet (an upload that
+# keeps failing); past this many they are forgotten: a delta then carries their merged
+# entries too, which is harmless (receivers merge them as any other entry), only larger.
+MAX_MERGE_TXNS = 10_000
+
+
 @dataclass
 class TxnLedger:
     """Which local txns need no upload: those up to the last synced one, and evsync's own.
 
     A merge's txns that directly follow the last synced txn hold no local change, so
     merged remote data is not uploaded again; merge txns after a local commit are kept
-    in :attr:`merge_txns`, so a delta leaves their entries out.
+    in :attr:`merge_txns`, so a delta leaves their entries out. A delta starts after
+    :attr:`last_synced` (see the sender), so only merge txns after it are kept; with
+    ``track_merges`` off (receive-only, shadow mode, deltas off: no delta is ever
+    written) none are.
     """
 
     last_synced: int = 0
-    #: txns of evsync's own merges since the last upload
+    #: txns of evsync's own merges after the last synced txn
     merge_txns: set[int] = field(default_factory=set)
+    track_merges: bool = True
 
     def advance(self, txn_ids: Iterable[int]) -> None:
         """Txns that directly follow the last synced txn and hold no local change."""
@@ -183,16 +209,26 @@ class TxnLedger:
                 self.last_synced = txn_id
             else:
                 break
+        self._forget_synced()
 
     def merged(self, txn_ids: list[int]) -> None:
         """A merge committed these txns."""
         self.advance(txn_ids)
-        self.merge_txns.update(txn_ids)
+        if not self.track_merges:
+            return
+        self.merge_txns.update(t for t in txn_ids if t > self.last_synced)
+        if len(self.merge_txns) > MAX_MERGE_TXNS:
+            self.merge_txns.clear()
 
     def synced_up_to(self, txn_id: int) -> None:
         """Everything up to ``txn_id`` is in the bucket (or needs no upload)."""
         self.last_synced = max(self.last_synced, txn_id)
+        self._forget_synced()
 
     def shipped(self, shipped_txn: int) -> None:
         """A stored object covers everything up to ``shipped_txn``: forget older merges."""
         self.merge_txns = {t for t in self.merge_txns if t > shipped_txn}
+
+    def _forget_synced(self) -> None:
+        if self.merge_txns and min(self.merge_txns) <= self.last_synced:
+            self.merge_txns = {t for t in self.merge_txns if t > self.last_synced}

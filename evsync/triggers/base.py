@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,15 @@ SOURCES = (SOURCE_WATCHER, SOURCE_POLL, SOURCE_LISTING, SOURCE_FSWATCH, SOURCE_M
 # Names the syncer rejected, remembered by the queue so they can neither be news again
 # nor hide the later names of their instance; the oldest are forgotten past this many.
 MAX_REJECTED_NAMES = 1024
+# Instances named only by hints (never by a listing) tracked at a time: a real new
+# instance is listed within a listing interval, a forged one costs one GET and is
+# forgotten; past this, hints for yet another unlisted instance wait for a listing.
+MAX_UNLISTED_INSTANCES = 64
+# Names whose GET answered 404, remembered so a repeated hint for one costs no GET.
+MAX_GONE_NAMES = 4096
+# Why a hint was ignored (``HintQueue.ignored_by_reason``).
+IGNORED_GONE = "gone"
+IGNORED_UNLISTED = "too_many_unlisted_instances"
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,11 @@ class HintQueue:
         self.ignored: Counter[str] = Counter()
         #: hints about this instance's own objects (announcement or listing echoes)
         self.own_echoes: Counter[str] = Counter()
+        #: hints for readable names dropped by the bounds above, by reason
+        self.ignored_by_reason: Counter[str] = Counter()
+        self._listed: set[str] = set()  # instances some listing named
+        self._unlisted: set[str] = set()  # instances in _newest_seen known from hints only
+        self._gone: OrderedDict[str, None] = OrderedDict()
 
     def put(self, hint: Hint) -> bool:
         """Queue a hint; returns True when it told the syncer something new."""
@@ -101,17 +115,49 @@ class HintQueue:
             return False
         if parsed.name in self._rejected:
             return False
-        seen = self._newest_seen.get(parsed.instance)
+        instance = parsed.instance
+        listing = hint.source == SOURCE_LISTING
+        if listing:
+            self._listed.add(instance)
+            self._unlisted.discard(instance)
+        elif parsed.name in self._gone:
+            self.ignored_by_reason[IGNORED_GONE] += 1
+            return False
+        seen = self._newest_seen.get(instance)
         if seen is not None and parsed.name <= seen.name:
             return False
-        self._newest_seen[parsed.instance] = parsed
-        self._remote[parsed.instance] = parsed
+        if seen is None and instance not in self._listed:
+            if len(self._unlisted) >= MAX_UNLISTED_INSTANCES:
+                self.ignored_by_reason[IGNORED_UNLISTED] += 1
+                return False
+            self._unlisted.add(instance)
+        self._newest_seen[instance] = parsed
+        self._remote[instance] = parsed
         return True
+
+    def listed(self, instances: Iterable[str]) -> None:
+        """A listing (the syncer's own) named these instances: they are real."""
+        with self._cond:
+            self._listed.update(instances)
+            self._unlisted.difference_update(self._listed)
+
+    def unlisted(self, instance: str) -> bool:
+        """True while ``instance`` is known from hints only (no listing named it)."""
+        return instance in self._unlisted
 
     def forget_instance(self, instance: str) -> None:
         """Let an older name of ``instance`` count as new again (after its newest went bad)."""
         with self._cond:
             self._newest_seen.pop(instance, None)
+            self._unlisted.discard(instance)
+
+    def gone(self, name: str) -> None:
+        """``name``'s GET answered 404: a hint naming it again is no news."""
+        with self._cond:
+            self._gone[name] = None
+            self._gone.move_to_end(name)
+            while len(self._gone) > MAX_GONE_NAMES:
+                self._gone.popitem(last=False)
 
     def reject(self, name: SnapshotName) -> None:
         """``name`` can never be merged: it is no news from now on, and names of its

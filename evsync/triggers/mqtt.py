@@ -8,6 +8,13 @@ itself; while the broker is away the listing keeps the sync going.
 With ``publish: true`` the same client announces every stored object, retained, on
 ``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. While the
 broker is away only the newest announcement per db waits; it is sent on reconnect.
+
+Message size: with MQTT 5 (``protocol: 5``) the CONNECT carries a maximum packet size
+just above the parser's cap, so the broker drops a larger message instead of sending
+it, and evsync never holds it. MQTT 3.1.1 has no such field: paho reads a packet whole
+before evsync sees it, so there the cap belongs on the broker (Mosquitto's
+``message_size_limit`` / ``max_packet_size``); evsync drops what exceeds its cap after
+reading it (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ from paho.mqtt.properties import Properties
 from evsync.config import MqttConfig
 from evsync.triggers.base import SOURCE_MQTT, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import (
+    MAX_MESSAGE_BYTES,
     MalformedEventError,
     announcement,
+    is_foreign,
     object_names,
     parse_message,
 )
@@ -49,6 +58,10 @@ SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
 # publish is dropped, which costs a hint, never data
 MAX_QUEUED_MESSAGES = 100
 MALFORMED_LOG_INTERVAL = 60.0
+# MQTT 5 maximum packet size: the parser's message cap plus room for the fixed header,
+# the topic and the properties, so every message the parser accepts still arrives.
+PACKET_OVERHEAD_BYTES = 4096
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + PACKET_OVERHEAD_BYTES
 
 
 def client_id_for(instance: str, only_dbs: Iterable[str] | None = None) -> str:
@@ -84,6 +97,7 @@ class MqttSource(Trigger):
         bucket: str | None,
         prefix: str = "",
         only_dbs: Iterable[str] | None = None,
+        origin: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -92,8 +106,13 @@ class MqttSource(Trigger):
         self.queues = dict(queues)
         self.bucket = bucket
         self.prefix = prefix
+        #: the bucket as this instance reaches it (s3events.bucket_origin)
+        self.origin = origin
         self.connected = threading.Event()
         self.malformed = 0
+        #: events and announcements of another bucket, ignored
+        self.other_bucket = 0
+        self._last_other_log = -math.inf
         self.messages = 0
         self.failing_since: float | None = time.monotonic()
         self.last_error = "not connected yet"
@@ -150,6 +169,7 @@ class MqttSource(Trigger):
         if self.cfg.protocol == 5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            props.MaximumPacketSize = MAX_PACKET_BYTES  # the broker drops larger ones
             connect_kwargs.update(clean_start=False, properties=props)
         try:
             self._client.connect_async(host, port, **connect_kwargs)
@@ -217,9 +237,29 @@ class MqttSource(Trigger):
         except MalformedEventError as exc:
             self._malformed(msg.topic, str(exc))
             return
+        foreign = [e for e in events if is_foreign(e, self.bucket, self.origin)]
+        if foreign:
+            self._other_bucket(msg.topic, foreign[0].origin or foreign[0].bucket, len(foreign))
         hint_names(
-            self.queues.values(), SOURCE_MQTT, object_names(events, self.bucket, self.prefix)
+            self.queues.values(),
+            SOURCE_MQTT,
+            object_names(events, self.bucket, self.prefix, self.origin),
         )
+
+    def _other_bucket(self, topic: str, theirs: str, count: int) -> None:
+        """Counted; said once a minute (a shared broker carries them all the time)."""
+        self.other_bucket += count
+        now = time.monotonic()
+        if now - self._last_other_log >= MALFORMED_LOG_INTERVAL:
+            self._last_other_log = now
+            log.info(
+                "mqtt: ignoring events for another bucket on %s: %s (this instance syncs "
+                "%s; %d ignored so far)",
+                topic,
+                theirs,
+                self.origin or self.bucket,
+                self.other_bucket,
+            )
 
     def _malformed(self, topic: str, reason: str) -> None:
         self.malformed += 1
@@ -239,7 +279,12 @@ class MqttSource(Trigger):
         """Publish a retained S3-event-shaped message for a stored object."""
         topic = f"{self.cfg.topics[0].rstrip('/#+').rstrip('/')}/{db}/{self.instance}"
         payload = announcement(
-            self.bucket or "", self.prefix + name, size, db=db, instance=self.instance
+            self.bucket or "",
+            self.prefix + name,
+            size,
+            db=db,
+            instance=self.instance,
+            origin=self.origin,
         )
         with self._pending_lock:
             if not self.connected.is_set():
@@ -254,5 +299,6 @@ class MqttSource(Trigger):
             "pending_announcements": len(self._pending),
             "messages": self.messages,
             "malformed": self.malformed,
+            "other_bucket": self.other_bucket,
             "last_error": self.last_error,
         }

@@ -5,7 +5,11 @@ Shapes accepted (see shared/reference/notifications.md):
 - AWS S3 event JSON: ``{"Records": [{"eventName": "ObjectCreated:Put", "s3": {...}}]}``;
 - MinIO's ``notify_mqtt`` message: ``{"EventName": ..., "Key": "bucket/key", "Records": [...]}``;
 - an SNS envelope whose ``Message`` is a JSON string holding one of the above;
-- evsync's own announcement, which is S3-event-shaped (``eventSource: "evsync"``).
+- evsync's own announcement, which is S3-event-shaped (``eventSource: "evsync"``); its
+  top-level ``evsync`` map names the db, the instance and (since issue 16) the bucket
+  as the announcer reaches it (:func:`bucket_origin`), so a cluster sharing a broker
+  and a bucket *name* with another one (two LocalStacks, two fs directories) ignores
+  the other's announcements. Announcements without it are read as before.
 
 ``s3:TestEvent`` messages, removals, other buckets and keys outside the global prefix
 are ignored, not errors. Keys are URL-decoded (``unquote_plus``) as S3 sends them.
@@ -15,10 +19,12 @@ Anything else raises :class:`MalformedEventError` with a short reason.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
+from evsync.config import FsOptions, S3Options, StorageOptions
 from evsync.errors import EvsyncError
 
 MAX_MESSAGE_BYTES = 256 * 1024  # S3 events are at most 64 KB; SNS adds an envelope
@@ -38,6 +44,8 @@ class ObjectEvent:
     key: str
     event_name: str
     source: str = ""
+    #: the announcer's bucket as it reaches it (evsync announcements only; "" unknown)
+    origin: str = ""
 
 
 def parse_message(payload: bytes | str) -> list[ObjectEvent]:
@@ -83,6 +91,10 @@ def _parse(data: Any, depth: int) -> list[ObjectEvent]:
         event = _parse_record(record)
         if event is not None:
             events.append(event)
+    meta = data.get("evsync")
+    origin = meta.get("bucket") if isinstance(meta, dict) else None
+    if isinstance(origin, str) and origin:
+        events = [replace(e, origin=origin) for e in events]
     return events
 
 
@@ -110,11 +122,22 @@ def _parse_record(record: Any) -> ObjectEvent | None:
     )
 
 
-def object_names(events: list[ObjectEvent], bucket: str | None, prefix: str) -> list[str]:
-    """Names (prefix stripped) of events for ``bucket`` under ``prefix``; others dropped."""
+def is_foreign(event: ObjectEvent, bucket: str | None, origin: str | None) -> bool:
+    """True for an event of another bucket: another bucket name, or an announcement
+    whose announcer reaches another bucket than ``origin`` (this instance's)."""
+    if bucket is not None and event.bucket != bucket:
+        return True
+    return bool(origin and event.origin and event.origin != origin)
+
+
+def object_names(
+    events: list[ObjectEvent], bucket: str | None, prefix: str, origin: str | None = None
+) -> list[str]:
+    """Names (prefix stripped) of events for ``bucket`` (and ``origin``) under ``prefix``;
+    others dropped."""
     names = []
     for event in events:
-        if bucket is not None and event.bucket != bucket:
+        if is_foreign(event, bucket, origin):
             continue
         if not event.key.startswith(prefix):
             continue
@@ -124,7 +147,23 @@ def object_names(events: list[ObjectEvent], bucket: str | None, prefix: str) -> 
     return names
 
 
-def announcement(bucket: str, key: str, size: int, *, db: str, instance: str) -> bytes:
+def bucket_origin(storage: StorageOptions) -> str | None:
+    """The bucket as this instance reaches it, for announcements: S3's bucket, prefix and
+    endpoint, or the fs directory; None for the in-memory store (nothing to share).
+
+    Instances of one cluster must reach the bucket under the same endpoint URL for their
+    announcements to count (a receiver that differs logs it and syncs by listing).
+    """
+    if isinstance(storage, S3Options):
+        return f"s3://{storage.bucket}/{storage.global_prefix} at {storage.endpoint_url or 'aws'}"
+    if isinstance(storage, FsOptions):
+        return f"fs:{os.path.realpath(storage.root_path)}"
+    return None
+
+
+def announcement(
+    bucket: str, key: str, size: int, *, db: str, instance: str, origin: str | None = None
+) -> bytes:
     """evsync's S3-event-shaped message announcing a newly stored object."""
     record = {
         "eventVersion": "2.1",
@@ -135,4 +174,7 @@ def announcement(bucket: str, key: str, size: int, *, db: str, instance: str) ->
             "object": {"key": quote_plus(key, safe="/"), "size": size},
         },
     }
-    return json.dumps({"Records": [record], "evsync": {"db": db, "instance": instance}}).encode()
+    meta = {"db": db, "instance": instance}
+    if origin:
+        meta["bucket"] = origin
+    return json.dumps({"Records": [record], "evsync": meta}).encode()

@@ -220,3 +220,44 @@ class TestOnlyDbProcesses:
             assert proc.log().count("mqtt: connected") == 1, proc.log()
             assert "mqtt: disconnected" not in proc.log()
         assert "as evsync-a-main" in one.log() and "as evsync-a-other" in two.log()
+
+
+class TestMessageSizeCap:
+    """Messages over the size cap (issue 16 §4), through a real Mosquitto."""
+
+    def test_mqtt5_oversized_messages_never_reach_evsync(
+        self, mosquitto: Mosquitto, topic: str
+    ) -> None:
+        """With MQTT 5 the CONNECT's maximum packet size makes the broker drop a message
+        over the cap: evsync never receives (or holds) it, and the next one arrives. It
+        used to be delivered whole and then counted as malformed."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from evsync.config import MqttConfig
+        from evsync.snapshot.name import SnapshotName
+        from evsync.triggers.base import HintQueue
+        from evsync.triggers.mqtt import MqttSource
+        from evsync.triggers.s3events import MAX_MESSAGE_BYTES, announcement
+
+        cfg = MqttConfig(url=mosquitto.url, topics=(topic,), protocol=5)
+        queue = HintQueue("main")
+        src = MqttSource(cfg, "node-z", {"main": queue}, bucket=None)
+        src.start()
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        try:
+            wait_for(src.connected.is_set, what="evsync connected")
+            pub.connect("127.0.0.1", mosquitto.port)
+            pub.loop_start()
+            time.sleep(0.3)  # the subscription is in place
+            big = b"x" * (4 * MAX_MESSAGE_BYTES)
+            pub.publish(f"{topic}/big", big, qos=1).wait_for_publish()
+            name = SnapshotName.build("main", "node-a", time.time_ns()).name
+            good = announcement("", name, 1, db="main", instance="node-a")
+            pub.publish(f"{topic}/main/node-a", good, qos=1).wait_for_publish()
+            wait_for(lambda: queue.received, what="the small message")
+            assert (src.messages, src.malformed) == (1, 0)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+            src.stop()

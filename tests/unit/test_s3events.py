@@ -1034,3 +1034,97 @@ class TestMqttAnnouncementsWhileDisconnected:
         topic, payload = src._pending["main"]
         assert topic == "evsync/events/main/node-z"
         assert b"20260101-000000-000019999" in payload
+
+
+class TestOtherBucket:
+    """Announcements of a cluster that shares the broker and the bucket name, but not the
+    bucket, are ignored (issue 16 §4)."""
+
+    ORIGIN = "s3://evsync-bkt/evsync/ at http://s3-a:4566"
+
+    def test_the_announcement_carries_the_bucket_it_was_stored_in(self) -> None:
+        """The evsync map names the bucket as the announcer reaches it."""
+        payload = announcement(
+            BUCKET, PREFIX + NAME_A, 1, db="main", instance="node-a", origin=self.ORIGIN
+        )
+        assert json.loads(payload)["evsync"]["bucket"] == self.ORIGIN
+        (event,) = parse_message(payload)
+        assert event.origin == self.ORIGIN
+
+    def test_another_clusters_announcement_is_ignored_and_counted(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Same bucket name, another endpoint: no hint (so no GET and no "vanished"
+        line), one line naming both buckets, and a counter in /status."""
+        queues = make_queues("main")
+        src = make_mqtt(queues)
+        src.origin = self.ORIGIN
+        theirs = "s3://evsync-bkt/evsync/ at http://s3-b:4566"
+        payload = announcement(
+            BUCKET, PREFIX + NAME_A, 1, db="main", instance="node-a", origin=theirs
+        )
+        with caplog.at_level("INFO", logger="evsync.triggers.mqtt"):
+            src._on_message(None, None, mqtt_msg(payload, "evsync/main/node-a"))
+            src._on_message(None, None, mqtt_msg(payload, "evsync/main/node-a"))
+        assert received(queues) == {"main": 0}
+        assert src.status()["other_bucket"] == 2
+        assert [r.getMessage() for r in caplog.records] == [
+            f"mqtt: ignoring events for another bucket on evsync/main/node-a: {theirs} "
+            f"(this instance syncs {self.ORIGIN}; 1 ignored so far)"
+        ]
+
+    def test_an_announcement_of_the_same_bucket_counts(self) -> None:
+        """An announcement naming this instance's bucket is a hint as before."""
+        queues = make_queues("main")
+        src = make_mqtt(queues)
+        src.origin = self.ORIGIN
+        payload = announcement(
+            BUCKET, PREFIX + NAME_A, 1, db="main", instance="node-a", origin=self.ORIGIN
+        )
+        src._on_message(None, None, mqtt_msg(payload))
+        assert received(queues) == {"main": 1}
+
+    def test_an_old_announcement_without_the_bucket_counts(self) -> None:
+        """Announcements of older evsync versions (no evsync.bucket) are read as before:
+        only the S3 bucket name is compared."""
+        queues = make_queues("main")
+        src = make_mqtt(queues)
+        src.origin = self.ORIGIN
+        payload = announcement(BUCKET, PREFIX + NAME_A, 1, db="main", instance="node-a")
+        src._on_message(None, None, mqtt_msg(payload))
+        assert received(queues) == {"main": 1}
+        assert src.other_bucket == 0
+
+    def test_fs_clusters_on_one_broker_keep_apart(self, tmp_path: Path) -> None:
+        """Two fs buckets (no S3 bucket name to compare) differ by their directory: one
+        cluster's announcements never reach the other. They used to reach it all."""
+        from evsync.config import FsOptions
+        from evsync.triggers.s3events import bucket_origin
+
+        mine = bucket_origin(FsOptions(root_path=str(tmp_path / "a")))
+        theirs = bucket_origin(FsOptions(root_path=str(tmp_path / "b")))
+        same = bucket_origin(FsOptions(root_path=str(tmp_path / "x" / ".." / "a")))
+        assert mine == same != theirs
+        queues = make_queues("main")
+        src = make_mqtt(queues, bucket=None, prefix="")
+        src.origin = mine
+        other = announcement("", NAME_A, 1, db="main", instance="node-a", origin=theirs)
+        own = announcement("", NAME_B, 1, db="main", instance="node-b", origin=same)
+        src._on_message(None, None, mqtt_msg(other))
+        src._on_message(None, None, mqtt_msg(own))
+        assert set(queues["main"].wait(0).remote) == {"node-b"}
+
+    def test_s3_origin_names_bucket_prefix_and_endpoint(self) -> None:
+        """The S3 origin is bucket, prefix and endpoint (AWS: "aws"); no secret."""
+        from evsync.config import S3Options
+        from evsync.triggers.s3events import bucket_origin
+
+        opts = S3Options(
+            bucket="b",
+            global_prefix="p/",
+            endpoint_url="http://h:1",
+            access_key="AK",
+            secret_key="SECRET",
+        )
+        assert bucket_origin(opts) == "s3://b/p/ at http://h:1"
+        assert bucket_origin(S3Options(bucket="b")) == "s3://b/ at aws"

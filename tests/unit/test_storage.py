@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from evsync.errors import ObjectNotFoundError, StorageError, StorageUnavailableError
+from evsync.errors import (
+    CorruptObjectError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageUnavailableError,
+)
+from evsync.snapshot.name import SnapshotName
+from evsync.storage import fs as fs_module
 from evsync.storage.base import BlobStore, ObjectInfo
-from evsync.storage.fs import FsStore
+from evsync.storage.fs import MAX_OBJECT_BYTES, STALE_TMP_SECONDS, FsStore
 from evsync.storage.memory import MemoryStore
+from evsync.sync import Syncer
+from evsync.triggers.base import Batch, HintQueue
+from tests.unit.test_syncer import app_put, make_config, read
 
 NAMES = [
     "main__b__20231114-221320-000000002__GX.evs.zst",
@@ -332,8 +343,12 @@ class TestS3Store:
         from tests.helpers import free_port
 
         options = S3Options(
-            bucket="down", endpoint_url=f"http://127.0.0.1:{free_port()}", access_key="k",
-            secret_key="s", dial_timeout=0.5, read_timeout=0.5,
+            bucket="down",
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            access_key="k",
+            secret_key="s",
+            dial_timeout=0.5,
+            read_timeout=0.5,
         )
         s3 = S3Store(options)
         data = io.BytesIO(b"object")
@@ -341,3 +356,146 @@ class TestS3Store:
             s3.store(NAMES[0], data)
         assert not data.closed
         s3.close()
+
+
+class TestFsStoreOpensOnlyRegularFiles:
+    """Only regular files inside the root are read, and only within the size cap."""
+
+    def test_a_fifo_is_never_opened(self, tmp_path: Path) -> None:
+        """A FIFO named like an object is refused at once (opening it would block until
+        a writer came) with a CorruptObjectError naming it."""
+        fs = FsStore(tmp_path)
+        os.mkfifo(tmp_path / NAMES[0])
+        with pytest.raises(CorruptObjectError) as err:
+            fs.fetch(NAMES[0])
+        assert str(err.value) == f"fs store: {NAMES[0]} is a FIFO, not a regular file; not read"
+
+    def test_a_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        """A symlink in the bucket directory is refused, never followed to its target."""
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"not for the bucket")
+        root = tmp_path / "b"
+        fs = FsStore(root)
+        (root / NAMES[0]).symlink_to(secret)
+        with pytest.raises(CorruptObjectError, match="is a symlink, not a regular file"):
+            fs.open(NAMES[0])
+
+    def test_a_directory_is_refused(self, tmp_path: Path) -> None:
+        """A directory named like an object (a hint can name one) is never read. (A
+        device needs root to create; it takes the same path as the FIFO.)"""
+        fs = FsStore(tmp_path)
+        (tmp_path / NAMES[0]).mkdir()
+        with pytest.raises(CorruptObjectError, match="is a directory, not a regular file"):
+            fs.open(NAMES[0])
+
+    def test_size_is_checked_before_copying(self, tmp_path: Path) -> None:
+        """An 8 GiB sparse file is refused by its size: no byte is copied, so no 8 GiB
+        temp file appears."""
+        fs = FsStore(tmp_path / "b")
+        with (tmp_path / "b" / NAMES[0]).open("wb") as f:
+            f.truncate(8 << 30)
+        with pytest.raises(CorruptObjectError) as err:
+            fs.fetch(NAMES[0])
+        assert str(err.value) == (
+            f"fs store: {NAMES[0]} is {8 << 30} bytes, over the {MAX_OBJECT_BYTES}-byte "
+            "object size cap; not read"
+        )
+
+    def test_the_cap_is_inclusive(self, tmp_path: Path) -> None:
+        """An object of exactly the cap is read; one byte more is refused."""
+        fs = FsStore(tmp_path, max_object_bytes=10)
+        put(fs, NAMES[0], b"x" * 10)
+        put(fs, NAMES[1], b"x" * 11)
+        with fs.fetch(NAMES[0]) as f:
+            assert f.read() == b"x" * 10
+        with pytest.raises(CorruptObjectError, match="over the 10-byte object size cap"):
+            fs.fetch(NAMES[1])
+
+
+class TestFsStaleTempFiles:
+    """Temp files of a store killed half-way (kill -9) do not pile up."""
+
+    @staticmethod
+    def _temp(root: Path, age: float) -> Path:
+        tmp = root / f".{NAMES[0]}.0123abcd.tmp"
+        tmp.write_bytes(b"partial")
+        then = time.time() - age
+        os.utime(tmp, (then, then))
+        return tmp
+
+    def test_stale_temp_files_are_removed_at_start(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A temp file older than STALE_TMP_SECONDS is removed when the store opens, with
+        one line; a fresh one (another process's store in progress) is left alone."""
+        stale = self._temp(tmp_path, STALE_TMP_SECONDS + 60)
+        fresh = tmp_path / f".{NAMES[1]}.89abcdef.tmp"
+        fresh.write_bytes(b"being written")
+        with caplog.at_level("INFO", logger="evsync.storage.fs"):
+            FsStore(tmp_path)
+        assert not stale.exists()
+        assert fresh.exists()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"fs store: removed 1 stale temp file(s) of interrupted stores from {tmp_path} at start"
+        ]
+
+    def test_objects_and_foreign_files_are_kept(self, tmp_path: Path) -> None:
+        """Only evsync's temp names (.<name>.<id>.tmp) are candidates, however old."""
+        keep = [tmp_path / NAMES[0], tmp_path / "notes.tmp", tmp_path / ".hidden"]
+        then = time.time() - 10 * STALE_TMP_SECONDS
+        for path in keep:
+            path.write_bytes(b"x")
+            os.utime(path, (then, then))
+        FsStore(tmp_path)
+        assert all(p.exists() for p in keep)
+
+    def test_a_long_running_store_removes_them_while_listing(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A temp file that turns stale while the daemon runs (a restart right after the
+        kill found it fresh) is removed by a listing once STALE_TMP_SECONDS passed."""
+        fs = FsStore(tmp_path)
+        tmp = self._temp(tmp_path, STALE_TMP_SECONDS + 60)
+        fs.list()
+        assert tmp.exists()  # checked at most every STALE_TMP_SECONDS
+        later = time.monotonic() + STALE_TMP_SECONDS
+        monkeypatch.setattr(fs_module.time, "monotonic", lambda: later)
+        assert fs.list() == []
+        assert not tmp.exists()
+
+
+class TestFsSpecialFilesInASyncer:
+    """A running syncer skips what the fs store refuses, and keeps serving."""
+
+    def test_a_fifo_in_the_bucket_is_skipped_with_one_line(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A FIFO in the bucket directory is never opened: a hint naming it (the fs
+        watcher sees it appear) ends in one 'rejecting' line and a metric, the name is
+        never tried again, and a real object merges afterwards."""
+        fs = FsStore(tmp_path / "bucket")
+        cfg, lcfg = make_config("a", tmp_path / "a")
+        a = Syncer(cfg, lcfg, fs, HintQueue("main"))
+        b_cfg, b_lcfg = make_config("b", tmp_path / "b")
+        b = Syncer(b_cfg, b_lcfg, fs, HintQueue("main"))
+        try:
+            assert a.run_once()
+            fifo = SnapshotName.build("main", "x", time.time_ns())
+            os.mkfifo(tmp_path / "bucket" / fifo.name)
+            with caplog.at_level("INFO", logger="evsync.sync"):
+                a.step(Batch(remote={"x": fifo}))
+                a.step(Batch(remote={"x": fifo}))
+            lines = [r.getMessage() for r in caplog.records if "rejecting" in r.getMessage()]
+            assert lines == [
+                f"db main: rejecting corrupt object {fifo}: fs store: {fifo.name} is a FIFO, "
+                "not a regular file; not read"
+            ]
+            assert a.stats.objects_rejected == 1
+            app_put(b, b"k", b"v", 1000)
+            assert b.run_once()
+            (b_name,) = [o.name for o in fs.list() if "__b__" in o.name]
+            a.step(Batch(remote={"b": SnapshotName.parse(b_name)}))
+            assert read(a, b"k") == (b"v", 1000, False)
+        finally:
+            a.close()
+            b.close()
