@@ -148,14 +148,17 @@ def object_names(
 
 
 def bucket_origin(storage: StorageOptions) -> str | None:
-    """The bucket as this instance reaches it, for announcements: S3's bucket, prefix and
-    endpoint, or the fs directory; None for the in-memory store (nothing to share).
+    """The bucket as announcements name it: S3's bucket and prefix, or the fs directory;
+    None for the in-memory store (nothing to share).
 
-    Instances of one cluster must reach the bucket under the same endpoint URL for their
-    announcements to count (a receiver that differs logs it and syncs by listing).
+    The S3 endpoint is left out on purpose: the instances of one cluster often reach the
+    bucket under different URLs (a gateway or regional endpoint per site, localhost on
+    one host), and their announcements must count. Two clusters that share a broker and
+    a bucket name on different S3 services still see each other's hints; a hint never
+    trusted as truth, each costs one GET answering 404.
     """
     if isinstance(storage, S3Options):
-        return f"s3://{storage.bucket}/{storage.global_prefix} at {storage.endpoint_url or 'aws'}"
+        return f"s3://{storage.bucket}/{storage.global_prefix}"
     if isinstance(storage, FsOptions):
         return f"fs:{os.path.realpath(storage.root_path)}"
     return None
