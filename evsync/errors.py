@@ -6,12 +6,19 @@
     ├── ConfigError                  a bad config file, key or value (names the key)
     ├── LmdbError                    the local LMDB cannot be used as configured
     │   ├── HeaderError              a value does not carry a valid native header
-    │   └── TransformError           a DUPSORT pair cannot take the dupsort_hack_v1
-    │                                key transform (names the DBI and key)
+    │   ├── TransformError           a DUPSORT pair cannot take the dupsort_hack_v1
+    │   │                            key transform (names the DBI and key)
+    │   ├── EntryTooLargeError       a value too big for an object entry (names the DBI
+    │   │                            and key): the dump fails, nothing is uploaded
+    │   └── PermanentLmdbError       retrying cannot help: the map is still full after
+    │                                growing, a DBI cannot be created with its flags, a
+    │                                DBI name is a plain key; a merge rejects its object
     ├── SnapshotError                a snapshot object cannot be trusted
     │   ├── InvalidNameError         a name does not follow db__instance__ts__gen.ext
     │   └── CorruptObjectError       truncated, bad checksum, foreign format, bad counts
-    │                                or entries out of order; the object is marked bad
+    │       │                        or entries out of order; the object is marked bad
+    │       └── ObjectTooLargeError  an entry over the entry cap, or more inflated bytes
+    │                                than storage_max_inflated_size (a bomb, say)
     ├── StorageError                 the bucket could not do what was asked
     │   ├── ObjectNotFoundError      the named object does not exist (any more)
     │   ├── StorageUnavailableError  the backend is down or failed; worth retrying
@@ -44,6 +51,16 @@ class TransformError(LmdbError):
     """A DUPSORT pair cannot be encoded with the dupsort_hack_v1 key transform."""
 
 
+class EntryTooLargeError(LmdbError):
+    """A value is bigger than an object entry may be; the message names the DBI and key."""
+
+
+class PermanentLmdbError(LmdbError):
+    """An LMDB error that doing the same work again cannot cure (the map still full after
+    growing, a DBI that cannot be created or opened as a DBI). A merge that meets one
+    rejects its object instead of retrying it; a full disk is not one (space may free up)."""
+
+
 class SnapshotError(EvsyncError):
     """A snapshot object or its name cannot be trusted."""
 
@@ -54,6 +71,11 @@ class InvalidNameError(SnapshotError):
 
 class CorruptObjectError(SnapshotError):
     """An object is truncated, fails its checksum, or does not follow the format."""
+
+
+class ObjectTooLargeError(CorruptObjectError):
+    """An object holds an entry over the entry cap, or inflates past the configured
+    total (``storage_max_inflated_size``): it is rejected like a corrupt one."""
 
 
 class StorageError(EvsyncError):

@@ -64,7 +64,8 @@ class Metrics:
         )
         self.objects_rejected = Counter(
             f"{PREFIX}_objects_rejected",
-            "Objects rejected as corrupt; the LMDB was left untouched.",
+            "Objects rejected and not fetched again: corrupt or too large (the LMDB was "
+            "left untouched), or never mergeable into this LMDB.",
             ["db", "instance"],
             registry=r,
         )

@@ -39,6 +39,7 @@ from evsync.config.schema import (
     DEFAULT_S3_READ_TIMEOUT,
     DEFAULT_S3_REGION,
     DEFAULT_START_HEALTH,
+    DEFAULT_STORAGE_MAX_INFLATED_SIZE,
     DEFAULT_STORAGE_POLL_INTERVAL,
     DEFAULT_STORAGE_RETRY_COUNT,
     DEFAULT_STORAGE_RETRY_INTERVAL,
@@ -49,6 +50,7 @@ from evsync.config.schema import (
     LOG_LEVELS,
     MIN_FORCE_SNAPSHOT_INTERVAL,
     MIN_POLL_INTERVAL,
+    MIN_STORAGE_MAX_INFLATED_SIZE,
     CleanupConfig,
     Config,
     DbiOptions,
@@ -220,9 +222,14 @@ class _Section:
             raise ConfigError(f"{self.key(name)}: must be at least {minimum:g}s, got {value}")
         return seconds
 
-    def size(self, name: str, default: int) -> int:
+    def size(self, name: str, default: int, *, minimum: int | None = None) -> int:
         value = self.raw(name)
-        return default if value is None else parse_size(value, self.key(name))
+        if value is None:
+            return default
+        size = parse_size(value, self.key(name))
+        if minimum is not None and size < minimum:
+            raise ConfigError(f"{self.key(name)}: must be at least {minimum >> 20}MB, got {value}")
+        return size
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(name, default)
@@ -577,6 +584,11 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         ),
         storage_retry_forever=sec.boolean("storage_retry_forever", False),
         storage_force_snapshot_interval=force,
+        storage_max_inflated_size=sec.size(
+            "storage_max_inflated_size",
+            DEFAULT_STORAGE_MAX_INFLATED_SIZE,
+            minimum=MIN_STORAGE_MAX_INFLATED_SIZE,
+        ),
         only_once=sec.boolean("only_once", False),
         clock_skew_threshold=sec.duration("clock_skew_threshold", DEFAULT_CLOCK_SKEW_THRESHOLD),
         sweeper=_load_sweeper(sec.section("sweeper")),

@@ -28,6 +28,12 @@ DEFAULT_MAX_DBS = 64
 # response; a server that stalls longer fails the request, and evsync's retries take over.
 DEFAULT_S3_DIAL_TIMEOUT = 10.0
 DEFAULT_S3_READ_TIMEOUT = 60.0
+# A remote object that inflates past this many bytes is rejected (DESIGN §4): its
+# inflated size is about its LMDB's data (values without headers, ~20 bytes more per
+# entry). PowerDNS LMDBs hold a few GB; 64 GiB leaves room for far bigger ones, and a
+# decompression bomb costs at most that much reading (~30 s of CPU), once.
+DEFAULT_STORAGE_MAX_INFLATED_SIZE = 64 << 30
+MIN_STORAGE_MAX_INFLATED_SIZE = 1 << 20
 DEFAULT_CLEANUP_INTERVAL = 300.0
 DEFAULT_MUST_KEEP_INTERVAL = 600.0
 DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL = 168 * 3600.0
@@ -268,6 +274,7 @@ class Config:
     storage_retry_count: int = DEFAULT_STORAGE_RETRY_COUNT
     storage_retry_forever: bool = False
     storage_force_snapshot_interval: float = DEFAULT_FORCE_SNAPSHOT_INTERVAL
+    storage_max_inflated_size: int = DEFAULT_STORAGE_MAX_INFLATED_SIZE
     only_once: bool = False
     clock_skew_threshold: float = DEFAULT_CLOCK_SKEW_THRESHOLD
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)

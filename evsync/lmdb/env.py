@@ -12,7 +12,7 @@ from typing import Any
 import lmdb
 
 from evsync.config import LmdbConfig
-from evsync.errors import LmdbError
+from evsync.errors import LmdbError, PermanentLmdbError
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,19 @@ class LmdbEnv:
         except lmdb.NotFoundError:
             raise LmdbError(f"lmdb {self.name}: DBI {name!r} does not exist") from None
         except lmdb.IncompatibleError:
-            raise LmdbError(
+            # permanent, as the errors below: the same call fails the same way until the
+            # application or the config changes, so a merge rejects its object
+            raise PermanentLmdbError(
                 f"lmdb {self.name}: root key {name!r} is not a DBI (data must live in named DBIs)"
+            ) from None
+        except lmdb.DbsFullError:
+            raise PermanentLmdbError(
+                f"lmdb {self.name}: cannot create DBI {name!r}: the LMDB already holds "
+                f"max_dbs ({self.cfg.options.max_dbs}) DBIs"
+            ) from None
+        except lmdb.InvalidParameterError as exc:
+            raise PermanentLmdbError(
+                f"lmdb {self.name}: cannot open DBI {name!r} with flags {create_flags}: {exc}"
             ) from None
         self._dbis[name] = handle
         if write_txn is not None:

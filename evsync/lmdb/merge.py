@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import lmdb
 
 from evsync import faults
-from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
+from evsync.errors import HeaderError, LmdbError, PermanentLmdbError, SyncInterruptedError
 from evsync.lmdb.env import (
     DUP_FLAGS,
     MDB_INTEGERKEY,
@@ -159,6 +159,7 @@ class Merger:
             if self.stop is not None and self.stop.is_set():
                 raise SyncInterruptedError(f"lmdb {self.lenv.name}: merge interrupted by shutdown")
             self._apply_batch(info, batch)
+            del batch  # not kept alive beside the next batch while that one is decoded
 
     def _apply_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
         done = 0
@@ -169,7 +170,7 @@ class Merger:
             except lmdb.MapFullError:
                 growths += 1
                 if growths > MAX_MAP_GROWTHS:
-                    raise LmdbError(
+                    raise PermanentLmdbError(
                         f"lmdb {self.lenv.name}: map still full after {MAX_MAP_GROWTHS} growths"
                     ) from None
                 self.lenv.forget_dbi(info.name)

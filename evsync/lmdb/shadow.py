@@ -34,7 +34,13 @@ from typing import Any, NoReturn
 
 import lmdb
 
-from evsync.errors import CorruptObjectError, HeaderError, LmdbError, TransformError
+from evsync.errors import (
+    CorruptObjectError,
+    HeaderError,
+    LmdbError,
+    PermanentLmdbError,
+    TransformError,
+)
 from evsync.lmdb.dupsort import TRANSFORM_NAME, decode_key, encode_pairs
 from evsync.lmdb.env import (
     MDB_DUPFIXED,
@@ -216,13 +222,14 @@ class Shadow:
         return update, wrote
 
     def _check_supported(self, name: bytes, flags: int) -> None:
+        # permanent: the same DBI fails the same way until the config changes
         if flags & MDB_DUPSORT and not self.dupsort_hack:
-            raise LmdbError(
+            raise PermanentLmdbError(
                 f"lmdb {self.lenv.name}: DBI {_label(name)!r} is DUPSORT; set dupsort_hack: true "
                 "to sync it"
             )
         if flags & MDB_REVERSEKEY:
-            raise LmdbError(
+            raise PermanentLmdbError(
                 f"lmdb {self.lenv.name}: DBI {_label(name)!r} uses MDB_REVERSEKEY, which shadow "
                 "mode does not support"
             )

@@ -6,15 +6,18 @@ and per-DBI entries into a byte stream and back. The sender and the receiver onl
 name's extension, so a second format plugs in without either of them changing.
 
 A reader's contract, whatever the format: the header is checked when the reader is
-opened; each entry is checked before it is handed out; the end of the stream (counts,
-checksums, trailing data) is checked after the last DBI; every failure is a
-:class:`~evsync.errors.CorruptObjectError`. :meth:`SnapshotFormat.verify` reads a whole
-object that way, so the receiver can verify completely before it applies anything.
+opened; each entry is checked before it is handed out, in lists bounded by count and by
+bytes, so that a reader holds little at once whatever the object (DESIGN §4); the end
+of the stream (counts, checksums, trailing data) is checked after the last DBI; every
+failure is a :class:`~evsync.errors.CorruptObjectError`. :meth:`SnapshotFormat.verify`
+reads a whole object that way, so the receiver can verify completely before it applies
+anything.
 """
 
 from __future__ import annotations
 
 import abc
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -116,11 +119,15 @@ class SnapshotFormat(abc.ABC):
     extension: str
 
     @abc.abstractmethod
-    def reader(self, source: IO[bytes], *, verified: bool = False) -> SnapshotStream:
+    def reader(
+        self, source: IO[bytes], *, verified: bool = False, max_inflated: int | None = None
+    ) -> SnapshotStream:
         """Open an object; raises CorruptObjectError when its header is bad.
 
         ``verified=True`` says :meth:`verify` has just passed on this same file, which
         no one else writes: a format may then skip checks it already made.
+        ``max_inflated``: reading past this many decompressed bytes raises
+        ObjectTooLargeError (a CorruptObjectError); None for no limit.
         """
 
     @abc.abstractmethod
@@ -130,12 +137,13 @@ class SnapshotFormat(abc.ABC):
         """Write one object: ``dbi_entries`` yields one entry iterable per header DBI, in
         key order; a count that differs from the header raises ValueError."""
 
-    def verify(self, source: IO[bytes]) -> SnapshotHeader:
-        """Read a whole object and check everything; its header, or CorruptObjectError."""
-        stream = self.reader(source)
+    def verify(self, source: IO[bytes], *, max_inflated: int | None = None) -> SnapshotHeader:
+        """Read a whole object and check everything; its header, or CorruptObjectError
+        (ObjectTooLargeError once it inflates past ``max_inflated`` bytes)."""
+        stream = self.reader(source, max_inflated=max_inflated)
         for _info, entries in stream.dbis():
-            for _chunk in entries.chunks():
-                pass
+            # holding no chunk: a loop variable would keep one alive beside the next
+            deque(entries.chunks(), maxlen=0)
         return stream.header
 
     def read_header(self, source: IO[bytes]) -> SnapshotHeader:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import operator
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import IO, Any
@@ -31,7 +32,12 @@ from typing import IO, Any
 import msgpack
 import zstandard
 
-from evsync.errors import CorruptObjectError, TransformError
+from evsync.errors import (
+    CorruptObjectError,
+    EntryTooLargeError,
+    ObjectTooLargeError,
+    TransformError,
+)
 from evsync.lmdb.dupsort import TRANSFORM_NAME, decode_key
 from evsync.snapshot.base import (
     FORMAT_NAME,
@@ -57,15 +63,30 @@ ZSTD_CONTENT_CHECKSUM_FLAG = 0x04
 ZSTD_LEVEL = 3
 READ_CHUNK = 64 << 10
 # zstd can inflate a few bytes to a 128 KiB block, so the decompressor is fed small
-# slices: one call yields at most ~32 MiB even from a decompression bomb, and msgpack's
-# length limits reject the bomb's giant declared value before more is inflated.
+# slices: one call yields at most ~32 MiB even from a decompression bomb.
 # (Measured: verifying 1 M entries costs ~5% more than with unsliced 64 KiB reads.)
 DECOMPRESS_SLICE = 1024
+# What one decompress call yields is fed to msgpack this much at a time, and every
+# complete object is taken out after each piece: the unpacker's buffer then only ever
+# holds one pending entry and one piece, so an entry up to MAX_ENTRY_BYTES always fits.
+FEED_PIECE = 1 << 20
 WRITE_CHUNK = 64 << 10
 # entries are checked, and handed to a merge, in lists of up to this many
 CHECK_CHUNK = 1024
+# ... and of up to about this many inflated bytes: a list of entries each under the
+# entry cap must not add up to gigabytes (a bomb of 1,024 values of 200 MiB each)
+CHUNK_MAX_BYTES = 16 << 20
 MSGPACK_NIL = b"\xc0"
-MAX_ENTRY_BYTES = 256 << 20
+# One entry as written (key, value and msgpack framing) takes at most this much. With
+# the unpacker's buffer, one chunk and one decompress call, verifying or merging any
+# object holds well under 256 MiB at once (DESIGN §4); the writer refuses bigger values.
+MAX_ENTRY_BYTES = 64 << 20
+# msgpack framing of one entry at most: array header 1, key 2 + ts 9 + flags 2 + value 5
+ENTRY_FRAMING_BYTES = 19
+# the most key and value bytes one entry may carry
+MAX_ENTRY_DATA = MAX_ENTRY_BYTES - ENTRY_FRAMING_BYTES
+# a list of msgpack objects, and the inflated bytes they were decoded from
+Batch = tuple[list[Any], int]
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
 
@@ -95,9 +116,12 @@ def write_snapshot(
         for info in header.dbis:
             count = 0
             for entry in next(dbis):
+                size = len(entry[0]) + len(entry[3])
+                if size > MAX_ENTRY_DATA:
+                    raise _entry_too_large(info, entry)
                 buf += pack(entry)  # a 4-tuple packs as a msgpack array
                 count += 1
-                stats.raw_bytes += len(entry[0]) + len(entry[3])
+                stats.raw_bytes += size
                 if len(buf) >= WRITE_CHUNK:  # one zstd call per chunk, not per entry
                     zw.write(buf)
                     buf.clear()
@@ -110,6 +134,15 @@ def write_snapshot(
         buf += pack({"trailer": True, "entries": stats.entries})
         zw.write(buf)
     return stats
+
+
+def _entry_too_large(info: DbiInfo, entry: Entry) -> EntryTooLargeError:
+    """Receivers could not read the entry back: its value is over the entry cap."""
+    return EntryTooLargeError(
+        f"DBI {info.name.decode(errors='replace')!r} key {entry[0][:64]!r}: its value of "
+        f"{len(entry[3])} bytes is over the {MAX_ENTRY_BYTES >> 20} MiB an object entry "
+        "may hold; receivers could not read it, so nothing is uploaded"
+    )
 
 
 # ------------------------------------------------------------------ reading
@@ -146,40 +179,63 @@ def _inflate(dctx: Any, compressed: bytes) -> bytes:
     return data
 
 
-def _msgpack_batches(source: IO[bytes]) -> Iterator[list[Any]]:
-    """Yield the msgpack objects of one zstd frame, a decompressed slice's worth at a time,
+def _msgpack_batches(source: IO[bytes], max_inflated: int | None) -> Iterator[Batch]:
+    """Yield the msgpack objects of one zstd frame, a fed piece's worth at a time,
     detecting truncation and bad checksums. Lists of objects, not single objects: the
     unpacker's own iteration runs in C, and a Python step per entry was a third of a merge.
-    Arrays decode as tuples, so an entry is an :data:`Entry` as it comes."""
+    Arrays decode as tuples, so an entry is an :data:`Entry` as it comes.
+
+    Each list comes with the inflated bytes fed since the last one (about what its
+    objects hold). Past ``max_inflated`` inflated bytes in all, ObjectTooLargeError."""
     dctx = zstandard.ZstdDecompressor().decompressobj()
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=False,
         strict_map_key=False,
-        max_buffer_size=MAX_ENTRY_BYTES,
+        max_buffer_size=MAX_ENTRY_BYTES + FEED_PIECE,
         max_array_len=1 << 16,
         max_map_len=1 << 10,
     )
+    inflated = fed = 0
     chunk = _frame_start(source)
     while chunk:
         for start in range(0, len(chunk), DECOMPRESS_SLICE):
             data = _inflate(dctx, chunk[start : start + DECOMPRESS_SLICE])
-            if not data:
-                continue
-            try:
-                unpacker.feed(data)
-            except msgpack.BufferFull:
-                raise CorruptObjectError(
-                    f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB (or a decompression bomb)"
-                ) from None
-            objects = _unpack_all(unpacker)
-            if objects:
-                yield objects
+            inflated += len(data)
+            if max_inflated is not None and inflated > max_inflated:
+                raise ObjectTooLargeError(
+                    f"inflates to more than {_size(max_inflated)} "
+                    "(storage_max_inflated_size), a decompression bomb or a bigger LMDB"
+                )
+            for at in range(0, len(data), FEED_PIECE):
+                # a bomb's big output in pieces, without copies
+                piece = data if len(data) <= FEED_PIECE else memoryview(data)[at : at + FEED_PIECE]
+                try:
+                    unpacker.feed(piece)
+                except msgpack.BufferFull:
+                    raise ObjectTooLargeError(
+                        f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB "
+                        "(or a decompression bomb)"
+                    ) from None
+                fed += len(piece)
+                objects = _unpack_all(unpacker)
+                if objects:
+                    yield objects, fed
+                    fed = 0
+            data = piece = b""  # the next slice's output must not sit next to this one's
         chunk = source.read(READ_CHUNK)
     if not dctx.eof:
         raise CorruptObjectError("truncated: the zstd frame does not end")
     if not _nothing_pending(unpacker):
         raise CorruptObjectError("truncated: the msgpack stream ends inside an object")
+
+
+def _size(n: int) -> str:
+    """A byte count as config sizes are written (``64MB``: MB is MiB there)."""
+    for unit, shift in (("GB", 30), ("MB", 20), ("KB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n} bytes"
 
 
 def _unpack_all(unpacker: Any) -> list[Any]:
@@ -203,22 +259,34 @@ def _nothing_pending(unpacker: Any) -> bool:
 
 
 class _ObjectStream:
-    """The objects of :func:`_msgpack_batches`, taken one or many at a time."""
+    """The objects of :func:`_msgpack_batches`, taken one or many at a time, in lists
+    bounded by count and by inflated bytes."""
 
-    def __init__(self, source: IO[bytes]) -> None:
-        self._batches = _msgpack_batches(source)
+    def __init__(self, source: IO[bytes], max_inflated: int | None = None) -> None:
+        self._batches = _msgpack_batches(source, max_inflated)
         self._buf: list[Any] = []
+        self._buf_bytes = 0
         self._pos = 0
+        #: the stream has no more objects
+        self.ended = False
 
-    def take(self, n: int) -> list[Any]:
-        """The next ``n`` objects; fewer only where the stream ends."""
+    def take(self, n: int, max_bytes: int | None = None) -> list[Any]:
+        """The next ``n`` objects, fewer where the stream ends (then :attr:`ended`) or
+        once the batches they come from hold ``max_bytes`` inflated bytes."""
         out: list[Any] = []
+        # what is left of the current batch counts as all of it: an upper bound
+        held = self._buf_bytes if self._pos < len(self._buf) else 0
         while len(out) < n:
             if self._pos >= len(self._buf):
+                if out and max_bytes is not None and held >= max_bytes:
+                    break
+                self._buf = []  # let the used batch go before the next one is decoded
                 batch = next(self._batches, None)
                 if batch is None:
+                    self.ended = True
                     break
-                self._buf, self._pos = batch, 0
+                (self._buf, self._buf_bytes), self._pos = batch, 0
+                held += self._buf_bytes
             piece = self._buf[self._pos : self._pos + n - len(out)]
             self._pos += len(piece)
             if not out and len(piece) == n:
@@ -407,7 +475,8 @@ class DbiEntries:
         self._order = None if info.transform else _key_order(info.flags)
 
     def chunks(self, size: int = CHECK_CHUNK) -> Iterator[list[Entry]]:
-        """The remaining entries in lists of at most ``size``."""
+        """The remaining entries in lists of at most ``size`` entries and about
+        :data:`CHUNK_MAX_BYTES` (one entry, however big, makes a list)."""
         while self._index < self.info.entries:
             yield self._next_chunk(min(size, self.info.entries - self._index))
 
@@ -417,12 +486,12 @@ class DbiEntries:
 
     def _next_chunk(self, n: int) -> list[Entry]:
         info, first = self.info, self._index
-        chunk = self._objects.take(n)
-        if len(chunk) < n:
+        chunk = self._objects.take(n, CHUNK_MAX_BYTES)
+        if len(chunk) < n and self._objects.ended:
             raise CorruptObjectError(
                 f"truncated: DBI {info.name!r} has {first + len(chunk)} of {info.entries} entries"
             )
-        self._index += n
+        self._index += len(chunk)
         if not self._check:
             return chunk
         last = _valid_chunk(chunk, self._prev, self._order)
@@ -444,12 +513,15 @@ class SnapshotReader:
     ``verified=True`` says :func:`verify_snapshot` has just passed on this same file, so
     the second read, the one that merges, skips the entry checks (a third of its time)
     and checks only counts, trailer and frame. Only for a file no one else writes, such
-    as the syncer's own spool file.
+    as the syncer's own spool file. ``max_inflated``: an object that inflates past this
+    many bytes raises ObjectTooLargeError (no limit when None).
     """
 
-    def __init__(self, source: IO[bytes], *, verified: bool = False) -> None:
+    def __init__(
+        self, source: IO[bytes], *, verified: bool = False, max_inflated: int | None = None
+    ) -> None:
         self._verified = verified
-        self._objects = _ObjectStream(source)
+        self._objects = _ObjectStream(source, max_inflated)
         try:
             first = self._objects.next()
         except StopIteration:
@@ -465,8 +537,7 @@ class SnapshotReader:
         for info in self.header.dbis:
             entries = DbiEntries(self._objects, info, check=not self._verified)
             yield info, entries
-            for _ in entries.chunks():  # drain what the caller left, to stay in step
-                pass
+            _drain(entries.chunks())  # what the caller left, to stay in step
         self._finish()
 
     def _finish(self) -> None:
@@ -490,13 +561,19 @@ def read_header(source: IO[bytes]) -> SnapshotHeader:
     return SnapshotReader(source).header
 
 
-def verify_snapshot(source: IO[bytes]) -> SnapshotHeader:
-    """Read a whole object and check everything; return its header or raise CorruptObjectError."""
-    reader = SnapshotReader(source)
+def verify_snapshot(source: IO[bytes], *, max_inflated: int | None = None) -> SnapshotHeader:
+    """Read a whole object and check everything; return its header or raise
+    CorruptObjectError (ObjectTooLargeError past ``max_inflated`` inflated bytes)."""
+    reader = SnapshotReader(source, max_inflated=max_inflated)
     for _info, entries in reader.dbis():
-        for _chunk in entries.chunks():
-            pass
+        _drain(entries.chunks())
     return reader.header
+
+
+def _drain(chunks: Iterable[Any]) -> None:
+    """Consume ``chunks`` holding none of them: a ``for`` loop's variable would keep the
+    last chunk alive while the next is decoded, twice the memory."""
+    deque(chunks, maxlen=0)
 
 
 class EvsZstFormat(SnapshotFormat):
@@ -504,9 +581,11 @@ class EvsZstFormat(SnapshotFormat):
 
     extension = EXT_EVSYNC
 
-    def reader(self, source: IO[bytes], *, verified: bool = False) -> SnapshotReader:
+    def reader(
+        self, source: IO[bytes], *, verified: bool = False, max_inflated: int | None = None
+    ) -> SnapshotReader:
         """See :class:`SnapshotReader`."""
-        return SnapshotReader(source, verified=verified)
+        return SnapshotReader(source, verified=verified, max_inflated=max_inflated)
 
     def write(
         self, out: IO[bytes], header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]]

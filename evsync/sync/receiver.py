@@ -29,8 +29,10 @@ import lmdb
 from evsync.config import Config, LmdbConfig
 from evsync.errors import (
     CorruptObjectError,
+    EvsyncError,
     LmdbError,
     ObjectNotFoundError,
+    PermanentLmdbError,
     StorageConfigError,
     StorageError,
     SyncInterruptedError,
@@ -52,7 +54,7 @@ from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
-from evsync.sync.recorder import Recorder
+from evsync.sync.recorder import Recorder, rejection_kind
 from evsync.sync.sources import ObjectSource
 from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import HintQueue
@@ -191,16 +193,19 @@ class Receiver:
             data = self.source.fetch(newest)
         except ObjectNotFoundError:
             return  # gone again; nothing to sort after
+        except CorruptObjectError as exc:  # refused unread (fs: not a regular file, too big)
+            self._reject(self.peers.own, newest, exc)
+            return
         except StorageError as exc:
             self.recorder.fetch_failed(self.peers.own, newest, exc)
             return  # the next listing tries again
         self._own_checked = newest.name
         with data:
             try:
-                header = fmt.verify(data)
+                header = fmt.verify(data, max_inflated=self.config.storage_max_inflated_size)
                 _check_header(header, newest)
             except CorruptObjectError as exc:
-                self._reject(self.peers.own, newest, str(exc))
+                self._reject(self.peers.own, newest, exc)
                 return
         self.peers.own_named(newest)
         self.recorder.name_conflict(newest, header.hostname, socket.gethostname())
@@ -309,7 +314,7 @@ class Receiver:
             self._forget_newest(instance, name)
             return SKIPPED
         except CorruptObjectError as exc:  # refused unread (fs: not a regular file, too big)
-            self._reject(instance, name, str(exc))
+            self._reject(instance, name, exc)
             return SKIPPED
         except StorageError as exc:
             backoff.failed()
@@ -319,10 +324,10 @@ class Receiver:
         with data, collector_paused():
             self.recorder.fetched(instance, _stream_size(data))
             try:
-                header = fmt.verify(data)
+                header = fmt.verify(data, max_inflated=self.config.storage_max_inflated_size)
                 _check_header(header, name)
             except CorruptObjectError as exc:
-                self._reject(instance, name, str(exc))
+                self._reject(instance, name, exc)
                 return SKIPPED
             if instance != self.peers.own:
                 # only a verified object's name says what a peer's clock read
@@ -331,10 +336,13 @@ class Receiver:
             try:
                 result = self._apply(fmt, data)
             except CorruptObjectError as exc:  # only if the temp file changed under us
-                self._reject(instance, name, str(exc))
+                self._reject(instance, name, exc)
                 return SKIPPED
             except SyncInterruptedError:
                 self.recorder.merge_interrupted(name)
+                return SKIPPED
+            except PermanentLmdbError as exc:  # fetching it again would fail the same way
+                self._reject(instance, name, exc)
                 return SKIPPED
             except LmdbError as exc:
                 backoff.failed()
@@ -386,7 +394,7 @@ class Receiver:
                     "db %s: stamped %d local change(s) before merging", self.db, update.changes
                 )
             return result
-        raise LmdbError(f"lmdb {self.db}: map still full after {MAX_MAP_GROWTHS} growths")
+        raise PermanentLmdbError(f"lmdb {self.db}: map still full after {MAX_MAP_GROWTHS} growths")
 
     def _until_stopped(
         self, dbis: Iterable[tuple[DbiInfo, Iterable[Entry]]]
@@ -422,9 +430,9 @@ class Receiver:
 
     # ------------------------------------------------------------------ bad objects
 
-    def _reject(self, instance: str, name: SnapshotName, reason: str) -> None:
+    def _reject(self, instance: str, name: SnapshotName, exc: EvsyncError) -> None:
         self.peers.bad_objects.add(name.name)
-        self.recorder.rejected(instance, name, reason)
+        self.recorder.rejected(instance, name, str(exc), rejection_kind(exc))
         self._forget_newest(instance, name)
         self.queue.reject(name)
 

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from evsync.config import Config
-from evsync.errors import EvsyncError, StorageConfigError
+from evsync.errors import (
+    EvsyncError,
+    ObjectTooLargeError,
+    PermanentLmdbError,
+    StorageConfigError,
+)
 from evsync.health import HealthTracker
 from evsync.metrics import Metrics
 from evsync.snapshot.base import KIND_DELTA, SnapshotHeader
@@ -43,6 +48,20 @@ STATUS_REJECTED = 20
 NAME_CONFLICT_LOG_INTERVAL = 300.0
 # "vanished before fetched" is said at most this often (the metric counts every one)
 VANISHED_LOG_SECONDS = 60.0
+
+# Why an object was rejected, the word its log line gives: "rejecting <kind> object"
+REJECT_CORRUPT = "corrupt"  # fails verification (truncated, bad checksum, bad order ...)
+REJECT_TOO_LARGE = "oversized"  # an entry over the entry cap, or inflates past the cap
+REJECT_UNMERGEABLE = "unmergeable"  # verified, but this LMDB can never take it
+
+
+def rejection_kind(exc: Exception) -> str:
+    """The REJECT_* word for the error that rejects an object."""
+    if isinstance(exc, ObjectTooLargeError):
+        return REJECT_TOO_LARGE
+    if isinstance(exc, PermanentLmdbError):
+        return REJECT_UNMERGEABLE
+    return REJECT_CORRUPT
 
 
 @dataclass
@@ -232,9 +251,12 @@ class Recorder:
         for key in (f"skew-{instance}", f"load-{instance}", f"merge-{instance}"):
             self.end_streak(key)
 
-    def rejected(self, instance: str, name: SnapshotName, reason: str) -> None:
-        """An object failed verification: it is marked bad and never merged."""
-        log.error("db %s: rejecting corrupt object %s: %s", self.db, name, reason)
+    def rejected(
+        self, instance: str, name: SnapshotName, reason: str, kind: str = REJECT_CORRUPT
+    ) -> None:
+        """An object failed verification, or can never merge (``kind``, a REJECT_* word):
+        it is marked bad and never fetched again by this process."""
+        log.error("db %s: rejecting %s object %s: %s", self.db, kind, name, reason)
         self.health.success("load")  # loading works; this object is bad
         self.stats.objects_rejected += 1
         self.metrics.objects_rejected.labels(self.db, instance).inc()

@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -52,11 +53,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from evsync.config import LmdbConfig, LmdbOptions
-from evsync.errors import CorruptObjectError, StorageError
+from evsync.errors import CorruptObjectError, ObjectTooLargeError, StorageError
 from evsync.lmdb.env import MDB_DUPSORT, MDB_INTEGERKEY, LmdbEnv
 from evsync.lmdb.merge import Merger
 from evsync.snapshot.evs import (
     FORMAT_NAME,
+    MAX_ENTRY_BYTES,
+    MAX_ENTRY_DATA,
     DbiInfo,
     Entry,
     SnapshotHeader,
@@ -652,11 +655,100 @@ class TestForeignFormats:
 
 
 class TestDecompressionBomb:
-    """A ~10 KiB object that inflates to more than the reader's msgpack buffer (256 MiB): the
-    declared value can never be read, so the object is corrupt and must be rejected as such."""
+    """A ~10 KiB object that inflates past the reader's msgpack buffer (the entry cap): the
+    declared value can never be read, so the object is rejected as too large."""
 
     def test_zstd_bomb_is_rejected_as_corrupt(self) -> None:
-        rejected(bomb())
+        assert isinstance(rejected(bomb()), ObjectTooLargeError)
+
+
+# values of this size make a 48 MiB entry: under the entry cap, and 8 of them add up to
+# more than the 256 MiB the reader may hold above its idle size
+UNDER_CAP_VALUE = 48 << 20
+MEMORY_BOUND = 256 << 20
+BOMBS = {
+    "8 values of 48 MiB": (8, UNDER_CAP_VALUE),
+    "4 values just under the cap": (4, MAX_ENTRY_DATA - 16),
+    "300 values of 1 MiB": (300, 1 << 20),
+    "100,000 empty values": (100_000, 0),
+}
+
+
+def zeros_object(count: int, value_bytes: int, *, instance: str = "x",
+                 timestamp_ns: int = T0) -> bytes:
+    """A valid object of ``count`` entries whose values are ``value_bytes`` zeros: a few KiB
+    that inflate to count * value_bytes (the values are streamed into the compressor)."""
+    header = header_for([(b"records", 0, count)], instance=instance, timestamp_ns=timestamp_ns)
+    packer = msgpack.Packer(use_bin_type=True)
+    zeros = bytes(min(value_bytes, 1 << 20))
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
+        out, closefd=False
+    ) as zw:
+        zw.write(packer.pack(header.to_wire()))
+        for i in range(count):
+            key = packer.pack(b"k%08d" % i)
+            # an entry array with a bin32 value whose bytes follow in 1 MiB pieces
+            zw.write(b"\x94" + key + packer.pack(T0) + packer.pack(0)
+                     + b"\xc6" + value_bytes.to_bytes(4, "big"))
+            left = value_bytes
+            while left:
+                zw.write(zeros[:left])
+                left -= min(left, len(zeros))
+        zw.write(packer.pack({"trailer": True, "entries": count}))
+    return out.getvalue()
+
+
+def peak_bytes(run: Callable[[], object]) -> int:
+    """The most memory Python held at once above what it held before ``run``."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+class TestBoundedMemory:
+    """Verifying an object holds at most 256 MiB more than the idle reader, whatever its
+    values: lists of entries are bounded by bytes as well as by count (it held every entry
+    of a 1,024-entry list at once: 8 values of 48 MiB took 516 MiB, 4 of 200 MiB 1 GiB)."""
+
+    @pytest.mark.parametrize("shape", BOMBS.values(), ids=BOMBS.keys())
+    def test_verifying_a_bomb_holds_less_than_256_mib(self, shape: tuple[int, int]) -> None:
+        """A few-KiB object of many big (or many small) values verifies within the bound."""
+        count, value_bytes = shape
+        data = zeros_object(count, value_bytes)
+        assert len(data) < 64 << 10
+        header: list[SnapshotHeader] = []
+        peak = peak_bytes(lambda: header.append(verify_snapshot(io.BytesIO(data))))
+        assert header[0].total_entries == count
+        assert peak < MEMORY_BOUND, f"peak {peak >> 20} MiB"
+
+    def test_reading_entries_hands_them_out_in_bounded_lists(self) -> None:
+        """The merge's read (lists of up to 10,000) gets lists of about CHUNK_MAX_BYTES:
+        one 48 MiB entry per list, all of them in order."""
+        data = zeros_object(3, UNDER_CAP_VALUE)
+        reader = SnapshotReader(io.BytesIO(data))
+        sizes = [[len(e[3]) for e in chunk]
+                 for _info, entries in reader.dbis() for chunk in entries.chunks(10_000)]
+        assert sizes == [[UNDER_CAP_VALUE]] * 3
+
+    def test_an_entry_over_the_cap_is_rejected_as_too_large(self) -> None:
+        """An entry one MiB over the entry cap (64 MiB) is too large: the reader refuses
+        it rather than holding it (the cap was 256 MiB, which no bound could hold)."""
+        err = rejected(zeros_object(1, MAX_ENTRY_BYTES + (1 << 20)))
+        assert isinstance(err, ObjectTooLargeError)
+        assert f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB" in str(err)
+
+    def test_an_object_inflating_past_the_total_cap_is_rejected(self) -> None:
+        """With max_inflated (storage_max_inflated_size) set, an object that inflates past
+        it is too large, however small each entry; one under it verifies."""
+        data = zeros_object(16, 1 << 20)
+        with pytest.raises(ObjectTooLargeError, match="inflates to more than 8MB"):
+            verify_snapshot(io.BytesIO(data), max_inflated=8 << 20)
+        assert verify_snapshot(io.BytesIO(data), max_inflated=32 << 20).total_entries == 16
 
 
 def bomb(header: SnapshotHeader | None = None) -> bytes:
@@ -1043,8 +1135,10 @@ def name_of(instance: str, ts: int) -> str:
     return SnapshotName.build("main", instance, ts).name
 
 
-def rejection_lines(log: str, name: str) -> list[str]:
-    return [line for line in log.splitlines() if f"rejecting corrupt object {name}: " in line]
+def rejection_lines(log: str, name: str, kind: str = r"\w+") -> list[str]:
+    """The log's lines rejecting ``name`` (as corrupt, oversized or unmergeable)."""
+    line_re = re.compile(f"rejecting {kind} object {re.escape(name)}: ")
+    return [line for line in log.splitlines() if line_re.search(line)]
 
 
 class TestRunningDaemon:
@@ -1152,6 +1246,43 @@ class TestRunningDaemon:
                  timeout=10, what="the bomb rejected")
         wait_for(lambda: a.writer.get("zkey") == "zval", timeout=10, what="z merged")
         assert len(rejection_lines(a.log(), name_of("evil-bomb", ts))) == 1
+        assert a.proc is not None and a.proc.poll() is None
+
+
+class TestRunningDaemonTotalCap:
+    """A running daemon with storage_max_inflated_size rejects an object that inflates past
+    it once, with one line, and never fetches it again."""
+
+    def test_an_object_over_the_total_cap_is_rejected_once_and_never_fetched_again(
+        self, instances: Make, s3_storage: dict[str, Any], aws: AwsServer, bucket: str
+    ) -> None:
+        """An object of 16 values of 1 MiB against a cap of 8MB: one "rejecting oversized
+        object" line, one count; ten more listings download nothing more; a valid
+        object of another instance merges afterwards."""
+        port = free_port()
+        a = instances("a", s3_storage, http=http_on(port),
+                      storage_max_inflated_size="8MB").start()
+        s3 = aws.client()
+        ts = time.time_ns()
+        name = name_of("evil-big", ts)
+        s3.put_object(Bucket=bucket, Key=name,
+                      Body=zeros_object(16, 1 << 20, instance="evil-big", timestamp_ns=ts))
+        wait_for(lambda: metric(port, "evsync_objects_rejected_total", db="main",
+                                instance="evil-big") == 1.0,
+                 timeout=10, what="the object rejected")
+        downloaded = metric(port, "evsync_downloaded_bytes_total", db="main")
+        time.sleep(2.0)  # ten listings at 200 ms
+        assert metric(port, "evsync_downloaded_bytes_total", db="main") == downloaded
+        lines = rejection_lines(a.log(), name)
+        assert len(lines) == 1, lines
+        assert "rejecting oversized object" in lines[0]
+        assert "inflates to more than 8MB (storage_max_inflated_size)" in lines[0]
+        assert metric(port, "evsync_objects_rejected_total", db="main",
+                      instance="evil-big") == 1.0
+        good_ts = time.time_ns()
+        s3.put_object(Bucket=bucket, Key=name_of("z", good_ts),
+                      Body=valid_remote("z", good_ts, [(b"zkey", good_ts, 0, b"zval")]))
+        wait_for(lambda: a.writer.get("zkey") == "zval", timeout=10, what="z merged")
         assert a.proc is not None and a.proc.poll() is None
 
 

@@ -543,3 +543,27 @@ class TestDeltas:
     def test_bad_values_name_the_key(self, top: str, needle: str) -> None:
         """A wrong deltas value is one line naming the key."""
         assert needle in error(with_lmdb(top=top))
+
+
+class TestMaxInflatedSize:
+    """storage_max_inflated_size: the most a remote object may inflate to (issue 16 §4)."""
+
+    def test_default_fits_real_lmdbs(self) -> None:
+        """Unset, it is 64 GiB: far above any PowerDNS LMDB."""
+        assert load(with_lmdb()).storage_max_inflated_size == 64 << 30
+
+    def test_a_size_is_read(self) -> None:
+        """LS size syntax, as map_size."""
+        cfg = load(with_lmdb(top="storage_max_inflated_size: 2GB"))
+        assert cfg.storage_max_inflated_size == 2 << 30
+
+    @pytest.mark.parametrize(
+        ("value", "needle"),
+        [("0", "must be at least 1MB"), ("100KB", "must be at least 1MB"), ("lots", "size")],
+        ids=["zero", "below 1MB", "not a size"],
+    )
+    def test_bad_values_name_the_key(self, value: str, needle: str) -> None:
+        """A cap of nothing (every object rejected) or no size is one line naming the key."""
+        message = error(with_lmdb(top=f"storage_max_inflated_size: {value}"))
+        assert message.startswith("storage_max_inflated_size: ")
+        assert needle in message

@@ -456,9 +456,11 @@ class _TwiceFormat(SnapshotFormat):
         self.reads = 0
         self.writes = 0
 
-    def reader(self, source: IO[bytes], *, verified: bool = False) -> SnapshotStream:
+    def reader(
+        self, source: IO[bytes], *, verified: bool = False, max_inflated: int | None = None
+    ) -> SnapshotStream:
         self.reads += 1
-        return EVS_ZST.reader(source, verified=verified)
+        return EVS_ZST.reader(source, verified=verified, max_inflated=max_inflated)
 
     def write(
         self, out: IO[bytes], header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]]
