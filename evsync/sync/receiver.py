@@ -66,6 +66,8 @@ STOP_CHECK_EVERY = 1024
 # listing an object it cannot serve (an inconsistent store) must not loop forever.
 MAX_RELIST_PASSES = 16
 
+DAY_SECONDS = 86400.0
+
 # What one attempt to merge an object came to.
 DONE = "done"  # merged
 SKIPPED = "skipped"  # rejected, vanished or interrupted: not to be retried as it is
@@ -112,6 +114,8 @@ class Receiver:
         self.listed_ok_ns: int | None = None
         #: why the last listing failed (None after a success)
         self.last_list_error: StorageError | None = None
+        #: objects skipped as older than the retention (each is logged once)
+        self._too_old_names: set[str] = set()
 
     # ------------------------------------------------------------------ names
 
@@ -144,8 +148,8 @@ class Receiver:
                 continue
             if name.instance == self.peers.own:
                 self.peers.own_named(name)  # bad or not, it holds its name
-            if name.name in self.peers.bad_objects:
-                continue
+            if name.name in self.peers.bad_objects or self.too_old(name):
+                continue  # an instance with nothing mergeable left is not waited for
             present.add(name.instance)
             if name.instance == self.peers.own and not startup:
                 continue
@@ -155,6 +159,8 @@ class Receiver:
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
+        if self.too_old(name):
+            return
         if self.peers.note(instance, name, own_done=self.recorder.stats.startup_done):
             ahead = (name.timestamp_ns - self.clock_ns()) / NS
             self.recorder.clock_skew(instance, name, ahead)
@@ -249,6 +255,9 @@ class Receiver:
     def merge_object(self, instance: str, name: SnapshotName) -> str:
         """Fetch, verify and merge one object: ``done``, ``skipped`` or ``retry``."""
         backoff = self._backoff(instance)
+        if self.too_old(name):  # noted while it was younger (a long outage, say)
+            self._forget_newest(instance, name)
+            return SKIPPED
         fmt = format_for(name)
         assert fmt is not None  # only readable names get past hints and listings
         t0 = time.monotonic()
@@ -349,6 +358,24 @@ class Receiver:
 
         for info, items in dbis:
             yield info, entries(items)
+
+    def too_old(self, name: SnapshotName) -> bool:
+        """With the sweeper on, an object stamped before the retention (minus the load
+        cutoff) is never merged (DESIGN §11): deletes made after it may have lost their
+        tombstones to the sweeper, so its live values would come back everywhere (a dead
+        instance's leftover object, or this instance's own after its LMDB was moved
+        away). Logged once per object and counted."""
+        if not self.config.sweeper.enabled or name.timestamp_ns >= self._deleted_cutoff_ns():
+            return False
+        if name.name not in self._too_old_names:
+            self._too_old_names.add(name.name)
+            sweeper = self.config.sweeper
+            self.recorder.too_old(
+                name,
+                (self.clock_ns() - name.timestamp_ns) / NS / DAY_SECONDS,
+                (sweeper.retention - sweeper.load_cutoff) / DAY_SECONDS,
+            )
+        return True
 
     def _deleted_cutoff_ns(self) -> int:
         """Tombstones older than this are not inserted (the sweeper would remove them)."""

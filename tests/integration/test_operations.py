@@ -338,7 +338,9 @@ class TestRejoinGuard:
         `sync --only-once` exit 1 with one line saying why and how to rejoin, uploading
         nothing; --force-rejoin syncs and records the rejoin."""
         sweeper = {"enabled": True, "retention_days": 2}
-        a = instances("a", s3_storage, sweeper=sweeper)
+        # a retention shorter than the cleaner's stale-instance removal is refused
+        storage = {**s3_storage, "cleanup": {"remove_old_instances_interval": "24h"}}
+        a = instances("a", storage, sweeper=sweeper)
         a.writer.put("old", "value")
         a.writer.close()
         a._writer = None
@@ -360,3 +362,48 @@ class TestRejoinGuard:
         assert "main__a__" in a.command("snapshots", "list").stdout
         again = a.command("sync", "--only-once")
         assert again.returncode == 0, again.stderr
+
+    def test_the_remedy_does_not_bring_back_a_swept_delete(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """docs/operations.md's safe rejoin, after a tombstone was swept: A's own newest
+        object (still in the bucket, holding the deleted key as live) is not merged into
+        the moved-away LMDB, nor into a new instance C; A's next upload does not bring the
+        key back to B. Retention 8.64 s (0.0001 days); the cleaner does not run meanwhile."""
+        sweeper = {"enabled": True, "retention_days": 0.0001, "first_interval": "0s",
+                   "interval": "1s"}
+        storage = {**s3_storage, "cleanup": {"interval": "1h",
+                                             "remove_old_instances_interval": "5s"}}
+        a = instances("a", storage, sweeper=sweeper)
+        a.writer.put("gone", "v")
+        a.writer.close()
+        a._writer = None
+        assert a.command("sync", "--only-once").returncode == 0
+
+        b = instances("b", storage, sweeper=sweeper, deltas={"enabled": False}).start()
+        wait_for(lambda: b.writer.get("gone") == "v", what="b to merge a's object")
+        b.writer.delete("gone")
+        wait_for(lambda: b.writer.get("gone") is None, timeout=30,
+                 what="b's sweeper to remove the tombstone")
+        stores = b.log().count(": stored ")
+        b.writer.put("after", "v")  # b's next full object no longer knows the key
+        wait_for(lambda: b.log().count(": stored ") > stores, what="b to upload")
+
+        refused = a.command("sync", "--only-once")
+        assert refused.returncode == 1 and "refusing to sync" in refused.stderr
+        a.lmdb_path.rename(a.dir / "lmdb.moved-away")  # the remedy
+        restored = a.command("sync", "--only-once")
+        assert restored.returncode == 0, restored.stderr
+        assert a.writer.get("after") == "v"
+        assert a.writer.get("gone") is None
+        assert "not merging main__a__" in restored.stderr
+
+        c = instances("c", storage, sweeper=sweeper)
+        assert c.command("sync", "--only-once").returncode == 0
+        assert c.writer.get("after") == "v"
+        assert c.writer.get("gone") is None
+
+        a.writer.put("a-again", "v")
+        assert a.command("sync", "--only-once").returncode == 0
+        wait_for(lambda: b.writer.get("a-again") == "v", what="b to merge a's new object")
+        assert b.writer.get("gone") is None
