@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,15 @@ import pytest
 from evsync.config import load_config
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.state import write_last_sync_ns
-from tests.helpers import AwsServer, Instance, Mosquitto, MotoServer, free_port, wait_for
+from tests.helpers import (
+    AwsServer,
+    Instance,
+    Mosquitto,
+    MotoServer,
+    Writer,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +171,50 @@ class TestHealthz:
             assert a.stop() == 0
         finally:
             server.stop()
+
+
+class TestMissingLmdb:
+    """A db whose LMDB does not exist (create: false) does not stop the others."""
+
+    def test_a_missing_lmdb_is_reported_and_picked_up_when_it_appears(
+        self, instances: Make, s3_storage: dict[str, Any], aws: AwsServer, tmp_path: Path
+    ) -> None:
+        """With `other`'s LMDB missing, the daemon starts and syncs `main`; /healthz is 503
+        naming `other_lmdb`, /status and `evsync status` say it is not synced; once the
+        LMDB appears (the application creates it), its data reaches the bucket and
+        /healthz turns 200."""
+        port = free_port()
+        other_path = tmp_path / "a" / "other-lmdb"
+        other = {"path": str(other_path), "schema_tracks_changes": True,
+                 "options": {"create": False}}
+        a = instances("a", s3_storage, http=http_on(port), lmdbs={"other": other}).start()
+        bucket = s3_storage["options"]["bucket"]
+
+        def keys() -> list[str]:
+            listing = aws.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+            return [obj["Key"] for obj in listing]
+
+        a.writer.put("k", "v")
+        wait_for(lambda: any(k.startswith("main__a__") for k in keys()), what="main synced")
+        code, body = get(port, "/healthz")
+        assert code == 503, body
+        report = json.loads(body)
+        assert report["failing"] == ["other_lmdb"]
+        assert f"{other_path} does not exist" in report["checks"]["other_lmdb"]["last_error"]
+        assert "does not exist" in status(port)["dbs"]["other"]["lmdb_missing"]
+        assert "NOT SYNCED" in a.command("status", "--url", f"http://127.0.0.1:{port}").stdout
+        assert a.log().count(f"{other_path} does not exist") == 1
+
+        app = Writer(other_path)  # the application creates its LMDB
+        try:
+            app.put("o", "v")
+            wait_for(lambda: any(k.startswith("other__a__") for k in keys()), timeout=20,
+                     what="other synced once its LMDB appeared")
+        finally:
+            app.close()
+        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy once it appeared")
+        assert "db other: its LMDB appeared" in a.log()
+        assert a.stop() == 0
 
 
 class TestS3AtStart:

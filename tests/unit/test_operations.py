@@ -528,6 +528,56 @@ class TestDaemonHealth:
             d.close()
 
 
+class TestMissingLmdbInTheDaemon:
+    """A db whose LMDB is missing (create: false) waits; the others run."""
+
+    def config(self, tmp_path: Path) -> Config:
+        cfg, main = make_config("a", tmp_path / "a")
+        other = LmdbConfig(
+            name="other",
+            path=str(tmp_path / "other"),
+            schema_tracks_changes=True,
+            options=LmdbOptions(create=False, map_size=1 << 24),
+        )
+        return dataclasses.replace(cfg, lmdbs={"main": main, "other": other})
+
+    def test_only_the_missing_db_waits_and_it_starts_once_it_exists(self, tmp_path: Path) -> None:
+        """The daemon builds `main`, reports `other_lmdb` as an error with the path, keeps
+        waiting even with no syncer running (it used to raise at start), and opens
+        `other` once its LMDB exists; --only-once fails while one is missing."""
+        d = Daemon(self.config(tmp_path), store=MemoryStore())
+        try:
+            assert list(d.syncers) == ["main"] and list(d.missing) == ["other"]
+            healthy, body = d.health()
+            assert not healthy and "other_lmdb" in body["failing"]
+            assert str(tmp_path / "other") in body["checks"]["other_lmdb"]["last_error"]
+            assert "does not exist" in d.status()["dbs"]["other"]["lmdb_missing"]
+            assert not d.run_once()  # main syncs; other is not there
+            assert d.open_appeared() == []
+            LmdbEnv(LmdbConfig(name="other", path=str(tmp_path / "other"),
+                               options=LmdbOptions(create=True))).close()
+            assert d.open_appeared() == ["other"]
+            assert set(d.syncers) == {"main", "other"} and not d.missing
+            assert d.run_once()
+            assert "other_lmdb" not in d.health()[1]["checks"]
+        finally:
+            d.close()
+
+    def test_a_daemon_whose_only_db_is_missing_keeps_waiting(self, tmp_path: Path) -> None:
+        """With no db running yet, wait() does not report every syncer stopped: it returns
+        only when asked to stop."""
+        cfg = self.config(tmp_path)
+        cfg = dataclasses.replace(cfg, lmdbs={"other": cfg.lmdbs["other"]})
+        d = Daemon(cfg, store=MemoryStore())
+        try:
+            timer = threading.Timer(1.2, d.stop_event.set)
+            timer.start()
+            assert d.wait() is True
+            timer.join()
+        finally:
+            d.close()
+
+
 class TestOperationsConfig:
     """The operations keys load with their defaults and reject bad values."""
 
