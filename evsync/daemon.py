@@ -12,7 +12,7 @@ from typing import Any
 
 from evsync._version import __version__
 from evsync.cleaner import Cleaner
-from evsync.config import Config, FsOptions, HealthCheckConfig, S3Options
+from evsync.config import Config, FsOptions, HealthCheckConfig, LmdbConfig, S3Options
 from evsync.errors import ConfigError
 from evsync.health import ERROR, OK, WARNING
 from evsync.http import HttpServer
@@ -31,6 +31,9 @@ from evsync.triggers.sqs import SqsSource
 log = logging.getLogger(__name__)
 
 SYNCER_JOIN_SECONDS = 30.0
+# A db whose LMDB does not exist (with ``create: false``) is looked for this often; the
+# other dbs are served meanwhile.
+MISSING_LMDB_POLL_SECONDS = 2.0
 
 
 def _counts(counter: Mapping[str, int]) -> str:
@@ -63,56 +66,93 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.info.labels(__version__).set(1)
         self.metrics.add_state_collector(self._metrics_state)
+        self._force_rejoin = force_rejoin
+        # every db's queue exists from the start, so push sources feed a db whose LMDB
+        # appears later too
+        self.queues = {name: HintQueue(name, own_instance=config.instance) for name in names}
+        # copy-on-write (replaced, never changed in place): the HTTP thread reads them
+        # while the missing-LMDB watcher adds a db
         self.syncers: dict[str, Syncer] = {}
+        #: dbs whose LMDB does not exist yet: {db: the reason, for health and status}
+        self.missing: dict[str, str] = {}
+        self._started = False
         self.triggers: list[Trigger] = []
         self.push_sources: dict[str, MqttSource | SqsSource] = {}
         self.cleaners: dict[str, Cleaner] = {}
         self.http: HttpServer | None = None
+        self._missing_watcher: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._locks: list[SyncLock] = []
         try:
             for name in names:
-                self.syncers[name] = Syncer(
-                    config,
-                    config.lmdbs[name],
-                    self.store,
-                    HintQueue(name, own_instance=config.instance),
-                    receive_only=receive_only,
-                    stop_event=self.stop_event,
-                    metrics=self.metrics,
-                    force_rejoin=force_rejoin,
-                )
-                # after the syncer opened the LMDB (and created its directory), before
-                # anything is read or written
-                lock = SyncLock(config.lmdbs[name])
-                if lock.acquire():
-                    self._locks.append(lock)
+                reason = _missing_reason(config.lmdbs[name])
+                if reason is None:
+                    self._open_syncer(name)
+                else:
+                    self.missing = {**self.missing, name: reason}
+                    log.error(
+                        "%s; serving the other dbs and looking for it every %gs",
+                        reason,
+                        MISSING_LMDB_POLL_SECONDS,
+                    )
         except Exception:
             self.close()
             raise
 
+    def _open_syncer(self, name: str) -> Syncer:
+        """Open one db's LMDB and syncer and take its lock; the syncer is not started."""
+        cfg = self.config
+        syncer = Syncer(
+            cfg,
+            cfg.lmdbs[name],
+            self.store,
+            self.queues[name],
+            receive_only=self.receive_only,
+            stop_event=self.stop_event,
+            metrics=self.metrics,
+            force_rejoin=self._force_rejoin,
+        )
+        try:
+            # after the syncer opened the LMDB (and created its directory), before
+            # anything is read or written
+            lock = SyncLock(cfg.lmdbs[name])
+            if lock.acquire():
+                self._locks.append(lock)
+        except Exception:
+            syncer.close()
+            raise
+        self.syncers = {**self.syncers, name: syncer}
+        return syncer
+
+    def _db_triggers(self, syncer: Syncer) -> list[Trigger]:
+        """The triggers of one db: its LMDB watcher and poller, its lister."""
+        cfg = self.config
+        observer = TxnObserver(syncer.lenv, syncer.queue)
+        triggers: list[Trigger] = []
+        if cfg.notify.watch_lmdb:
+            triggers.append(LmdbWatcher(syncer.cfg.data_file, observer))
+        triggers.append(TxnPoller(observer, cfg.lmdb_poll_interval))
+        triggers.append(
+            Lister(
+                self.store,
+                syncer.db,
+                syncer.queue,
+                cfg.listing_interval,
+                on_result=syncer.on_listing,
+            )
+        )
+        return triggers
+
     def _build_triggers(self) -> None:
         cfg = self.config
         for syncer in self.syncers.values():
-            observer = TxnObserver(syncer.lenv, syncer.queue)
-            if cfg.notify.watch_lmdb:
-                self.triggers.append(LmdbWatcher(syncer.cfg.data_file, observer))
-            self.triggers.append(TxnPoller(observer, cfg.lmdb_poll_interval))
-            self.triggers.append(
-                Lister(
-                    self.store,
-                    syncer.db,
-                    syncer.queue,
-                    cfg.listing_interval,
-                    on_result=syncer.on_listing,
-                )
-            )
+            self.triggers.extend(self._db_triggers(syncer))
         opts = cfg.storage.options
         if cfg.notify.mqtt is not None:
             mqtt = MqttSource(
                 cfg.notify.mqtt,
                 cfg.instance,
-                {name: s.queue for name, s in self.syncers.items()},
+                dict(self.queues),
                 bucket=opts.bucket if isinstance(opts, S3Options) else None,
                 prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
                 only_dbs=self._only_dbs,
@@ -120,9 +160,8 @@ class Daemon:
             )
             self.triggers.append(mqtt)
             self.push_sources["mqtt"] = mqtt
-            if cfg.notify.mqtt.publish and not self.receive_only:
-                for syncer in self.syncers.values():
-                    syncer.on_stored.append(mqtt.announce)
+            for syncer in self.syncers.values():
+                self._announce_stores(syncer)
         if cfg.notify.sqs is not None:
             creds = {}
             if isinstance(opts, S3Options) and opts.access_key and opts.secret_key:
@@ -132,7 +171,7 @@ class Daemon:
                 }
             sqs = SqsSource(
                 cfg.notify.sqs,
-                {name: s.queue for name, s in self.syncers.items()},
+                dict(self.queues),
                 bucket=opts.bucket if isinstance(opts, S3Options) else None,
                 prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
                 credentials=creds,
@@ -140,23 +179,86 @@ class Daemon:
             self.triggers.append(sqs)
             self.push_sources["sqs"] = sqs
         if isinstance(opts, FsOptions) and opts.watch:
-            queues = [s.queue for s in self.syncers.values()]
+            queues = list(self.queues.values())
             self.triggers.append(FsBucketWatcher(Path(opts.root_path), queues))
 
+    def _announce_stores(self, syncer: Syncer) -> None:
+        """Announce the syncer's stores over MQTT when configured to."""
+        mqtt = self.push_sources.get("mqtt")
+        mqtt_cfg = self.config.notify.mqtt
+        publish = mqtt_cfg is not None and mqtt_cfg.publish and not self.receive_only
+        if isinstance(mqtt, MqttSource) and publish:
+            syncer.on_stored.append(mqtt.announce)
+
     def _build_cleaners(self) -> None:
+        for syncer in self.syncers.values():
+            self._build_cleaner(syncer)
+
+    def _build_cleaner(self, syncer: Syncer) -> Cleaner | None:
         cleanup = self.config.storage.cleanup
         if not cleanup.enabled or self.receive_only:
-            return  # as LS: a receive-only instance never deletes
-        for name, syncer in self.syncers.items():
-            cleaner = Cleaner(
-                self.store,
-                name,
-                cleanup,
-                metrics=self.metrics,
-                rejected=syncer.bad_objects.__contains__,
-            )
-            syncer.on_committed.append(cleaner.set_committed)
-            self.cleaners[name] = cleaner
+            return None  # as LS: a receive-only instance never deletes
+        cleaner = Cleaner(
+            self.store,
+            syncer.db,
+            cleanup,
+            metrics=self.metrics,
+            rejected=syncer.bad_objects.__contains__,
+        )
+        syncer.on_committed.append(cleaner.set_committed)
+        self.cleaners = {**self.cleaners, syncer.db: cleaner}
+        return cleaner
+
+    def _start_db(self, syncer: Syncer, cleaner: Cleaner | None) -> None:
+        """One db's sync thread and its cleaner's."""
+        thread = threading.Thread(target=syncer.run, name=f"syncer-{syncer.db}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        if cleaner is not None:
+            threading.Thread(
+                target=cleaner.run,
+                args=(self.stop_event,),
+                name=f"cleaner-{syncer.db}",
+                daemon=True,
+            ).start()
+
+    # ------------------------------------------------------------------ missing LMDBs
+
+    def _watch_missing(self) -> None:
+        """Look for the missing LMDBs until each exists, then start its sync."""
+        while self.missing and not self.stop_event.wait(MISSING_LMDB_POLL_SECONDS):
+            self.open_appeared()
+
+    def open_appeared(self) -> list[str]:
+        """Start the sync of every missing db whose LMDB exists now; the dbs started.
+
+        Runs on the watcher thread; :meth:`stop` joins it before stopping the syncers,
+        so a db started here is stopped with the others.
+        """
+        started = []
+        for name in list(self.missing):
+            if self.stop_event.is_set():
+                break
+            if _missing_reason(self.config.lmdbs[name]) is not None:
+                continue
+            try:
+                syncer = self._open_syncer(name)
+            except Exception as exc:  # noqa: BLE001 - a half-written LMDB, say: next poll
+                if self.missing.get(name) != str(exc):  # one line per new reason
+                    log.warning("db %s: its LMDB appeared but cannot be opened yet: %s", name, exc)
+                self.missing = {**self.missing, name: str(exc)}
+                continue
+            self.missing = {k: v for k, v in self.missing.items() if k != name}
+            log.info("db %s: its LMDB appeared at %s; starting its sync", name, syncer.cfg.path)
+            if self._started:
+                self._announce_stores(syncer)
+                triggers = self._db_triggers(syncer)
+                self.triggers.extend(triggers)
+                for trigger in triggers:
+                    trigger.start()
+                self._start_db(syncer, self._build_cleaner(syncer))
+            started.append(name)
+        return started
 
     def start(self) -> None:
         """Start triggers first (so no commit is missed), then one thread per syncer."""
@@ -177,19 +279,19 @@ class Daemon:
         for trigger in self.triggers:
             trigger.start()
         for name, syncer in self.syncers.items():
-            thread = threading.Thread(target=syncer.run, name=f"syncer-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        for name, cleaner in self.cleaners.items():
-            thread = threading.Thread(
-                target=cleaner.run, args=(self.stop_event,), name=f"cleaner-{name}", daemon=True
+            self._start_db(syncer, self.cleaners.get(name))
+        self._started = True
+        if self.missing:
+            self._missing_watcher = threading.Thread(
+                target=self._watch_missing, name="missing-lmdbs", daemon=True
             )
-            thread.start()
+            self._missing_watcher.start()
 
     def wait(self) -> bool:
         """Block until asked to stop (True), or until every syncer died (False)."""
         while not self.stop_event.wait(0.5):
-            if not any(t.is_alive() for t in self._threads):
+            # a db still missing is waited for, even when no other db runs
+            if not self.missing and not any(t.is_alive() for t in self._threads):
                 log.error("every syncer stopped; exiting")
                 return False
         return True
@@ -197,6 +299,8 @@ class Daemon:
     def stop(self) -> None:
         """Stop syncers after their current step, then the triggers."""
         self.stop_event.set()
+        if self._missing_watcher is not None:
+            self._missing_watcher.join(timeout=SYNCER_JOIN_SECONDS)
         for syncer in self.syncers.values():
             syncer.stop()
         for thread in self._threads:
@@ -218,7 +322,9 @@ class Daemon:
         ok = True
         for syncer in self.syncers.values():
             ok = syncer.run_once() and ok
-        return ok
+        for name in self.missing:
+            log.error("db %s: not synced: its LMDB does not exist", name)
+        return ok and not self.missing
 
     def close(self) -> None:
         """Release the LMDBs, their locks and the storage client."""
@@ -237,7 +343,10 @@ class Daemon:
             "hostname": socket.gethostname(),
             "storage": self.store.describe(),
             "uptime_seconds": time.monotonic() - self.started_mono,
-            "dbs": {name: s.status() for name, s in self.syncers.items()},
+            "dbs": {
+                **{name: s.status() for name, s in self.syncers.items()},
+                **{name: {"db": name, "lmdb_missing": why} for name, why in self.missing.items()},
+            },
             "push_sources": {name: p.status() for name, p in self.push_sources.items()},
             "triggers": [t.source for t in self.triggers],
             "cleanup": {
@@ -252,6 +361,8 @@ class Daemon:
         """Every check by name: ``status`` (ok/warning/error) plus what explains it."""
         checks: dict[str, dict[str, Any]] = {}
         start_cfg = self.config.health.start
+        for name, why in self.missing.items():
+            checks[f"{name}_lmdb"] = {"status": ERROR, "last_error": why}
         for name, syncer in self.syncers.items():
             for op, entry in syncer.health.snapshot().items():
                 checks[f"{name}_storage_{op}"] = entry
@@ -290,6 +401,8 @@ class Daemon:
         if self.config.health.start.report_metadata:
             for name, syncer in self.syncers.items():
                 meta[f"startup_{name}"] = syncer.stats.startup_done
+            for name in self.missing:
+                meta[f"startup_{name}"] = False
         failing = sorted(name for name, c in checks.items() if c["status"] == ERROR)
         body = {"status": overall, "failing": failing, "checks": checks, "meta": meta}
         return overall != ERROR, body
@@ -308,6 +421,15 @@ class Daemon:
                 for name, p in self.push_sources.items()
             },
         }
+
+
+def _missing_reason(cfg: LmdbConfig) -> str | None:
+    """Why a db cannot start yet (its LMDB does not exist and may not be created), or None."""
+    if cfg.options.create or cfg.data_file.exists():
+        return None
+    return (
+        f"db {cfg.name}: lmdbs.{cfg.name}.path: {cfg.path} does not exist (options.create is false)"
+    )
 
 
 def _duration_check(

@@ -69,6 +69,13 @@ class Metrics:
             ["db", "instance"],
             registry=r,
         )
+        self.objects_too_old = Counter(
+            f"{PREFIX}_objects_too_old",
+            "Objects never merged because they are older than the tombstone retention "
+            "(minus the load cutoff): the deletes they predate may be swept.",
+            ["db", "instance"],
+            registry=r,
+        )
         self.store_failures = Counter(
             f"{PREFIX}_store_failures", "Failed store attempts (each retry counts).", db, registry=r
         )

@@ -144,6 +144,9 @@ def print_daemon(data: dict[str, Any]) -> None:
 
 def _print_db(db: str, st: dict[str, Any]) -> None:
     print(f"db {db}:")
+    if st.get("lmdb_missing"):
+        print(f"  NOT SYNCED: {st['lmdb_missing']}")
+        return
     print(
         f"  last txn {st.get('last_txn_id')}, synced txn {st.get('last_synced_txn_id')}, "
         f"last upload {st.get('last_upload') or '-'}"

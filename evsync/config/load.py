@@ -361,6 +361,25 @@ def _load_sweeper(sec: _Section) -> SweeperConfig:
     return cfg
 
 
+def _check_retention(sweeper: SweeperConfig, cleanup: CleanupConfig) -> None:
+    """The sweeper's retention must outlast a dead instance's leftover object (DESIGN §11).
+
+    The cleaner keeps a dead instance's last object for ``remove_old_instances_interval``;
+    a retention shorter than that sweeps the tombstones of deletes made after that object
+    while it can still be merged. The sweeper without cleanup is accepted: an object older
+    than the retention (minus the load cutoff) is never merged, so leftovers stay inert.
+    """
+    if not (sweeper.enabled and cleanup.enabled):
+        return
+    if sweeper.retention < cleanup.remove_old_instances_interval:
+        raise ConfigError(
+            f"sweeper.retention_days: {sweeper.retention_days:g} days is shorter than "
+            "storage.cleanup.remove_old_instances_interval "
+            f"({cleanup.remove_old_instances_interval / 3600:g}h): a dead instance's last "
+            "object would outlive the tombstones of later deletes"
+        )
+
+
 def _load_deltas(sec: _Section) -> DeltasConfig:
     cfg = DeltasConfig(
         enabled=sec.boolean("enabled", True),
@@ -566,6 +585,8 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         )
     for noop in LS_ACCEPTED_NOOP_KEYS:
         sec.raw(noop)
+    sweeper = _load_sweeper(sec.section("sweeper"))
+    _check_retention(sweeper, storage.cleanup)
     cfg = Config(
         instance=inst,
         lmdbs=lmdbs,
@@ -591,7 +612,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         ),
         only_once=sec.boolean("only_once", False),
         clock_skew_threshold=sec.duration("clock_skew_threshold", DEFAULT_CLOCK_SKEW_THRESHOLD),
-        sweeper=_load_sweeper(sec.section("sweeper")),
+        sweeper=sweeper,
         deltas=_load_deltas(sec.section("deltas")),
         notify=_load_notify(sec.section("notify")),
         http_address=_load_http(sec.section("http")),

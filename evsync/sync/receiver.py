@@ -74,6 +74,12 @@ RELIST_MIN_SECONDS = 5.0
 # listing an object it cannot serve (an inconsistent store) must not loop forever.
 MAX_RELIST_PASSES = 16
 
+DAY_SECONDS = 86400.0
+
+# Too-old names remembered so each is logged once; past this many the oldest are forgotten
+# (and logged again if still listed: the cleaner removes such objects in time).
+MAX_TOO_OLD_NAMES = 4096
+
 # What one attempt to merge an object came to.
 DONE = "done"  # merged
 SKIPPED = "skipped"  # rejected, vanished or interrupted: not to be retried as it is
@@ -123,6 +129,8 @@ class Receiver:
         #: the own-instance object :meth:`check_own_names` verified last
         self._own_checked: str | None = None
         self._listed_at = -RELIST_MIN_SECONDS  # monotonic time of the last listing
+        #: objects skipped as older than the retention (each is logged once)
+        self._too_old_names: dict[str, None] = {}  # an ordered set
 
     # ------------------------------------------------------------------ names
 
@@ -153,8 +161,8 @@ class Receiver:
         present: set[str] = set()
         for obj in objects:
             name = readable_name(obj.name, self.db)
-            if name is None or name.name in self.peers.bad_objects:
-                continue
+            if name is None or name.name in self.peers.bad_objects or self.too_old(name):
+                continue  # an instance with nothing mergeable left is not waited for
             present.add(name.instance)
             if name.instance == self.peers.own and not startup:
                 continue
@@ -171,6 +179,8 @@ class Receiver:
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
+        if self.too_old(name):
+            return
         self.peers.note(instance, name, own_done=self.recorder.stats.startup_done)
 
     def check_own_names(self, names: Iterable[SnapshotName]) -> None:
@@ -303,6 +313,9 @@ class Receiver:
     def merge_object(self, instance: str, name: SnapshotName) -> str:
         """Fetch, verify and merge one object: ``done``, ``skipped`` or ``retry``."""
         backoff = self._backoff(instance)
+        if self.too_old(name):  # noted while it was younger (a long outage, say)
+            self._forget_newest(instance, name)
+            return SKIPPED
         fmt = format_for(name)
         assert fmt is not None  # only readable names get past hints and listings
         t0 = time.monotonic()
@@ -414,6 +427,26 @@ class Receiver:
 
         for info, items in dbis:
             yield info, entries(items)
+
+    def too_old(self, name: SnapshotName) -> bool:
+        """With the sweeper on, an object stamped before the retention (minus the load
+        cutoff) is never merged (DESIGN §11): deletes made after it may have lost their
+        tombstones to the sweeper, so its live values would come back everywhere (a dead
+        instance's leftover object, or this instance's own after its LMDB was moved
+        away). Logged once per object and counted."""
+        if not self.config.sweeper.enabled or name.timestamp_ns >= self._deleted_cutoff_ns():
+            return False
+        if name.name not in self._too_old_names:
+            self._too_old_names[name.name] = None
+            if len(self._too_old_names) > MAX_TOO_OLD_NAMES:  # the oldest go first
+                del self._too_old_names[next(iter(self._too_old_names))]
+            sweeper = self.config.sweeper
+            self.recorder.too_old(
+                name,
+                (self.clock_ns() - name.timestamp_ns) / NS / DAY_SECONDS,
+                (sweeper.retention - sweeper.load_cutoff) / DAY_SECONDS,
+            )
+        return True
 
     def _deleted_cutoff_ns(self) -> int:
         """Tombstones older than this are not inserted (the sweeper would remove them)."""

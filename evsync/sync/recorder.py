@@ -71,6 +71,7 @@ class SyncStats:
     objects_stored: int = 0
     objects_loaded: int = 0
     objects_rejected: int = 0
+    objects_too_old: int = 0
     store_failures: int = 0
     load_failures: int = 0
     list_failures: int = 0
@@ -283,6 +284,20 @@ class Recorder:
             where,
             name.instance,
         )
+
+    def too_old(self, name: SnapshotName, age_days: float, limit_days: float) -> None:
+        """An object older than the tombstone retention is never merged (told once per object)."""
+        log.warning(
+            "db %s: not merging %s: it is %.2f days old, older than the tombstone retention "
+            "minus the load cutoff (%.2f days); records deleted since may have lost their "
+            "tombstones, and it would bring them back",
+            self.db,
+            name,
+            age_days,
+            limit_days,
+        )
+        self.stats.objects_too_old += 1
+        self.metrics.objects_too_old.labels(self.db, name.instance).inc()
 
     def merge_failed(self, instance: str, name: SnapshotName, exc: Exception) -> None:
         """Writing a verified object into the LMDB failed (a full disk, say). It counts

@@ -46,6 +46,8 @@ from evsync.sync.recorder import Recorder
 from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import Hint, HintQueue
 
+log = logging.getLogger(__name__)
+
 # Objects up to this size are built in memory; larger dumps spill to a temp file.
 DUMP_SPOOL_BYTES = 8 << 20
 # A read txn begun right after a commit can still see the previous one for a moment:
@@ -54,6 +56,9 @@ DUMP_CATCH_UP_ATTEMPTS = 5
 DUMP_CATCH_UP_SECONDS = 0.001
 # The hint source of the sender's own "look again": a commit raced an upload.
 SOURCE_SELF = "self"
+# While a store is retried, local-change hints are looked for in slices this long, so a
+# shutdown ends the wait promptly.
+RETRY_WAKE_SECONDS = 0.1
 
 #: called as (db, object name, size) after every successful store
 StoredCallback = Callable[[str, str, int], None]
@@ -101,6 +106,9 @@ class Sender:
         #: went missing from the bucket)
         self.full_requested = False
         self._last_name_ts = 0
+        #: shadow mode: local changes were stamped after the object being stored was
+        #: dumped, so the shadow stays dirty once it is stored
+        self._stamped_after_dump = False
         self.on_stored: list[StoredCallback] = []
         self.on_committed: list[CommittedCallback] = []
 
@@ -135,12 +143,14 @@ class Sender:
         if txn_id <= self.ledger.last_synced and not forced:
             return True
         if not only_once and not self.backoff.ready():
+            self.stamp_local_changes()  # stamped now, not at 1 ns by a restart's seed
             return False
         return self._upload(forced=forced and txn_id <= self.ledger.last_synced, want_txn=txn_id)
 
     def _upload(self, *, forced: bool, want_txn: int) -> bool:
         """Dump into a spool and store it: True when stored or nothing needed storing."""
         t0 = time.monotonic()
+        self._stamped_after_dump = False
         with tempfile.SpooledTemporaryFile(max_size=DUMP_SPOOL_BYTES) as spool:
             try:
                 if self.shadow is not None and not self._shadow_has_news(forced):
@@ -181,7 +191,7 @@ class Sender:
         self.backoff.succeeded()
         self.full_requested = self.full_requested and header.kind != KIND_FULL
         self.last_stored_ts = header.timestamp_ns
-        if self.shadow is not None:
+        if self.shadow is not None and not self._stamped_after_dump:
             self.shadow.dirty = False
         self.ledger.synced_up_to(header.txn_id)
         self.last_store_mono = time.monotonic()
@@ -231,6 +241,31 @@ class Sender:
         merged = self.peers.others_ns("merged")
         for callback in self.on_committed:
             callback(merged)
+
+    def stamp_local_changes(self) -> None:
+        """Shadow mode: run main -> shadow now if the application committed since the last
+        pass, so its changes carry the time they were found (DESIGN §6). Used while a store
+        is retried or backs off: the shadow is in the LMDB, so a restart meanwhile keeps
+        these stamps instead of seeding the changes at 1 ns, where any remote value,
+        however old, would beat them."""
+        shadow = self.shadow
+        if shadow is None or self.lenv.last_txn_id() <= shadow.synced_txn:
+            return
+        t0 = time.monotonic()
+        try:
+            update = shadow.update_from_main(self.clock_ns())
+        except LmdbError as exc:
+            self.recorder.dump_failed(exc)  # the upload's own pass will meet it again
+            return
+        if not update.skipped:
+            self.recorder.write_lock(time.monotonic() - t0)
+        if update.changes:
+            self._stamped_after_dump = True
+            log.info(
+                "db %s: stamped %d local change(s) while the store is retried",
+                self.db,
+                update.changes,
+            )
 
     def _shadow_has_news(self, forced: bool) -> bool:
         """Shadow mode: run main -> shadow; False when there is nothing new to upload."""
@@ -387,5 +422,15 @@ class Sender:
         retrying(attempt)
 
     def _sleep(self, seconds: float) -> None:
-        """Retry sleeps end early on shutdown."""
-        self.stop_event.wait(seconds)
+        """Retry sleeps end early on shutdown; in shadow mode each local-change hint
+        meanwhile is stamped at once (:meth:`stamp_local_changes`)."""
+        if self.shadow is None:
+            self.stop_event.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.queue.take_local(min(left, RETRY_WAKE_SECONDS)):
+                self.stamp_local_changes()

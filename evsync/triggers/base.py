@@ -145,6 +145,16 @@ class HintQueue:
         """True while ``instance`` is known from hints only (no listing named it)."""
         return instance in self._unlisted
 
+    def take_local(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a local-change hint and take it (True); remote names
+        stay queued for :meth:`wait`. For work that must see local commits while the
+        loop is busy elsewhere (a store being retried)."""
+        with self._cond:
+            if not (self._local or self._stop):
+                self._cond.wait(timeout)
+            taken, self._local = self._local, False
+            return taken
+
     def forget_instance(self, instance: str) -> None:
         """Let an older name of ``instance`` count as new again (after its newest went bad)."""
         with self._cond:

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,15 @@ import pytest
 from evsync.config import load_config
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.state import write_last_sync_ns
-from tests.helpers import AwsServer, Instance, Mosquitto, MotoServer, free_port, wait_for
+from tests.helpers import (
+    AwsServer,
+    Instance,
+    Mosquitto,
+    MotoServer,
+    Writer,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +171,50 @@ class TestHealthz:
             assert a.stop() == 0
         finally:
             server.stop()
+
+
+class TestMissingLmdb:
+    """A db whose LMDB does not exist (create: false) does not stop the others."""
+
+    def test_a_missing_lmdb_is_reported_and_picked_up_when_it_appears(
+        self, instances: Make, s3_storage: dict[str, Any], aws: AwsServer, tmp_path: Path
+    ) -> None:
+        """With `other`'s LMDB missing, the daemon starts and syncs `main`; /healthz is 503
+        naming `other_lmdb`, /status and `evsync status` say it is not synced; once the
+        LMDB appears (the application creates it), its data reaches the bucket and
+        /healthz turns 200."""
+        port = free_port()
+        other_path = tmp_path / "a" / "other-lmdb"
+        other = {"path": str(other_path), "schema_tracks_changes": True,
+                 "options": {"create": False}}
+        a = instances("a", s3_storage, http=http_on(port), lmdbs={"other": other}).start()
+        bucket = s3_storage["options"]["bucket"]
+
+        def keys() -> list[str]:
+            listing = aws.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+            return [obj["Key"] for obj in listing]
+
+        a.writer.put("k", "v")
+        wait_for(lambda: any(k.startswith("main__a__") for k in keys()), what="main synced")
+        code, body = get(port, "/healthz")
+        assert code == 503, body
+        report = json.loads(body)
+        assert report["failing"] == ["other_lmdb"]
+        assert f"{other_path} does not exist" in report["checks"]["other_lmdb"]["last_error"]
+        assert "does not exist" in status(port)["dbs"]["other"]["lmdb_missing"]
+        assert "NOT SYNCED" in a.command("status", "--url", f"http://127.0.0.1:{port}").stdout
+        assert a.log().count(f"{other_path} does not exist") == 1
+
+        app = Writer(other_path)  # the application creates its LMDB
+        try:
+            app.put("o", "v")
+            wait_for(lambda: any(k.startswith("other__a__") for k in keys()), timeout=20,
+                     what="other synced once its LMDB appeared")
+        finally:
+            app.close()
+        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy once it appeared")
+        assert "db other: its LMDB appeared" in a.log()
+        assert a.stop() == 0
 
 
 class TestS3AtStart:
@@ -338,7 +391,9 @@ class TestRejoinGuard:
         `sync --only-once` exit 1 with one line saying why and how to rejoin, uploading
         nothing; --force-rejoin syncs and records the rejoin."""
         sweeper = {"enabled": True, "retention_days": 2}
-        a = instances("a", s3_storage, sweeper=sweeper)
+        # a retention shorter than the cleaner's stale-instance removal is refused
+        storage = {**s3_storage, "cleanup": {"remove_old_instances_interval": "24h"}}
+        a = instances("a", storage, sweeper=sweeper)
         a.writer.put("old", "value")
         a.writer.close()
         a._writer = None
@@ -360,3 +415,48 @@ class TestRejoinGuard:
         assert "main__a__" in a.command("snapshots", "list").stdout
         again = a.command("sync", "--only-once")
         assert again.returncode == 0, again.stderr
+
+    def test_the_remedy_does_not_bring_back_a_swept_delete(
+        self, instances: Make, s3_storage: dict[str, Any]
+    ) -> None:
+        """docs/operations.md's safe rejoin, after a tombstone was swept: A's own newest
+        object (still in the bucket, holding the deleted key as live) is not merged into
+        the moved-away LMDB, nor into a new instance C; A's next upload does not bring the
+        key back to B. Retention 8.64 s (0.0001 days); the cleaner does not run meanwhile."""
+        sweeper = {"enabled": True, "retention_days": 0.0001, "first_interval": "0s",
+                   "interval": "1s"}
+        storage = {**s3_storage, "cleanup": {"interval": "1h",
+                                             "remove_old_instances_interval": "5s"}}
+        a = instances("a", storage, sweeper=sweeper)
+        a.writer.put("gone", "v")
+        a.writer.close()
+        a._writer = None
+        assert a.command("sync", "--only-once").returncode == 0
+
+        b = instances("b", storage, sweeper=sweeper, deltas={"enabled": False}).start()
+        wait_for(lambda: b.writer.get("gone") == "v", what="b to merge a's object")
+        b.writer.delete("gone")
+        wait_for(lambda: b.writer.get("gone") is None, timeout=30,
+                 what="b's sweeper to remove the tombstone")
+        stores = b.log().count(": stored ")
+        b.writer.put("after", "v")  # b's next full object no longer knows the key
+        wait_for(lambda: b.log().count(": stored ") > stores, what="b to upload")
+
+        refused = a.command("sync", "--only-once")
+        assert refused.returncode == 1 and "refusing to sync" in refused.stderr
+        a.lmdb_path.rename(a.dir / "lmdb.moved-away")  # the remedy
+        restored = a.command("sync", "--only-once")
+        assert restored.returncode == 0, restored.stderr
+        assert a.writer.get("after") == "v"
+        assert a.writer.get("gone") is None
+        assert "not merging main__a__" in restored.stderr
+
+        c = instances("c", storage, sweeper=sweeper)
+        assert c.command("sync", "--only-once").returncode == 0
+        assert c.writer.get("after") == "v"
+        assert c.writer.get("gone") is None
+
+        a.writer.put("a-again", "v")
+        assert a.command("sync", "--only-once").returncode == 0
+        wait_for(lambda: b.writer.get("a-again") == "v", what="b to merge a's new object")
+        assert b.writer.get("gone") is None

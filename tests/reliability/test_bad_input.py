@@ -226,6 +226,11 @@ BAD_CONFIGS = [
     row("retention-not-a-number", BASE + "sweeper: {enabled: true, retention_days: .nan}\n",
         "sweeper.retention_days: must be a finite number greater than 0, got nan",
         timeout=HANGS),
+    row("retention-shorter-than-stale-instance-removal",
+        BASE + "sweeper: {enabled: true, retention_days: 2}\n",
+        "sweeper.retention_days: 2 days is shorter than "
+        "storage.cleanup.remove_old_instances_interval (168h): a dead instance's last object "
+        "would outlive the tombstones of later deletes"),
     # --- notify
     row("mqtt-bad-scheme", BASE + "notify:\n  mqtt: {url: 'http://127.0.0.1:1883'}\n",
         "notify.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port]"),

@@ -528,6 +528,56 @@ class TestDaemonHealth:
             d.close()
 
 
+class TestMissingLmdbInTheDaemon:
+    """A db whose LMDB is missing (create: false) waits; the others run."""
+
+    def config(self, tmp_path: Path) -> Config:
+        cfg, main = make_config("a", tmp_path / "a")
+        other = LmdbConfig(
+            name="other",
+            path=str(tmp_path / "other"),
+            schema_tracks_changes=True,
+            options=LmdbOptions(create=False, map_size=1 << 24),
+        )
+        return dataclasses.replace(cfg, lmdbs={"main": main, "other": other})
+
+    def test_only_the_missing_db_waits_and_it_starts_once_it_exists(self, tmp_path: Path) -> None:
+        """The daemon builds `main`, reports `other_lmdb` as an error with the path, keeps
+        waiting even with no syncer running (it used to raise at start), and opens
+        `other` once its LMDB exists; --only-once fails while one is missing."""
+        d = Daemon(self.config(tmp_path), store=MemoryStore())
+        try:
+            assert list(d.syncers) == ["main"] and list(d.missing) == ["other"]
+            healthy, body = d.health()
+            assert not healthy and "other_lmdb" in body["failing"]
+            assert str(tmp_path / "other") in body["checks"]["other_lmdb"]["last_error"]
+            assert "does not exist" in d.status()["dbs"]["other"]["lmdb_missing"]
+            assert not d.run_once()  # main syncs; other is not there
+            assert d.open_appeared() == []
+            LmdbEnv(LmdbConfig(name="other", path=str(tmp_path / "other"),
+                               options=LmdbOptions(create=True))).close()
+            assert d.open_appeared() == ["other"]
+            assert set(d.syncers) == {"main", "other"} and not d.missing
+            assert d.run_once()
+            assert "other_lmdb" not in d.health()[1]["checks"]
+        finally:
+            d.close()
+
+    def test_a_daemon_whose_only_db_is_missing_keeps_waiting(self, tmp_path: Path) -> None:
+        """With no db running yet, wait() does not report every syncer stopped: it returns
+        only when asked to stop."""
+        cfg = self.config(tmp_path)
+        cfg = dataclasses.replace(cfg, lmdbs={"other": cfg.lmdbs["other"]})
+        d = Daemon(cfg, store=MemoryStore())
+        try:
+            timer = threading.Timer(1.2, d.stop_event.set)
+            timer.start()
+            assert d.wait() is True
+            timer.join()
+        finally:
+            d.close()
+
+
 class TestOperationsConfig:
     """The operations keys load with their defaults and reject bad values."""
 
@@ -566,3 +616,114 @@ class TestOperationsConfig:
         assert cfg.clock_skew_threshold == 0.25
         assert cfg.health.start.report_healthz is False
         assert cfg.health.start.error_duration == 600.0
+
+
+class TestRetentionConfig:
+    """The sweeper's retention must outlast the cleaner's stale-instance removal."""
+
+    BASE: ClassVar[dict[str, Any]] = TestOperationsConfig.BASE
+
+    def test_a_retention_shorter_than_stale_instance_removal_is_rejected(self) -> None:
+        """retention_days 2 (48h) against the default remove_old_instances_interval (168h)
+        is a config error naming both keys."""
+        data = {**self.BASE, "sweeper": {"enabled": True, "retention_days": 2}}
+        with pytest.raises(ConfigError, match=r"^sweeper\.retention_days: 2 days is shorter "
+                           r"than storage\.cleanup\.remove_old_instances_interval \(168h\)"):
+            config_from_dict(data)
+
+    def test_defaults_and_allowed_combinations_load(self) -> None:
+        """The shipped defaults (370 days vs 168h) load; so do a shorter removal interval,
+        the sweeper off, and the sweeper without cleanup (objects older than the retention
+        are never merged, so leftovers stay inert)."""
+        sweeper = {"enabled": True, "retention_days": 2}
+        ok = [
+            {**self.BASE, "sweeper": {"enabled": True}},
+            {**self.BASE, "sweeper": {"enabled": False, "retention_days": 2}},
+            {
+                **self.BASE,
+                "sweeper": sweeper,
+                "storage": {"type": "memory", "cleanup": {"remove_old_instances_interval": "48h"}},
+            },
+            {**self.BASE, "sweeper": sweeper,
+             "storage": {"type": "memory", "cleanup": {"enabled": False}}},
+        ]
+        for data in ok:
+            config_from_dict(data)
+
+
+def sweeping(retention_days: float = 2) -> SweeperConfig:
+    return SweeperConfig(enabled=True, retention_days=retention_days)
+
+
+class TestObjectsOlderThanTheRetention:
+    """With the sweeper on, objects stamped before the retention (minus the load cutoff)
+    are never merged: deletes made after them may have lost their tombstones."""
+
+    def test_a_dead_instances_leftover_object_is_not_merged(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A new instance skips a dead instance's 3-day-old object (retention 2 days) with
+        one line naming it, counts it, is not kept waiting for it, and merges a fresh one."""
+        m = Metrics()
+        old = put_object(store, "dead", NOW - 3 * DAY, {b"deleted-since": b"v"})
+        put_object(store, "live", NOW - DAY, {b"fresh": b"v"})
+        a = syncer("a", tmp_path, store, clock=Clock(), metrics=m, sweeper=sweeping())
+        assert a.run_once()
+        assert read(a, b"deleted-since") is None
+        assert read(a, b"fresh") is not None
+        assert a.waiting_for == set()
+        assert value(m, "evsync_objects_too_old_total", db="main", instance="dead") == 1
+        lines = [r.getMessage() for r in caplog.records if "not merging" in r.getMessage()]
+        assert len(lines) == 1 and old in lines[0] and "3.00 days old" in lines[0], lines
+        assert a.stats.objects_too_old == 1
+
+    def test_the_own_object_is_not_restored_into_a_moved_away_lmdb(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The rejoin guard's remedy (a fresh LMDB restored from the bucket) does not merge
+        the instance's own 3-day-old object, and startup does not wait for it."""
+        put_object(store, "a", NOW - 3 * DAY, {b"deleted-since": b"v"})
+        put_object(store, "b", NOW - DAY, {b"kept": b"v"})
+        a = syncer("a", tmp_path, store, clock=Clock(), sweeper=sweeping())
+        assert a.run_once()
+        assert read(a, b"deleted-since") is None
+        assert read(a, b"kept") is not None
+        assert a.waiting_for == set()
+
+    def test_skipped_once_and_logged_once_across_listings_and_hints(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Listings and hints naming the same too-old object again log and count nothing
+        more."""
+        m = Metrics()
+        old = put_object(store, "dead", NOW - 3 * DAY, {b"k": b"v"})
+        a = syncer("a", tmp_path, store, clock=Clock(), metrics=m, sweeper=sweeping())
+        assert a.run_once()
+        a.receiver.list_bucket(startup=False)
+        a.queue.put(Hint("mqtt", name=old))
+        a.step(a.queue.wait(0))
+        assert read(a, b"k") is None
+        assert value(m, "evsync_objects_too_old_total", db="main", instance="dead") == 1
+        assert sum("not merging" in r.getMessage() for r in caplog.records) == 1
+
+    def test_a_name_noted_while_young_is_not_merged_once_too_old(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A name noted within the retention but still unmerged when it ages past it (a
+        long outage, say) is not merged then either."""
+        clock = Clock()
+        name = put_object(store, "dead", NOW - DAY, {b"k": b"v"})
+        a = syncer("a", tmp_path, store, clock=clock, sweeper=sweeping())
+        a.receiver.note_name("dead", SnapshotName.parse(name))
+        clock.now = NOW + 2 * DAY
+        a.receiver.merge_pending(include_own=False, retry=False)
+        assert read(a, b"k") is None
+
+    def test_without_the_sweeper_old_objects_merge(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """With the sweeper off, age does not matter (nothing is ever swept)."""
+        put_object(store, "dead", NOW - 300 * DAY, {b"k": b"v"})
+        a = syncer("a", tmp_path, store, clock=Clock())
+        assert a.run_once()
+        assert read(a, b"k") is not None

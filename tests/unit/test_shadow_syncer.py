@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
 from evsync.config import Config, LmdbConfig, LmdbOptions, MemoryOptions, StorageConfig
+from evsync.errors import StorageUnavailableError
+from evsync.snapshot import DbiInfo, SnapshotHeader, write_snapshot
+from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
-from evsync.triggers.base import Batch, HintQueue
+from evsync.triggers.base import Batch, Hint, HintQueue
 
 DBI = b"records"
 
@@ -149,6 +156,147 @@ class TestShadowStartupScenario:
         assert app_get(a, b"y") == b"from-b"
         a.close()
         b.close()
+
+
+NS = 1_000_000_000
+NOW = 1_800_000_000 * NS
+
+
+class _Clock:
+    """A settable wall clock in ns."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class _OutageStore(MemoryStore):
+    """Stores fail as unavailable while ``down``; the first failed attempt runs
+    ``during_outage`` (the application writing while the store is retried)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.during_outage: Callable[[], None] | None = None
+
+    def store(self, name: str, data: IO[bytes]) -> None:
+        if self.down:
+            hook, self.during_outage = self.during_outage, None
+            if hook is not None:
+                hook()
+            raise StorageUnavailableError("simulated outage during store")
+        super().store(name, data)
+
+
+def shadow_syncer(
+    instance: str, tmp_path: Path, store: MemoryStore, clock: _Clock, **changes: Any
+) -> Syncer:
+    """A shadow-mode syncer with a settable clock and config changes."""
+    s = make_syncer(instance, tmp_path, store)
+    cfg = dataclasses.replace(s.config, **changes)
+    s.close()
+    return Syncer(
+        cfg, s.cfg, store, HintQueue("main"), stop_event=threading.Event(), clock_ns=clock
+    )
+
+
+def remote_object(store: MemoryStore, instance: str, ts: int, key: bytes, value: bytes) -> None:
+    """Another instance's object holding one live entry stamped ``ts``."""
+    name = SnapshotName.build("main", instance, ts).name
+    header = SnapshotHeader("main", instance, "h", ts, 1, (DbiInfo(DBI, 0, "", 1),))
+    buf = io.BytesIO()
+    write_snapshot(buf, header, [[(key, ts, 0, value)]])
+    buf.seek(0)
+    store.store(name, buf)
+
+
+class TestStampsDuringAnOutage:
+    """Writes made while a store is retried are stamped when they are found, so a restart
+    during the outage does not seed them at 1 ns, where an older remote value would win
+    (issue 16 §6)."""
+
+    def test_a_write_during_store_retries_beats_an_older_remote_value(
+        self, tmp_path: Path
+    ) -> None:
+        """A commits k during the retries of a failing store (its local hint arrives
+        meanwhile), restarts during the outage, then merges B's value of k stamped 1 s
+        before A's write: A's value stays and is what A uploads."""
+        store, clock = _OutageStore(), _Clock()
+        a = shadow_syncer("a", tmp_path, store, clock, storage_retry_count=3)
+        app_put(a, b"first", b"v")
+        a.startup(retry_forever=True)
+
+        def app_writes() -> None:
+            clock.now = NOW + 10 * NS
+            app_put(a, b"k", b"local")
+            a.queue.put(Hint("watcher", local=True))
+
+        store.down, store.during_outage = True, app_writes
+        app_put(a, b"first", b"v2")
+        a.step(Batch(local=True))  # the store fails after its retries
+        a.close()
+
+        store.down = False
+        remote_object(store, "b", NOW + 9 * NS, b"k", b"remote")
+        clock.now = NOW + 20 * NS
+        a = shadow_syncer("a", tmp_path, store, clock)
+        assert a.run_once()
+        assert app_get(a, b"k") == b"local"
+        a.close()
+
+    def test_a_write_stamped_during_retries_is_uploaded_after_the_store_succeeds(
+        self, tmp_path: Path
+    ) -> None:
+        """The object being retried was dumped before the write; once it is stored, the
+        write stamped meanwhile is uploaded by the next object, not taken as shipped."""
+        store, clock = _OutageStore(), _Clock()
+        a = shadow_syncer("a", tmp_path, store, clock, storage_retry_count=3)
+        b = shadow_syncer("b", tmp_path, store, clock)
+        app_put(a, b"first", b"v")
+        a.startup(retry_forever=True)
+
+        def app_writes() -> None:
+            store.down = False  # this attempt fails, the next one works
+            app_put(a, b"k", b"local")
+            a.queue.put(Hint("watcher", local=True))
+
+        store.down, store.during_outage = True, app_writes
+        app_put(a, b"first", b"v2")
+        a.step(Batch(local=True))
+        a.step(a.queue.wait(0))  # the sender's own hint: a commit raced the upload
+        assert b.run_once()
+        assert app_get(b, b"k") == b"local"
+        a.close()
+        b.close()
+
+    def test_a_write_while_the_store_backs_off_beats_an_older_remote_value(
+        self, tmp_path: Path
+    ) -> None:
+        """A write whose local hint arrives while a failed store waits for its backoff is
+        stamped then; after a restart it beats B's older value."""
+        store, clock = _OutageStore(), _Clock()
+        a = shadow_syncer(
+            "a", tmp_path, store, clock, storage_retry_count=1, storage_retry_interval=3600.0
+        )
+        app_put(a, b"first", b"v")
+        a.startup(retry_forever=True)
+        store.down = True
+        app_put(a, b"first", b"v2")
+        a.step(Batch(local=True))  # fails; the next attempt waits for the backoff
+        clock.now = NOW + 10 * NS
+        app_put(a, b"k", b"local")
+        a.step(Batch(local=True))
+        a.close()
+
+        store.down = False
+        remote_object(store, "b", NOW + 9 * NS, b"k", b"remote")
+        clock.now = NOW + 20 * NS
+        a = shadow_syncer("a", tmp_path, store, clock)
+        assert a.run_once()
+        assert app_get(a, b"k") == b"local"
+        a.close()
 
 
 class TestShadowErrors:
