@@ -203,7 +203,7 @@ class Daemon:
             syncer.db,
             cleanup,
             metrics=self.metrics,
-            rejected=syncer.bad_objects.__contains__,
+            rejected=syncer.peers.corrupt_objects.__contains__,
         )
         syncer.on_committed.append(cleaner.set_committed)
         self.cleaners = {**self.cleaners, syncer.db: cleaner}

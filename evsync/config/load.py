@@ -380,6 +380,21 @@ def _check_retention(sweeper: SweeperConfig, cleanup: CleanupConfig) -> None:
         )
 
 
+def _check_force_interval(sweeper: SweeperConfig, force: float) -> None:
+    """With the sweeper on, objects older than the retention (minus the load cutoff) are
+    never merged: a writer must store a fresh object before its last one gets that old,
+    or instances started later could never load a quiet writer's data."""
+    if not sweeper.enabled:
+        return
+    limit = sweeper.retention - sweeper.load_cutoff
+    if not force or force > limit:
+        raise ConfigError(
+            f"storage_force_snapshot_interval: {'0 (off)' if not force else f'{force:g}s'} "
+            f"with the sweeper on; it must be at most the retention minus the load cutoff "
+            f"({limit / 86400:g} days), or a quiet writer's objects grow too old to be merged"
+        )
+
+
 def _load_deltas(sec: _Section) -> DeltasConfig:
     cfg = DeltasConfig(
         enabled=sec.boolean("enabled", True),
@@ -587,6 +602,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         sec.raw(noop)
     sweeper = _load_sweeper(sec.section("sweeper"))
     _check_retention(sweeper, storage.cleanup)
+    _check_force_interval(sweeper, force)
     cfg = Config(
         instance=inst,
         lmdbs=lmdbs,

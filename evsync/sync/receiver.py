@@ -54,7 +54,7 @@ from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
-from evsync.sync.recorder import Recorder, rejection_kind
+from evsync.sync.recorder import REJECT_CORRUPT, Recorder, rejection_kind
 from evsync.sync.sources import ObjectSource
 from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import HintQueue
@@ -77,7 +77,7 @@ MAX_RELIST_PASSES = 16
 DAY_SECONDS = 86400.0
 
 # Too-old names remembered so each is logged once; past this many the oldest are forgotten
-# (and logged again if still listed: the cleaner removes such objects in time).
+# (and logged again while they are still listed).
 MAX_TOO_OLD_NAMES = 4096
 
 # What one attempt to merge an object came to.
@@ -179,7 +179,12 @@ class Receiver:
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
+        if name.name in self.peers.bad_objects:
+            # the queue forgets old rejections; it must not keep this as the newest
+            self.queue.reject(name)
+            return
         if self.too_old(name):
+            self.queue.forget_instance(instance)  # frees a hint-only instance's slot
             return
         self.peers.note(instance, name, own_done=self.recorder.stats.startup_done)
 
@@ -195,6 +200,7 @@ class Receiver:
             or newest.timestamp_ns <= self.peers.own_newest_ns
             or newest.name == self._own_checked
             or self.peers.own in self.peers.waiting_for  # startup merges it anyway
+            or newest.timestamp_ns < self._deleted_cutoff_ns()  # too old to matter
         ):
             return
         fmt = format_for(newest)
@@ -218,7 +224,11 @@ class Receiver:
                 self._reject(self.peers.own, newest, exc)
                 return
         self.peers.own_named(newest)
-        self.recorder.name_conflict(newest, header.hostname, socket.gethostname())
+        if header.hostname != socket.gethostname():
+            self.recorder.name_conflict(newest, header.hostname, socket.gethostname())
+        else:  # an earlier run of ours that startup did not merge (a wiped LMDB, say)
+            log.info("db %s: %s is an earlier object of this host; naming after it",
+                     self.db, newest)
 
     # ------------------------------------------------------------------ plans
 
@@ -302,6 +312,8 @@ class Receiver:
             st.relisted_for = newest.name
             self.relist = True
             return
+        if self.relist:
+            return  # the listing asked for has not run (rate-limited, or it failed)
         st.stuck = newest.name
         # What can be reached is merged; startup waits no longer for the rest (an own
         # newest full object that is corrupt or gone must not stop every upload).
@@ -464,8 +476,11 @@ class Receiver:
     # ------------------------------------------------------------------ bad objects
 
     def _reject(self, instance: str, name: SnapshotName, exc: EvsyncError) -> None:
+        kind = rejection_kind(exc)
         self.peers.bad_objects.add(name.name)
-        self.recorder.rejected(instance, name, str(exc), rejection_kind(exc))
+        if kind == REJECT_CORRUPT:
+            self.peers.corrupt_objects.add(name.name)
+        self.recorder.rejected(instance, name, str(exc), kind)
         self._forget_newest(instance, name)
         self.queue.reject(name)
 

@@ -258,7 +258,12 @@ class Recorder:
         """An object failed verification, or can never merge (``kind``, a REJECT_* word):
         it is marked bad and never fetched again by this process."""
         log.error("db %s: rejecting %s object %s: %s", self.db, kind, name, reason)
-        self.health.success("load")  # loading works; this object is bad
+        if kind == REJECT_CORRUPT:
+            self.health.success("load")  # loading works; this object is bad
+        else:
+            # too large or unmergeable *here* (a cap, max_dbs, shadow limits): this
+            # host's settings, so every peer's object may share its fate
+            self.health.failure("load", f"cannot merge {name}: {reason}")
         self.stats.objects_rejected += 1
         self.metrics.objects_rejected.labels(self.db, instance).inc()
         self.stats.rejected.append(name.name)
@@ -268,11 +273,7 @@ class Recorder:
         """A valid object under this instance's name that this process did not store."""
         self.metrics.name_conflicts.labels(self.db).inc()
         self.stats.name_conflicts += 1
-        where = (
-            f"by host {their_host!r} (this host is {our_host!r})"
-            if their_host != our_host
-            else f"by another process on this host {our_host!r}"
-        )
+        where = f"by host {their_host!r} (this host is {our_host!r})"
         self.log_every(
             "name-conflict",
             NAME_CONFLICT_LOG_INTERVAL,

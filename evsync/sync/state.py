@@ -45,11 +45,14 @@ class Peers:
     def __init__(self, own_instance: str) -> None:
         self.own = own_instance
         self.instances: dict[str, InstanceState] = {}
-        #: objects rejected as corrupt: never fetched again
+        #: objects rejected (corrupt, too large, unmergeable here): never fetched again
         self.bad_objects: set[str] = set()
+        #: of those, the ones that are corrupt for everyone (not only too large or
+        #: unmergeable here): the cleaner never counts them as an instance's objects
+        self.corrupt_objects: set[str] = set()
         #: instances whose newest object (at startup) is not merged yet
         self.waiting_for: set[str] = set()
-        #: the newest timestamp in any object name of this instance (listed or stored)
+        #: the newest timestamp of a verified object of this instance (see own_named)
         self.own_newest_ns = 0
 
     def own_named(self, name: SnapshotName) -> None:

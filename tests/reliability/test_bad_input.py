@@ -231,6 +231,11 @@ BAD_CONFIGS = [
         "sweeper.retention_days: 2 days is shorter than "
         "storage.cleanup.remove_old_instances_interval (168h): a dead instance's last object "
         "would outlive the tombstones of later deletes"),
+    row("sweeper-without-forced-snapshots",
+        BASE + "storage_force_snapshot_interval: 0\nsweeper: {enabled: true}\n",
+        "storage_force_snapshot_interval: 0 (off) with the sweeper on; it must be at most the "
+        "retention minus the load cutoff (366.3 days), or a quiet writer's objects grow too old "
+        "to be merged"),
     # --- notify
     row("mqtt-bad-scheme", BASE + "notify:\n  mqtt: {url: 'http://127.0.0.1:1883'}\n",
         "notify.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port]"),

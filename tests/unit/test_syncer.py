@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -37,9 +38,11 @@ from evsync.snapshot import (
 from evsync.snapshot.name import SnapshotName, delta_extra
 from evsync.storage.memory import MemoryStore
 from evsync.sync import ObjectSource, Syncer
+from evsync.sync import receiver as receiver_mod
 from evsync.sync.receiver import MAX_RELIST_PASSES
 from evsync.tools import lmdb_write
-from evsync.triggers.base import Batch, HintQueue
+from evsync.triggers import base as base_mod
+from evsync.triggers.base import Batch, Hint, HintQueue
 
 
 def make_config(
@@ -546,3 +549,112 @@ class TestFormatFor:
         assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is None
         assert format_for("main__a__20260101-000000-000000000__GX.txt") is None
         assert format_for("no-extension") is None
+
+
+class TestRejectionKinds:
+    """What a rejection means depends on whose fault it is: the object's, or this host's."""
+
+    def _objects(self, store: MemoryStore) -> tuple[str, str]:
+        """A truncated object of x, and a valid object of y inflating past 1 MiB."""
+        header = SnapshotHeader("main", "x", "h", 5_000, 1, (DbiInfo(b"records", 0, "", 1),))
+        buf = io.BytesIO()
+        write_snapshot(buf, header, [[(b"a", 5_000, 0, b"1")]])
+        corrupt = SnapshotName.build("main", "x", 5_000).name
+        store.put_bytes(corrupt, buf.getvalue()[:-6])
+        header = SnapshotHeader("main", "y", "h", 6_000, 1, (DbiInfo(b"records", 0, "", 1),))
+        buf = io.BytesIO()
+        write_snapshot(buf, header, [[(b"big", 6_000, 0, b"v" * (2 << 20))]])
+        oversized = SnapshotName.build("main", "y", 6_000).name
+        store.put_bytes(oversized, buf.getvalue())
+        return corrupt, oversized
+
+    def test_only_corrupt_objects_are_hidden_from_the_cleaner(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Both objects are rejected and never fetched again, but only the corrupt one is
+        kept from the cleaner: an object too large for this host is a valid link of its
+        instance's chain for every other host."""
+        corrupt, oversized = self._objects(store)
+        cfg, lcfg = make_config("b", tmp_path / "b")
+        cfg = dataclasses.replace(cfg, storage_max_inflated_size=1 << 20)
+        b = Syncer(cfg, lcfg, store, HintQueue("main"), stop_event=threading.Event())
+        b.run_once()
+        assert {corrupt, oversized} <= b.bad_objects
+        assert b.peers.corrupt_objects == {corrupt}
+
+    def test_an_object_too_large_here_fails_the_load_check(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Rejecting an object that only this host's cap refuses fails the load check
+        (every peer's object may share its fate); a corrupt object alone does not."""
+        _corrupt, _oversized = self._objects(store)
+        cfg, lcfg = make_config("b", tmp_path / "b")
+        cfg = dataclasses.replace(cfg, storage_max_inflated_size=1 << 20)
+        b = Syncer(cfg, lcfg, store, HintQueue("main"), stop_event=threading.Event())
+        b.run_once()
+        load = b.health.snapshot()["load"]
+        assert load["failing_for_seconds"] is not None, load
+        assert "cannot merge main__y__" in str(load["last_error"])
+        assert "storage_max_inflated_size" in str(load["last_error"])
+
+    def test_a_corrupt_object_alone_leaves_the_load_check_healthy(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A corrupt object is its sender's fault: loading works, the check stays ok."""
+        corrupt, oversized = self._objects(store)
+        store.delete(oversized)
+        b = make_syncer("b", tmp_path, store)
+        b.run_once()
+        assert corrupt in b.bad_objects
+        assert b.health.snapshot()["load"]["failing_for_seconds"] is None
+
+
+class TestReviewedStates:
+    """States a review of the self-healing work found, each pinned."""
+
+    def test_a_short_plan_is_not_stuck_before_its_listing_runs(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A receiver hears only of the newest delta while its re-listing is held back by
+        the rate limit: it is not marked stuck meanwhile, and once the listing runs it
+        merges the delta it did not know and the newest. (It was marked stuck at the next
+        step, before any listing, and waited for the sender's next full object.)"""
+        monkeypatch.setattr(receiver_mod, "RELIST_MIN_SECONDS", 0.3)
+        a = make_syncer("a", tmp_path, store)
+        fill(a)
+        app_put(a, b"k0", b"v", 1000)
+        a.run_once()
+        b = make_syncer("b", tmp_path, store)
+        b.run_once()
+        b.receiver.list_bucket(startup=False)  # a listing just ran: the next one waits
+        for i in (1, 2):
+            app_put(a, b"k%d" % i, b"v", 1000 + i)
+            a.step(Batch(local=True))
+        newest = stored(store, "a")[-1]
+        assert newest.is_delta
+        b.step(Batch(remote={"a": newest}))
+        b.step(Batch())
+        assert b.instances["a"].stuck is None
+        time.sleep(0.35)
+        b.step(Batch())
+        assert read(b, b"k1") == (b"v", 1001, False)
+        assert read(b, b"k2") == (b"v", 1002, False)
+
+    def test_a_rejected_name_the_queue_forgot_cannot_hide_its_instance(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The queue remembers a bounded number of rejected names; when a junk name it
+        forgot is hinted again, the receiver rejects it in the queue once more, so the
+        instance's real later names are still news."""
+        monkeypatch.setattr(base_mod, "MAX_REJECTED_NAMES", 1)
+        junk = SnapshotName.build("main", "x", 4_000_000_000_000_000_000)
+        store.put_bytes(junk.name, b"junk")
+        b = make_syncer("b", tmp_path, store)
+        b.run_once()
+        assert junk.name in b.bad_objects
+        q = b.queue
+        q.reject(SnapshotName.build("main", "z", 1))  # pushes the junk name out
+        assert q.put(Hint("listing", name=junk.name))  # news to the queue again
+        b.step(q.wait(0))
+        real = SnapshotName.build("main", "x", 5_000)
+        assert q.put(Hint("mqtt", name=real.name))
