@@ -136,10 +136,15 @@ class HintQueue:
         return True
 
     def listed(self, instances: Iterable[str]) -> None:
-        """A listing (the syncer's own) named these instances: they are real."""
+        """A whole listing named these instances: they are real. Instances known from
+        hints only that it did not name are forgotten (their names were forged, or
+        their objects gone), so their slots free up once per listing, whatever became
+        of their hints (dropped while the rejoin guard blocked, say)."""
         with self._cond:
             self._listed.update(instances)
-            self._unlisted.difference_update(self._listed)
+            for instance in self._unlisted - self._listed:
+                self._newest_seen.pop(instance, None)
+            self._unlisted.clear()
 
     def unlisted(self, instance: str) -> bool:
         """True while ``instance`` is known from hints only (no listing named it)."""

@@ -80,6 +80,7 @@ class Lister(Trigger):
         usable = [n for n in names if not self.queue.is_rejected(n.name)]
         for name in _newest(usable).values():
             self.queue.put(Hint(SOURCE_LISTING, name=name.name))
+        self.queue.listed({n.instance for n in names})
         if self.on_result:
             self.on_result(True, names, started)
         return True

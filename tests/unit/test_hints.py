@@ -9,7 +9,7 @@ import time
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.base import ObjectInfo
 from evsync.storage.memory import MemoryStore
-from evsync.triggers.base import MAX_REJECTED_NAMES, Batch, Hint, HintQueue
+from evsync.triggers.base import MAX_REJECTED_NAMES, MAX_UNLISTED_INSTANCES, Batch, Hint, HintQueue
 from evsync.triggers.listing import Lister, newest_per_instance
 
 T = 1_700_000_000_000_000_000
@@ -323,3 +323,20 @@ class TestRejectedNames:
             q.reject(SnapshotName.parse(name("a", T + i)))
         assert not q.is_rejected(name("a", T))
         assert q.is_rejected(name("a", T + MAX_REJECTED_NAMES + 9))
+
+
+class TestUnlistedSlots:
+    """Slots for instances known from hints only free up with every listing."""
+
+    def test_a_listing_frees_the_slots_of_instances_it_did_not_name(self) -> None:
+        """Forged instances fill every slot and their hints go nowhere (the rejoin guard
+        dropped them, say); the next listing frees the slots, so a real new instance's
+        hint is news again. (The slots used to stay taken for the life of the process.)"""
+        q = HintQueue("main")
+        for i in range(MAX_UNLISTED_INSTANCES):
+            assert q.put(Hint("mqtt", name=name(f"forged{i}", T)))
+        assert not q.put(Hint("mqtt", name=name("real", T)))
+        store = MemoryStore()
+        store.store(name("a", T), io.BytesIO(b"x"))
+        assert Lister(store, "main", q, 60).list_once()
+        assert q.put(Hint("mqtt", name=name("real", T)))
