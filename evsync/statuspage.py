@@ -56,6 +56,14 @@ td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-n
 .none { color: #777; font-style: italic; }
 ul { margin: 0.2rem 0; padding-left: 1.2rem; }
 li { overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 0.85rem; }
+@media (max-width: 40rem) {
+  thead { display: none; }
+  table, tbody, tr, td { display: block; width: auto; }
+  tr { border-bottom: 1px solid #8886; padding: 0.3rem 0; }
+  td, td.num { border: 0; padding: 0.05rem 0.25rem; text-align: left; white-space: normal; }
+  td::before { content: attr(data-label) ": "; color: #777; font-family: system-ui, sans-serif; }
+  td:empty { display: none; }
+}
 """
 
 
@@ -105,22 +113,33 @@ def _none(text: str) -> str:
     return f'<p class="none">{_e(text)}</p>'
 
 
-Row = tuple[str, list[str]]
+# A cell: (escaped HTML, CSS class); a row: (its key, its cells)
+Cell = tuple[str, str]
+Row = tuple[str, list[Cell]]
 
 
 def _table(headers: list[str], rows: list[Row], *, kind: str, caption: str = "") -> str:
-    """A table of already escaped cells (``<td>`` markup included); each row carries
-    ``data-<kind>="<key>"`` so a reader (or a test) finds it by name."""
+    """A table of already escaped cells. Each row carries ``data-<kind>="<key>"`` so a
+    reader (or a test) finds it by name; each cell its column's name as ``data-label``,
+    which a narrow screen shows beside the value when rows become cards."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(f'<tr data-{kind}="{_e(key)}">{"".join(cells)}</tr>' for key, cells in rows)
+    body = "".join(
+        f'<tr data-{kind}="{_e(key)}">'
+        + "".join(
+            f'<td class="{cls}" data-label="{_e(label)}">{text}</td>'
+            for label, (text, cls) in zip(headers, cells, strict=True)
+        )
+        + "</tr>"
+        for key, cells in rows
+    )
     cap = f"<caption hidden>{_e(caption)}</caption>" if caption else ""
     table = f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return f'<div class="scroll">{table}</div>'
 
 
-def _td(text: str, cls: str = "") -> str:
+def _td(text: str, cls: str = "") -> Cell:
     """A cell of already escaped text."""
-    return f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
+    return text, cls
 
 
 # ------------------------------------------------------------------ sections
