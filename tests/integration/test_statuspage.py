@@ -86,8 +86,9 @@ class TestStatusPageInChromium:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """With b's object merged on a, a's page rendered by Chromium holds a row for
-        peer b with its newest object and lag, a row per health check and the db; the
-        screenshots (desktop and phone width) are written and their paths printed."""
+        peer b with its newest object, its age and the lag, a row per health check and
+        the db; the screenshots (desktop and phone width) are written and their paths
+        printed."""
         browser = require_tool("chromium")
         storage = {"type": "fs", "options": {"root_path": str(tmp_path / "bucket")}}
         port = free_port()
@@ -113,8 +114,9 @@ class TestStatusPageInChromium:
             peer = rows.rows.get(("peer", "b"))
             assert peer is not None, dom.stdout
             assert newest in peer
-            lag = peer.rstrip("|").split("|")[-1]
-            assert lag.endswith("s") and lag != "-", peer
+            _who, _newest, age, _merged, merged_age, lag = peer.rstrip("|").split("|")
+            for shown in (age, merged_age, lag):
+                assert shown.endswith("s") and shown != "-", peer
             checks = {key for kind, key in rows.rows if kind == "check"}
             assert {"main_storage_list", "main_storage_load", "main_storage_store"} <= checks
             assert "ok" in rows.rows[("check", "main_storage_list")]
