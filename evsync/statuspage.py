@@ -47,9 +47,12 @@ table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
 th, td { text-align: left; padding: 0.25rem 0.5rem; border-bottom: 1px solid #8883;
          vertical-align: top; }
 th { font-weight: 600; white-space: nowrap; }
-td.name { overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 0.85rem; }
+td.name, td.id { font-family: ui-monospace, monospace; font-size: 0.85rem; }
+td.name { overflow-wrap: anywhere; }
+td.id { overflow-wrap: break-word; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 .badge { display: inline-block; padding: 0 0.45rem; border-radius: 0.6rem; color: #fff;
+         white-space: nowrap;
          font-size: 0.8rem; font-weight: 600; }
 .ok { background: var(--ok); } .warn { background: var(--warn); }
 .err { background: var(--err); }
@@ -172,7 +175,7 @@ def _section_dbs(status: Mapping[str, Any]) -> str:
             (
                 name,
                 [
-                    _td(_e(name), "name"),
+                    _td(_e(name), "id"),
                     _td(_badge(level, words)),
                     _td(_e(db.get("last_txn_id", "-")), "num"),
                     _td(_e(db.get("last_synced_txn_id", "-")), "num"),
@@ -206,7 +209,7 @@ def _section_peers(status: Mapping[str, Any]) -> str:
                 (
                     inst,
                     [
-                        _td(who, "name"),
+                        _td(who, "id"),
                         _td(_cut(peer.get("newest_seen") or "-"), "name"),
                         _td(_e(_seconds(peer.get("newest_seen_age_seconds"))), "num"),
                         _td(_cut(peer.get("merged") or "-"), "name"),
@@ -237,8 +240,8 @@ def _section_triggers(status: Mapping[str, Any]) -> str:
                 (
                     f"{db_name}/{source}",
                     [
-                        _td(_e(db_name), "name"),
-                        _td(_e(source)),
+                        _td(_e(db_name), "id"),
+                        _td(_e(source), "id"),
                         _td(_e(_int(first.get(source))), "num"),
                         _td(_e(_int(received.get(source))), "num"),
                     ],
@@ -278,7 +281,7 @@ def _section_health(health: Mapping[str, Any]) -> str:
             (
                 name,
                 [
-                    _td(_e(name), "name"),
+                    _td(_e(name), "id"),
                     _td(_badge(check.get("status"))),
                     _td(_e(_seconds(check.get("failing_for_seconds"))), "num"),
                     _td(_cut(check.get("last_error") or ""), "name"),
