@@ -1,4 +1,4 @@
-"""The operator's HTTP endpoints (DESIGN §10): /metrics, /healthz and /status.
+"""The operator's HTTP endpoints (DESIGN §10): /metrics, /healthz, /status and the page at /.
 
 A small stdlib server on its own threads: it only reads state the syncers publish,
 so a slow scraper can never stall a sync. There is no pprof or bucket listing
@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from evsync.errors import ConfigError
+from evsync.statuspage import HTML_TYPE, read_or_error, render_page
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,19 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/status":
                 self._send_json(200, self.server.read_status())
             elif path == "/":
-                self._send_json(200, {"endpoints": ["/metrics", "/healthz", "/status"]})
+                self._send(200, HTML_TYPE, self._page().encode())
             else:
                 self._send_json(404, {"error": f"no such endpoint: {path}"})
         except Exception as exc:  # a broken page must not take the server down
             log.error("http: %s failed: %s", path, exc)
             log.debug("http failure", exc_info=True)
             self._send_json(500, {"error": str(exc)})
+
+    def _page(self) -> str:
+        """The status page; a reader that raises leaves a note, not a 500."""
+        status = read_or_error("the status", self.server.read_status)
+        health = read_or_error("the health checks", lambda: self.server.read_health()[1])
+        return render_page(status, health)
 
     def _send_json(self, code: int, body: Any) -> None:
         data = json.dumps(body, indent=2, sort_keys=True, default=str).encode()
@@ -119,7 +126,7 @@ class HttpServer:
         """Start serving."""
         self._thread.start()
         host, port = self.address
-        log.info("http: serving /metrics, /healthz and /status on %s:%d", host, port)
+        log.info("http: serving /, /metrics, /healthz and /status on %s:%d", host, port)
 
     def stop(self) -> None:
         """Stop serving and close the socket."""

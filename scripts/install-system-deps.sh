@@ -9,6 +9,10 @@ need=()
 [ -x /usr/sbin/pdns_server ] || need+=(pdns-server)
 ls /usr/lib/*/pdns/liblmdbbackend.so >/dev/null 2>&1 || need+=(pdns-backend-lmdb)
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
+# headless Chromium renders the status page (tests/integration/test_statuspage.py)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# promtool checks and unit-tests packaging/prometheus/evsync-rules.yml
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

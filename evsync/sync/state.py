@@ -174,6 +174,9 @@ class Peers:
         return {
             inst: {
                 "newest_seen": st.newest_seen.name if st.newest_seen else None,
+                "newest_seen_age_seconds": (
+                    (now_ns - st.newest_seen.timestamp_ns) / NS if st.newest_seen else None
+                ),
                 "merged": st.merged.name if st.merged else None,
                 "merged_age_seconds": (now_ns - st.merged.timestamp_ns) / NS if st.merged else None,
                 "lag_seconds": st.lag_seconds,

@@ -77,6 +77,20 @@ class TestRoutes:
             code, _ctype, body = fetch(server, path)
             assert code == 200 and json.loads(body) == {"instance": "a"}
 
+    def test_root_is_the_html_status_page(self, server: HttpServer) -> None:
+        """/ serves the status page as UTF-8 HTML drawn from the status reader."""
+        code, ctype, body = fetch(server, "/")
+        assert code == 200 and ctype == "text/html; charset=utf-8"
+        assert body.startswith("<!DOCTYPE html>") and "<h1>evsync a</h1>" in body
+
+    def test_root_survives_a_failing_status_reader(
+        self, server: HttpServer, state: State
+    ) -> None:
+        """A status reader that raises leaves the page up (200) with a note naming it."""
+        state.fail_status = True
+        code, _ctype, body = fetch(server, "/")
+        assert code == 200 and "cannot read the status: boom" in body
+
     def test_unknown_path_is_404(self, server: HttpServer) -> None:
         """Anything else is a 404 naming the path."""
         code, _ctype, body = fetch(server, "/debug/pprof")
