@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
+from evsync import faults
 from evsync.config import Config
 from evsync.errors import EvsyncError, LmdbError
 from evsync.lmdb.dump import DumpResult, dump_native, dump_shadow
@@ -252,7 +253,8 @@ class LsWriter:
     def _store_in_worker(self, name: SnapshotName, spool: IO[bytes]) -> None:
         """The worker thread: one store attempt, then wake the loop to collect it."""
         try:
-            self.store.store(name.name, spool)
+            self.store.store(name.name, faults.reading(spool, "upload"))
+            faults.point("stored")
         finally:
             spool.close()
             self.queue.put(Hint(SOURCE_SELF, local=True))
