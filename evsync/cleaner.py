@@ -13,7 +13,13 @@ from typing import Any
 from evsync.config import CleanupConfig
 from evsync.errors import StorageError
 from evsync.metrics import Metrics
-from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
+from evsync.snapshot.name import (
+    EXT_EVSYNC,
+    EXT_LIGHTNINGSTREAM,
+    SnapshotName,
+    db_prefix,
+    try_parse,
+)
 from evsync.storage.base import BlobStore, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -154,34 +160,41 @@ class Cleaner:
         self._ignored &= listed
 
     def _plan(self, names: list[SnapshotName], now: float) -> _Plan:
-        """Apply LS's rules to this pass's listing (newest first per instance)."""
+        """Apply LS's rules to this pass's listing (newest first per group: an instance's
+        objects, or, for an instance writing both formats, its ``.evs.zst`` chain and its
+        ``.pb.gz`` snapshots apart; see :func:`_groups`)."""
+        group = _groups(names)
         newest_first = sorted(names, key=lambda n: (n.timestamp_ns, n.name), reverse=True)
-        marked: set[str] = set()  # instances whose newest object is already kept
-        candidates = self._skip_recent(newest_first, now, marked)
-        chains = _chains(names)
+        marked: set[str] = set()  # groups whose newest object is already kept
+        candidates = self._skip_recent(newest_first, now, marked, group)
+        chains = _chains(names, group)
         plan = _Plan()
         too_old: list[SnapshotName] = []
         stale_before_ns = int(now * NS) - int(self.cfg.remove_old_instances_interval * NS)
         for name in candidates:
-            if name.instance in marked:
+            if group[name.name] in marked:
                 if name.name not in chains:  # a newcomer needs the newest full object and
                     plan.superseded.append(name)  # the deltas after it
                 continue
-            marked.add(name.instance)  # the newest candidate of its instance stays...
+            marked.add(group[name.name])  # the newest candidate of its group stays...
             if name.timestamp_ns < stale_before_ns:
                 too_old.append(name)  # ...unless the instance is dead and merged into ours
         committed = self._committed_snapshot()
-        stale_instances = {
-            n.instance for n in too_old if committed.get(n.instance, -1) >= n.timestamp_ns
+        stale_groups = {
+            group[n.name] for n in too_old if committed.get(n.instance, -1) >= n.timestamp_ns
         }
         superseded = set(plan.superseded)
         plan.stale = [
-            n for n in candidates if n.instance in stale_instances and n not in superseded
+            n for n in candidates if group[n.name] in stale_groups and n not in superseded
         ]
         return plan
 
     def _skip_recent(
-        self, newest_first: list[SnapshotName], now: float, marked: set[str]
+        self,
+        newest_first: list[SnapshotName],
+        now: float,
+        marked: set[str],
+        group: Mapping[str, str],
     ) -> list[SnapshotName]:
         """Drop names that are new or inside must_keep; the latter mark their instance."""
         candidates: list[SnapshotName] = []
@@ -192,7 +205,7 @@ class Cleaner:
                 # as the newest yet, so the previous newest survives one more interval.
                 self._first_seen[name.name] = now
             elif now - first <= self.cfg.must_keep_interval:
-                marked.add(name.instance)
+                marked.add(group[name.name])
             else:
                 candidates.append(name)
         return candidates
@@ -287,15 +300,44 @@ class Cleaner:
         }
 
 
-def _chains(names: list[SnapshotName]) -> set[str]:
-    """Per instance, the newest full object and every object after it (DESIGN §7): what a
+def _groups(names: list[SnapshotName]) -> dict[str, str]:
+    """name -> the group whose newest object (and, for ``.evs.zst``, whose chain) cleanup
+    keeps: the instance, except that an instance writing both formats keeps its
+    ``.evs.zst`` chain (what evsync peers follow) and its newest ``.pb.gz`` (what LS
+    instances read) apart. An instance whose newest ``.pb.gz`` is LS's own (no evsync
+    copy marker) and newer than all its ``.evs.zst`` went back to LS: one group again,
+    so the stale chain goes as any superseded object (docs/lightningstream.md)."""
+    newest_evs: dict[str, int] = {}
+    newest_ls: dict[str, SnapshotName] = {}
+    for n in names:
+        if n.is_ls:
+            if n.instance not in newest_ls or n.name > newest_ls[n.instance].name:
+                newest_ls[n.instance] = n
+        else:
+            newest_evs[n.instance] = max(newest_evs.get(n.instance, -1), n.timestamp_ns)
+    rolled_back = {
+        inst
+        for inst, ls in newest_ls.items()
+        if not ls.is_copy and ls.timestamp_ns > newest_evs.get(inst, -1)
+    }
+    return {
+        n.name: n.instance
+        if n.instance in rolled_back
+        else f"{n.instance}.{EXT_LIGHTNINGSTREAM if n.is_ls else EXT_EVSYNC}"
+        for n in names
+    }
+
+
+def _chains(names: list[SnapshotName], group: Mapping[str, str]) -> set[str]:
+    """Per group, the newest full object and every object after it (DESIGN §7): what a
     new instance needs to reach the newest state, which cleanup therefore keeps."""
     newest_full: dict[str, int] = {}
     for name in names:
-        if not name.is_delta and name.timestamp_ns > newest_full.get(name.instance, -1):
-            newest_full[name.instance] = name.timestamp_ns
+        g = group[name.name]
+        if not name.is_delta and name.timestamp_ns > newest_full.get(g, -1):
+            newest_full[g] = name.timestamp_ns
     return {
         n.name
         for n in names
-        if n.instance in newest_full and n.timestamp_ns >= newest_full[n.instance]
+        if group[n.name] in newest_full and n.timestamp_ns >= newest_full[group[n.name]]
     }

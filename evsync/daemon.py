@@ -20,6 +20,7 @@ from evsync.lmdb.lock import SyncLock
 from evsync.metrics import Metrics
 from evsync.storage import BlobStore, open_store
 from evsync.sync import Syncer
+from evsync.sync.interop import hint_filter
 from evsync.triggers.base import HintQueue, Trigger
 from evsync.triggers.fs_watch import FsBucketWatcher
 from evsync.triggers.listing import Lister
@@ -69,7 +70,11 @@ class Daemon:
         self._force_rejoin = force_rejoin
         # every db's queue exists from the start, so push sources feed a db whose LMDB
         # appears later too
-        self.queues = {name: HintQueue(name, own_instance=config.instance) for name in names}
+        accepts = hint_filter(config.lightningstream)
+        self.queues = {
+            name: HintQueue(name, own_instance=config.instance, accepts=accepts)
+            for name in names
+        }
         # copy-on-write (replaced, never changed in place): the HTTP thread reads them
         # while the missing-LMDB watcher adds a db
         self.syncers: dict[str, Syncer] = {}

@@ -76,6 +76,18 @@ class Metrics:
             ["db", "instance"],
             registry=r,
         )
+        self.ls_snapshots_stored = Counter(
+            f"{PREFIX}_ls_snapshots_stored",
+            "Full .pb.gz snapshots stored for Lightning Stream instances.",
+            db,
+            registry=r,
+        )
+        self.ls_snapshot_failures = Counter(
+            f"{PREFIX}_ls_snapshot_failures",
+            "Failed .pb.gz snapshots, by stage (dump or store); the next one dumps afresh.",
+            ["db", "stage"],
+            registry=r,
+        )
         self.store_failures = Counter(
             f"{PREFIX}_store_failures", "Failed store attempts (each retry counts).", db, registry=r
         )

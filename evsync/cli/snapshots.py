@@ -12,8 +12,15 @@ from typing import IO, Any
 from evsync.cli._format import show_bytes, show_time
 from evsync.errors import InvalidNameError
 from evsync.snapshot import EVS_ZST, SnapshotStream, format_for
-from evsync.snapshot.name import SnapshotName
+from evsync.snapshot.name import SnapshotName, try_parse
 from evsync.storage import open_store
+
+# The format column of ``snapshots list -l``.
+FORMAT_EVS_FULL = "evs.zst full"
+FORMAT_EVS_DELTA = "evs.zst delta"
+FORMAT_LS = "pb.gz lightningstream"
+FORMAT_LS_COPY = "pb.gz evsync-copy"
+FORMAT_FOREIGN = "-"
 
 
 def register(sub: Any) -> None:
@@ -24,7 +31,9 @@ def register(sub: Any) -> None:
 
     ls = ssub.add_parser("list", help="list objects")
     ls.add_argument("-p", "--prefix", default="", help="only names with this prefix")
-    ls.add_argument("-l", "--long", action="store_true", help="show sizes")
+    ls.add_argument(
+        "-l", "--long", action="store_true", help="show sizes and formats (tab-separated)"
+    )
     ls.add_argument(
         "-t",
         "--time",
@@ -76,8 +85,19 @@ def run_list(args: argparse.Namespace) -> int:
 
         objects.sort(key=key)
     for obj in objects:
-        print(f"{obj.name}\t{obj.size}" if args.long else obj.name)
+        print(f"{obj.name}\t{obj.size}\t{describe_format(obj.name)}" if args.long else obj.name)
     return 0
+
+
+def describe_format(name: str) -> str:
+    """What ``snapshots list -l`` says an object is: evsync's full object or delta, a
+    Lightning Stream snapshot (LS's own, or evsync's copy beside its chain), or foreign."""
+    parsed = try_parse(name)
+    if parsed is None or format_for(parsed) is None:
+        return FORMAT_FOREIGN
+    if parsed.is_ls:
+        return FORMAT_LS_COPY if parsed.is_copy else FORMAT_LS
+    return FORMAT_EVS_DELTA if parsed.is_delta else FORMAT_EVS_FULL
 
 
 def run_get(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from evsync.config.schema import (
     DEFAULT_FORCE_SNAPSHOT_INTERVAL,
     DEFAULT_HEALTH,
     DEFAULT_LMDB_POLL_INTERVAL,
+    DEFAULT_LS_WRITE_INTERVAL,
     DEFAULT_MAP_SIZE_ON_CREATE,
     DEFAULT_MAX_DBS,
     DEFAULT_MQTT_TOPIC,
@@ -46,6 +47,7 @@ from evsync.config.schema import (
     DEFAULT_SWEEP_FIRST_INTERVAL,
     DEFAULT_SWEEP_INTERVAL,
     DEFAULT_SWEEP_LOCK_DURATION,
+    DEFAULT_UPDATE_MARKER_FORCE_LIST_INTERVAL,
     LOG_FORMATS,
     LOG_LEVELS,
     MIN_FORCE_SNAPSHOT_INTERVAL,
@@ -58,6 +60,7 @@ from evsync.config.schema import (
     FsOptions,
     HealthCheckConfig,
     HealthConfig,
+    LightningStreamConfig,
     LmdbConfig,
     LmdbOptions,
     LogConfig,
@@ -313,6 +316,12 @@ def _load_storage(data: object) -> StorageConfig:
             create_bucket=opt.boolean("create_bucket", False),
             dial_timeout=opt.duration("dial_timeout", DEFAULT_S3_DIAL_TIMEOUT, minimum=0.001),
             read_timeout=opt.duration("read_timeout", DEFAULT_S3_READ_TIMEOUT, minimum=0.001),
+            use_update_marker=opt.boolean("use_update_marker", False),
+            update_marker_force_list_interval=opt.duration(
+                "update_marker_force_list_interval",
+                DEFAULT_UPDATE_MARKER_FORCE_LIST_INTERVAL,
+                minimum=1.0,
+            ),
         )
         if (options.access_key is None) != (options.secret_key is None):
             raise ConfigError(
@@ -405,6 +414,31 @@ def _load_deltas(sec: _Section) -> DeltasConfig:
     if not math.isfinite(cfg.max_chain_ratio):
         raise ConfigError(
             f"deltas.max_chain_ratio: must be a finite number, got {cfg.max_chain_ratio:g}"
+        )
+    return cfg
+
+
+def _load_lightningstream(sec: _Section) -> LightningStreamConfig:
+    only = sec.boolean("only", False)
+    write_given = sec.has("write")
+    cfg = LightningStreamConfig(
+        read=sec.boolean("read", True),
+        write=sec.boolean("write", False),
+        write_interval=sec.duration(
+            "write_interval", DEFAULT_LS_WRITE_INTERVAL, minimum=MIN_POLL_INTERVAL
+        ),
+        only=only,
+    )
+    sec.done()
+    if only and not cfg.read:
+        raise ConfigError(
+            "lightningstream.read: must not be false with lightningstream.only "
+            "(an LS instance reads .pb.gz objects)"
+        )
+    if only and write_given and not cfg.write:
+        raise ConfigError(
+            "lightningstream.write: must not be false with lightningstream.only "
+            "(an LS instance writes .pb.gz objects)"
         )
     return cfg
 
@@ -629,6 +663,7 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         clock_skew_threshold=sec.duration("clock_skew_threshold", DEFAULT_CLOCK_SKEW_THRESHOLD),
         sweeper=sweeper,
         deltas=_load_deltas(sec.section("deltas")),
+        lightningstream=_load_lightningstream(sec.section("lightningstream")),
         notify=_load_notify(sec.section("notify")),
         http_address=_load_http(sec.section("http")),
         log=_load_log(sec.section("log")),

@@ -54,6 +54,11 @@ DEFAULT_CLOCK_SKEW_THRESHOLD = 1.0
 DEFAULT_DELTA_MAX_CHAIN = 20
 DEFAULT_DELTA_MAX_CHAIN_RATIO = 0.5
 DEFAULT_DELTA_FULL_INTERVAL = 600.0
+# Lightning Stream interop (docs/lightningstream.md): at most one full .pb.gz per this
+# interval, as LS itself polls its LMDB once a second.
+DEFAULT_LS_WRITE_INTERVAL = 1.0
+# S3 option use_update_marker (as LS's simpleblob): LS lists again at least this often.
+DEFAULT_UPDATE_MARKER_FORCE_LIST_INTERVAL = 300.0
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "fatal")
 LOG_FORMATS = ("human", "logfmt", "json")
@@ -107,6 +112,9 @@ class S3Options:
     create_bucket: bool = False
     dial_timeout: float = DEFAULT_S3_DIAL_TIMEOUT
     read_timeout: float = DEFAULT_S3_READ_TIMEOUT
+    #: LS's simpleblob option: every store and delete also rewrites ``update-marker``
+    use_update_marker: bool = False
+    update_marker_force_list_interval: float = DEFAULT_UPDATE_MARKER_FORCE_LIST_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,27 @@ class DeltasConfig:
     max_chain: int = DEFAULT_DELTA_MAX_CHAIN
     max_chain_ratio: float = DEFAULT_DELTA_MAX_CHAIN_RATIO
     full_interval: float = DEFAULT_DELTA_FULL_INTERVAL
+
+
+@dataclass(frozen=True)
+class LightningStreamConfig:
+    """Lightning Stream interop (docs/lightningstream.md): which ``.pb.gz`` objects are
+    read and written beside evsync's own ``.evs.zst``."""
+
+    #: merge LS's ``.pb.gz`` objects (newest per instance), as LS does
+    read: bool = True
+    #: also store full ``.pb.gz`` snapshots, which LS instances merge
+    write: bool = False
+    #: at most one ``.pb.gz`` per this many seconds; changes in between coalesce
+    write_interval: float = DEFAULT_LS_WRITE_INTERVAL
+    #: for tests and migration rehearsals: behave as an LS instance would, reading and
+    #: writing only ``.pb.gz`` (no ``.evs.zst`` at all); implies ``write``
+    only: bool = False
+
+    @property
+    def writes(self) -> bool:
+        """True when this instance stores ``.pb.gz`` objects."""
+        return self.write or self.only
 
 
 @dataclass(frozen=True)
@@ -279,6 +308,7 @@ class Config:
     clock_skew_threshold: float = DEFAULT_CLOCK_SKEW_THRESHOLD
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)
     deltas: DeltasConfig = field(default_factory=DeltasConfig)
+    lightningstream: LightningStreamConfig = field(default_factory=LightningStreamConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     http_address: str = ""
     log: LogConfig = field(default_factory=LogConfig)

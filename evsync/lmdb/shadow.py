@@ -372,18 +372,22 @@ class Shadow:
         if flags & MDB_DUPFIXED:
             first = txn.cursor(db=main)
             pair.fixed_size = len(first.value()) if first.first() else None
-        written = self._merge_entries(txn, pair, entries, cutoff=cutoff)
-        result.entries += info.entries
+        seen, written = self._merge_entries(txn, pair, entries, cutoff=cutoff)
+        # counted here, not taken from info.entries: a pb.gz object's DBI counts are
+        # known only once the DBI has been read
+        result.entries += seen
         result.written += written
         return wrote or written > 0
 
     def _merge_entries(
         self, txn: Any, pair: _DbiPair, entries: Iterable[Entry], *, cutoff: int
-    ) -> int:
-        written = 0
+    ) -> tuple[int, int]:
+        """Merge the entries into the pair; (entries seen, entries written)."""
+        seen = written = 0
         name, shadow, txn_id = pair.name, pair.shadow, int(txn.id())
         get, put = txn.get, txn.put
         for entry in entries:
+            seen += 1
             key = entry[0]
             old = get(key, db=shadow)
             try:
@@ -403,7 +407,7 @@ class Shadow:
                     f"DBI {_label(name)!r} key {key[:64]!r} does not fit the local DBI: {exc}"
                 ) from None
             written += 1
-        return written
+        return seen, written
 
     def _apply_to_main(self, txn: Any, pair: _DbiPair, entry: Entry, old: bytes | None) -> None:
         """Make main agree with one changed shadow entry (main matched the old one)."""

@@ -2,7 +2,8 @@
 
 - ``name.py``: ``<db>__<instance>__<ts>__<gen>[__extra].<ext>`` (DESIGN §4);
 - ``base.py``: header and entry types, and the :class:`SnapshotFormat` interface;
-- ``evs.py``: ``.evs.zst``, evsync's own format.
+- ``evs.py``: ``.evs.zst``, evsync's own format;
+- ``lightningstream.py``: ``.pb.gz``, Lightning Stream's format (read and written).
 
 :func:`format_for` is the one place that maps a name to the format that reads it; an
 object whose extension no format claims is not evsync's to merge.
@@ -27,10 +28,11 @@ from evsync.snapshot.evs import (
     verify_snapshot,
     write_snapshot,
 )
+from evsync.snapshot.lightningstream import LS_PB_GZ
 from evsync.snapshot.name import SnapshotName, db_prefix, format_timestamp, try_parse
 
 #: every format evsync reads, by name extension
-FORMATS: dict[str, SnapshotFormat] = {EVS_ZST.extension: EVS_ZST}
+FORMATS: dict[str, SnapshotFormat] = {EVS_ZST.extension: EVS_ZST, LS_PB_GZ.extension: LS_PB_GZ}
 
 
 def format_for(name: SnapshotName | str) -> SnapshotFormat | None:
@@ -54,6 +56,7 @@ __all__ = [
     "FORMATS",
     "KIND_DELTA",
     "KIND_FULL",
+    "LS_PB_GZ",
     "DbiEntries",
     "DbiInfo",
     "Entry",

@@ -20,6 +20,10 @@ EXT_EVSYNC = "evs.zst"
 EXT_LIGHTNINGSTREAM = "pb.gz"
 KNOWN_EXTENSIONS = frozenset({EXT_EVSYNC, EXT_LIGHTNINGSTREAM})
 DELTA_EXTRA = "D"  # extra field of a delta: D<base timestamp>
+# The extra field of a .pb.gz that evsync wrote beside its .evs.zst chain (a "copy"):
+# LS reads it as any snapshot (extras are LSE's, LS ignores them); evsync peers follow
+# that instance's .evs.zst chain instead (docs/lightningstream.md).
+COPY_EXTRA = "Eevsync"
 
 # S3's limit for a key; a longer name can only come from a forged notification.
 MAX_NAME_BYTES = 1024
@@ -111,7 +115,7 @@ class SnapshotName:
         for extra in extras:
             if not _EXTRA_RE.fullmatch(extra) or extra[0] in seen_types:
                 raise InvalidNameError(f"{name!r}: bad extra field {extra!r}")
-            if extra[0] == DELTA_EXTRA:
+            if extra[0] == DELTA_EXTRA and ext == EXT_EVSYNC:
                 parse_timestamp(extra[1:])  # a delta's base must be a timestamp
             seen_types.add(extra[0])
         return cls(name, db, instance, parse_timestamp(ts_text), generation, tuple(extras), ext)
@@ -121,9 +125,23 @@ class SnapshotName:
         """True when evsync can read this object."""
         return self.ext == EXT_EVSYNC
 
+    @property
+    def is_ls(self) -> bool:
+        """True for a Lightning Stream ``.pb.gz`` object (by LS or by evsync)."""
+        return self.ext == EXT_LIGHTNINGSTREAM
+
+    @property
+    def is_copy(self) -> bool:
+        """True for a ``.pb.gz`` that evsync wrote beside its ``.evs.zst`` chain."""
+        return self.is_ls and COPY_EXTRA in self.extras
+
     @functools.cached_property
     def delta_base_ns(self) -> int | None:
-        """For a delta, the timestamp of the object it builds on; None for a full object."""
+        """For a delta, the timestamp of the object it builds on; None for a full object.
+        Only ``.evs.zst`` has deltas: a ``.pb.gz`` is always a full snapshot, whatever
+        extras LSE hooks put in its name."""
+        if self.ext != EXT_EVSYNC:
+            return None
         for extra in self.extras:
             if extra.startswith(DELTA_EXTRA):
                 return parse_timestamp(extra[1:])  # validated by parse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import IO, Any
 
 import boto3
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 # so that an outage is noticed and reported quickly.
 BOTO_MAX_ATTEMPTS = 2
 LIST_PAGE_SIZE = 1000
+# LS's S3 option use_update_marker (simpleblob backends/s3/marker.go): every store and
+# delete rewrites this object, under the global prefix, with
+# "<name>:<etag>:<unix ns>:<is delete>", and LS lists again only when it changed.
+UPDATE_MARKER_NAME = "update-marker"
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _CONFIG_ERROR_CODES = frozenset(
     {
@@ -168,6 +173,8 @@ class S3Store(BlobStore):
         except Exception as exc:  # noqa: BLE001
             inner = getattr(exc, "last_exception", None) or exc
             raise self._wrap(inner, f"put {name}") from None
+        if self.options.use_update_marker:
+            self._update_marker(name, deleted=False)
 
     def delete(self, name: str) -> None:
         try:
@@ -176,6 +183,31 @@ class S3Store(BlobStore):
             err = self._wrap(exc, f"delete {name}")
             if not isinstance(err, ObjectNotFoundError):
                 raise err from None
+        if self.options.use_update_marker:
+            self._update_marker(name, deleted=True)
+
+    def _update_marker(self, name: str, *, deleted: bool) -> None:
+        """Tell LS readers that the bucket changed, as LS writers do. A marker that
+        cannot be written is logged and left: the object is stored, and LS lists again
+        within update_marker_force_list_interval anyway."""
+        etag = ""
+        try:
+            if not deleted:
+                head = self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+                etag = str(head.get("ETag", "")).strip('"')
+            body = f"{name}:{etag}:{time.time_ns()}:{'true' if deleted else 'false'}"
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._key(UPDATE_MARKER_NAME), Body=body.encode()
+            )
+        except Exception as exc:  # noqa: BLE001 - every boto failure is only logged here
+            log.warning(
+                "%s: cannot update %s after %s: %s; LS instances notice it at their next "
+                "forced listing",
+                self.describe(),
+                UPDATE_MARKER_NAME,
+                name,
+                self._wrap(exc, "put update-marker"),
+            )
 
     def close(self) -> None:
         self._client.close()

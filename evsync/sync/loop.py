@@ -35,6 +35,7 @@ from evsync.storage.base import BlobStore
 from evsync.sweeper import Sweeper
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
 from evsync.sync.gate import RejoinGate
+from evsync.sync.lswriter import LsWriter
 from evsync.sync.receiver import Receiver
 from evsync.sync.recorder import Recorder, SyncStats
 from evsync.sync.sender import SOURCE_SELF, CommittedCallback, Sender, StoredCallback
@@ -120,6 +121,25 @@ class Syncer:
             self.stop_event,
             clock_ns,
         )
+        self.ls_only = config.lightningstream.only
+        self.ls_writer = (
+            LsWriter(
+                config,
+                self.lenv,
+                self.shadow,
+                store,
+                self.peers,
+                self.sender,
+                self.recorder,
+                self.metrics,
+                queue,
+            )
+            if config.lightningstream.writes and not receive_only
+            else None
+        )
+        if self.ls_writer is not None:
+            self.receiver.on_merged.append(self.ls_writer.merged)
+            self.ls_writer.on_committed = self.sender.on_committed  # one list: the cleaner's
         self.gate = RejoinGate(
             self.db, self.guard, self.peers, self.recorder, lambda: self.receiver.listed_ok_ns
         )
@@ -181,7 +201,7 @@ class Syncer:
     @property
     def on_committed(self) -> list[CommittedCallback]:
         """Called with the other instances' merged timestamps after a full object is
-        stored (the sender's)."""
+        stored (the sender's; the ``.pb.gz`` writer's, which shares the list)."""
         return self.sender.on_committed
 
     # ------------------------------------------------------------------ lifecycle
@@ -225,6 +245,8 @@ class Syncer:
             return False
         ok = self.receiver.merge_pending(include_own=True, retry=True)
         ok = self._maybe_upload(only_once=True) and ok
+        if self.ls_writer is not None:
+            ok = self.ls_writer.flush() and ok
         if ok and not self.waiting_for:
             self._mark_in_sync()
         if self.waiting_for:
@@ -242,7 +264,9 @@ class Syncer:
         self.queue.stop()
 
     def close(self) -> None:
-        """Close the LMDB."""
+        """Wait for a ``.pb.gz`` store in flight, then close the LMDB."""
+        if self.ls_writer is not None:
+            self.ls_writer.close()
         self.lenv.close()
 
     def startup(self, *, retry_forever: bool) -> bool:
@@ -253,6 +277,7 @@ class Syncer:
         if retry_forever:
             self.receiver.merge_pending(include_own=True, retry=False)
             self._maybe_upload()
+            self._maybe_write_ls()
         self.stats.startup_done = not self.waiting_for
         return True
 
@@ -274,13 +299,20 @@ class Syncer:
             self.stats.startup_done = True
             self._mark_in_sync()
         self._maybe_upload()
+        self._maybe_write_ls()
         self._maybe_sweep()
 
     def _maybe_upload(self, *, only_once: bool = False) -> bool:
-        """The sender's turn, unless this instance only receives; False when it failed."""
-        if self.receive_only:
+        """The sender's turn, unless this instance only receives (or, imitating LS, writes
+        only ``.pb.gz``); False when it failed."""
+        if self.receive_only or self.ls_only:
             return True
         return self.sender.maybe_upload(only_once=only_once)
+
+    def _maybe_write_ls(self) -> None:
+        """The ``.pb.gz`` writer's turn, after the ``.evs.zst`` upload: it never delays it."""
+        if self.ls_writer is not None:
+            self.ls_writer.maybe_write()
 
     def _idle_timeout(self) -> float:
         if self.guard.blocked:
@@ -290,8 +322,11 @@ class Syncer:
         now = time.monotonic()
         deadlines = [MAX_IDLE_SECONDS]
         forced_in = self.sender.forced_due_in(now)
-        if forced_in is not None and not self.receive_only:
+        if forced_in is not None and not (self.receive_only or self.ls_only):
             deadlines.append(forced_in)
+        ls_in = self.ls_writer.due_in(now) if self.ls_writer is not None else None
+        if ls_in is not None:
+            deadlines.append(ls_in)
         if self.sweeper is not None:
             due = self._sweep_resume_at if self.sweeper.in_progress else self._next_sweep
             deadlines.append(due - now)
@@ -319,7 +354,7 @@ class Syncer:
             return
         started, own = listed
         self.receiver.check_own_names(own)
-        if not self.receive_only:
+        if not (self.receive_only or self.ls_only):
             self.sender.check_listed(started, frozenset(n.timestamp_ns for n in own))
 
     def _mark_in_sync(self) -> None:
@@ -331,6 +366,8 @@ class Syncer:
     def _own_txn(self, txn_id: int) -> None:
         """A txn of evsync's that changed no application data needs no upload."""
         self.ledger.advance([txn_id])
+        if self.ls_writer is not None:
+            self.ls_writer.own_txn(txn_id)
         if self.shadow is not None:
             self.shadow.note_own_txn(txn_id)
 

@@ -54,6 +54,7 @@ from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
+from evsync.sync.interop import name_filter
 from evsync.sync.recorder import REJECT_CORRUPT, Recorder, rejection_kind
 from evsync.sync.sources import ObjectSource
 from evsync.sync.state import NS, Peers, TxnLedger
@@ -118,6 +119,10 @@ class Receiver:
         self.queue = queue
         self.stop_event = stop_event
         self.clock_ns = clock_ns
+        #: which formats this instance reads (the lightningstream section)
+        self.accepts = name_filter(config.lightningstream)
+        #: called as (object name, merge txn ids) after each merged object
+        self.on_merged: list[Callable[[SnapshotName, list[int]], None]] = []
         #: a listing is needed to decide what exists (set after a name turned out gone)
         self.relist = False
         self.list_backoff = Backoff(RETRY_BACKOFF_START, config.storage_retry_interval)
@@ -161,7 +166,9 @@ class Receiver:
         present: set[str] = set()
         for obj in objects:
             name = readable_name(obj.name, self.db)
-            if name is None or name.name in self.peers.bad_objects or self.too_old(name):
+            if name is None or not self.accepts(name):
+                continue
+            if name.name in self.peers.bad_objects or self.too_old(name):
                 continue  # an instance with nothing mergeable left is not waited for
             present.add(name.instance)
             if name.instance == self.peers.own and not startup:
@@ -179,6 +186,8 @@ class Receiver:
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
+        if not self.accepts(name):
+            return
         if name.name in self.peers.bad_objects:
             # the queue forgets old rejections; it must not keep this as the newest
             self.queue.reject(name)
@@ -193,7 +202,13 @@ class Receiver:
         stored nor merged (nor checked) is fetched and verified once. A valid one was
         stored by another process under our name (two hosts configured alike): logged
         and counted, and new names sort after it; a corrupt one is rejected."""
-        usable = [n for n in names if n.name not in self.peers.bad_objects]
+        usable = [
+            n
+            for n in names
+            if n.name not in self.peers.bad_objects
+            and self.accepts(n)
+            and not (n.is_copy and self.peers.get(self.peers.own).follows_chain)
+        ]
         newest = max(usable, key=lambda n: n.name, default=None)
         if (
             newest is None
@@ -378,6 +393,8 @@ class Receiver:
 
     def _merged(self, instance: str, name: SnapshotName, result: MergeResult, t0: float) -> None:
         self.ledger.merged(result.txn_ids)
+        for callback in self.on_merged:
+            callback(name, result.txn_ids)
         st = self.peers.merged(instance, name, self.clock_ns())
         self.recorder.merged(
             instance,

@@ -362,6 +362,11 @@ class Sender:
             time.sleep(DUMP_CATCH_UP_SECONDS)
         return dumped
 
+    def next_timestamp(self) -> int:
+        """A name timestamp after every object of this instance (see below); the
+        ``.pb.gz`` writer names its objects from the same clock."""
+        return self._next_timestamp()
+
     def _next_timestamp(self) -> int:
         """The clock, but after every object name of this instance: receivers take the
         newest name as the newest state, and the cleaner deletes what sorts below it.

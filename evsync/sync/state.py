@@ -33,6 +33,9 @@ class InstanceState:
     #: the newest name a plan fell short of once (a listing is tried), then for good
     relisted_for: str | None = None
     stuck: str | None = None
+    #: an ``.evs.zst`` object of this instance was seen: it is followed through that
+    #: chain, and its ``.pb.gz`` copies are not merged (docs/lightningstream.md)
+    follows_chain: bool = False
 
 
 class Peers:
@@ -76,6 +79,11 @@ class Peers:
         if instance == self.own and own_done:
             return False  # our own uploads; only merged at startup
         st = self.get(instance)
+        if name.is_evsync and not st.follows_chain:
+            st.follows_chain = True
+            _drop_copies(st)
+        elif name.is_copy and st.follows_chain:
+            return False  # its chain carries the same data
         if st.merged is not None and name.name <= st.merged.name:
             return False
         if name.name not in st.known:
@@ -158,6 +166,7 @@ class Peers:
         """Our own upload: it is both the newest and the merged object of this instance."""
         own = self.get(self.own)
         own.merged = own.newest_seen = name
+        own.follows_chain |= name.is_evsync
         self.own_named(name)
 
     def others_ns(self, attr: str) -> dict[str, int]:
@@ -183,6 +192,13 @@ class Peers:
             }
             for inst, st in sorted(self.instances.items())
         }
+
+
+def _drop_copies(st: InstanceState) -> None:
+    """The instance turned out to write ``.evs.zst``: forget the copies noted before."""
+    st.known = {n: v for n, v in st.known.items() if not v.is_copy}
+    if st.newest_seen is not None and st.newest_seen.is_copy:
+        st.newest_seen = max(st.known.values(), key=lambda v: v.name, default=None)
 
 
 # Merge txns remembered after a local commit that is not uploaded yet (an upload that

@@ -12,7 +12,7 @@ import abc
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +66,15 @@ class Batch:
 class HintQueue:
     """Coalescing queue for one db: one local flag plus the newest name per instance."""
 
-    def __init__(self, db: str, own_instance: str | None = None) -> None:
+    def __init__(
+        self,
+        db: str,
+        own_instance: str | None = None,
+        accepts: Callable[[SnapshotName], bool] | None = None,
+    ) -> None:
         self.db = db
+        #: which readable names this instance reads (the lightningstream section)
+        self.accepts = accepts
         #: this process's instance: echoes of its own uploads are not news
         self.own_instance = own_instance
         self._cond = threading.Condition()
@@ -107,7 +114,7 @@ class HintQueue:
 
     def _put_remote(self, hint: Hint) -> bool:
         parsed = readable_name(hint.name or "", self.db)
-        if parsed is None:
+        if parsed is None or (self.accepts is not None and not self.accepts(parsed)):
             self.ignored[hint.source] += 1
             return False
         if parsed.instance == self.own_instance:

@@ -77,7 +77,13 @@ class Lister(Trigger):
             return False
         names = readable_names(objects, self.db)
         # A rejected name may be the newest of its instance; hint the newest usable one.
-        usable = [n for n in names if not self.queue.is_rejected(n.name)]
+        # A copy is never hinted: its instance's newest .evs.zst is (see sync/interop.py).
+        accepts = self.queue.accepts
+        usable = [
+            n
+            for n in names
+            if not self.queue.is_rejected(n.name) and (accepts is None or accepts(n))
+        ]
         for name in _newest(usable).values():
             self.queue.put(Hint(SOURCE_LISTING, name=name.name))
         self.queue.listed({n.instance for n in names})

@@ -66,6 +66,9 @@ class ChaosSettings:
     max_delay: float = 0.8  # each one delayed 0..max_delay s, so they arrive out of order
     listing_interval: str = "3s"  # the fallback that covers dropped notifications
     converge_timeout: float = 90.0
+    # the last this many instances imitate Lightning Stream (lightningstream.only: they
+    # read and write only .pb.gz); the others then also write .pb.gz for them (issue 17)
+    ls_only_nodes: int = 0
 
 
 @dataclass
@@ -286,8 +289,14 @@ class Cluster:
                        "mqtt": {"url": self.broker.url, "topic": self.topic}},
             "log": {"level": "info"},
         }
+        first_ls = self.settings.instances - self.settings.ls_only_nodes
         for i in range(self.settings.instances):
-            node = Node(i + 1, self.root, storage, overrides, self.settings.crash_rates,
+            node_overrides = dict(overrides)
+            if self.settings.ls_only_nodes:
+                node_overrides["lightningstream"] = (
+                    {"only": True} if i >= first_ls else {"write": True}
+                )
+            node = Node(i + 1, self.root, storage, node_overrides, self.settings.crash_rates,
                         self.settings.seed)
             self.nodes.append(node)
         return self

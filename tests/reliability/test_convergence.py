@@ -37,3 +37,27 @@ class TestConvergenceUnderFaults:
             assert summary.faults[f"crash at {point}"] >= 1, f"no crash in {point}:\n{report}"
         assert summary.notifications["dropped"] and summary.notifications["duplicated"], report
         assert summary.operations > 100, report
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
+class TestMixedClusterUnderFaults:
+    """Lightning Stream instances and evsync instances in one bucket (issue 17)."""
+
+    @pytest.mark.timeout(300)
+    def test_ls_and_evsync_instances_converge(self, tmp_path: Path) -> None:
+        """Two evsync instances (writing .pb.gz beside their .evs.zst) and one that writes
+        only .pb.gz as LS would, under the same random writes, kills, S3 outages and
+        dropped events: no write is undone, and all three end equal to the
+        last-writer-wins model, so LS sees evsync's writes and evsync sees LS's."""
+        settings = ChaosSettings(
+            seed=int(os.environ.get(SEED_VAR, "1")), seconds=15.0, ls_only_nodes=1
+        )
+        with Cluster(tmp_path, settings) as cluster:
+            summary = cluster.run()
+        report = summary.render()
+        print(report)
+        assert not summary.failures, report
+        assert summary.converged_after is not None, report
+        assert summary.faults["kill -9"] >= 1, report
+        assert summary.operations > 50, report

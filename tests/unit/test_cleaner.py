@@ -16,7 +16,7 @@ from evsync.cleaner import JITTER_MAX, JITTER_MIN, Cleaner, CleanResult
 from evsync.config import CleanupConfig
 from evsync.errors import StorageUnavailableError
 from evsync.metrics import Metrics
-from evsync.snapshot.name import SnapshotName, delta_extra
+from evsync.snapshot.name import COPY_EXTRA, SnapshotName, delta_extra
 from evsync.storage.base import ObjectInfo
 from evsync.storage.memory import MemoryStore
 
@@ -359,6 +359,68 @@ class TestNames:
         clock.now += 11 * MINUTE
         assert cleaner.run_once().deleted == [ours_older]
         assert names(store) == [ls_newer.name]
+
+
+def ls_snap(instance: str, text: str, *, copy: bool = False) -> str:
+    """A .pb.gz name of ``instance`` at ``text``; ``copy``: evsync's marked copy."""
+    extras = (COPY_EXTRA,) if copy else ()
+    return SnapshotName.build(DB, instance, int(mt(text) * NS), extras=extras, ext="pb.gz").name
+
+
+class TestBothFormats:
+    """An instance writing .evs.zst and .pb.gz keeps both its chain and its newest
+    .pb.gz; one that went back to LS loses its stale chain (issue 17)."""
+
+    def test_chain_and_newest_copy_both_kept(self, store: MemoryStore, clock: Clock) -> None:
+        """The copies are newer than the chain (they are coalesced after the deltas), but
+        the chain evsync peers follow stays; only older copies go, as LS would delete."""
+        full = add(store, snap(DB, "a", "2020-01-30 08:00:00"))
+        base = int(mt("2020-01-30 08:00:00") * NS)
+        delta = add(store, SnapshotName.build(
+            DB, "a", int(mt("2020-01-30 08:30:00") * NS), extras=(delta_extra(base),)).name)
+        old_copy = add(store, ls_snap("a", "2020-01-30 08:00:01", copy=True))
+        new_copy = add(store, ls_snap("a", "2020-01-30 08:30:01", copy=True))
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        assert cleaner.run_once().deleted == [old_copy]
+        assert names(store) == sorted([full, delta, new_copy])
+
+    def test_an_older_chain_goes_once_a_newer_full_object_is_in(
+        self, store: MemoryStore, clock: Clock
+    ) -> None:
+        """Within the .evs.zst group the usual rule holds: a newer full object supersedes
+        the chain before it, whatever the copies."""
+        old_full = add(store, snap(DB, "a", "2020-01-30 08:00:00"))
+        new_full = add(store, snap(DB, "a", "2020-01-30 08:30:00"))
+        copy = add(store, ls_snap("a", "2020-01-30 08:30:01", copy=True))
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        assert cleaner.run_once().deleted == [old_full]
+        assert names(store) == sorted([new_full, copy])
+
+    def test_back_to_ls_the_chain_is_superseded(self, store: MemoryStore, clock: Clock) -> None:
+        """An instance rolled back to LS writes unmarked .pb.gz newer than its chain: the
+        chain is no one's to follow any more and goes like any older object."""
+        chain = add(store, snap(DB, "a", "2020-01-30 08:00:00"))
+        copy = add(store, ls_snap("a", "2020-01-30 08:00:01", copy=True))
+        ls_own = add(store, ls_snap("a", "2020-01-30 09:00:00"))
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        assert sorted(cleaner.run_once().deleted) == sorted([chain, copy])
+        assert names(store) == [ls_own]
+
+    def test_ls_instances_keep_their_newest(self, store: MemoryStore, clock: Clock) -> None:
+        """An LS instance's objects: the newest stays, older ones go (LS's own rule)."""
+        old = add(store, ls_snap("ls-1", "2020-01-30 08:00:00"))
+        new = add(store, ls_snap("ls-1", "2020-01-30 08:00:01"))
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        assert cleaner.run_once().deleted == [old]
+        assert names(store) == [new]
 
 
 class TestStaleInstances:

@@ -567,3 +567,57 @@ class TestMaxInflatedSize:
         message = error(with_lmdb(top=f"storage_max_inflated_size: {value}"))
         assert message.startswith("storage_max_inflated_size: ")
         assert needle in message
+
+
+class TestLightningStream:
+    """The lightningstream section and the S3 update-marker options (issue 17)."""
+
+    def test_defaults(self) -> None:
+        """Unset: .pb.gz objects are read, none are written, at most one a second."""
+        ls = load(with_lmdb()).lightningstream
+        assert (ls.read, ls.write, ls.only, ls.write_interval) == (True, False, False, 1.0)
+        assert not ls.writes
+
+    def test_values(self) -> None:
+        """Every key is read; durations in Go syntax."""
+        top = "lightningstream:\n  read: false\n  write: true\n  write_interval: 250ms"
+        ls = load(with_lmdb(top=top)).lightningstream
+        assert (ls.read, ls.write, ls.write_interval) == (False, True, 0.25)
+        assert ls.writes
+
+    def test_only_implies_write(self) -> None:
+        """``only`` (tests, migration rehearsals) writes .pb.gz without ``write`` set."""
+        ls = load(with_lmdb(top="lightningstream:\n  only: true")).lightningstream
+        assert ls.only and ls.writes
+
+    @pytest.mark.parametrize(
+        ("top", "needle"),
+        [
+            ("lightningstream:\n  write_interval: 1ms", "lightningstream.write_interval"),
+            ("lightningstream:\n  write: maybe", "lightningstream.write"),
+            ("lightningstream:\n  only: true\n  read: false", "lightningstream.read"),
+            ("lightningstream:\n  only: true\n  write: false", "lightningstream.write"),
+            ("lightningstream:\n  writes: true", "lightningstream.writes"),
+        ],
+        ids=["interval too short", "not a boolean", "only without read",
+             "only without write", "unknown key"],
+    )
+    def test_bad_values_name_the_key(self, top: str, needle: str) -> None:
+        """A wrong lightningstream value is one line starting with its key."""
+        assert error(with_lmdb(top=top)).startswith(needle + ":")
+
+    def test_update_marker_options(self) -> None:
+        """LS's S3 options use_update_marker and update_marker_force_list_interval load."""
+        text = S3.replace(
+            "    region: eu-west-1\n",
+            "    region: eu-west-1\n    use_update_marker: true\n"
+            "    update_marker_force_list_interval: 1m\n",
+        )
+        options = load(text).storage.options
+        assert isinstance(options, S3Options)
+        assert options.use_update_marker and options.update_marker_force_list_interval == 60.0
+
+    def test_update_marker_off_by_default(self) -> None:
+        """Without the option no marker is written, as in LS."""
+        options = load(S3).storage.options
+        assert isinstance(options, S3Options) and not options.use_update_marker

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from evsync.errors import InvalidNameError
-from evsync.snapshot.name import SnapshotName, db_prefix, try_parse
+from evsync.snapshot.name import COPY_EXTRA, SnapshotName, db_prefix, try_parse
 
 TS = 1_700_000_000_123_456_789  # 2023-11-14 22:13:20.123456789 UTC
 NAME = "main__inst-1__20231114-221320-123456789__GX.evs.zst"
@@ -124,6 +124,36 @@ class TestForeignAndExtras:
     def test_full_object_has_no_delta_base(self) -> None:
         """A name without a D extra has no delta base."""
         assert SnapshotName.parse(NAME).delta_base_ns is None
+
+
+class TestLightningStreamNames:
+    """``.pb.gz`` names (issue 17): always full snapshots; evsync's copies are marked."""
+
+    def test_pb_gz_with_a_d_extra_is_not_a_delta(self) -> None:
+        """LS has no deltas: a D extra (an LSE hook's, say) on a .pb.gz is just an extra,
+        and need not be a timestamp, as LS accepts any extra value."""
+        parsed = SnapshotName.parse("main__ls-1__20231114-221320-123456789__GX__Dfoo.pb.gz")
+        assert parsed.delta_base_ns is None and not parsed.is_delta
+        assert parsed.is_ls and not parsed.is_copy
+
+    def test_copy_marker(self) -> None:
+        """A .pb.gz that evsync writes beside its .evs.zst chain carries COPY_EXTRA."""
+        copy = SnapshotName.build("main", "a", TS, extras=(COPY_EXTRA,), ext="pb.gz")
+        assert copy.name == "main__a__20231114-221320-123456789__GX__Eevsync.pb.gz"
+        parsed = SnapshotName.parse(copy.name)
+        assert parsed.is_copy and parsed.is_ls and not parsed.is_delta
+
+    def test_marker_on_evs_is_no_copy(self) -> None:
+        """Only a .pb.gz is a copy; the marker on an .evs.zst means nothing."""
+        name = SnapshotName.build("main", "a", TS, extras=(COPY_EXTRA,))
+        assert not SnapshotName.parse(name.name).is_copy
+
+    def test_copies_sort_by_time_with_ls_objects(self) -> None:
+        """The marker comes after the timestamp, so LS's newest-by-name rule still picks
+        the newest object of an instance."""
+        older = SnapshotName.build("main", "a", TS, extras=(COPY_EXTRA,), ext="pb.gz")
+        newer = SnapshotName.build("main", "a", TS + 1, ext="pb.gz")
+        assert older.name < newer.name
 
 
 def _fmt(ts: int) -> str:

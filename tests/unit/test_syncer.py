@@ -544,9 +544,9 @@ class TestFormatFor:
         assert format_for(name.name) is EVS_ZST
 
     def test_other_extensions_have_no_format(self) -> None:
-        """Lightning Stream's .pb.gz (until it is supported), foreign and extensionless
-        names have no format, so the receiver skips them."""
-        assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is None
+        """Foreign and extensionless names have no format, so the receiver skips them
+        (Lightning Stream's .pb.gz has one since issue 17)."""
+        assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is not None
         assert format_for("main__a__20260101-000000-000000000__GX.txt") is None
         assert format_for("no-extension") is None
 
