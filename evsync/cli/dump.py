@@ -18,21 +18,23 @@ def register(sub: Any) -> None:
     p = sub.add_parser("dump", help="print the contents of the local LMDB(s)")
     p.add_argument("-n", "--name", default=None, metavar="DB", help="only this db")
     p.add_argument("-H", "--hide", action="store_true", help="hide _sync* DBIs")
-    p.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "-f", "--format", choices=["text", "json"], default="text", help="output format"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Dump every DBI of every (or one) configured db."""
-    from evsync.cli import load
+    from evsync.cli import load_lmdbs
 
-    config = load(args)
-    names = [args.name] if args.name else list(config.lmdbs)
+    lmdbs = load_lmdbs(args)  # the LMDB section only: no storage credentials needed
+    names = [args.name] if args.name else list(lmdbs)
     out: dict[str, Any] = {}
     for name in names:
-        if name not in config.lmdbs:
+        if name not in lmdbs:
             raise ConfigError(f"--name: {name!r} is not configured under lmdbs")
-        lenv = LmdbEnv(config.lmdbs[name], readonly=True)
+        lenv = LmdbEnv(lmdbs[name], readonly=True)
         try:
             out[name] = _dump_env(lenv, hide_sync=args.hide, text=args.format == "text")
         finally:

@@ -34,25 +34,27 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=run_list)
 
     get = ssub.add_parser("get", help="download an object")
-    get.add_argument("name")
+    get.add_argument("name", help="object name")
     get.add_argument("-o", "--output", default=None, help="file to write (default: the name)")
     get.set_defaults(func=run_get)
 
     put = ssub.add_parser("put", help="upload a file as an object")
-    put.add_argument("file")
+    put.add_argument("file", help="local file to upload")
     put.add_argument("-n", "--name", default=None, help="object name (default: file name)")
     put.add_argument("--force", action="store_true", help="allow a name that does not parse")
     put.set_defaults(func=run_put)
 
     rm = ssub.add_parser("remove", help="delete an object")
-    rm.add_argument("name")
+    rm.add_argument("name", help="object name")
     rm.set_defaults(func=run_remove)
 
     dump = ssub.add_parser("dump", help="print an object's header and entries")
-    dump.add_argument("name")
+    dump.add_argument("name", help="object name (a file with --local)")
     dump.add_argument("-d", "--dbi", default=None, help="only this DBI")
     dump.add_argument("-l", "--local", action="store_true", help="NAME is a local file")
-    dump.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    dump.add_argument(
+        "-f", "--format", choices=["text", "json"], default="text", help="output format"
+    )
     dump.set_defaults(func=run_dump)
 
 
