@@ -290,3 +290,18 @@ class TestSideBySide:
         assert line.startswith(f"evsync: error: http.address: cannot listen on "
                                f"{one.env['EVSYNC_HTTP']}"), line
         assert "EVSYNC_HTTP" in line and "config error" not in res.stderr
+
+
+class TestFreshS3:
+    """A config that must not create its bucket, against an S3 without it."""
+
+    def test_missing_bucket_says_how_to_create_it(self, services: Services) -> None:
+        """mqtt-announce.yaml with S3_CREATE_BUCKET=false on a fresh S3: the error line
+        names the missing bucket and how to create it (it stalled on NoSuchBucket)."""
+        one = Running(EXAMPLES["mqtt-announce"], services, "one")
+        one.env["S3_CREATE_BUCKET"] = "false"
+        res = one.evsync("sync", "--only-once")
+        assert res.returncode == 1
+        line = next(x for x in res.stderr.splitlines() if "NoSuchBucket" in x)
+        assert "bucket 'evsync'" in line and "aws s3 mb s3://evsync" in line, line
+        assert "create_bucket: true" in line, line
