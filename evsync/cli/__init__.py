@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"evsync {__version__}")
     parser.add_argument("-i", "--instance", default=None, help="override the instance name")
     parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars on stderr (they are shown only on a terminal anyway)",
+    )
+    parser.add_argument(
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error", "fatal"],

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from evsync.cli import _progress
 from evsync.cli._format import show_bytes, show_time
 from evsync.errors import InvalidNameError
 from evsync.snapshot import EVS_ZST, SnapshotStream, format_for
@@ -86,8 +87,18 @@ def run_get(args: argparse.Namespace) -> int:
     """Download one object to a file."""
     store = _store(args)
     out = Path(args.output or args.name)
-    with store.open(args.name) as src, out.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
+    show = _progress.enabled(quiet=args.quiet, output_on_stdout=False)
+    # the size, for a percentage and an ETA: one listing, only when a bar is drawn
+    size = None
+    if show:
+        size = next((o.size for o in store.list(args.name) if o.name == args.name), None)
+    with (
+        store.open(args.name) as src,
+        out.open("wb") as dst,
+        _progress.bar(f"get {args.name}", size, "B", show=show, bytes_=True)
+        as progress,
+    ):
+        shutil.copyfileobj(_progress.counting_reader(src, progress), dst)
     print(f"wrote {out}")
     return 0
 
@@ -98,8 +109,14 @@ def run_put(args: argparse.Namespace) -> int:
     if not args.force:
         SnapshotName.parse(name)
     store = _store(args)
-    with open(args.file, "rb") as src:
-        store.store(name, src)
+    show = _progress.enabled(quiet=args.quiet, output_on_stdout=False)
+    with (
+        open(args.file, "rb") as src,
+        _progress.bar(
+            f"put {name}", Path(args.file).stat().st_size, "B", show=show, bytes_=True
+        ) as progress,
+    ):
+        store.store(name, _progress.counting_reader(src, progress))
     print(f"stored {name}")
     return 0
 

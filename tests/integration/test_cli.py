@@ -346,3 +346,77 @@ class TestMessages:
         wait_for(lambda: "mqtt: disconnected" in a.log(), what="the drop to be logged")
         line = next(x for x in a.log().splitlines() if "mqtt: disconnected" in x)
         assert "the connection dropped" in line and "Unspecified error" not in line, line
+
+
+# enough records that the dump takes several redraw intervals
+PROGRESS_RECORDS = 200_000
+
+
+class TestProgress:
+    """Long work shows progress on stderr when that is a terminal, and nothing otherwise."""
+
+    def _run(self, args: list[str], *, tty: bool) -> tuple[int, str]:
+        """Run evsync with stdout to a file and stderr to a pty (or a pipe)."""
+        import os
+        import pty
+
+        if not tty:
+            res = subprocess.run([sys.executable, "-m", "evsync", *args], cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 check=False, timeout=120)
+            return res.returncode, res.stderr.decode(errors="replace")
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "evsync", *args], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the pty
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+    def _config(self, tmp_path: Path) -> Path:
+        lmdb = tmp_path / "lmdb"
+        subprocess.run([sys.executable, "-m", "evsync.tools.lmdb_write", str(lmdb), "fill",
+                        "records", str(PROGRESS_RECORDS)], cwd=REPO, check=True)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"lmdbs:\n  main:\n    path: {lmdb}\n    schema_tracks_changes: true\n"
+                       f"storage:\n  type: fs\n  options: {{root_path: {tmp_path}/bucket}}\n")
+        return cfg
+
+    def test_dump_progress_on_a_terminal_only(self, tmp_path: Path) -> None:
+        """`dump -f json > file` with stderr on a terminal draws records, rate and a
+        total; with --quiet, or stderr not a terminal, stderr stays empty."""
+        cfg = self._config(tmp_path)
+        code, err = self._run(["-c", str(cfg), "dump", "-f", "json"], tty=True)
+        assert code == 0, err
+        assert "dump main" in err and f"/{PROGRESS_RECORDS}" in err and "records/s" in err
+        code, err = self._run(["-c", str(cfg), "--quiet", "dump", "-f", "json"], tty=True)
+        assert code == 0 and err == "", err
+        code, err = self._run(["-c", str(cfg), "dump", "-f", "json"], tty=False)
+        assert code == 0 and err == "", err
+
+    def test_put_and_get_progress(self, tmp_path: Path) -> None:
+        """`snapshots put` and `get` count bytes on a terminal; piped they add nothing."""
+        cfg = self._config(tmp_path)
+        assert evsync("-c", str(cfg), "sync", "--only-once").returncode == 0
+        name = evsync("-c", str(cfg), "snapshots", "list").stdout.split()[0]
+        local = tmp_path / "copy.evs.zst"
+        code, err = self._run(["-c", str(cfg), "snapshots", "get", name, "-o", str(local)],
+                              tty=True)
+        assert code == 0, err
+        assert f"get {name}" in err and "%|" in err
+        renamed = "copy-of-the-object"
+        code, err = self._run(["-c", str(cfg), "snapshots", "put", str(local), "-n", renamed,
+                               "--force"], tty=True)
+        assert code == 0, err
+        assert f"put {renamed}" in err and "%|" in err
+        code, err = self._run(["-c", str(cfg), "snapshots", "get", name, "-o", str(local)],
+                              tty=False)
+        assert code == 0 and err == "", err
