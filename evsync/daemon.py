@@ -13,7 +13,7 @@ from typing import Any
 from evsync._version import __version__
 from evsync.cleaner import Cleaner
 from evsync.config import Config, FsOptions, HealthCheckConfig, LmdbConfig, S3Options
-from evsync.errors import ConfigError
+from evsync.errors import ConfigError, EvsyncError
 from evsync.health import ERROR, OK, WARNING
 from evsync.http import HttpServer
 from evsync.lmdb.lock import SyncLock
@@ -32,6 +32,11 @@ from evsync.triggers.sqs import SqsSource
 log = logging.getLogger(__name__)
 
 SYNCER_JOIN_SECONDS = 30.0
+# what to do when http.address is taken, most often by a second instance on this host
+HTTP_IN_USE_HINT = (
+    "another evsync on this host? give each instance its own http.address; "
+    "the shipped example configs take it from $EVSYNC_HTTP"
+)
 # A db whose LMDB does not exist (with ``create: false``) is looked for this often; the
 # other dbs are served meanwhile.
 MISSING_LMDB_POLL_SECONDS = 2.0
@@ -275,9 +280,13 @@ class Daemon:
             self.config.listing_interval,
         )
         if self.config.http_address:
-            self.http = HttpServer(
-                self.config.http_address, self.metrics.registry, self.health, self.status
-            )
+            try:
+                self.http = HttpServer(
+                    self.config.http_address, self.metrics.registry, self.health, self.status
+                )
+            except ConfigError as exc:
+                # the address was valid; that it is taken now is a runtime failure
+                raise EvsyncError(f"{exc} ({HTTP_IN_USE_HINT})") from None
             self.http.start()
         self._build_triggers()
         self._build_cleaners()

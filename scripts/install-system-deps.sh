@@ -18,10 +18,13 @@ if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
 SUDO=""
+how="apt-get (as root)"
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
+    how="sudo apt-get (you may be asked for your password)"
 fi
-echo "installing Debian packages: ${need[*]}"
+echo "The test suite needs these Debian packages, which are missing: ${need[*]}"
+echo "Installing them now with ${how}: apt-get update; apt-get install --no-install-recommends ${need[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 # The Debian packages may start a broker on 1883 and pdns on 53; the tests start their own

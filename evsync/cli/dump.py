@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from evsync.cli import _progress
 from evsync.cli._format import show_bytes, show_time
 from evsync.errors import ConfigError, HeaderError
 from evsync.lmdb.env import LmdbEnv, is_sync_dbi
@@ -18,23 +19,26 @@ def register(sub: Any) -> None:
     p = sub.add_parser("dump", help="print the contents of the local LMDB(s)")
     p.add_argument("-n", "--name", default=None, metavar="DB", help="only this db")
     p.add_argument("-H", "--hide", action="store_true", help="hide _sync* DBIs")
-    p.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "-f", "--format", choices=["text", "json"], default="text", help="output format"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Dump every DBI of every (or one) configured db."""
-    from evsync.cli import load
+    from evsync.cli import load_lmdbs
 
-    config = load(args)
-    names = [args.name] if args.name else list(config.lmdbs)
+    lmdbs = load_lmdbs(args)  # the LMDB section only: no storage credentials needed
+    names = [args.name] if args.name else list(lmdbs)
     out: dict[str, Any] = {}
     for name in names:
-        if name not in config.lmdbs:
+        if name not in lmdbs:
             raise ConfigError(f"--name: {name!r} is not configured under lmdbs")
-        lenv = LmdbEnv(config.lmdbs[name], readonly=True)
+        lenv = LmdbEnv(lmdbs[name], readonly=True)
+        show = _progress.enabled(quiet=args.quiet, output_on_stdout=True)
         try:
-            out[name] = _dump_env(lenv, hide_sync=args.hide, text=args.format == "text")
+            out[name] = _dump_env(lenv, hide_sync=args.hide, text=args.format == "text", show=show)
         finally:
             lenv.close()
     if args.format == "json":
@@ -43,9 +47,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dump_env(lenv: LmdbEnv, *, hide_sync: bool, text: bool) -> dict[str, Any]:
+def _dump_env(lenv: LmdbEnv, *, hide_sync: bool, text: bool, show: bool) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    with lenv.read_synced_dbis(include_sync=not hide_sync) as (txn, dbis):
+    with (
+        lenv.read_synced_dbis(include_sync=not hide_sync) as (txn, dbis),
+        _progress.bar(
+            f"dump {lenv.name}",
+            sum(int(txn.stat(handle)["entries"]) for _dbi, handle in dbis) if show else None,
+            "records",
+            show=show,
+        ) as progress,
+    ):
         for dbi, handle in dbis:
             dbi_name = dbi.decode(errors="replace")
             if text:
@@ -58,6 +70,7 @@ def _dump_env(lenv: LmdbEnv, *, hide_sync: bool, text: bool) -> dict[str, Any]:
                     _row(bytes(key), bytes(value)) if native else _raw_row(bytes(key), bytes(value))
                 )
                 rows.append(row)
+                progress.update()
                 if text:
                     print(_text(row))
             result[dbi_name] = rows

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from evsync.cli import _progress
 from evsync.cli._format import show_bytes, show_time
 from evsync.errors import InvalidNameError
 from evsync.snapshot import EVS_ZST, SnapshotStream, format_for
@@ -43,25 +44,27 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=run_list)
 
     get = ssub.add_parser("get", help="download an object")
-    get.add_argument("name")
+    get.add_argument("name", help="object name")
     get.add_argument("-o", "--output", default=None, help="file to write (default: the name)")
     get.set_defaults(func=run_get)
 
     put = ssub.add_parser("put", help="upload a file as an object")
-    put.add_argument("file")
+    put.add_argument("file", help="local file to upload")
     put.add_argument("-n", "--name", default=None, help="object name (default: file name)")
     put.add_argument("--force", action="store_true", help="allow a name that does not parse")
     put.set_defaults(func=run_put)
 
     rm = ssub.add_parser("remove", help="delete an object")
-    rm.add_argument("name")
+    rm.add_argument("name", help="object name")
     rm.set_defaults(func=run_remove)
 
     dump = ssub.add_parser("dump", help="print an object's header and entries")
-    dump.add_argument("name")
+    dump.add_argument("name", help="object name (a file with --local)")
     dump.add_argument("-d", "--dbi", default=None, help="only this DBI")
     dump.add_argument("-l", "--local", action="store_true", help="NAME is a local file")
-    dump.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    dump.add_argument(
+        "-f", "--format", choices=["text", "json"], default="text", help="output format"
+    )
     dump.set_defaults(func=run_dump)
 
 
@@ -104,8 +107,18 @@ def run_get(args: argparse.Namespace) -> int:
     """Download one object to a file."""
     store = _store(args)
     out = Path(args.output or args.name)
-    with store.open(args.name) as src, out.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
+    show = _progress.enabled(quiet=args.quiet, output_on_stdout=False)
+    # the size, for a percentage and an ETA: one listing, only when a bar is drawn
+    size = None
+    if show:
+        size = next((o.size for o in store.list(args.name) if o.name == args.name), None)
+    with (
+        store.open(args.name) as src,
+        out.open("wb") as dst,
+        _progress.bar(f"get {args.name}", size, "B", show=show, bytes_=True)
+        as progress,
+    ):
+        shutil.copyfileobj(_progress.counting_reader(src, progress), dst)
     print(f"wrote {out}")
     return 0
 
@@ -116,8 +129,14 @@ def run_put(args: argparse.Namespace) -> int:
     if not args.force:
         SnapshotName.parse(name)
     store = _store(args)
-    with open(args.file, "rb") as src:
-        store.store(name, src)
+    show = _progress.enabled(quiet=args.quiet, output_on_stdout=False)
+    with (
+        open(args.file, "rb") as src,
+        _progress.bar(
+            f"put {name}", Path(args.file).stat().st_size, "B", show=show, bytes_=True
+        ) as progress,
+    ):
+        store.store(name, _progress.counting_reader(src, progress))
     print(f"stored {name}")
     return 0
 

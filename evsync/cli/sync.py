@@ -6,10 +6,14 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
+from prometheus_client import Counter
+
 from evsync.daemon import Daemon
+from evsync.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +21,15 @@ log = logging.getLogger(__name__)
 def register(sub: Any) -> None:
     """Add ``sync`` and ``receive`` to the parser."""
     p = sub.add_parser("sync", help="continuous two-way sync of every configured LMDB")
-    p.add_argument(
-        "--only-once",
-        action="store_true",
-        help="merge every instance's newest object, upload if needed, exit",
-    )
+    _add_common(p, "merge every instance's newest object, upload if needed, exit")
+    p.set_defaults(func=run_sync, receive_only=False)
+    r = sub.add_parser("receive", help="like sync, but never upload")
+    _add_common(r, "merge every instance's newest object, exit (nothing is uploaded)")
+    r.set_defaults(func=run_sync, receive_only=True)
+
+
+def _add_common(p: argparse.ArgumentParser, only_once_help: str) -> None:
+    p.add_argument("--only-once", action="store_true", help=only_once_help)
     p.add_argument(
         "--only-db",
         action="append",
@@ -30,12 +38,6 @@ def register(sub: Any) -> None:
         help="sync only this db (repeatable)",
     )
     _add_force_rejoin(p)
-    p.set_defaults(func=run_sync, receive_only=False)
-    r = sub.add_parser("receive", help="like sync, but never upload")
-    r.add_argument("--only-once", action="store_true")
-    r.add_argument("--only-db", action="append", default=None, metavar="DB")
-    _add_force_rejoin(r)
-    r.set_defaults(func=run_sync, receive_only=True)
 
 
 def _add_force_rejoin(p: argparse.ArgumentParser) -> None:
@@ -61,9 +63,11 @@ def run_sync(args: argparse.Namespace) -> int:
     )
     try:
         if only_once:
+            started = time.monotonic()
             ok = daemon.run_once()
             if not ok:
                 log.error("only-once sync did not complete")
+            log.info("%s", once_summary(daemon.metrics, time.monotonic() - started))
             return 0 if ok else 1
         _install_signal_handlers(daemon.stop_event)
         daemon.start()
@@ -74,6 +78,26 @@ def run_sync(args: argparse.Namespace) -> int:
         return 0 if asked else 1
     finally:
         daemon.close()
+
+
+def counter_total(counter: Counter) -> float:
+    """The sum of a counter over all its labels."""
+    return sum(
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def once_summary(metrics: Metrics, seconds: float) -> str:
+    """The one line a ``--only-once`` run ends with: what it merged and stored."""
+    return (
+        f"only-once: merged {counter_total(metrics.objects_loaded):.0f} object(s) "
+        f"({counter_total(metrics.bytes_downloaded):.0f} bytes fetched), "
+        f"stored {counter_total(metrics.objects_stored):.0f} object(s) "
+        f"({counter_total(metrics.bytes_uploaded):.0f} bytes) in {seconds:.2f}s"
+    )
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

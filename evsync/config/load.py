@@ -604,13 +604,7 @@ def _load_http(sec: _Section) -> str:
     return address
 
 
-def config_from_dict(data: object, *, instance: str | None = None) -> Config:
-    """Validate parsed YAML into a :class:`Config`; ``instance`` overrides the file's."""
-    sec = _Section(data, "")
-    inst_raw = sec.string("instance", "")
-    inst = instance or inst_raw or sanitize_instance(socket.gethostname())
-    validate_instance(inst, "--instance" if instance else "instance")
-
+def _load_lmdbs(sec: _Section) -> dict[str, LmdbConfig]:
     lmdbs_raw = sec.raw("lmdbs")
     if lmdbs_raw is not None and not isinstance(lmdbs_raw, dict):
         raise ConfigError(f"lmdbs: expected a mapping, got {type(lmdbs_raw).__name__}")
@@ -621,6 +615,17 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
         key = f"lmdbs.{name}"
         validate_db_name(str(name), key)
         lmdbs[str(name)] = _load_lmdb(str(name), ldata, key)
+    return lmdbs
+
+
+def config_from_dict(data: object, *, instance: str | None = None) -> Config:
+    """Validate parsed YAML into a :class:`Config`; ``instance`` overrides the file's."""
+    sec = _Section(data, "")
+    inst_raw = sec.string("instance", "")
+    inst = instance or inst_raw or sanitize_instance(socket.gethostname())
+    validate_instance(inst, "--instance" if instance else "instance")
+
+    lmdbs = _load_lmdbs(sec)
 
     if not sec.has("storage"):
         raise sec.missing("storage")
@@ -673,18 +678,32 @@ def config_from_dict(data: object, *, instance: str | None = None) -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], *, instance: str | None = None) -> Config:
-    """Read, expand and validate a config file."""
-    p = Path(path)
+def _read_config(p: Path) -> str:
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config: file {str(p)!r} not found") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config: cannot read {str(p)!r}: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(p)!r}: {exc.strerror}") from None
-    return load_config_text(text, instance=instance, source=str(p))
+
+
+def load_config(path: str | os.PathLike[str], *, instance: str | None = None) -> Config:
+    """Read, expand and validate a config file."""
+    p = Path(path)
+    return load_config_text(_read_config(p), instance=instance, source=str(p))
+
+
+def load_lmdb_configs(path: str | os.PathLike[str]) -> dict[str, LmdbConfig]:
+    """Only the ``lmdbs`` section of a config file, for commands that read the local
+    LMDBs alone: ``${ENV}`` is expanded there only, so an unset ``${S3_ACCESS_KEY}``
+    elsewhere does not matter, and the other sections are not checked."""
+    p = Path(path)
+    data = _parse_yaml(_read_config(p), str(p))
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+    return _load_lmdbs(_Section({"lmdbs": expand_tree(data.get("lmdbs"))}, ""))
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -709,8 +728,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_config_text(text: str, *, instance: str | None = None, source: str = "config") -> Config:
     """Parse YAML text, expand ``${ENV}`` in its values, and validate it."""
+    return config_from_dict(expand_tree(_parse_yaml(text, source)), instance=instance)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
     try:
-        data = expand_tree(yaml.load(text, Loader=_StrictLoader))  # noqa: S506 - a SafeLoader
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except RecursionError:
         raise ConfigError(f"config: {source}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -718,7 +741,6 @@ def load_config_text(text: str, *, instance: str | None = None, source: str = "c
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"config: {source}{where}: invalid YAML: {problem}") from None
-    return config_from_dict(data, instance=instance)
 
 
 def default_config_path() -> str:

@@ -95,6 +95,11 @@ class S3Store(BlobStore):
             msg = f"s3: {action}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip()
             if code in _NOT_FOUND_CODES:
                 return ObjectNotFoundError(msg)
+            if code == "NoSuchBucket":
+                return StorageConfigError(
+                    f"{msg} (bucket {self.bucket!r}: create it, e.g. `aws s3 mb "
+                    f"s3://{self.bucket}`, or set storage.options.create_bucket: true)"
+                )
             if code in _CONFIG_ERROR_CODES:
                 return StorageConfigError(msg + f" (bucket {self.bucket!r})")
             return StorageUnavailableError(msg)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import lmdb
 
 from evsync.lmdb.header import FLAG_DELETED, encode_value, parse_header
 
 DEFAULT_MAP_SIZE = 1 << 30
+DATA_FILE = "data.mdb"  # the data file inside an LMDB directory (without --no-subdir)
 
 
 def open_env(path: str, *, no_subdir: bool = False, writemap: bool = False) -> lmdb.Environment:
@@ -51,6 +53,12 @@ def put(
     return int(txn_id)
 
 
+def lmdb_exists(path: str, *, no_subdir: bool = False) -> bool:
+    """Whether an LMDB is at ``path``: its data file, or the file itself with no_subdir."""
+    p = Path(path)
+    return p.is_file() if no_subdir else (p / DATA_FILE).is_file()
+
+
 def get(env: lmdb.Environment, dbi: str, key: bytes) -> tuple[bytes, int, bool] | None:
     """(value, timestamp, deleted) of a record, or None."""
     try:
@@ -68,23 +76,30 @@ def get(env: lmdb.Environment, dbi: str, key: bytes) -> tuple[bytes, int, bool] 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry."""
     p = argparse.ArgumentParser(prog="python -m evsync.tools.lmdb_write")
-    p.add_argument("path")
-    p.add_argument("--no-subdir", action="store_true")
-    p.add_argument("--writemap", action="store_true")
+    p.add_argument("path", help="the LMDB (a directory, or the file with --no-subdir)")
+    p.add_argument("--no-subdir", action="store_true", help="PATH is the data file itself")
+    p.add_argument("--writemap", action="store_true", help="open with MDB_WRITEMAP")
     sub = p.add_subparsers(dest="op", required=True)
+    helps = {"put": "write a record", "delete": "write a tombstone", "get": "read a record"}
     for op in ("put", "delete", "get"):
-        s = sub.add_parser(op)
-        s.add_argument("dbi")
-        s.add_argument("key")
+        s = sub.add_parser(op, help=helps[op])
+        s.add_argument("dbi", help="DBI name")
+        s.add_argument("key", help="record key")
         if op == "put":
-            s.add_argument("value")
+            s.add_argument("value", help="record value")
         if op != "get":
-            s.add_argument("--ts", type=int, default=None)
-    f = sub.add_parser("fill")
-    f.add_argument("dbi")
-    f.add_argument("count", type=int)
-    f.add_argument("--prefix", default="key")
+            s.add_argument(
+                "--ts", type=int, default=None, help="header timestamp in ns (default: now)"
+            )
+    f = sub.add_parser("fill", help="write COUNT records in one txn")
+    f.add_argument("dbi", help="DBI name")
+    f.add_argument("count", type=int, help="how many records")
+    f.add_argument("--prefix", default="key", help="key prefix (default: key)")
     args = p.parse_args(argv)
+    if args.op == "get" and not lmdb_exists(args.path, no_subdir=args.no_subdir):
+        # reading must not leave an empty LMDB behind (it would then be synced)
+        print(f"lmdb_write: no LMDB at {args.path}", file=sys.stderr)
+        return 1
     try:
         env = open_env(args.path, no_subdir=args.no_subdir, writemap=args.writemap)
     except (lmdb.Error, OSError) as exc:

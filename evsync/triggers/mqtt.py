@@ -63,6 +63,39 @@ MALFORMED_LOG_INTERVAL = 60.0
 PACKET_OVERHEAD_BYTES = 4096
 MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + PACKET_OVERHEAD_BYTES
 
+# What a DISCONNECT reason means for evsync. paho reports a dropped connection (the
+# broker stopped, the network went away, a TLS error) as "Unspecified error" (128), the
+# same name MQTT 5 gives a broker's own vague DISCONNECT; both read best as a drop.
+CONNECTION_DROPPED = "the connection dropped (broker stopped or restarted, or network lost)"
+DISCONNECT_MEANINGS: Mapping[str, str] = {
+    "Success": "the broker closed the connection",
+    "Normal disconnection": "the broker closed the connection",
+    "Unspecified error": CONNECTION_DROPPED,
+    "Keep alive timeout": f"no answer from the broker within the {KEEPALIVE_SECONDS}s keepalive",
+    "Session taken over": "another client connected with the same client id (two instances "
+    "with one instance name?)",
+    "Server shutting down": "the broker is shutting down",
+    "Not authorized": "the broker no longer authorises this client",
+    "Protocol error": "the broker reported a protocol error",
+    "Server busy": "the broker is busy",
+    "Quota exceeded": "the broker's quota for this client was exceeded",
+    "Message rate too high": "the broker's message rate limit was exceeded",
+    "Packet too large": "a packet was larger than the broker accepts",
+    "Administrative action": "an administrator disconnected this client",
+}
+
+
+def disconnect_reason(reason_code: Any) -> str:
+    """A DISCONNECT reason code in words: what happened, with the code's name when that
+    adds something ("Unspecified error" alone says nothing)."""
+    name = str(getattr(reason_code, "getName", lambda: reason_code)())
+    meaning = DISCONNECT_MEANINGS.get(name)
+    if meaning is None:
+        return f"broker reason {name!r}"
+    if name in ("Unspecified error", "Success", "Normal disconnection"):
+        return meaning
+    return f"{meaning} ({name})"
+
 
 def client_id_for(instance: str, only_dbs: Iterable[str] | None = None) -> str:
     """A stable client id, so the broker finds the persistent session again.
@@ -215,7 +248,7 @@ class MqttSource(Trigger):
     ) -> None:
         self.connected.clear()
         if not self._stop.is_set():
-            self._fail(f"disconnected: {reason_code}; reconnecting")
+            self._fail(f"disconnected: {disconnect_reason(reason_code)}; reconnecting")
 
     def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
         host, port = self._address()

@@ -180,3 +180,243 @@ class TestDropShadow:
         assert dropped.returncode == 0, dropped.stderr
         assert "dropped 1 shadow DBI" in dropped.stdout
         assert dbis() == ["records"]
+
+
+def evsync(*args: str, env: dict[str, str] | None = None, timeout: float = 60
+           ) -> subprocess.CompletedProcess[str]:
+    """Run `python -m evsync ARGS` to completion."""
+    return subprocess.run([sys.executable, "-m", "evsync", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# enough output to fill a pipe's buffer (64 KiB) several times over
+MANY_OBJECTS = 4000
+
+
+class TestCommandLineSurface:
+    """Flags and help any command line tool is expected to have (issue 19)."""
+
+    def test_version_flag(self) -> None:
+        """`evsync --version` prints the version and exits 0, like `evsync version`."""
+        res = evsync("--version")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == evsync("version").stdout.strip()
+
+    def test_every_option_has_help(self) -> None:
+        """Every option and argument of every command has help text (`receive --help`
+        showed none for --only-once and --only-db)."""
+        import argparse
+
+        from evsync.cli import build_parser
+
+        missing: list[str] = []
+
+        def walk(parser: argparse.ArgumentParser, where: str) -> None:
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for name, child in action.choices.items():
+                        walk(child, f"{where} {name}")
+                elif not action.help:
+                    missing.append(f"{where}: {'/'.join(action.option_strings) or action.dest}")
+
+        walk(build_parser(), "evsync")
+        assert not missing
+        receive = evsync("receive", "--help").stdout
+        assert "merge every instance's newest object" in receive
+        assert "sync only this db" in receive
+
+    def test_bash_completion_is_generated_from_the_parser(self) -> None:
+        """`evsync completion bash` prints a script that bash loads and that registers a
+        completion for evsync, naming every command."""
+        res = evsync("completion", "bash")
+        assert res.returncode == 0, res.stderr
+        for command in ("sync", "receive", "snapshots", "dump", "drop-shadow", "status"):
+            assert command in res.stdout
+        loaded = subprocess.run(["bash", "-c", "source /dev/stdin; complete -p evsync"],
+                                input=res.stdout, capture_output=True, text=True, check=False)
+        assert loaded.returncode == 0, loaded.stderr
+        assert "evsync" in loaded.stdout
+
+    def test_zsh_completion(self) -> None:
+        """`evsync completion zsh` prints a #compdef script naming the commands."""
+        res = evsync("completion", "zsh")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("#compdef evsync")
+        assert "drop-shadow" in res.stdout and "--only-once" in res.stdout
+
+
+class TestQuietPipes:
+    """Output piped into a reader that stops early (`| head`) ends without a traceback."""
+
+    def _head_one(self, *args: str) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "evsync", *args], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace")
+        return proc.wait(timeout=60), err
+
+    def test_snapshots_list_into_head(self, tmp_path: Path) -> None:
+        """`snapshots list | head -1` exits as SIGPIPE would (141), with nothing on stderr
+        (it printed a BrokenPipeError traceback)."""
+        bucket = tmp_path / "bucket"
+        bucket.mkdir()
+        for i in range(MANY_OBJECTS):
+            (bucket / f"main__x__20300101-000000-{i:09d}__G{i:x}.evs.zst").write_bytes(b"")
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"lmdbs:\n  main:\n    path: {tmp_path}/lmdb\n"
+                       f"storage:\n  type: fs\n  options: {{root_path: {bucket}}}\n")
+        code, err = self._head_one("-c", str(cfg), "snapshots", "list", "-l")
+        assert err == "" and code == 141
+
+    def test_dump_into_head(self, instances: Make, s3_storage: dict[str, Any]) -> None:
+        """`dump | head -1` ends quietly too."""
+        a = instances("a", s3_storage)
+        subprocess.run([sys.executable, "-m", "evsync.tools.lmdb_write", str(a.lmdb_path),
+                        "fill", "records", str(MANY_OBJECTS)], cwd=REPO, check=True)
+        code, err = self._head_one("-c", str(a.config_path), "dump")
+        assert err == "" and code == 141
+
+
+class TestLocalOnlyCommands:
+    """Commands that read only local files need only the config's LMDB section."""
+
+    def test_dump_ignores_unset_storage_secrets(self, tmp_path: Path) -> None:
+        """`dump` with `${S3_ACCESS_KEY}` unset in the storage section still dumps (it
+        failed: "environment variable S3_ACCESS_KEY is not set")."""
+        lmdb = tmp_path / "lmdb"
+        subprocess.run([sys.executable, "-m", "evsync.tools.lmdb_write", str(lmdb), "put",
+                        "records", "k", "v"], cwd=REPO, check=True)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"lmdbs:\n  main:\n    path: {lmdb}\n    schema_tracks_changes: true\n"
+                       "storage:\n  type: s3\n  options:\n    bucket: b\n"
+                       "    access_key: ${EVSYNC_TEST_UNSET_KEY}\n")
+        res = evsync("-c", str(cfg), "dump", "-f", "json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["main"]["records"][0]["value"] == "v"
+
+    def test_lmdb_write_get_on_a_missing_path(self, tmp_path: Path) -> None:
+        """`lmdb_write PATH get` where PATH holds no LMDB says so (exit 1) and creates
+        nothing (it created an empty LMDB and printed "(missing)")."""
+        path = tmp_path / "nothing-here"
+        res = subprocess.run([sys.executable, "-m", "evsync.tools.lmdb_write", str(path),
+                              "get", "records", "k"], cwd=REPO, capture_output=True,
+                             text=True, check=False)
+        assert res.returncode == 1
+        assert res.stderr.strip() == f"lmdb_write: no LMDB at {path}"
+        assert not path.exists()
+
+
+class TestOnlyOnceSummary:
+    """`sync --only-once` ends with one line saying what it did."""
+
+    def test_summary_line(self, instances: Make, s3_storage: dict[str, Any]) -> None:
+        """The last line counts objects merged and stored, their bytes and the time."""
+        a = instances("a", s3_storage)
+        a.writer.put("k", "v")
+        res = a.command("sync", "--only-once")
+        assert res.returncode == 0, res.stderr
+        last = res.stderr.strip().splitlines()[-1]
+        assert "only-once: merged 0 object(s)" in last, last
+        assert "stored 1 object(s) (" in last and " bytes) in " in last
+        b = instances("b", s3_storage)
+        res = b.command("receive", "--only-once")
+        last = res.stderr.strip().splitlines()[-1]
+        assert "only-once: merged 1 object(s)" in last and "stored 0 object(s)" in last, last
+
+
+class TestMessages:
+    """Log lines say what happened."""
+
+    def test_mqtt_drop_is_named(self, instances: Make, s3_storage: dict[str, Any],
+                                tmp_path: Path) -> None:
+        """A broker that goes away is logged as a dropped connection, not as paho's
+        "Unspecified error"."""
+        from tests.helpers import Mosquitto
+
+        broker = Mosquitto(tmp_path / "mosquitto").start()
+        try:
+            a = instances("a", s3_storage, notify={
+                "listing_interval": "1s",
+                "mqtt": {"url": broker.url, "topic": "evsync-drop", "publish": True}}).start()
+            wait_for(lambda: "mqtt: connected" in a.log(), what="a to connect")
+        finally:
+            broker.stop()
+        wait_for(lambda: "mqtt: disconnected" in a.log(), what="the drop to be logged")
+        line = next(x for x in a.log().splitlines() if "mqtt: disconnected" in x)
+        assert "the connection dropped" in line and "Unspecified error" not in line, line
+
+
+# enough records that the dump takes several redraw intervals
+PROGRESS_RECORDS = 200_000
+
+
+class TestProgress:
+    """Long work shows progress on stderr when that is a terminal, and nothing otherwise."""
+
+    def _run(self, args: list[str], *, tty: bool) -> tuple[int, str]:
+        """Run evsync with stdout to a file and stderr to a pty (or a pipe)."""
+        import os
+        import pty
+
+        if not tty:
+            res = subprocess.run([sys.executable, "-m", "evsync", *args], cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 check=False, timeout=120)
+            return res.returncode, res.stderr.decode(errors="replace")
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "evsync", *args], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the pty
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+    def _config(self, tmp_path: Path) -> Path:
+        lmdb = tmp_path / "lmdb"
+        subprocess.run([sys.executable, "-m", "evsync.tools.lmdb_write", str(lmdb), "fill",
+                        "records", str(PROGRESS_RECORDS)], cwd=REPO, check=True)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"lmdbs:\n  main:\n    path: {lmdb}\n    schema_tracks_changes: true\n"
+                       f"storage:\n  type: fs\n  options: {{root_path: {tmp_path}/bucket}}\n")
+        return cfg
+
+    def test_dump_progress_on_a_terminal_only(self, tmp_path: Path) -> None:
+        """`dump -f json > file` with stderr on a terminal draws records, rate and a
+        total; with --quiet, or stderr not a terminal, stderr stays empty."""
+        cfg = self._config(tmp_path)
+        code, err = self._run(["-c", str(cfg), "dump", "-f", "json"], tty=True)
+        assert code == 0, err
+        assert "dump main" in err and f"/{PROGRESS_RECORDS}" in err and "records/s" in err
+        code, err = self._run(["-c", str(cfg), "--quiet", "dump", "-f", "json"], tty=True)
+        assert code == 0 and err == "", err
+        code, err = self._run(["-c", str(cfg), "dump", "-f", "json"], tty=False)
+        assert code == 0 and err == "", err
+
+    def test_put_and_get_progress(self, tmp_path: Path) -> None:
+        """`snapshots put` and `get` count bytes on a terminal; piped they add nothing."""
+        cfg = self._config(tmp_path)
+        assert evsync("-c", str(cfg), "sync", "--only-once").returncode == 0
+        name = evsync("-c", str(cfg), "snapshots", "list").stdout.split()[0]
+        local = tmp_path / "copy.evs.zst"
+        code, err = self._run(["-c", str(cfg), "snapshots", "get", name, "-o", str(local)],
+                              tty=True)
+        assert code == 0, err
+        assert f"get {name}" in err and "%|" in err
+        renamed = "copy-of-the-object"
+        code, err = self._run(["-c", str(cfg), "snapshots", "put", str(local), "-n", renamed,
+                               "--force"], tty=True)
+        assert code == 0, err
+        assert f"put {renamed}" in err and "%|" in err
+        code, err = self._run(["-c", str(cfg), "snapshots", "get", name, "-o", str(local)],
+                              tty=False)
+        assert code == 0 and err == "", err
