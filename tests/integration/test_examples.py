@@ -145,6 +145,14 @@ EXAMPLES = {
         buckets=("evsync-pdns48",),
         pushes=True,
     ),
+    # docs/lightningstream.md: one instance of an LS cluster replaced, LS's bucket as is
+    "ls-migration": Example(
+        "ls-migration.yaml",
+        env=lambda s, i: {**_s3_env(s), "PDNS_LMDB": str(_data(s, i) / "pdns.lmdb")},
+        lmdb=lambda s, i: _data(s, i) / "pdns.lmdb",
+        no_subdir=True,
+        buckets=("evsync-ls",),
+    ),
 }
 
 
