@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs (Mosquitto; PowerDNS 4.7 with its LMDB
-# backend and dig for the PowerDNS end-to-end test), if they are missing.
+# backend and dig for the PowerDNS end-to-end test; Chromium for the status page test;
+# Prometheus for promtool), if they are missing.
 # Runs as root or through sudo; a no-op when everything is already there.
 set -euo pipefail
 
@@ -27,5 +28,5 @@ echo "The test suite needs these Debian packages, which are missing: ${need[*]}"
 echo "Installing them now with ${how}: apt-get update; apt-get install --no-install-recommends ${need[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-# The Debian packages may start a broker on 1883 and pdns on 53; the tests start their own
-# on free loopback ports.
+# The Debian packages may start a broker on 1883, pdns on 53 and (under systemd)
+# Prometheus on 9090; the tests start their own servers on free loopback ports.
