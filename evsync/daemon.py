@@ -13,7 +13,7 @@ from typing import Any
 from evsync._version import __version__
 from evsync.cleaner import Cleaner
 from evsync.config import Config, FsOptions, HealthCheckConfig, LmdbConfig, S3Options
-from evsync.errors import ConfigError, EvsyncError
+from evsync.errors import ConfigError, HttpError
 from evsync.health import ERROR, OK, WARNING
 from evsync.http import HttpServer
 from evsync.lmdb.lock import SyncLock
@@ -284,9 +284,9 @@ class Daemon:
                 self.http = HttpServer(
                     self.config.http_address, self.metrics.registry, self.health, self.status
                 )
-            except ConfigError as exc:
-                # the address was valid; that it is taken now is a runtime failure
-                raise EvsyncError(f"{exc} ({HTTP_IN_USE_HINT})") from None
+            except HttpError as exc:
+                # the address is valid; that it is taken now is a runtime failure
+                raise HttpError(f"{exc} ({HTTP_IN_USE_HINT})") from None
             self.http.start()
         self._build_triggers()
         self._build_cleaners()

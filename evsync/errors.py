@@ -19,6 +19,8 @@
     │       │                        or entries out of order; the object is marked bad
     │       └── ObjectTooLargeError  an entry over the entry cap, or more inflated bytes
     │                                than storage_max_inflated_size (a bomb, say)
+    ├── HttpError                    http.address is valid but cannot be listened on
+    │                                (taken by another process): a runtime failure
     ├── StorageError                 the bucket could not do what was asked
     │   ├── ObjectNotFoundError      the named object does not exist (any more)
     │   ├── StorageUnavailableError  the backend is down or failed; worth retrying
@@ -76,6 +78,10 @@ class CorruptObjectError(SnapshotError):
 class ObjectTooLargeError(CorruptObjectError):
     """An object holds an entry over the entry cap, or inflates past the configured
     total (``storage_max_inflated_size``): it is rejected like a corrupt one."""
+
+
+class HttpError(EvsyncError):
+    """The HTTP endpoint cannot listen on its (valid) address: the port is taken."""
 
 
 class StorageError(EvsyncError):

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from evsync.errors import ConfigError
+from evsync.errors import ConfigError, HttpError
 from evsync.statuspage import HTML_TYPE, read_or_error, render_page
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class HttpServer:
         try:
             self._server = _Server((host, port), registry, read_health, read_status)
         except OSError as exc:
-            raise ConfigError(f"http.address: cannot listen on {address}: {exc.strerror}") from None
+            raise HttpError(f"http.address: cannot listen on {address}: {exc.strerror}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property

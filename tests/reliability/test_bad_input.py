@@ -368,10 +368,10 @@ class TestSecrets:
 
     def test_log_config_masks_secrets(self, tmp_path: Path) -> None:
         """``--log-config`` prints the effective config with access_key, secret_key and the
-        MQTT password as ``***`` (here before ``dump`` fails on the missing LMDB)."""
+        MQTT password as ``***`` (here before ``status`` fails: no HTTP endpoint is set)."""
         config = tmp_path / "evsync.yaml"
         config.write_text(WITH_SECRETS.replace("@LMDB@", str(tmp_path / "lmdb")))
-        run = evsync(config, "--log-config", "dump")
+        run = evsync(config, "--log-config", "status")
         assert_no_secret(run)
         (line,) = [ln for ln in run.stderr.splitlines() if "effective config: " in ln]
         printed = json.loads(line.split("effective config: ", 1)[1])

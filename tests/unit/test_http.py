@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from evsync.errors import ConfigError
+from evsync.errors import ConfigError, HttpError
 from evsync.http import HttpServer, parse_address
 from evsync.metrics import Metrics
 
@@ -121,8 +121,10 @@ class TestAddress:
         with pytest.raises(ConfigError, match=r"^http\.address"):
             parse_address("localhost")
 
-    def test_port_in_use_is_a_config_error(self, server: HttpServer) -> None:
-        """Binding a port that is taken fails with one line naming the address."""
+    def test_port_in_use_is_a_runtime_error(self, server: HttpServer) -> None:
+        """Binding a port that is taken fails with one line naming the address; it is an
+        HttpError (the config is fine, the port is busy), not a ConfigError."""
         host, port = server.address
-        with pytest.raises(ConfigError, match=r"http\.address: cannot listen on"):
+        with pytest.raises(HttpError, match=r"http\.address: cannot listen on") as info:
             HttpServer(f"{host}:{port}", Metrics().registry, State().health, State().status)
+        assert not isinstance(info.value, ConfigError)

@@ -50,11 +50,10 @@ class TestWriterTool:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """A path whose parent does not exist gives exit 1 and one line naming the path,
-        not a traceback."""
+        not a traceback (and nothing is created)."""
         path = tmp_path / "no-such-dir" / "main"
         assert lmdb_write.main([str(path), "get", "records", "k"]) == 1
         out = capsys.readouterr()
         assert out.out == ""
-        assert out.err.splitlines() == [
-            f"lmdb_write: cannot open {path}: No such file or directory"
-        ]
+        assert out.err.splitlines() == [f"lmdb_write: no LMDB at {path}"]
+        assert not path.parent.exists()
