@@ -59,6 +59,7 @@ import tempfile
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import IO, Any
 
 from evsync.errors import (
@@ -254,31 +255,20 @@ def _write_dbi(
     spool: IO[bytes] | None = None
     spooled = count = raw = 0
     # locals: this loop runs once per entry of the LMDB
-    key_prefix, value_prefix, kv_prefix = _KEY_PREFIX, _VALUE_PREFIX, _KV_PREFIX
-    pack_ts, ts_tag, deleted = _FIXED64.pack, _KV_TS, _KV_DELETED
-    table = _TABLE_SIZE
+    ts_tag, layouts = _KV_TS, _KV_LAYOUTS
     for key, ts, flags, value in entries:
         klen = len(key)
         vlen = len(value)
-        if not 0 < klen <= MAX_KEY_BYTES:
-            raise ValueError(f"DBI {info.name!r}: key length {klen} outside 1..{MAX_KEY_BYTES}")
-        kv = key_prefix[klen] + key
-        if vlen:
-            kv += (value_prefix[vlen] if vlen < table else b"\x12" + _encode_varint(vlen)) + value
-        if flags & FLAG_DELETED:
-            kv += deleted
-        if ts:
-            kv += ts_tag + pack_ts(ts)
-        size = len(kv)
-        if size < table:
-            buf += kv_prefix[size]
-        else:
-            if size > MAX_ENTRY_BYTES:
-                raise _entry_too_large(info, key, vlen)
-            buf += b"\x12" + _encode_varint(size)
-        buf += kv
         count += 1
         raw += klen + vlen
+        if ts and vlen and klen and klen + vlen < SHORT_KV_DATA and not flags & FLAG_DELETED:
+            # the commonest KV, all lengths one byte: one struct call instead of five joins
+            layout = layouts.get((klen, vlen)) or _kv_layout(klen, vlen)
+            buf += layout[0](layout[1], key, layout[2], value, ts_tag, ts)
+        else:
+            if not 0 < klen <= MAX_KEY_BYTES:
+                raise ValueError(f"DBI {info.name!r}: key length {klen} outside 1..{MAX_KEY_BYTES}")
+            buf += _encode_kv(info, key, ts, flags, value)
         if len(buf) >= SPOOL_MEMORY:
             if spool is None:
                 spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
@@ -295,6 +285,45 @@ def _write_dbi(
                 out.write(comp.compress(piece))
     out.write(comp.compress(buf))
     return count, raw
+
+
+# key + value bytes below this make a KV (2 + key + 2 + value + 9 bytes) whose length
+# fits one varint byte, as do the key's and the value's own lengths
+SHORT_KV_DATA = 0x80 - 13
+# struct layouts of short KVs by (key length, value length), and the framing they take
+_KV_LAYOUTS: dict[tuple[int, int], tuple[Any, bytes, bytes]] = {}
+
+
+def _kv_layout(klen: int, vlen: int) -> tuple[Any, bytes, bytes]:
+    """pack(), KV tag + length + key tag + key length, value tag + value length."""
+    layout = (
+        struct.Struct(f"<4s{klen}s2s{vlen}s1sQ").pack,
+        bytes([TAG_DBI_KV, klen + vlen + 13, TAG_KV_KEY, klen]),
+        bytes([TAG_KV_VALUE, vlen]),
+    )
+    _KV_LAYOUTS[klen, vlen] = layout  # at most 115 * 115 / 2 of them
+    return layout
+
+
+def _encode_kv(info: DbiInfo, key: bytes, ts: int, flags: int, value: bytes) -> bytes:
+    """One KV with its tag and length, as LS writes it: key, value, flags, timestamp,
+    each left out when empty or zero (the key never is)."""
+    vlen = len(value)
+    kv = _KEY_PREFIX[len(key)] + key
+    if vlen:
+        kv += (
+            _VALUE_PREFIX[vlen] if vlen < _TABLE_SIZE else b"\x12" + _encode_varint(vlen)
+        ) + value
+    if flags & FLAG_DELETED:
+        kv += _KV_DELETED
+    if ts:
+        kv += _KV_TS + _FIXED64.pack(ts)
+    size = len(kv)
+    if size < _TABLE_SIZE:
+        return _KV_PREFIX[size] + kv
+    if size > MAX_ENTRY_BYTES:
+        raise _entry_too_large(info, key, vlen)
+    return b"\x12" + _encode_varint(size) + kv
 
 
 def _entry_too_large(info: DbiInfo, key: bytes, vlen: int) -> EntryTooLargeError:
@@ -735,6 +764,54 @@ class LsSnapshotReader:
         return DbiInfo(name, flags, transform, 0)
 
 
+# Runs of KVs of one shape (key, value and timestamp, each key and each value of the same
+# length: fixed-size records) are unpacked by struct in C instead of one Python step per
+# KV. A run is looked for over at most RUN_WINDOW KVs and taken from RUN_MIN on; after a
+# miss the next RUN_RETRY KVs go one by one, so data of varied sizes pays little for it.
+RUN_WINDOW = 1024
+RUN_MIN = 16
+RUN_RETRY = 64
+_BYTE = [bytes([c]) for c in range(256)]
+_RUN_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
+MAX_RUN_STRUCTS = 256
+
+
+def _same_shape_run(
+    buf: bytes, i: int, *, lim: int, room: int, klen: int, vlen: int, out: list[Entry]
+) -> int:
+    """Append the run of KVs at ``buf[i]`` shaped like the first one (tag 0x12, the same
+    KV length, key 0x0a of ``klen`` bytes, value 0x12 of ``vlen`` bytes, timestamp
+    0x19), at least RUN_MIN of them; returns how many (0 for none)."""
+    size = klen + vlen + 15  # KV tag and length, key, value and timestamp fields
+    m = min(room, RUN_WINDOW, (lim - i) // size)
+    if m < RUN_MIN:
+        return 0
+    end = i + m * size
+    # each framing byte must be the same in every KV: one strided slice per byte, and
+    # lstrip counts how many KVs in a row have it
+    for offset, want in (
+        (0, TAG_DBI_KV),
+        (1, size - 2),
+        (2, TAG_KV_KEY),
+        (3, klen),
+        (4 + klen, TAG_KV_VALUE),
+        (5 + klen, vlen),
+        (size - 9, TAG_KV_TS),
+    ):
+        column = buf[i + offset : end : size]
+        m = min(m, len(column) - len(column.lstrip(_BYTE[want])))
+        if m < RUN_MIN:
+            return 0
+    layout = _RUN_STRUCTS.get((klen, vlen))
+    if layout is None:
+        if len(_RUN_STRUCTS) >= MAX_RUN_STRUCTS:
+            _RUN_STRUCTS.clear()
+        layout = _RUN_STRUCTS[klen, vlen] = struct.Struct(f"<4x{klen}s2x{vlen}sxQ")
+    keys, values, stamps = zip(*layout.iter_unpack(memoryview(buf)[i : i + m * size]), strict=True)
+    out += zip(keys, stamps, repeat(0, m), values, strict=True)
+    return m
+
+
 class LsDbiEntries:
     """One DBI's entries as the reader parses them, each checked before it is handed out:
     iterate for single entries, or take checked lists with :meth:`chunks`."""
@@ -752,6 +829,8 @@ class LsDbiEntries:
         self._check_keys = bool(info.transform) and not reader._verified
         self._label = f"DBI {info.name.decode(errors='replace')!r}"
         self._out: list[Entry] = []
+        # LS's shape with v2+ rules and no key transform: the fast loop may take it
+        self._fast = not self._deleted_if_empty and not self._check_keys
 
     def chunks(self, size: int = CHECK_CHUNK) -> Iterator[list[Entry]]:
         """The remaining entries in lists of at most ``size`` entries and about
@@ -771,7 +850,14 @@ class LsDbiEntries:
         self._out = out  # error messages count the entries taken so far
         held = 0
         end = self._end
+        fast = self._fast
         while len(out) < size and held < CHUNK_MAX_BYTES:
+            if fast:
+                held = self._fast_kvs(out, size, held)
+                if len(out) >= size or held >= CHUNK_MAX_BYTES:
+                    break
+            # one step the general way: a KV of another shape, another DBI field, the
+            # end of the DBI, or a KV that the buffer holds only part of
             if wire.offset() >= end:
                 if wire.offset() > end:
                     raise CorruptObjectError(f"{self._label}: an entry runs past the DBI's end")
@@ -813,6 +899,106 @@ class LsDbiEntries:
             held += n
         self.count += len(out)
         return out
+
+    def _fast_kvs(  # noqa: PLR0915 - one function: a call per KV would cost more
+        self, out: list[Entry], size: int, held: int
+    ) -> int:
+        """Take, straight from the buffer, the KVs it holds whole that have LS's shape:
+        key, value, flags, timestamp, each optional but the key, lengths of one or two
+        bytes. Anything else stops the loop, and the general path takes that KV (from
+        its start: nothing here is kept of a KV that did not finish). Returns ``held``
+        plus the bytes taken.
+
+        This is the reader's hot loop, one Python step per KV: locals only, the bytes
+        budget turned into a bound on the buffer instead of a sum per KV, the count
+        left to ``repeat``, and the commonest KV (key, value and timestamp, all short)
+        checked with one comparison chain before the general shape is tried."""
+        wire = self._reader._wire
+        buf = wire.buf
+        i = start = wire.pos
+        # a KV is taken only if it ends by lim: the DBI's end, the buffer's, the budget's
+        lim = min(len(buf), self._end - wire.base, i + CHUNK_MAX_BYTES - held)
+        append = out.append
+        unpack = _FIXED64.unpack_from
+        room = size - len(out)
+        probe_at = 0  # KVs until a run of same-shaped KVs is looked for again
+        try:
+            while room > 0:
+                if buf[i] != TAG_DBI_KV:
+                    break
+                n = buf[i + 1]
+                klen = buf[i + 3]
+                k = i + 4 + klen  # where the value field starts
+                vlen = buf[k + 1]
+                e = i + 2 + n
+                if (
+                    (n | klen | vlen) < 0x80
+                    and klen
+                    and e <= lim
+                    and buf[i + 2] == TAG_KV_KEY
+                    and buf[k] == TAG_KV_VALUE
+                    and k + vlen + 11 == e
+                    and buf[e - 9] == TAG_KV_TS
+                ):
+                    if probe_at:
+                        probe_at -= 1
+                    elif room >= RUN_MIN:
+                        taken = _same_shape_run(
+                            buf, i, lim=lim, room=room, klen=klen, vlen=vlen, out=out
+                        )
+                        if taken:
+                            i += taken * (n + 2)
+                            room -= taken
+                            continue
+                        probe_at = RUN_RETRY
+                    append((buf[i + 4 : k], unpack(buf, e - 8)[0], 0, buf[k + 2 : e - 9]))
+                    i = e
+                    room -= 1
+                    continue
+                j = i + 2
+                if n & 0x80:
+                    b = buf[j]
+                    if b & 0x80:
+                        break
+                    n = (n & 0x7F) | b << 7
+                    j += 1
+                e = j + n
+                if e > lim or buf[j] != TAG_KV_KEY:
+                    break
+                p = j + 2 + buf[j + 1]
+                if buf[j + 1] & 0x80 or p == j + 2:
+                    break  # a key of 128 bytes or more, or none: the general path
+                key = buf[j + 2 : p]
+                value = b""
+                flags = ts = 0
+                if p < e and buf[p] == TAG_KV_VALUE:
+                    v = buf[p + 1]
+                    p += 2
+                    if v & 0x80:
+                        b = buf[p]
+                        if b & 0x80:
+                            break
+                        v = (v & 0x7F) | b << 7
+                        p += 1
+                    value = buf[p : p + v]
+                    p += v
+                if p < e and buf[p] == TAG_KV_FLAGS:
+                    flags = buf[p + 1]
+                    if flags & 0x80:
+                        break
+                    p += 2
+                if p + 9 <= e and buf[p] == TAG_KV_TS:
+                    ts = unpack(buf, p + 1)[0]
+                    p += 9
+                if p != e:
+                    break  # unknown fields, or lengths that overrun: the general path
+                append((key, ts, flags & SYNC_FLAG_MASK, value))
+                i = e
+                room -= 1
+        except IndexError:
+            pass  # a field cut by the buffer's end: the general path fills and takes it
+        wire.pos = i
+        return held + i - start
 
     def _kv(self, buf: bytes, pos: int, end: int) -> Entry:
         """One KV message in ``buf[pos:end]``, checked."""
