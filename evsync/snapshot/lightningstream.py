@@ -57,7 +57,6 @@ import logging
 import struct
 import tempfile
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 from typing import IO, Any
@@ -695,7 +694,7 @@ class LsSnapshotReader:
                 raise CorruptObjectError(f"more than {MAX_DBIS} DBIs")
             entries = self._open_dbi(self._next_dbi)
             yield entries.info, entries
-            deque(entries.chunks(), maxlen=0)  # what the caller left, to stay in step
+            entries.check_rest()  # what the caller left, to stay in step
             self._infos.append(dataclasses.replace(entries.info, entries=entries.count))
             self._next_dbi = self._top_level()
         self._finish()
@@ -769,8 +768,12 @@ class LsSnapshotReader:
 # KV. A run is looked for over at most RUN_WINDOW KVs and taken from RUN_MIN on; after a
 # miss the next RUN_RETRY KVs go one by one, so data of varied sizes pays little for it.
 RUN_WINDOW = 1024
+# check_rest() takes lists this long: it builds few entries, so a list costs little
+CHECK_ONLY_CHUNK = 1 << 16
 RUN_MIN = 16
 RUN_RETRY = 64
+# ... and twice as many after each further miss, up to 64 << 6 = 4,096 KVs
+RUN_BACKOFF = 6
 _BYTE = [bytes([c]) for c in range(256)]
 _RUN_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
 MAX_RUN_STRUCTS = 256
@@ -779,29 +782,12 @@ MAX_RUN_STRUCTS = 256
 def _same_shape_run(
     buf: bytes, i: int, *, lim: int, room: int, klen: int, vlen: int, out: list[Entry]
 ) -> int:
-    """Append the run of KVs at ``buf[i]`` shaped like the first one (tag 0x12, the same
-    KV length, key 0x0a of ``klen`` bytes, value 0x12 of ``vlen`` bytes, timestamp
-    0x19), at least RUN_MIN of them; returns how many (0 for none)."""
-    size = klen + vlen + 15  # KV tag and length, key, value and timestamp fields
-    m = min(room, RUN_WINDOW, (lim - i) // size)
-    if m < RUN_MIN:
+    """Append the run of KVs at ``buf[i]`` shaped like the first one, at least RUN_MIN
+    of them (see :func:`_run_length`); returns how many (0 for none)."""
+    m = _run_length(buf, i, lim=lim, room=room, klen=klen, vlen=vlen)
+    if not m:
         return 0
-    end = i + m * size
-    # each framing byte must be the same in every KV: one strided slice per byte, and
-    # lstrip counts how many KVs in a row have it
-    for offset, want in (
-        (0, TAG_DBI_KV),
-        (1, size - 2),
-        (2, TAG_KV_KEY),
-        (3, klen),
-        (4 + klen, TAG_KV_VALUE),
-        (5 + klen, vlen),
-        (size - 9, TAG_KV_TS),
-    ):
-        column = buf[i + offset : end : size]
-        m = min(m, len(column) - len(column.lstrip(_BYTE[want])))
-        if m < RUN_MIN:
-            return 0
+    size = klen + vlen + 15
     layout = _RUN_STRUCTS.get((klen, vlen))
     if layout is None:
         if len(_RUN_STRUCTS) >= MAX_RUN_STRUCTS:
@@ -810,6 +796,38 @@ def _same_shape_run(
     keys, values, stamps = zip(*layout.iter_unpack(memoryview(buf)[i : i + m * size]), strict=True)
     out += zip(keys, stamps, repeat(0, m), values, strict=True)
     return m
+
+
+def _run_length(buf: bytes, i: int, *, lim: int, room: int, klen: int, vlen: int) -> int:
+    """How many KVs from ``buf[i]`` on, up to ``lim`` and ``room``, have the framing of
+    the first (tag 0x12, the same KV length, key 0x0a of ``klen`` bytes, value 0x12 of
+    ``vlen`` bytes, timestamp 0x19); 0 when fewer than RUN_MIN."""
+    size = klen + vlen + 15  # KV tag and length, key, value and timestamp fields
+    m = min(room, RUN_WINDOW, (lim - i) // size)
+    if m < RUN_MIN:
+        return 0
+    framing = (
+        (0, TAG_DBI_KV),
+        (1, size - 2),
+        (2, TAG_KV_KEY),
+        (3, klen),
+        (4 + klen, TAG_KV_VALUE),
+        (5 + klen, vlen),
+        (size - 9, TAG_KV_TS),
+    )
+    # first over RUN_MIN KVs only, so that data of varied sizes fails cheaply; then over
+    # the whole window. Each framing byte must be the same in every KV: one strided
+    # slice per byte, and lstrip counts how many KVs in a row have it.
+    run = 0
+    for window in (RUN_MIN, m):
+        end = i + window * size
+        run = window
+        for offset, want in framing:
+            column = buf[i + offset : end : size]
+            run = min(run, len(column) - len(column.lstrip(_BYTE[want])))
+            if run < RUN_MIN:
+                return 0
+    return run
 
 
 class LsDbiEntries:
@@ -829,6 +847,7 @@ class LsDbiEntries:
         self._check_keys = bool(info.transform) and not reader._verified
         self._label = f"DBI {info.name.decode(errors='replace')!r}"
         self._out: list[Entry] = []
+        self._checked = 0
         # LS's shape with v2+ rules and no key transform: the fast loop may take it
         self._fast = not self._deleted_if_empty and not self._check_keys
 
@@ -844,17 +863,29 @@ class LsDbiEntries:
         for chunk in self.chunks():
             yield from chunk
 
-    def _next_chunk(self, size: int) -> list[Entry]:
+    def check_rest(self) -> None:
+        """Read the remaining entries, checking each as :meth:`chunks` would, building
+        as few as it can: what :func:`verify_snapshot` needs, at about half the cost."""
+        while not self._done:
+            self._next_chunk(CHECK_ONLY_CHUNK, build=False)
+
+    def _next_chunk(self, size: int, *, build: bool = True) -> list[Entry]:
+        """The next entries, at most ``size`` and about CHUNK_MAX_BYTES; ``build=False``
+        only counts (in ``_checked``) the ones the fast loop can check without building."""
         wire = self._reader._wire
         out: list[Entry] = []
         self._out = out  # error messages count the entries taken so far
+        self._checked = 0
         held = 0
         end = self._end
         fast = self._fast
-        while len(out) < size and held < CHUNK_MAX_BYTES:
+        while len(out) + self._checked < size and held < CHUNK_MAX_BYTES:
             if fast:
-                held = self._fast_kvs(out, size, held)
-                if len(out) >= size or held >= CHUNK_MAX_BYTES:
+                if build:
+                    held = self._fast_kvs(out, size, held)
+                else:
+                    held = self._fast_check(size - len(out) - self._checked, held)
+                if len(out) + self._checked >= size or held >= CHUNK_MAX_BYTES:
                     break
             # one step the general way: a KV of another shape, another DBI field, the
             # end of the DBI, or a KV that the buffer holds only part of
@@ -866,39 +897,48 @@ class LsDbiEntries:
             # near the end of the stream, what is there must still hold a tag and a length
             if not wire.fill(MAX_VARINT_BYTES + 1) and len(wire.buf) - wire.pos < 2:
                 raise CorruptObjectError(f"truncated inside {self._label}")
-            buf, pos = wire.buf, wire.pos
-            if buf[pos] != TAG_DBI_KV:
+            if wire.buf[wire.pos] != TAG_DBI_KV:
                 self._other_field(end)
                 continue
-            n = buf[pos + 1]
-            start = pos + 2
-            if n & 0x80:
-                n, start = _varint(buf, pos + 1, f"{self._label} entry length")
-            if n == 0:
-                raise CorruptObjectError(
-                    f"{self._what()}: an empty KV message "
-                    "(Lightning Stream exits on such an object)"
-                )
-            if n > MAX_ENTRY_BYTES:
-                raise ObjectTooLargeError(
-                    f"{self._what()}: {n} bytes, more than the "
-                    f"{MAX_ENTRY_BYTES >> 20} MiB an entry may hold"
-                )
-            stop = start + n
-            if wire.base + stop > end:
-                raise CorruptObjectError(f"{self._what()} runs past the end of the DBI")
-            if stop > len(buf):
-                if not wire.fill(stop - pos):
-                    raise CorruptObjectError(f"truncated inside {self._label}")
-                buf = wire.buf
-                start -= pos
-                stop -= pos
-                pos = 0
-            out.append(self._kv(buf, start, stop))
-            wire.pos = stop
+            entry, n = self._one_kv(end)
+            if build:
+                out.append(entry)
+            else:
+                self._checked += 1
             held += n
-        self.count += len(out)
+        self.count += len(out) + self._checked
         return out
+
+    def _one_kv(self, end: int) -> tuple[Entry, int]:
+        """The KV at the wire's position, whatever its shape, filling the buffer as it
+        needs; the entry and the KV's length."""
+        wire = self._reader._wire
+        buf, pos = wire.buf, wire.pos
+        n = buf[pos + 1]
+        start = pos + 2
+        if n & 0x80:
+            n, start = _varint(buf, pos + 1, f"{self._label} entry length")
+        if n == 0:
+            raise CorruptObjectError(
+                f"{self._what()}: an empty KV message (Lightning Stream exits on such an object)"
+            )
+        if n > MAX_ENTRY_BYTES:
+            raise ObjectTooLargeError(
+                f"{self._what()}: {n} bytes, more than the "
+                f"{MAX_ENTRY_BYTES >> 20} MiB an entry may hold"
+            )
+        stop = start + n
+        if wire.base + stop > end:
+            raise CorruptObjectError(f"{self._what()} runs past the end of the DBI")
+        if stop > len(buf):
+            if not wire.fill(stop - pos):
+                raise CorruptObjectError(f"truncated inside {self._label}")
+            buf = wire.buf
+            start -= pos
+            stop -= pos
+        entry = self._kv(buf, start, stop)
+        wire.pos = stop
+        return entry, n
 
     def _fast_kvs(  # noqa: PLR0915 - one function: a call per KV would cost more
         self, out: list[Entry], size: int, held: int
@@ -921,7 +961,7 @@ class LsDbiEntries:
         append = out.append
         unpack = _FIXED64.unpack_from
         room = size - len(out)
-        probe_at = 0  # KVs until a run of same-shaped KVs is looked for again
+        probe_at = misses = 0  # KVs until a run of same-shaped KVs is looked for again
         try:
             while room > 0:
                 if buf[i] != TAG_DBI_KV:
@@ -950,7 +990,8 @@ class LsDbiEntries:
                             i += taken * (n + 2)
                             room -= taken
                             continue
-                        probe_at = RUN_RETRY
+                        misses += 1
+                        probe_at = RUN_RETRY << min(misses, RUN_BACKOFF)
                     append((buf[i + 4 : k], unpack(buf, e - 8)[0], 0, buf[k + 2 : e - 9]))
                     i = e
                     room -= 1
@@ -998,6 +1039,54 @@ class LsDbiEntries:
         except IndexError:
             pass  # a field cut by the buffer's end: the general path fills and takes it
         wire.pos = i
+        return held + i - start
+
+    def _fast_check(self, room: int, held: int) -> int:
+        """Check, without building them, up to ``room`` KVs the buffer holds whole that
+        have the commonest shape (the first test of :meth:`_fast_kvs`, the same
+        condition, so what it accepts the building loop would accept); counted in
+        ``_checked``. Any other KV stops it, and the general path takes that one.
+        Returns ``held`` plus the bytes checked."""
+        wire = self._reader._wire
+        buf = wire.buf
+        i = start = wire.pos
+        lim = min(len(buf), self._end - wire.base, i + CHUNK_MAX_BYTES - held)
+        taken = probe_at = misses = 0
+        try:
+            while taken < room:
+                if buf[i] != TAG_DBI_KV:
+                    break
+                n = buf[i + 1]
+                klen = buf[i + 3]
+                k = i + 4 + klen
+                vlen = buf[k + 1]
+                e = i + 2 + n
+                if not (
+                    (n | klen | vlen) < 0x80
+                    and klen
+                    and e <= lim
+                    and buf[i + 2] == TAG_KV_KEY
+                    and buf[k] == TAG_KV_VALUE
+                    and k + vlen + 11 == e
+                    and buf[e - 9] == TAG_KV_TS
+                ):
+                    break
+                if probe_at:
+                    probe_at -= 1
+                elif room - taken >= RUN_MIN:
+                    m = _run_length(buf, i, lim=lim, room=room - taken, klen=klen, vlen=vlen)
+                    if m:
+                        i += m * (n + 2)
+                        taken += m
+                        continue
+                    misses += 1
+                    probe_at = RUN_RETRY << min(misses, RUN_BACKOFF)
+                i = e
+                taken += 1
+        except IndexError:
+            pass  # a field cut by the buffer's end: the general path fills and takes it
+        wire.pos = i
+        self._checked += taken
         return held + i - start
 
     def _kv(self, buf: bytes, pos: int, end: int) -> Entry:
@@ -1069,7 +1158,7 @@ class LsDbiEntries:
         wire.skip_field(wire_type, f"{self._label} field {field}", end)
 
     def _what(self) -> str:
-        return f"{self._label} entry {self.count + len(self._out)}"
+        return f"{self._label} entry {self.count + len(self._out) + self._checked}"
 
 
 def read_header(source: IO[bytes]) -> SnapshotHeader:
@@ -1083,7 +1172,7 @@ def verify_snapshot(source: IO[bytes], *, max_inflated: int | None = None) -> Sn
     CorruptObjectError (ObjectTooLargeError past ``max_inflated`` inflated bytes)."""
     reader = LsSnapshotReader(source, max_inflated=max_inflated)
     for _info, entries in reader.dbis():
-        deque(entries.chunks(), maxlen=0)
+        entries.check_rest()
     return reader.header
 
 
