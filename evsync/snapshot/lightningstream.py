@@ -727,12 +727,15 @@ class LsSnapshotReader:
         first_kv = False
         index = len(self._infos)
         while wire.offset() < end:
+            tag_at = wire.offset()
             tag = wire.varint(f"a field tag of DBI {index}")
             field, wire_type = tag >> 3, tag & 7
             what = f"DBI {index} field {field}"
             if field == 2:
                 _expect(wire_type, WT_LEN, what)
-                wire.pos -= 1  # the entries loop reads the KV tag itself (always 1 byte)
+                # the entries loop reads the KV tag itself; varint() filled the buffer
+                # from the tag on, so the tag is still in it
+                wire.pos = tag_at - wire.base
                 first_kv = True
                 break
             if field == 1:
@@ -797,14 +800,33 @@ _RUN_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
 MAX_RUN_STRUCTS = 256
 
 
-def _same_shape_run(
-    buf: bytes, i: int, *, lim: int, room: int, klen: int, vlen: int, out: list[Entry]
-) -> int:
-    """Append the run of KVs at ``buf[i]`` shaped like the first one, at least RUN_MIN
-    of them (see :func:`_run_length`); returns how many (0 for none)."""
-    m = _run_length(buf, i, lim=lim, room=room, klen=klen, vlen=vlen)
-    if not m:
+def _run_at(buf: bytes, i: int, *, lim: int, room: int) -> int:
+    """How many KVs of one shape start at ``buf[i]`` (see :func:`_run_length`), provided
+    the first has the commonest shape with lengths of one byte; 0 otherwise."""
+    n = buf[i + 1]
+    klen = buf[i + 3]
+    vlen = buf[i + 5 + klen]
+    if (n | klen | vlen) >= 0x80 or not klen or n != klen + vlen + 13:
         return 0
+    return _run_length(buf, i, lim=lim, room=room, klen=klen, vlen=vlen)
+
+
+def _take_run(buf: bytes, i: int, *, lim: int, room: int, out: list[Entry]) -> tuple[int, int]:
+    """Append the run of same-shaped KVs at ``buf[i]``, if there is one; how many, and
+    where the buffer's next KV starts."""
+    if buf[i] != TAG_DBI_KV:
+        return 0, i
+    m = _run_at(buf, i, lim=lim, room=room)
+    if not m:
+        return 0, i
+    klen = buf[i + 3]
+    size = buf[i + 1] + 2
+    _unpack_run(buf, i, m, klen=klen, vlen=size - 15 - klen, out=out)
+    return m, i + m * size
+
+
+def _unpack_run(buf: bytes, i: int, m: int, *, klen: int, vlen: int, out: list[Entry]) -> None:
+    """Append ``m`` KVs of the run at ``buf[i]``, checked by :func:`_run_length`."""
     size = klen + vlen + 15
     layout = _RUN_STRUCTS.get((klen, vlen))
     if layout is None:
@@ -813,7 +835,6 @@ def _same_shape_run(
         layout = _RUN_STRUCTS[klen, vlen] = struct.Struct(f"<4x{klen}s2x{vlen}sxQ")
     keys, values, stamps = zip(*layout.iter_unpack(memoryview(buf)[i : i + m * size]), strict=True)
     out += zip(keys, stamps, repeat(0, m), values, strict=True)
-    return m
 
 
 def _run_length(buf: bytes, i: int, *, lim: int, room: int, klen: int, vlen: int) -> int:
@@ -979,81 +1000,83 @@ class LsDbiEntries:
         append = out.append
         unpack = _FIXED64.unpack_from
         room = size - len(out)
-        probe_at = misses = 0  # KVs until a run of same-shaped KVs is looked for again
+        misses = 0  # runs looked for in vain in a row: the next look comes later
         # literal tags in the loop (0x12 KV and value, 0x0a key, 0x19 timestamp): a
         # module constant is a dict lookup per use, and this runs per KV
         try:
-            while room > 0 and buf[i] == 0x12:
-                n = buf[i + 1]
-                klen = buf[i + 3]
-                k = i + 4 + klen  # where the value field starts
-                vlen = buf[k + 1]
-                e = i + 2 + n
-                if (
-                    (n | klen | vlen) < 0x80
-                    and klen
-                    and e <= lim
-                    and buf[i + 2] == 0x0A
-                    and buf[k] == 0x12
-                    and k + vlen + 11 == e
-                    and buf[e - 9] == 0x19
-                ):
-                    if probe_at:
-                        probe_at -= 1
-                    elif room >= RUN_MIN:
-                        taken = _same_shape_run(
-                            buf, i, lim=lim, room=room, klen=klen, vlen=vlen, out=out
-                        )
-                        if taken:
-                            i += taken * (n + 2)
-                            room -= taken
-                            continue
-                        misses += 1
-                        probe_at = RUN_RETRY << min(misses, RUN_BACKOFF)
-                    append((buf[i + 4 : k], unpack(buf, e - 8)[0], 0, buf[k + 2 : e - 9]))
-                    i = e
-                    room -= 1
-                    continue
-                j = i + 2
-                if n & 0x80:
-                    b = buf[j]
-                    if b & 0x80:
+            while room > 0:
+                if room >= RUN_MIN:
+                    taken, i = _take_run(buf, i, lim=lim, room=room, out=out)
+                    if taken:
+                        room -= taken
+                        misses = 0
+                        continue
+                    misses = min(misses + 1, RUN_BACKOFF)
+                before = len(out)
+                # one by one up to the next look for a run; the count is repeat()'s
+                for _ in repeat(None, min(room, RUN_RETRY << misses)):
+                    if buf[i] != 0x12:
                         break
-                    n = (n & 0x7F) | b << 7
-                    j += 1
-                e = j + n
-                if e > lim or buf[j] != TAG_KV_KEY:
-                    break
-                p = j + 2 + buf[j + 1]
-                if buf[j + 1] & 0x80 or p == j + 2:
-                    break  # a key of 128 bytes or more, or none: the general path
-                key = buf[j + 2 : p]
-                value = b""
-                flags = ts = 0
-                if p < e and buf[p] == TAG_KV_VALUE:
-                    v = buf[p + 1]
-                    p += 2
-                    if v & 0x80:
-                        b = buf[p]
+                    n = buf[i + 1]
+                    klen = buf[i + 3]
+                    k = i + 4 + klen  # where the value field starts
+                    vlen = buf[k + 1]
+                    e = i + 2 + n
+                    if (
+                        (n | klen | vlen) < 0x80
+                        and klen
+                        and e <= lim
+                        and buf[i + 2] == 0x0A
+                        and buf[k] == 0x12
+                        and k + vlen + 11 == e
+                        and buf[e - 9] == 0x19
+                    ):
+                        append((buf[i + 4 : k], unpack(buf, e - 8)[0], 0, buf[k + 2 : e - 9]))
+                        i = e
+                        continue
+                    j = i + 2
+                    if n & 0x80:
+                        b = buf[j]
                         if b & 0x80:
                             break
-                        v = (v & 0x7F) | b << 7
-                        p += 1
-                    value = buf[p : p + v]
-                    p += v
-                if p < e and buf[p] == TAG_KV_FLAGS:
-                    flags = buf[p + 1]
-                    if flags & 0x80:
+                        n = (n & 0x7F) | b << 7
+                        j += 1
+                    e = j + n
+                    if e > lim or buf[j] != TAG_KV_KEY:
                         break
-                    p += 2
-                if p + 9 <= e and buf[p] == TAG_KV_TS:
-                    ts = unpack(buf, p + 1)[0]
-                    p += 9
-                if p != e:
-                    break  # unknown fields, or lengths that overrun: the general path
-                append((key, ts, flags & SYNC_FLAG_MASK, value))
-                i = e
-                room -= 1
+                    p = j + 2 + buf[j + 1]
+                    if buf[j + 1] & 0x80 or p == j + 2:
+                        break  # a key of 128 bytes or more, or none: the general path
+                    key = buf[j + 2 : p]
+                    value = b""
+                    flags = ts = 0
+                    if p < e and buf[p] == TAG_KV_VALUE:
+                        v = buf[p + 1]
+                        p += 2
+                        if v & 0x80:
+                            b = buf[p]
+                            if b & 0x80:
+                                break
+                            v = (v & 0x7F) | b << 7
+                            p += 1
+                        value = buf[p : p + v]
+                        p += v
+                    if p < e and buf[p] == TAG_KV_FLAGS:
+                        flags = buf[p + 1]
+                        if flags & 0x80:
+                            break
+                        p += 2
+                    if p + 9 <= e and buf[p] == TAG_KV_TS:
+                        ts = unpack(buf, p + 1)[0]
+                        p += 9
+                    if p != e:
+                        break  # unknown fields, or lengths that overrun: the general path
+                    append((key, ts, flags & SYNC_FLAG_MASK, value))
+                    i = e
+                else:
+                    room -= len(out) - before
+                    continue
+                break  # a KV the loop does not take: the general path's
         except IndexError:
             pass  # a field cut by the buffer's end: the general path fills and takes it
         wire.pos = i
@@ -1069,36 +1092,41 @@ class LsDbiEntries:
         buf = wire.buf
         i = start = wire.pos
         lim = min(len(buf), self._end - wire.base, i + CHUNK_MAX_BYTES - held)
-        taken = probe_at = misses = 0
+        taken = misses = 0
         try:  # literal tags in the loop, as in _fast_kvs
-            while taken < room and buf[i] == 0x12:
-                n = buf[i + 1]
-                klen = buf[i + 3]
-                k = i + 4 + klen
-                vlen = buf[k + 1]
-                e = i + 2 + n
-                if not (
-                    (n | klen | vlen) < 0x80
-                    and klen
-                    and e <= lim
-                    and buf[i + 2] == 0x0A
-                    and buf[k] == 0x12
-                    and k + vlen + 11 == e
-                    and buf[e - 9] == 0x19
-                ):
-                    break
-                if probe_at:
-                    probe_at -= 1
-                elif room - taken >= RUN_MIN:
-                    m = _run_length(buf, i, lim=lim, room=room - taken, klen=klen, vlen=vlen)
+            while taken < room:
+                if room - taken >= RUN_MIN:
+                    m = _run_at(buf, i, lim=lim, room=room - taken)
                     if m:
-                        i += m * (n + 2)
+                        i += m * (buf[i + 1] + 2)
                         taken += m
+                        misses = 0
                         continue
-                    misses += 1
-                    probe_at = RUN_RETRY << min(misses, RUN_BACKOFF)
-                i = e
-                taken += 1
+                    misses = min(misses + 1, RUN_BACKOFF)
+                stride = min(room - taken, RUN_RETRY << misses)
+                for _ in repeat(None, stride):
+                    if buf[i] != 0x12:
+                        break
+                    n = buf[i + 1]
+                    klen = buf[i + 3]
+                    k = i + 4 + klen
+                    vlen = buf[k + 1]
+                    e = i + 2 + n
+                    if not (
+                        (n | klen | vlen) < 0x80
+                        and klen
+                        and e <= lim
+                        and buf[i + 2] == 0x0A
+                        and buf[k] == 0x12
+                        and k + vlen + 11 == e
+                        and buf[e - 9] == 0x19
+                    ):
+                        break
+                    i = e
+                    taken += 1
+                else:
+                    continue
+                break  # a KV the loop does not take: the general path's
         except IndexError:
             pass  # a field cut by the buffer's end: the general path fills and takes it
         wire.pos = i
@@ -1170,7 +1198,12 @@ class LsDbiEntries:
                 "entries; evsync reads DBIs as Lightning Stream writes them"
             )
         if field == 2:
-            raise CorruptObjectError(f"{self._label}: entries field with wire type {wire_type}")
+            # a KV tag is 0x12; anything else naming field 2 is a wrong wire type, or
+            # the same tag in a non-minimal varint, which no protobuf writer emits
+            raise CorruptObjectError(
+                f"{self._what()}: entries field with wire type {wire_type} or a tag "
+                "in more than one byte"
+            )
         wire.skip_field(wire_type, f"{self._label} field {field}", end)
 
     def _what(self) -> str:

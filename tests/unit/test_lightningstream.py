@@ -600,6 +600,14 @@ class TestReaderRules:
         with pytest.raises(CorruptObjectError, match="after its entries"):
             verify_snapshot(io.BytesIO(snapshot(field(1, 2, b"d") + KV1 + field(3, 0, 8))))
 
+    def test_non_minimal_kv_tag(self) -> None:
+        """A KV tag written in two varint bytes (0x92 0x00) is refused with a clear line,
+        as the first entry and after one."""
+        kv = b"\x92\x00" + field(2, 2, field(1, 2, b"k"))[1:]
+        for body in (field(1, 2, b"d") + kv, field(1, 2, b"d") + KV1 + kv):
+            with pytest.raises(CorruptObjectError, match="tag in more than one byte"):
+                verify_snapshot(io.BytesIO(snapshot(body)))
+
     def test_unknown_dbi_field_after_entries_skipped(self) -> None:
         """An unknown DBI field between entries is skipped."""
         obj = snapshot(field(1, 2, b"d") + KV1 + field(9, 2, b"xyz") + KV1)
@@ -715,17 +723,28 @@ class TestWriter:
         with pytest.raises(EntryTooLargeError, match="key b'big'"):
             write_snapshot(io.BytesIO(), header, [[(b"big", 1, 0, b"x" * MAX_ENTRY_BYTES)]])
 
-    def test_spooled_dbi(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A DBI bigger than the in-memory spool goes through a temporary file and reads
-        back the same."""
+    def test_spooled_dbi(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """A DBI bigger than the in-memory spool goes through a temporary file beside
+        the object and reads back the same; nothing is left beside it."""
         from evsync.snapshot import lightningstream
 
         monkeypatch.setattr(lightningstream, "SPOOL_MEMORY", 1000)
+        spools: list[str | None] = []
+        real = lightningstream.tempfile.TemporaryFile
+
+        def spy(dir: str | None = None) -> Any:
+            spools.append(dir)
+            return real(dir=dir)
+
+        monkeypatch.setattr(lightningstream.tempfile, "TemporaryFile", spy)
         entries = [(b"key%09d" % i, T + i, i % 2, b"v" * (i % 70)) for i in range(5000)]
         header = SnapshotHeader("main", "i", "h", T, 1, (DbiInfo(b"d", 0, "", 5000),))
-        out = io.BytesIO()
-        write_snapshot(out, header, [entries])
-        got = read_all(out.getvalue())[1][0][1]
+        path = tmp_path / "out.pb.gz"
+        with path.open("wb") as out:
+            write_snapshot(out, header, [entries])
+        assert spools == [str(tmp_path)]
+        assert os.listdir(tmp_path) == ["out.pb.gz"]
+        got = read_all(path.read_bytes())[1][0][1]
         assert got == entries
 
 
