@@ -12,6 +12,7 @@ import io
 import json
 import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -730,13 +731,13 @@ class TestWriter:
 
         monkeypatch.setattr(lightningstream, "SPOOL_MEMORY", 1000)
         spools: list[str | None] = []
-        real = lightningstream.tempfile.TemporaryFile
+        real = tempfile.TemporaryFile
 
         def spy(dir: str | None = None) -> Any:
             spools.append(dir)
             return real(dir=dir)
 
-        monkeypatch.setattr(lightningstream.tempfile, "TemporaryFile", spy)
+        monkeypatch.setattr(tempfile, "TemporaryFile", spy)
         entries = [(b"key%09d" % i, T + i, i % 2, b"v" * (i % 70)) for i in range(5000)]
         header = SnapshotHeader("main", "i", "h", T, 1, (DbiInfo(b"d", 0, "", 5000),))
         path = tmp_path / "out.pb.gz"
