@@ -103,11 +103,11 @@ class TestIgnored:
     """Hints that are not for this db's evsync objects are ignored and counted."""
 
     def test_ignored_hints(self) -> None:
-        """Other dbs, .pb.gz objects, unparseable and missing names are ignored."""
+        """Other dbs, foreign extensions, unparseable and missing names are ignored."""
         q = HintQueue("main")
         bad = [
             name("a", T, db="other"),
-            name("a", T, ext="pb.gz"),
+            name("a", T, ext="pb.xz"),
             "not-a-snapshot.txt",
             "main__a__garbage__GX.evs.zst",
             "",
@@ -219,20 +219,22 @@ class TestNewestPerInstance:
     """The listing picks each instance's newest evsync object of the db."""
 
     def test_newest_per_instance(self) -> None:
-        """Each instance maps to its newest evs.zst object; foreign objects are skipped."""
+        """Each instance maps to its newest object evsync reads (evs.zst or Lightning
+        Stream's pb.gz); foreign objects are skipped."""
         names = [
             name("a", T + 1),
             name("a", T + 3),
             name("a", T + 2),
             name("b", T + 1),
-            name("b", T + 9, ext="pb.gz"),
+            name("b", T + 5, ext="pb.gz"),
+            name("b", T + 9, ext="pb.xz"),
             name("c", T + 9, db="other"),
             "main__junk",
             ".main__a__tmp",
         ]
         objects = [ObjectInfo(n, 1) for n in names]
         newest = newest_per_instance(objects, "main")
-        assert {i: n.timestamp_ns for i, n in newest.items()} == {"a": T + 3, "b": T + 1}
+        assert {i: n.timestamp_ns for i, n in newest.items()} == {"a": T + 3, "b": T + 5}
 
     def test_newest_across_seconds(self) -> None:
         """Newest is by time even when nanoseconds of the older name are larger."""

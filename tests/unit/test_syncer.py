@@ -24,6 +24,7 @@ from evsync.errors import ObjectNotFoundError, StorageUnavailableError
 from evsync.snapshot import (
     EVS_ZST,
     FORMATS,
+    LS_PB_GZ,
     DbiInfo,
     Entry,
     SnapshotFormat,
@@ -540,9 +541,11 @@ class TestFormatFor:
         assert format_for(name) is EVS_ZST
         assert format_for(name.name) is EVS_ZST
 
+    def test_pb_gz_is_lightning_streams(self) -> None:
+        """A .pb.gz name is read by the Lightning Stream format (issue 17)."""
+        assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is LS_PB_GZ
+
     def test_other_extensions_have_no_format(self) -> None:
-        """Lightning Stream's .pb.gz (until it is supported), foreign and extensionless
-        names have no format, so the receiver skips them."""
-        assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is None
+        """Foreign and extensionless names have no format, so the receiver skips them."""
         assert format_for("main__a__20260101-000000-000000000__GX.txt") is None
         assert format_for("no-extension") is None
