@@ -500,20 +500,25 @@ class TestProbes:
             verify_snapshot(io.BytesIO(probe("K_not_gzip")))
 
     def test_l_merge_existing_as_ls(self, tmp_path: Path) -> None:
-        """L: into k1=v0 (ts T+1), k2=local (ts T+5): k1 kept (same ts, "v0" < "v1"), k2
-        kept (local newer), k3 added; new values carry the merging txn."""
+        """L: the local LMDB is made from the probe's inst-probe object (k1="v0" at T+1,
+        k2="local" at T+5, k3="old" at T+1), then evsync-x's object is merged: k1 kept
+        (same ts, "v0" < "v1"), k2 kept (local newer than the delete), k3 replaced by the
+        newer empty live value, with the merging txn, as LS did."""
         path = tmp_path / "l.lmdb"
-        env = fresh(path)
-        db = env.open_db(b"data")
-        with env.begin(write=True) as txn:
-            txn.put(b"k1", hdr(T + 1, 2) + b"v0", db=db)
-            txn.put(b"k2", hdr(T + 5, 2) + b"local", db=db)
-        env.close()
+        fresh(path).close()
+        local = next((PROBES / "L_merge_existing").glob("main__inst-probe__*.pb.gz"))
+        merge_one_txn(path, local.read_bytes())
         merge_one_txn(path, probe("L_merge_existing"))
-        text = dump_text(path)
-        assert "b'k1': ts=1700000000000000001 txn=2 ver=0 flags=0x0" in text
-        assert "app=b'v0'" in text and "app=b'local'" in text
-        assert "b'k3': ts=1700000000000000003 txn=3 ver=0 flags=0x0" in text
+        lines = dump_text(path).splitlines()
+        assert lines[0] == "env info: {'last_txnid': 2}"
+        assert lines[2:] == [
+            "   b'k1': ts=1700000000000000001 txn=1 ver=0 flags=0x0 reserved=00000000 "
+            "numExtra=0 ext= app=b'v0'",
+            "   b'k2': ts=1700000000000000005 txn=1 ver=0 flags=0x0 reserved=00000000 "
+            "numExtra=0 ext= app=b'local'",
+            "   b'k3': ts=1700000000000000003 txn=2 ver=0 flags=0x0 reserved=00000000 "
+            "numExtra=0 ext= app=b''",
+        ]
 
     def test_m_empty_kv_rejected(self) -> None:
         """M: a zero-length KV message makes LS exit; evsync rejects it naming the entry."""
@@ -889,11 +894,13 @@ class TestWriterProperties:
         self, dbis: dict[bytes, dict[bytes, tuple[int, int, bytes]]], txn_id: int, ts_ns: int
     ) -> None:
         """Whatever the LMDB holds, the writer's output, decoded independently, has
-        formatVersion 3 and compatVersion 1 first, DBIs with only name/flags/entries
-        fields (flags 0 here), no empty KV and KV fields in LS's order; and the reader
-        gives back every entry, flags masked to 0x01."""
+        formatVersion 3 and compatVersion 1 first, DBIs with only name, flags (when
+        not 0) and entries, in that order, no empty KV and KV fields in LS's order; it
+        is byte for byte an independent encoding of LS's rules; and the reader gives
+        back every entry, flags masked to 0x01."""
         names = sorted(dbis)
-        infos = tuple(DbiInfo(n, 0, "", len(dbis[n])) for n in names)
+        # INTEGERKEY for some: a flags field must come between name and entries
+        infos = tuple(DbiInfo(n, 8 if n[0] & 1 else 0, "", len(dbis[n])) for n in names)
         header = SnapshotHeader("main", "inst", "host", ts_ns, txn_id, infos)
         lists = [[(k, *dbis[n][k]) for k in sorted(dbis[n])] for n in names]
         out = io.BytesIO()
@@ -903,8 +910,9 @@ class TestWriterProperties:
         shape = decode_independently(payload)
         assert shape["top"][:3] == [1, 4, 2] and set(shape["top"][3:]) <= {3}
         assert (shape["1"], shape["4"]) == (3, 1)
-        for fields, kvs in shape["dbis"]:
-            assert fields[0] == 1 and set(fields[1:]) <= {2}
+        for info, (fields, kvs) in zip(infos, shape["dbis"], strict=True):
+            head = [1, 3] if info.flags else [1]
+            assert fields[: len(head)] == head and set(fields[len(head) :]) <= {2}
             for size, kv_fields in kvs:
                 assert size > 0
                 order = {1: 0, 2: 1, 4: 2, 3: 3}
@@ -912,7 +920,7 @@ class TestWriterProperties:
                 assert [order[f] for f in kv_fields] == sorted(order[f] for f in kv_fields)
         got_header, got = read_all(out.getvalue())
         assert (got_header.txn_id, got_header.timestamp_ns) == (txn_id, ts_ns)
-        assert [i.name for i, _e in got] == names
+        assert [(i.name, i.flags) for i, _e in got] == [(i.name, i.flags) for i in infos]
         assert [e for _i, e in got] == [
             [(k, ts, fl & 1, v) for k, ts, fl, v in entries] for entries in lists
         ]
