@@ -152,8 +152,9 @@ def _tag(field: int, wire_type: int) -> bytes:
     return _encode_varint(field << 3 | wire_type)
 
 
-def _len_field(field: int, data: bytes) -> bytes:
-    return _tag(field, WT_LEN) + _encode_varint(len(data)) + data
+def _len_field(tag: int, data: bytes) -> bytes:
+    """A length-delimited field with its (one-byte) tag."""
+    return bytes([tag]) + _encode_varint(len(data)) + data
 
 
 # tags of the fields written (and of the ones the reader's fast paths look for)
@@ -202,7 +203,7 @@ def write_snapshot(
     out.write(
         comp.compress(
             bytes([TAG_SNAP_FORMAT, WRITE_FORMAT_VERSION, TAG_SNAP_COMPAT, WRITE_COMPAT_VERSION])
-            + _len_field(2, _encode_meta(header))
+            + _len_field(TAG_SNAP_META, _encode_meta(header))
         )
     )
     dbis = iter(dbi_entries)
@@ -229,7 +230,7 @@ def _encode_meta(header: SnapshotHeader) -> bytes:
         (7, header.db),
     ):
         if text:
-            parts.append(_len_field(field, text.encode()))
+            parts.append(_len_field(field << 3 | WT_LEN, text.encode()))
     if header.txn_id:
         parts.append(_tag(4, WT_VARINT) + _encode_varint(header.txn_id))
     if header.timestamp_ns:
@@ -239,11 +240,11 @@ def _encode_meta(header: SnapshotHeader) -> bytes:
 
 def _dbi_head(info: DbiInfo) -> bytes:
     """name, flags, transform: LS writes them before the entries, in this order."""
-    head = _len_field(1, info.name)
+    head = _len_field(TAG_DBI_NAME, info.name)
     if info.flags:
-        head += _tag(3, WT_VARINT) + _encode_varint(info.flags)
+        head += bytes([TAG_DBI_FLAGS]) + _encode_varint(info.flags)
     if info.transform:
-        head += _len_field(4, info.transform.encode())
+        head += _len_field(TAG_DBI_TRANSFORM, info.transform.encode())
     return head
 
 
