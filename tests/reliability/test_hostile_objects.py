@@ -895,6 +895,7 @@ UNPARSEABLE: dict[str, str] = {
 IGNORED: dict[str, str] = {
     "other db": f"other__evil__{TS}__GX.evs.zst",
     "db with main prefix": f"mainx__evil__{TS}__GX.evs.zst",
+    "unknown extension": f"main__evil__{TS}__GX.pb.xz",
     "backup suffix": f"main__evil__{TS}__GX.evs.zst.bak",
     "temp suffix": f"main__evil__{TS}__GX.evs.zst.tmp",
     "path after extension": f"main__evil__{TS}__GX.evs.zst/../../x",
@@ -1177,6 +1178,7 @@ class TestRunningDaemon:
             f"main__evil-dir__{format_timestamp(ts)}__GX.evs.zst/inner": "evil-dir",
             f"main__evil-ext__{format_timestamp(ts)}__GX.evs.zst.bak": "evil-ext",
             f"main__evil-dots__{format_timestamp(ts)}__GX..evs.zst": "evil-dots",
+            f"main__evil-xz__{format_timestamp(ts)}__GX.pb.xz": "evil-xz",
             f"other__evil-db__{format_timestamp(ts)}__GX.evs.zst": "evil-db",
             f"x/main__evil-prefix__{format_timestamp(ts)}__GX.evs.zst": "evil-prefix",
             f"main__..__{format_timestamp(ts)}__GX.evs.zst": "..",

@@ -103,11 +103,11 @@ class TestIgnored:
     """Hints that are not for this db's evsync objects are ignored and counted."""
 
     def test_ignored_hints(self) -> None:
-        """Other dbs, foreign formats, unparseable and missing names are ignored."""
+        """Other dbs, foreign extensions, unparseable and missing names are ignored."""
         q = HintQueue("main")
         bad = [
             name("a", T, db="other"),
-            name("a", T, ext="txt"),
+            name("a", T, ext="pb.xz"),
             "not-a-snapshot.txt",
             "main__a__garbage__GX.evs.zst",
             "",
@@ -226,14 +226,15 @@ class TestNewestPerInstance:
             name("a", T + 3),
             name("a", T + 2),
             name("b", T + 1),
-            name("b", T + 9, ext="pb.gz"),
+            name("b", T + 5, ext="pb.gz"),
+            name("b", T + 9, ext="pb.xz"),
             name("c", T + 9, db="other"),
             "main__junk",
             ".main__a__tmp",
         ]
         objects = [ObjectInfo(n, 1) for n in names]
         newest = newest_per_instance(objects, "main")
-        assert {i: n.timestamp_ns for i, n in newest.items()} == {"a": T + 3, "b": T + 9}
+        assert {i: n.timestamp_ns for i, n in newest.items()} == {"a": T + 3, "b": T + 5}
 
     def test_newest_across_seconds(self) -> None:
         """Newest is by time even when nanoseconds of the older name are larger."""

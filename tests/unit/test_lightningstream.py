@@ -12,6 +12,7 @@ import io
 import json
 import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -499,20 +500,25 @@ class TestProbes:
             verify_snapshot(io.BytesIO(probe("K_not_gzip")))
 
     def test_l_merge_existing_as_ls(self, tmp_path: Path) -> None:
-        """L: into k1=v0 (ts T+1), k2=local (ts T+5): k1 kept (same ts, "v0" < "v1"), k2
-        kept (local newer), k3 added; new values carry the merging txn."""
+        """L: the local LMDB is made from the probe's inst-probe object (k1="v0" at T+1,
+        k2="local" at T+5, k3="old" at T+1), then evsync-x's object is merged: k1 kept
+        (same ts, "v0" < "v1"), k2 kept (local newer than the delete), k3 replaced by the
+        newer empty live value, with the merging txn, as LS did."""
         path = tmp_path / "l.lmdb"
-        env = fresh(path)
-        db = env.open_db(b"data")
-        with env.begin(write=True) as txn:
-            txn.put(b"k1", hdr(T + 1, 2) + b"v0", db=db)
-            txn.put(b"k2", hdr(T + 5, 2) + b"local", db=db)
-        env.close()
+        fresh(path).close()
+        local = next((PROBES / "L_merge_existing").glob("main__inst-probe__*.pb.gz"))
+        merge_one_txn(path, local.read_bytes())
         merge_one_txn(path, probe("L_merge_existing"))
-        text = dump_text(path)
-        assert "b'k1': ts=1700000000000000001 txn=2 ver=0 flags=0x0" in text
-        assert "app=b'v0'" in text and "app=b'local'" in text
-        assert "b'k3': ts=1700000000000000003 txn=3 ver=0 flags=0x0" in text
+        lines = dump_text(path).splitlines()
+        assert lines[0] == "env info: {'last_txnid': 2}"
+        assert lines[2:] == [
+            "   b'k1': ts=1700000000000000001 txn=1 ver=0 flags=0x0 reserved=00000000 "
+            "numExtra=0 ext= app=b'v0'",
+            "   b'k2': ts=1700000000000000005 txn=1 ver=0 flags=0x0 reserved=00000000 "
+            "numExtra=0 ext= app=b'local'",
+            "   b'k3': ts=1700000000000000003 txn=2 ver=0 flags=0x0 reserved=00000000 "
+            "numExtra=0 ext= app=b''",
+        ]
 
     def test_m_empty_kv_rejected(self) -> None:
         """M: a zero-length KV message makes LS exit; evsync rejects it naming the entry."""
@@ -599,6 +605,14 @@ class TestReaderRules:
         """A DBI that sets its flags after an entry is refused (a stream cannot go back)."""
         with pytest.raises(CorruptObjectError, match="after its entries"):
             verify_snapshot(io.BytesIO(snapshot(field(1, 2, b"d") + KV1 + field(3, 0, 8))))
+
+    def test_non_minimal_kv_tag(self) -> None:
+        """A KV tag written in two varint bytes (0x92 0x00) is refused with a clear line,
+        as the first entry and after one."""
+        kv = b"\x92\x00" + field(2, 2, field(1, 2, b"k"))[1:]
+        for body in (field(1, 2, b"d") + kv, field(1, 2, b"d") + KV1 + kv):
+            with pytest.raises(CorruptObjectError, match="tag in more than one byte"):
+                verify_snapshot(io.BytesIO(snapshot(body)))
 
     def test_unknown_dbi_field_after_entries_skipped(self) -> None:
         """An unknown DBI field between entries is skipped."""
@@ -715,18 +729,153 @@ class TestWriter:
         with pytest.raises(EntryTooLargeError, match="key b'big'"):
             write_snapshot(io.BytesIO(), header, [[(b"big", 1, 0, b"x" * MAX_ENTRY_BYTES)]])
 
-    def test_spooled_dbi(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A DBI bigger than the in-memory spool goes through a temporary file and reads
-        back the same."""
+    def test_spooled_dbi(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """A DBI bigger than the in-memory spool goes through a temporary file beside
+        the object and reads back the same; nothing is left beside it."""
         from evsync.snapshot import lightningstream
 
         monkeypatch.setattr(lightningstream, "SPOOL_MEMORY", 1000)
+        spools: list[str | None] = []
+        real = tempfile.TemporaryFile
+
+        def spy(dir: str | None = None) -> Any:
+            spools.append(dir)
+            return real(dir=dir)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", spy)
         entries = [(b"key%09d" % i, T + i, i % 2, b"v" * (i % 70)) for i in range(5000)]
         header = SnapshotHeader("main", "i", "h", T, 1, (DbiInfo(b"d", 0, "", 5000),))
+        path = tmp_path / "out.pb.gz"
+        with path.open("wb") as out:
+            write_snapshot(out, header, [entries])
+        assert spools == [str(tmp_path)]
+        assert os.listdir(tmp_path) == ["out.pb.gz"]
+        got = read_all(path.read_bytes())[1][0][1]
+        assert got == entries
+
+
+class TestFastPaths:
+    """The reader's per-KV fast loop and its same-shape runs (struct over fixed-size
+    records) must give what the general path gives, and never skip a framing check."""
+
+    @staticmethod
+    def uniform(n: int) -> list[Entry]:
+        return [(b"key%09d" % i, T + i, 0, b"v" * 50) for i in range(n)]
+
+    @staticmethod
+    def encode(entries: list[Entry]) -> tuple[bytes, bytes]:
+        """The object, and its DBI body (name + KVs) for crafting."""
+        header = SnapshotHeader("main", "i", "h", T, 1, (DbiInfo(b"d", 0, "", len(entries)),))
         out = io.BytesIO()
         write_snapshot(out, header, [entries])
-        got = read_all(out.getvalue())[1][0][1]
-        assert got == entries
+        payload = zlib.decompress(out.getvalue(), 31)
+        return out.getvalue(), payload
+
+    def test_runs_broken_by_other_shapes(self) -> None:
+        """Runs of fixed-size records interrupted by a delete, a longer value, a zero
+        timestamp and a long key read back exactly."""
+        entries = self.uniform(3000)
+        entries[100] = (entries[100][0], T, 1, b"")
+        entries[200] = (entries[200][0], T, 0, b"w" * 300)
+        entries[300] = (entries[300][0], 0, 0, b"x")
+        entries[400] = (b"k" * 200, T, 0, b"y")
+        entries[401:] = sorted(entries[401:])
+        obj, _payload = self.encode(entries)
+        assert read_all(obj)[1][0][1] == entries
+
+    def test_run_respects_a_changed_timestamp_tag(self) -> None:
+        """A KV inside a run whose timestamp is an unknown fixed64 field (tag 0x39) reads
+        with timestamp 0 through the general path: the run stops before it."""
+        entries = self.uniform(500)
+        _obj, payload = self.encode(entries)
+        kv = b"\x12" + bytes([len(_kv_body(entries[250]))]) + _kv_body(entries[250])
+        at = payload.index(kv)
+        ts_at = at + len(kv) - 9
+        assert payload[ts_at] == 0x19
+        crafted = payload[:ts_at] + b"\x39" + payload[ts_at + 1 :]
+        got = read_all(gz(crafted))[1][0][1]
+        assert got[250] == (entries[250][0], 0, 0, entries[250][3])
+        assert got[:250] == entries[:250] and got[251:] == entries[251:]
+
+    def test_run_respects_a_bad_key_tag(self) -> None:
+        """A KV inside a run whose key field has the wrong wire type is rejected."""
+        entries = self.uniform(500)
+        _obj, payload = self.encode(entries)
+        kv = b"\x12" + bytes([len(_kv_body(entries[300]))]) + _kv_body(entries[300])
+        at = payload.index(kv)
+        crafted = payload[: at + 2] + b"\x08" + payload[at + 3 :]
+        with pytest.raises(CorruptObjectError, match="entry 300"):
+            verify_snapshot(io.BytesIO(gz(crafted)))
+
+    def test_two_byte_lengths(self) -> None:
+        """KV and value lengths of two varint bytes (values of 116..16383 bytes) read
+        back, at the boundaries too."""
+        entries = [(b"k%05d" % v, T, 0, b"z" * v) for v in (100, 114, 115, 116, 127, 128, 16383)]
+        obj, _payload = self.encode(entries)
+        assert read_all(obj)[1][0][1] == entries
+
+
+class TestCheckOnlyMatchesBuilding:
+    """``verify`` checks without building most entries; it must accept and reject
+    exactly what reading them does, and never fail with anything but CorruptObjectError."""
+
+    @staticmethod
+    def outcome(run: Any) -> str:
+        try:
+            run()
+        except CorruptObjectError as exc:
+            return f"corrupt: {exc}"
+        return "ok"
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data())
+    def test_flipped_bytes(self, data: st.DataObject) -> None:
+        """A valid payload with a few bytes changed: verify and a full read agree."""
+        entries = [(b"key%05d" % i, T + i, 0, b"v" * (i % 3 + 40)) for i in range(60)]
+        entries[7] = (entries[7][0], T, 1, b"")
+        _obj, payload = TestFastPaths.encode(entries)
+        crafted = bytearray(payload)
+        for _ in range(data.draw(st.integers(1, 3))):
+            at = data.draw(st.integers(0, len(crafted) - 1))
+            crafted[at] = data.draw(st.integers(0, 255))
+        obj = gz(bytes(crafted))
+        checked = self.outcome(lambda: verify_snapshot(io.BytesIO(obj)))
+        built = self.outcome(lambda: read_all(obj))
+        assert checked == built
+
+
+def _kv_body(entry: Entry) -> bytes:
+    """One KV as LS encodes it (an independent encoder)."""
+    key, ts, flags, value = entry
+    body = field(1, 2, key)
+    if value:
+        body += field(2, 2, value)
+    if flags & 1:
+        body += field(4, 0, 1)
+    if ts:
+        body += field(3, 1, struct.pack("<Q", ts))
+    return body
+
+
+def reference_payload(header: SnapshotHeader, lists: list[list[Entry]]) -> bytes:
+    """What LS writes for these DBIs and Meta values, encoded independently of the module
+    (field order as in the vectors: Snapshot 1, 4, 2, 3; Meta 1, 2, 3, 7, 4, 5)."""
+    meta = field(1, 2, b"GX") + field(2, 2, header.instance.encode())
+    meta += field(3, 2, header.hostname.encode()) + field(7, 2, header.db.encode())
+    if header.txn_id:
+        meta += field(4, 0, header.txn_id % (1 << 64))
+    if header.timestamp_ns:
+        meta += field(5, 1, struct.pack("<Q", header.timestamp_ns))
+    out = field(1, 0, 3) + field(4, 0, 1) + field(2, 2, meta)
+    for info, entries in zip(header.dbis, lists, strict=True):
+        body = field(1, 2, info.name)
+        if info.flags:
+            body += field(3, 0, info.flags)
+        if info.transform:
+            body += field(4, 2, info.transform.encode())
+        body += b"".join(field(2, 2, _kv_body(e)) for e in entries)
+        out += field(3, 2, body)
+    return out
 
 
 KEYS = st.binary(min_size=1, max_size=64)
@@ -745,21 +894,25 @@ class TestWriterProperties:
         self, dbis: dict[bytes, dict[bytes, tuple[int, int, bytes]]], txn_id: int, ts_ns: int
     ) -> None:
         """Whatever the LMDB holds, the writer's output, decoded independently, has
-        formatVersion 3 and compatVersion 1 first, DBIs with only name/flags/entries
-        fields (flags 0 here), no empty KV and KV fields in LS's order; and the reader
-        gives back every entry, flags masked to 0x01."""
+        formatVersion 3 and compatVersion 1 first, DBIs with only name, flags (when
+        not 0) and entries, in that order, no empty KV and KV fields in LS's order; it
+        is byte for byte an independent encoding of LS's rules; and the reader gives
+        back every entry, flags masked to 0x01."""
         names = sorted(dbis)
-        infos = tuple(DbiInfo(n, 0, "", len(dbis[n])) for n in names)
+        # INTEGERKEY for some: a flags field must come between name and entries
+        infos = tuple(DbiInfo(n, 8 if n[0] & 1 else 0, "", len(dbis[n])) for n in names)
         header = SnapshotHeader("main", "inst", "host", ts_ns, txn_id, infos)
         lists = [[(k, *dbis[n][k]) for k in sorted(dbis[n])] for n in names]
         out = io.BytesIO()
         write_snapshot(out, header, lists)
         payload = zlib.decompress(out.getvalue(), 31)
+        assert payload == reference_payload(header, lists)
         shape = decode_independently(payload)
         assert shape["top"][:3] == [1, 4, 2] and set(shape["top"][3:]) <= {3}
         assert (shape["1"], shape["4"]) == (3, 1)
-        for fields, kvs in shape["dbis"]:
-            assert fields[0] == 1 and set(fields[1:]) <= {2}
+        for info, (fields, kvs) in zip(infos, shape["dbis"], strict=True):
+            head = [1, 3] if info.flags else [1]
+            assert fields[: len(head)] == head and set(fields[len(head) :]) <= {2}
             for size, kv_fields in kvs:
                 assert size > 0
                 order = {1: 0, 2: 1, 4: 2, 3: 3}
@@ -767,7 +920,7 @@ class TestWriterProperties:
                 assert [order[f] for f in kv_fields] == sorted(order[f] for f in kv_fields)
         got_header, got = read_all(out.getvalue())
         assert (got_header.txn_id, got_header.timestamp_ns) == (txn_id, ts_ns)
-        assert [i.name for i, _e in got] == names
+        assert [(i.name, i.flags) for i, _e in got] == [(i.name, i.flags) for i in infos]
         assert [e for _i, e in got] == [
             [(k, ts, fl & 1, v) for k, ts, fl, v in entries] for entries in lists
         ]

@@ -25,6 +25,7 @@ from evsync.errors import ObjectNotFoundError, StorageUnavailableError
 from evsync.snapshot import (
     EVS_ZST,
     FORMATS,
+    LS_PB_GZ,
     DbiInfo,
     Entry,
     SnapshotFormat,
@@ -542,6 +543,10 @@ class TestFormatFor:
         name = SnapshotName.build("main", "a", 1)
         assert format_for(name) is EVS_ZST
         assert format_for(name.name) is EVS_ZST
+
+    def test_pb_gz_is_lightning_streams(self) -> None:
+        """A .pb.gz name is read by the Lightning Stream format (issue 17)."""
+        assert format_for(SnapshotName.build("main", "a", 1, ext="pb.gz")) is LS_PB_GZ
 
     def test_other_extensions_have_no_format(self) -> None:
         """Foreign and extensionless names have no format, so the receiver skips them
