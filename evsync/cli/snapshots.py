@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
@@ -156,32 +157,52 @@ def run_dump(args: argparse.Namespace) -> int:
         src = _store(args).fetch(args.name)
     with src:
         # by the name's extension; a file named otherwise is read as evsync's own format
-        reader = (format_for(Path(args.name).name) or EVS_ZST).reader(src)
+        fmt = format_for(Path(args.name).name) or EVS_ZST
+        reader = fmt.reader(src)
         header = reader.header
         want = args.dbi.encode() if args.dbi else None
         if args.format == "json":
-            return _dump_json(reader, want)
+            return _dump_json(reader, want, _format_label(fmt.extension))
         meta = header.to_wire()
-        meta["dbis"] = [{**d, "name": d["name"].decode(errors="replace")} for d in meta["dbis"]]
+        meta["format"] = _format_label(fmt.extension)
+        if header.dbis:
+            meta["dbis"] = [
+                {**d, "name": d["name"].decode(errors="replace")} for d in meta["dbis"]
+            ]
+        else:  # a .pb.gz says what DBIs it holds only as they come: see below
+            del meta["dbis"]
         print(json.dumps(meta, indent=2))
         for info, entries in reader.dbis():
             if want is not None and info.name != want:
                 continue
             print(
                 f"### {info.name.decode(errors='replace')} "
-                f"(transform={info.transform!r}, flags={info.flags:#x}, entries={info.entries})"
+                f"(transform={info.transform!r}, flags={info.flags:#x})"
             )
+            count = 0
             for key, ts, flags, value in entries:
                 deleted = " deleted" if flags & 1 else ""
                 print(f"{show_bytes(key)} = {show_bytes(value)}  ts={show_time(ts)}{deleted}")
+                count += 1
+            print(f"# {count} entries")
     return 0
 
 
-def _dump_json(reader: SnapshotStream, want: bytes | None) -> int:
-    out: dict[str, Any] = {"header": {**reader.header.to_wire(), "dbis": None}, "dbis": {}}
-    out["header"]["dbis"] = [d.name.decode(errors="replace") for d in reader.header.dbis]
+# What ``snapshots dump`` calls each format (the header's own "format" is evsync's name).
+FORMAT_LABELS = {EVS_ZST.extension: "evsync-snapshot", "pb.gz": "lightningstream"}
+
+
+def _format_label(extension: str) -> str:
+    return FORMAT_LABELS.get(extension, extension)
+
+
+def _dump_json(reader: SnapshotStream, want: bytes | None, label: str) -> int:
+    out: dict[str, Any] = {"header": {**reader.header.to_wire(), "format": label}, "dbis": {}}
+    names = []
     for info, entries in reader.dbis():
+        names.append(info.name.decode(errors="replace"))
         if want is not None and info.name != want:
+            deque(entries, maxlen=0)  # read past it: later DBIs follow in the stream
             continue
         out["dbis"][info.name.decode(errors="replace")] = [
             {
@@ -192,6 +213,7 @@ def _dump_json(reader: SnapshotStream, want: bytes | None) -> int:
             }
             for k, ts, fl, v in entries
         ]
+    out["header"]["dbis"] = names
     json.dump(out, sys.stdout, indent=1)
     print()
     return 0

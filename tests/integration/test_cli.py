@@ -18,8 +18,33 @@ pytestmark = pytest.mark.integration
 Make = Callable[..., Instance]
 
 
+LS_VECTOR = (REPO / "tests" / "fixtures" / "lightningstream" / "native" / "bucket"
+             / "main__inst-a__20261201-182857-758476663__GX.pb.gz")
+
+
 class TestSnapshotsCommands:
     """`evsync snapshots …` lists, fetches, shows, uploads and removes objects."""
+
+    def test_dump_reads_a_lightning_stream_object(self, instances: Make,
+                                                  s3_storage: dict[str, Any]) -> None:
+        """`snapshots dump --local` of a .pb.gz written by real Lightning Stream names its
+        format, its instance, every DBI with its entries and their count, in text and in
+        JSON (it used to print evsync's format name and no DBIs)."""
+        a = instances("a", s3_storage)
+        text = a.command("snapshots", "dump", "--local", str(LS_VECTOR))
+        assert text.returncode == 0, text.stderr
+        assert '"format": "lightningstream"' in text.stdout
+        assert '"instance": "inst-a"' in text.stdout
+        assert "### data (transform='', flags=0x0)" in text.stdout
+        assert "alpha = value-a" in text.stdout
+        assert "# 7 entries" in text.stdout and "# 0 entries" in text.stdout
+        dumped = a.command("snapshots", "dump", "--local", str(LS_VECTOR), "-f", "json")
+        data = json.loads(dumped.stdout)
+        assert data["header"]["format"] == "lightningstream"
+        assert data["header"]["dbis"] == ["data", "empty", "second"]
+        assert [e["key"] for e in data["dbis"]["second"]] == ["k1"]
+        only = a.command("snapshots", "dump", "--local", str(LS_VECTOR), "-d", "second")
+        assert "### second" in only.stdout and "### data" not in only.stdout
 
     def test_list_get_dump_put_remove(self, instances: Make, s3_storage: dict[str, Any],
                                       tmp_path: Path) -> None:
