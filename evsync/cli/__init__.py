@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvsyncError as exc:
         print(f"evsync: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # a local file named on the command line: missing, unreadable
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"evsync: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
 

@@ -112,6 +112,13 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
+def _lag(seconds: float | None) -> str:
+    """Milliseconds while a lag is short (the usual case), else as an age."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else _age(seconds)
+
+
 def print_bucket(data: dict[str, Any]) -> None:
     """The bucket summary as a table per db."""
     print(f"storage: {data['storage']}")
@@ -170,6 +177,6 @@ def _print_db(db: str, st: dict[str, Any]) -> None:
         same = merged == seen
         print(
             f"  {inst:<24} {_age(i.get('merged_age_seconds')):>10} "
-            f"{(f'{lag * 1000:.0f}ms' if lag is not None else '-'):>9}  "
+            f"{_lag(lag):>9}  "
             f"{merged}{'' if same else ' (newer seen: ' + seen + ')'}"
         )

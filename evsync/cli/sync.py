@@ -91,11 +91,13 @@ def counter_total(counter: Counter) -> float:
 
 
 def once_summary(metrics: Metrics, seconds: float) -> str:
-    """The one line a ``--only-once`` run ends with: what it merged and stored."""
+    """The one line a ``--only-once`` run ends with: what it merged and stored (the
+    ``.pb.gz`` snapshots for Lightning Stream included)."""
+    stored = counter_total(metrics.objects_stored) + counter_total(metrics.ls_snapshots_stored)
     return (
         f"only-once: merged {counter_total(metrics.objects_loaded):.0f} object(s) "
         f"({counter_total(metrics.bytes_downloaded):.0f} bytes fetched), "
-        f"stored {counter_total(metrics.objects_stored):.0f} object(s) "
+        f"stored {stored:.0f} object(s) "
         f"({counter_total(metrics.bytes_uploaded):.0f} bytes) in {seconds:.2f}s"
     )
 

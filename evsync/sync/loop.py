@@ -163,6 +163,8 @@ class Syncer:
         self._sweep_resume_at = 0.0
         # the lister thread's latest (LIST start, own object timestamps), for the loop
         self._own_listed: tuple[float, tuple[SnapshotName, ...]] | None = None
+        # ... and the newest copy of each instance that has nothing but copies listed
+        self._copy_only: tuple[SnapshotName, ...] = ()
         self.lmdb_stats: dict[str, Any] = {}
         self._lmdb_stats_at = 0.0
 
@@ -290,6 +292,9 @@ class Syncer:
             return
         for instance, name in batch.remote.items():
             self.receiver.note_name(instance, name)
+        copies, self._copy_only = self._copy_only, ()
+        for name in copies:
+            self.receiver.note_name(name.instance, name)
         if self.receiver.relist_due() and self.receiver.list_backoff.ready():
             self.receiver.list_bucket(startup=False)
         self.startup_rules.resume_if_unblocked()
@@ -344,6 +349,8 @@ class Syncer:
             if names is not None:
                 own = tuple(n for n in names if n.instance == self.instance)
                 self._own_listed = (started, own)  # one assignment: the loop takes it whole
+                if not self.ls_only:  # hints never carry copies (sync/interop.py)
+                    self._copy_only = copy_only_newest(names, self.instance)
         self.recorder.lister_result(ok)
 
     def _check_own_objects(self) -> None:
@@ -460,6 +467,20 @@ class Syncer:
             "stats": {k: v for k, v in vars(self.stats).items() if k != "rejected"},
             "rejected_objects": list(self.stats.rejected),  # the recorder keeps the last 20
         }
+
+
+def copy_only_newest(names: list[SnapshotName], own: str) -> tuple[SnapshotName, ...]:
+    """The newest ``.pb.gz`` copy of every other instance that has only copies in this
+    listing (its ``.evs.zst`` chain is gone): no hint carries a copy, so the listing
+    must hand these to the receiver itself."""
+    chained = {n.instance for n in names if not n.is_ls}
+    newest: dict[str, SnapshotName] = {}
+    for name in names:
+        if name.is_copy and name.instance != own and name.instance not in chained:
+            current = newest.get(name.instance)
+            if current is None or name.name > current.name:
+                newest[name.instance] = name
+    return tuple(newest.values())
 
 
 def _seconds(stamps: dict[str, int]) -> dict[str, float]:

@@ -46,6 +46,17 @@ class TestSnapshotsCommands:
         only = a.command("snapshots", "dump", "--local", str(LS_VECTOR), "-d", "second")
         assert "### second" in only.stdout and "### data" not in only.stdout
 
+    def test_a_missing_local_file_is_one_line(self, instances: Make,
+                                             s3_storage: dict[str, Any]) -> None:
+        """`snapshots dump --local` of a file that does not exist exits 1 with one line
+        naming the file (it printed a FileNotFoundError traceback)."""
+        res = instances("a", s3_storage).command("snapshots", "dump", "-l", "/nonexistent")
+        assert res.returncode == 1
+        assert res.stderr.splitlines() == [
+            "evsync: error: /nonexistent: No such file or directory"
+        ], res.stderr
+        assert "Traceback" not in res.stderr
+
     def test_list_get_dump_put_remove(self, instances: Make, s3_storage: dict[str, Any],
                                       tmp_path: Path) -> None:
         """Every snapshots subcommand works against a real bucket."""

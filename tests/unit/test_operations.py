@@ -727,3 +727,33 @@ class TestObjectsOlderThanTheRetention:
         a = syncer("a", tmp_path, store, clock=Clock())
         assert a.run_once()
         assert read(a, b"k") is not None
+
+
+class TestOnlyOnceSummary:
+    """The line `sync --only-once` ends with counts every object it stored."""
+
+    def test_lightning_stream_snapshots_count_as_stored(self) -> None:
+        """A run that stored one .evs.zst object and one .pb.gz for Lightning Stream says
+        it stored 2 objects, and their bytes (it said 0 objects beside the .pb.gz's
+        bytes when only a .pb.gz was stored)."""
+        from evsync.cli.sync import once_summary
+
+        m = Metrics()
+        m.objects_stored.labels("main").inc()
+        m.ls_snapshots_stored.labels("main").inc()
+        m.bytes_uploaded.labels("main").inc(300)
+        line = once_summary(m, 0.5)
+        assert "stored 2 object(s) (300 bytes)" in line, line
+
+
+class TestStatusLagColumn:
+    """`evsync status` shows a lag that fits its column."""
+
+    def test_short_lags_in_ms_long_ones_as_an_age(self) -> None:
+        """12 ms stays "12ms"; a lag of 1.8 days reads "1.8d" (it was 156884498ms, which
+        broke the table)."""
+        from evsync.cli.status import _lag
+
+        assert _lag(0.012) == "12ms"
+        assert _lag(1.8 * 86400) == "1.8d"
+        assert _lag(None) == "-"

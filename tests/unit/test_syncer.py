@@ -663,3 +663,28 @@ class TestReviewedStates:
         b.step(q.wait(0))
         real = SnapshotName.build("main", "x", 5_000)
         assert q.put(Hint("mqtt", name=real.name))
+
+
+class TestCopyOnlyInstances:
+    """An instance with nothing but .pb.gz copies left is found by a running syncer."""
+
+    def test_a_running_syncer_merges_a_copy_only_instance_from_the_listing(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Hints never carry copies, so the lister's listing hands the newest copy of an
+        instance without any .evs.zst object to the receiver: it merges it at the next
+        step. (Only a startup listing found one; a running daemon never did.)"""
+        from evsync.snapshot.lightningstream import LS_PB_GZ
+        from evsync.snapshot.name import COPY_EXTRA
+
+        b = make_syncer("b", tmp_path, store)
+        assert b.run_once()
+        header = SnapshotHeader("main", "x", "h", 5_000, 7, (DbiInfo(b"records", 0, "", 1),))
+        buf = io.BytesIO()
+        LS_PB_GZ.write(buf, header, [[(b"k", 5_000, 0, b"from-copy")]])
+        name = SnapshotName.build("main", "x", 5_000, extras=(COPY_EXTRA,), ext="pb.gz")
+        store.put_bytes(name.name, buf.getvalue())
+        listed = [SnapshotName.parse(o.name) for o in store.list("main__")]
+        b.on_listing(True, listed, time.monotonic())
+        b.step(Batch())
+        assert read(b, b"k") == (b"from-copy", 5_000, False)
