@@ -46,6 +46,14 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def healthz_code(port: int) -> int:
+    """/healthz's status code; 0 while nothing listens yet (the daemon is starting)."""
+    try:
+        return get(port, "/healthz")[0]
+    except urllib.error.URLError:
+        return 0
+
+
 def sample(port: int, name: str, **labels: str) -> float | None:
     """One sample of a metric from a live /metrics page, or None when absent."""
     _code, text = get(port, "/metrics")
@@ -155,7 +163,7 @@ class TestHealthz:
             a = instances("a", storage, http=http_on(port),
                           health={"storage_list": fast, "storage_load": fast,
                                   "storage_store": fast}).start()
-            wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy at start")
+            wait_for(lambda: healthz_code(port) == 200, what="healthy at start")
             server.stop()
             _code, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r,
                                   what="503 while S3 is down")
@@ -166,7 +174,7 @@ class TestHealthz:
             assert a.proc is not None and a.proc.poll() is None  # still serving
             server.start()
             server.client().create_bucket(Bucket="health")
-            wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20,
+            wait_for(lambda: healthz_code(port) == 200, timeout=20,
                      what="healthy again after S3 returns")
             assert a.stop() == 0
         finally:
@@ -212,7 +220,7 @@ class TestMissingLmdb:
                      what="other synced once its LMDB appeared")
         finally:
             app.close()
-        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy once it appeared")
+        wait_for(lambda: healthz_code(port) == 200, what="healthy once it appeared")
         assert "db other: its LMDB appeared" in a.log()
         assert a.stop() == 0
 
@@ -236,7 +244,8 @@ class TestS3AtStart:
         try:
             wait_for(lambda: "trying again before each listing" in a.log(), timeout=30,
                      what="the warning")
-            wait_for(lambda: get(port, "/healthz")[0] == 503, timeout=30,
+            # the warning comes from opening the store, before the HTTP server starts
+            wait_for(lambda: healthz_code(port) == 503, timeout=30,
                      what="503 while S3 is down")
             assert a.proc is not None and a.proc.poll() is None
             a.writer.put("k", "v")
@@ -250,7 +259,7 @@ class TestS3AtStart:
                 return any(o["Key"].startswith("main__a__") for o in listing.get("Contents", []))
 
             wait_for(stored, timeout=60, what="a's object in the bucket it created")
-            wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=30, what="healthy")
+            wait_for(lambda: healthz_code(port) == 200, timeout=30, what="healthy")
             assert a.stop() == 0
         except AssertionError as exc:  # say what the daemon saw
             raise AssertionError(f"{exc}\n--- evsync log ---\n{a.log()[-4000:]}") from None
