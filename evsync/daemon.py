@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -286,6 +287,8 @@ class Daemon:
                 )
             except HttpError as exc:
                 # the address is valid; that it is taken now is a runtime failure
+                if exc.errno != errno.EADDRINUSE:
+                    raise
                 raise HttpError(f"{exc} ({HTTP_IN_USE_HINT})") from None
             self.http.start()
         self._build_triggers()

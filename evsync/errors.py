@@ -81,7 +81,10 @@ class ObjectTooLargeError(CorruptObjectError):
 
 
 class HttpError(EvsyncError):
-    """The HTTP endpoint cannot listen on its (valid) address: the port is taken."""
+    """The HTTP endpoint cannot listen on its (valid) address: the port is taken, say."""
+
+    #: the OS error number (EADDRINUSE for a port in use), when there was one
+    errno: int | None = None
 
 
 class StorageError(EvsyncError):

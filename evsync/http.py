@@ -113,7 +113,9 @@ class HttpServer:
         try:
             self._server = _Server((host, port), registry, read_health, read_status)
         except OSError as exc:
-            raise HttpError(f"http.address: cannot listen on {address}: {exc.strerror}") from None
+            err = HttpError(f"http.address: cannot listen on {address}: {exc.strerror}")
+            err.errno = exc.errno
+            raise err from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property

@@ -19,8 +19,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "completion",
         help="print a bash or zsh completion script",
-        description="Print the completion script for SHELL on stdout. Install it with\\n"
-        "  bash: evsync completion bash > ~/.local/share/bash-completion/completions/evsync\\n"
+        description="Print the completion script for SHELL on stdout. Install it with\n"
+        "  bash: evsync completion bash > ~/.local/share/bash-completion/completions/evsync\n"
         "  zsh:  evsync completion zsh > ~/.zfunc/_evsync   "
         "(with fpath+=(~/.zfunc) before compinit in ~/.zshrc)",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from evsync.cli import _progress
 from evsync.cli._format import show_bytes, show_time
-from evsync.errors import InvalidNameError
+from evsync.errors import CorruptObjectError, InvalidNameError
 from evsync.snapshot import EVS_ZST, SnapshotStream, format_for
 from evsync.snapshot.name import SnapshotName, try_parse
 from evsync.storage import open_store
@@ -52,7 +52,11 @@ def register(sub: Any) -> None:
     put = ssub.add_parser("put", help="upload a file as an object")
     put.add_argument("file", help="local file to upload")
     put.add_argument("-n", "--name", default=None, help="object name (default: file name)")
-    put.add_argument("--force", action="store_true", help="allow a name that does not parse")
+    put.add_argument(
+        "--force",
+        action="store_true",
+        help="allow a name that does not parse, or content that does not verify",
+    )
     put.set_defaults(func=run_put)
 
     rm = ssub.add_parser("remove", help="delete an object")
@@ -128,7 +132,7 @@ def run_put(args: argparse.Namespace) -> int:
     """Upload a file under a snapshot name."""
     name = args.name or Path(args.file).name
     if not args.force:
-        SnapshotName.parse(name)
+        _check_upload(name, Path(args.file))
     store = _store(args)
     show = _progress.enabled(quiet=args.quiet, output_on_stdout=False)
     with (
@@ -140,6 +144,25 @@ def run_put(args: argparse.Namespace) -> int:
         store.store(name, _progress.counting_reader(src, progress))
     print(f"stored {name}")
     return 0
+
+
+def _check_upload(name: str, path: Path) -> None:
+    """The name must parse and the file must verify in the format its name says: a
+    broken .pb.gz in a shared bucket makes every Lightning Stream instance exit."""
+    parsed = SnapshotName.parse(name)
+    fmt = format_for(parsed)
+    if fmt is None:
+        return  # a foreign extension: nobody reads it as a snapshot
+    try:
+        with path.open("rb") as src:
+            header = fmt.verify(src)
+    except CorruptObjectError as exc:
+        raise CorruptObjectError(f"{path}: not a valid .{fmt.extension} object: {exc}") from None
+    if (header.db, header.instance) != (parsed.db, parsed.instance):
+        raise CorruptObjectError(
+            f"{path}: its header says db {header.db!r}, instance {header.instance!r}; "
+            f"the name {name!r} says otherwise (--force to upload anyway)"
+        )
 
 
 def run_remove(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from evsync.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from evsync.snapshot.name import EXT_LIGHTNINGSTREAM
 from evsync.storage.base import BlobStore, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class S3Store(BlobStore):
         except Exception as exc:  # noqa: BLE001
             inner = getattr(exc, "last_exception", None) or exc
             raise self._wrap(inner, f"put {name}") from None
-        if self.options.use_update_marker:
+        if self.options.use_update_marker and _ls_reads(name):
             self._update_marker(name, deleted=False)
 
     def delete(self, name: str) -> None:
@@ -188,7 +189,7 @@ class S3Store(BlobStore):
             err = self._wrap(exc, f"delete {name}")
             if not isinstance(err, ObjectNotFoundError):
                 raise err from None
-        if self.options.use_update_marker:
+        if self.options.use_update_marker and _ls_reads(name):
             self._update_marker(name, deleted=True)
 
     def _update_marker(self, name: str, *, deleted: bool) -> None:
@@ -229,3 +230,10 @@ class _Unclosable:
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._data, attr)
+
+
+def _ls_reads(name: str) -> bool:
+    """LS lists again for the update marker, and reads only ``.pb.gz`` objects: other
+    stores and deletes (every ``.evs.zst`` delta) would only cost a HEAD and a PUT each
+    and make LS list at every poll."""
+    return name.endswith("." + EXT_LIGHTNINGSTREAM)

@@ -139,7 +139,11 @@ class Syncer:
         )
         if self.ls_writer is not None:
             self.receiver.on_merged.append(self.ls_writer.merged)
-            self.ls_writer.on_committed = self.sender.on_committed  # one list: the cleaner's
+            if self.ls_only:
+                # an LS imitation has no chain: its .pb.gz is what carries merged data.
+                # Beside a chain the copy proves nothing to evsync peers (they follow
+                # the chain, whose deltas leave merged entries out).
+                self.ls_writer.on_committed = self.sender.on_committed
         self.gate = RejoinGate(
             self.db, self.guard, self.peers, self.recorder, lambda: self.receiver.listed_ok_ns
         )
@@ -165,6 +169,8 @@ class Syncer:
         self._own_listed: tuple[float, tuple[SnapshotName, ...]] | None = None
         # ... and the newest copy of each instance that has nothing but copies listed
         self._copy_only: tuple[SnapshotName, ...] = ()
+        # ... and the instances that store .pb.gz copies (their data reaches LS itself)
+        self._copy_writers: frozenset[str] = frozenset()
         self.lmdb_stats: dict[str, Any] = {}
         self._lmdb_stats_at = 0.0
 
@@ -295,6 +301,10 @@ class Syncer:
         copies, self._copy_only = self._copy_only, ()
         for name in copies:
             self.receiver.note_name(name.instance, name)
+        writers, self._copy_writers = self._copy_writers, frozenset()
+        for instance in writers:
+            if instance != self.instance:
+                self.peers.get(instance).writes_copies = True
         if self.receiver.relist_due() and self.receiver.list_backoff.ready():
             self.receiver.list_bucket(startup=False)
         self.startup_rules.resume_if_unblocked()
@@ -351,6 +361,7 @@ class Syncer:
                 self._own_listed = (started, own)  # one assignment: the loop takes it whole
                 if not self.ls_only:  # hints never carry copies (sync/interop.py)
                     self._copy_only = copy_only_newest(names, self.instance)
+                self._copy_writers = frozenset(n.instance for n in names if n.is_copy)
         self.recorder.lister_result(ok)
 
     def _check_own_objects(self) -> None:

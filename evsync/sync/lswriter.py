@@ -120,8 +120,10 @@ class LsWriter:
 
     def merged(self, name: SnapshotName, txn_ids: list[int]) -> None:
         """A merge committed ``txn_ids``: merged LS data needs no ``.pb.gz`` again (LS
-        instances have it already); merged ``.evs.zst`` data does."""
-        if name.is_ls:
+        instances have it already), nor the data of an evsync peer that writes copies of
+        its own (its copies carry it to them); other merged ``.evs.zst`` data does."""
+        st = self.peers.instances.get(name.instance)
+        if name.is_ls or (st is not None and st.writes_copies):
             self.ledger.advance(txn_ids)
 
     def own_txn(self, txn_id: int) -> None:
@@ -140,8 +142,8 @@ class LsWriter:
     def due_in(self, now: float) -> float | None:
         """Seconds until the loop should come back for a ``.pb.gz`` (None: nothing
         pending; a store in flight wakes the loop itself when it ends)."""
-        if self._inflight is not None:
-            return None
+        if self._inflight is not None or self.peers.own in self.peers.waiting_for:
+            return None  # a store ends with a hint; startup's end is a step anyway
         if not self._wanted(now):
             force = self.config.storage_force_snapshot_interval
             return self.last_store_mono + force - now if force else None

@@ -32,6 +32,8 @@ class InstanceState:
     known: dict[str, SnapshotName] = field(default_factory=dict)
     #: the newest name a plan fell short of once (a listing is tried), then for good
     relisted_for: str | None = None
+    #: it stores ``.pb.gz`` copies beside its chain (seen in a listing)
+    writes_copies: bool = False
     stuck: str | None = None
     #: an ``.evs.zst`` object of this instance was seen: it is followed through that
     #: chain, and its ``.pb.gz`` copies are not merged (docs/lightningstream.md)

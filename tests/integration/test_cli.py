@@ -46,6 +46,24 @@ class TestSnapshotsCommands:
         only = a.command("snapshots", "dump", "--local", str(LS_VECTOR), "-d", "second")
         assert "### second" in only.stdout and "### data" not in only.stdout
 
+    def test_put_refuses_a_pb_gz_that_would_stop_lightning_stream(
+        self, instances: Make, s3_storage: dict[str, Any], tmp_path: Path
+    ) -> None:
+        """`snapshots put` verifies a file in the format its name says first: the crafted
+        .pb.gz with an empty KV message (which makes real LS exit) is refused with one
+        line and not uploaded; a real LS object is uploaded."""
+        a = instances("a", s3_storage)
+        probe = next((REPO / "tests" / "fixtures" / "lightningstream" / "probes"
+                      / "M_empty_kv").glob("*.pb.gz"))
+        res = a.command("snapshots", "put", str(probe))
+        assert res.returncode == 1
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and "not a valid .pb.gz object" in lines[0], res.stderr
+        assert probe.name not in a.command("snapshots", "list").stdout
+        ok = a.command("snapshots", "put", str(LS_VECTOR))
+        assert ok.returncode == 0, ok.stderr
+        assert LS_VECTOR.name in a.command("snapshots", "list").stdout
+
     def test_a_missing_local_file_is_one_line(self, instances: Make,
                                              s3_storage: dict[str, Any]) -> None:
         """`snapshots dump --local` of a file that does not exist exits 1 with one line
@@ -88,7 +106,9 @@ class TestSnapshotsCommands:
         assert json.loads(local.stdout)["dbis"] == data["dbis"]
 
         renamed = names[0].replace("main__a__", "main__copy__")
-        put = a.command("snapshots", "put", str(out), "-n", renamed)
+        refused = a.command("snapshots", "put", str(out), "-n", renamed)
+        assert refused.returncode == 1 and "the name" in refused.stderr, refused.stderr
+        put = a.command("snapshots", "put", str(out), "-n", renamed, "--force")
         assert put.returncode == 0, put.stderr
         bad = a.command("snapshots", "put", str(out), "-n", "not-a-snapshot-name")
         assert bad.returncode != 0 and "not-a-snapshot-name" in bad.stderr

@@ -53,14 +53,21 @@ class TestUpdateMarker:
         self, instances: Callable[..., Instance], s3_storage: dict[str, Any],
         aws: AwsServer, bucket: str,
     ) -> None:
-        """After a store the marker names the object, its ETag, a time and false."""
+        """After a .pb.gz store the marker names that object, its ETag, a time and false;
+        a store of an .evs.zst object alone (which LS never reads) leaves it untouched,
+        so LS does not list again for every delta."""
         storage = {**s3_storage, "options": {**s3_storage["options"], "use_update_marker": True}}
-        a = instances("a", storage)
+        plain = instances("plain", storage)
+        plain.writer.put("k", "v")
+        assert plain.command("sync", "--only-once").returncode == 0
+        assert "update-marker" not in keys(aws, bucket)
+        a = instances("a", storage, lightningstream={"write": True})
         a.writer.put("k", "v")
         assert a.command("sync", "--only-once").returncode == 0
         body = aws.client().get_object(Bucket=bucket, Key="update-marker")["Body"].read()
         name, etag, nanos, deleted = body.decode().split(":")
         assert name in keys(aws, bucket) and name.startswith("main__a__")
+        assert name.endswith(".pb.gz")
         assert etag and int(nanos) > 0 and deleted == "false"
 
     def test_no_marker_by_default(

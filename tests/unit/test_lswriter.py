@@ -169,6 +169,48 @@ class TestWrite:
         assert [n for n in names(store, "pb.gz") if n.instance == "ev"] == copies
 
 
+class TestReviewedStates:
+    """States a review of the .pb.gz writer found, each pinned."""
+
+    def test_a_peer_that_writes_copies_makes_no_copy_due(self, tmp_path: Path) -> None:
+        """Merging an evsync peer that stores copies of its own is no reason to write a
+        copy: its copies carry its data to LS. (Every migrated instance used to dump
+        and upload its whole LMDB about once a second, for each other's changes.)"""
+        store = MemoryStore()
+        ls = LightningStreamConfig(write=True)
+        a = make_syncer("a", tmp_path, store, ls)
+        put(a, b"from-a", b"v")
+        a.startup(retry_forever=True)
+        settle(a)
+        b = make_syncer("b", tmp_path, store, ls)
+        put(b, b"own", b"v")
+        b.startup(retry_forever=True)
+        settle(b)
+        listed = [SnapshotName.parse(o.name) for o in store.list("main__")]
+        b.on_listing(True, listed, time.monotonic())
+        settle(b)
+        copies = [n for n in names(store, "pb.gz") if n.instance == "b"]
+        put(a, b"from-a-2", b"v")
+        a.step(Batch(local=True))
+        settle(a)
+        newest_a = [n for n in names(store, "evs.zst") if n.instance == "a"][-1]
+        b.step(Batch(remote={"a": newest_a}))
+        assert lmdb_write.get(b.lenv.env, "records", b"from-a-2") is not None
+        time.sleep(b.config.lightningstream.write_interval)
+        settle(b)
+        assert [n for n in names(store, "pb.gz") if n.instance == "b"] == copies
+
+    def test_no_busy_loop_while_the_own_history_is_unmerged(self, tmp_path: Path) -> None:
+        """While startup still waits for this instance's own history (S3 down, say), the
+        writer asks the loop for no wake-up; it used to say "due now" and spin the loop
+        at 100 % CPU."""
+        s = make_syncer("a", tmp_path, MemoryStore(), LightningStreamConfig(write=True))
+        put(s, b"k", b"v")
+        assert s.ls_writer is not None
+        s.peers.waiting_for.add("a")
+        assert s.ls_writer.due_in(time.monotonic()) is None
+
+
 class TestLsOnly:
     """``lightningstream.only``: an LS imitation for tests and rehearsals."""
 
