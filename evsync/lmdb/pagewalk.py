@@ -66,6 +66,7 @@ _BRANCH_NODE = struct.Struct("=HHH")  # lo, hi, flags: the child page number's 4
 NO_PIN = "no_pin"  # no snapshot pinned yet (first delta, or after a store failed)
 PIN_EXPIRED = "pin_expired"  # released after PIN_MAX_AGE_SECONDS
 PIN_AHEAD = "pin_ahead"  # the pin is newer than the delta's base txn
+PIN_LOST = "pin_lost"  # py-lmdb closed the pinned txn (this process resized the map)
 META = "meta"  # meta magic, version or page size not LMDB 0.9's
 PAGE = "page"  # a page header (number, flags, bounds) outside what it understands
 DUPSORT = "dupsort"
@@ -79,6 +80,7 @@ REASONS = (
     NO_PIN,
     PIN_EXPIRED,
     PIN_AHEAD,
+    PIN_LOST,
     META,
     PAGE,
     DUPSORT,
@@ -139,6 +141,15 @@ class _Pin:
         #: when the LMDB was last seen still at this snapshot (holding it cost nothing
         #: until then)
         self.fresh_at = now
+
+    def alive(self) -> bool:
+        """False once py-lmdb has closed the txn: it does so to every open txn when this
+        process resizes the map, and LMDB may then reuse the snapshot's pages."""
+        try:
+            self.txn.id()
+        except lmdb.Error:
+            return False
+        return True
 
     def release(self) -> None:
         self.txn.abort()
@@ -356,6 +367,9 @@ class ChangeFinder:
         """The pending snapshot's object is stored (or needed none): it becomes the pin."""
         if self._pending is None:
             return
+        if not self._pending.alive():
+            self._drop_pending()  # the map was resized meanwhile; the old pin is too
+            return
         self._drop_pin()
         self._pin, self._pending = self._pending, None
         self._expired = False
@@ -428,6 +442,9 @@ class ChangeFinder:
         pin = self._pin
         if pin is None:
             raise FallbackError(PIN_EXPIRED if self._expired else NO_PIN)
+        if not pin.alive():
+            self._drop_pin()
+            raise FallbackError(PIN_LOST)
         # Entries in pages shared with the pin were written at or before its txn; only
         # when none of those can pass the filter is skipping them exact.
         if pin.txn_id > since_txn:
