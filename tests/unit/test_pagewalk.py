@@ -25,7 +25,11 @@ from evsync.lmdb.dump import DumpResult, dump_native, dump_native_delta
 from evsync.lmdb.env import LmdbEnv
 from evsync.lmdb.header import FLAG_DELETED, encode_value
 from evsync.lmdb.pagewalk import ChangeFinder
+from evsync.snapshot import SnapshotReader
+from evsync.storage.memory import MemoryStore
+from evsync.triggers.base import Batch
 from tests.helpers import Writer
+from tests.unit.test_syncer import app_put, fill, make_syncer, stored
 
 MAX_DBS = 8
 MAP_SIZE = 8 << 20  # small, so that a workload can fill it and grow the map
@@ -471,3 +475,64 @@ class TestPins:
         harness.finder.close()
         assert harness.finder.pinned_txn is None
         assert harness.finder.pending_txn is None
+
+
+def _count(registry: Any, name: str, **labels: str) -> float:
+    return float(registry.get_sample_value(name, {"db": "main", **labels}) or 0)
+
+
+class TestInTheSender:
+    """The sender's use of the finder: which path served its deltas, and its pins."""
+
+    def test_deltas_after_a_full_object_are_served_by_the_page_walk(self, tmp_path: Path) -> None:
+        """After the first (full) object is stored, each one-record delta is found by the
+        page walk (counted by path), and carries that record alone."""
+        store = MemoryStore()
+        a = make_syncer("a", tmp_path, store)
+        try:
+            fill(a)
+            a.run_once()
+            for i in range(3):
+                app_put(a, b"fill-%d" % i, b"changed", 5000 + i)
+                a.step(Batch(local=True))
+            names = stored(store, "a")
+            assert [n.is_delta for n in names] == [False, True, True, True]
+            reader = SnapshotReader(store.open(names[-1].name))
+            assert [[e[0] for e in es] for _, es in reader.dbis()] == [[b"fill-2"]]
+            reg = a.metrics.registry
+            deltas = "evsync_change_finder_deltas_total"
+            assert _count(reg, deltas, path=pagewalk.PATH_PAGEWALK) == 3
+            assert _count(reg, deltas, path=pagewalk.PATH_SCAN) == 0
+            assert a.sender.finder is not None
+            assert a.sender.finder.pinned_txn == a.lenv.last_txn_id()
+        finally:
+            a.close()
+
+    def test_store_retries_release_an_old_pin(self, tmp_path: Path) -> None:
+        """In a storage outage, a pin behind the LMDB past its age limit is released and
+        the failed delta's own snapshot is not kept (an outage must not pin pages for
+        ever); the delta tried in the outage and the one once the bucket is back both
+        scan, counted as pin_expired, and the stored one pins afresh."""
+        store = MemoryStore()
+        a = make_syncer("a", tmp_path, store)
+        try:
+            fill(a)
+            a.run_once()
+            finder = a.sender.finder
+            assert finder is not None and finder.pinned_txn is not None
+            finder.max_pin_age = 0.0
+            store.fail = True
+            app_put(a, b"fill-1", b"changed", 5000)
+            a.step(Batch(local=True))
+            assert finder.pinned_txn is None and finder.pending_txn is None
+            store.fail = False
+            finder.max_pin_age = pagewalk.PIN_MAX_AGE_SECONDS
+            a.sender.backoff.succeeded()
+            a.step(Batch(local=True))
+            assert stored(store, "a")[-1].is_delta
+            reg = a.metrics.registry
+            fallbacks = "evsync_change_finder_fallbacks_total"
+            assert _count(reg, fallbacks, reason=pagewalk.PIN_EXPIRED) == 2
+            assert finder.pinned_txn == a.lenv.last_txn_id()
+        finally:
+            a.close()
