@@ -408,6 +408,30 @@ class TestFallbacks:
         assert walked == scanned
         assert harness.seen.reasons == {pagewalk.FILE_SHRANK: 1}
 
+    def test_file_replaced(self, harness: Harness) -> None:
+        """A data file that is another file than the one mapped (another inode) falls
+        back and drops the pin: its pages may be gone with the old file."""
+        harness.full()
+        harness.commit([("put", b"records", key(1), 40)])
+        harness.delta()  # maps the file
+        pages = harness.finder._pages
+        assert pages is not None
+        pages._ino = (0, 0)
+        harness.commit([("put", b"records", key(2), 40)])
+        scanned, walked = harness.delta()
+        assert walked == scanned
+        assert harness.seen.reasons == {pagewalk.FILE_REPLACED: 1}
+        assert harness.finder.pinned_txn == harness.since_txn  # pinned afresh on store
+
+    def test_platform(self, harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On a big-endian host (the layouts are read little-endian) it always scans."""
+        harness.full()
+        harness.commit([("put", b"records", key(1), 40)])
+        monkeypatch.setattr(pagewalk.sys, "byteorder", "big")
+        scanned, walked = harness.delta()
+        assert walked == scanned
+        assert harness.seen.reasons == {pagewalk.PLATFORM: 1}
+
     def test_logged_once(self, harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
         """A reason is logged the first time only, and counted every time."""
         caplog.set_level(logging.INFO, logger=pagewalk.__name__)
