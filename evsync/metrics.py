@@ -110,6 +110,20 @@ class Metrics:
             db,
             registry=r,
         )
+        self.change_finder_deltas = Counter(
+            f"{PREFIX}_change_finder_deltas",
+            "Deltas by the path that found their changes: pagewalk (the leaf pages written "
+            "since the last stored snapshot) or scan (every entry's header).",
+            ["db", "path"],
+            registry=r,
+        )
+        self.change_finder_fallbacks = Counter(
+            f"{PREFIX}_change_finder_fallbacks",
+            "Deltas whose changes were found by a full scan, by the reason the page walk "
+            "could not serve them (no_pin, pin_expired, dupsort, page, ...).",
+            ["db", "reason"],
+            registry=r,
+        )
         self.name_conflicts = Counter(
             f"{PREFIX}_instance_name_conflicts",
             "Objects found under this instance's name that this process did not store (two "

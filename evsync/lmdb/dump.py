@@ -9,9 +9,10 @@ Native mode dumps the data DBIs themselves; shadow mode dumps each data DBI's
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -26,6 +27,7 @@ from evsync.lmdb.header import (
     SYNC_FLAG_MASK,
     parse_header,
 )
+from evsync.lmdb.pagewalk import ChangeFinder, Leaf
 from evsync.snapshot.base import (
     KIND_DELTA,
     KIND_FULL,
@@ -69,8 +71,10 @@ def dump_native(
     instance: str,
     timestamp_ns: int,
     fmt: SnapshotFormat = EVS_ZST,
+    finder: ChangeFinder | None = None,
 ) -> DumpResult:
-    """Write a full object of every synced DBI as of one read txn."""
+    """Write a full object of every synced DBI as of one read txn; its snapshot is
+    offered to ``finder`` (the next delta's changes are found from it)."""
     with lenv.read_synced_dbis() as (txn, named_handles):
         dbis = []
         handles = []
@@ -83,7 +87,7 @@ def dump_native(
                 )
             dbis.append(DbiInfo(name, flags, "", int(txn.stat(handle)["entries"])))
             handles.append(handle)
-        return _write(
+        result = _write(
             lenv,
             out,
             txn,
@@ -95,6 +99,9 @@ def dump_native(
             txn_id=int(txn.id()),
             fmt=fmt,
         )
+        if finder is not None:
+            finder.offer(txn, [name for name, _handle in named_handles])
+        return result
 
 
 def dump_native_delta(
@@ -109,6 +116,7 @@ def dump_native_delta(
     skip_txns: Container[int],
     max_entries: int,
     fmt: SnapshotFormat = EVS_ZST,
+    finder: ChangeFinder | None = None,
 ) -> DumpResult | None:
     """Write a delta (DESIGN §7): the entries whose header txn id is after ``since_txn``
     and not one of ``skip_txns`` (evsync's own merges), as of one read txn.
@@ -116,18 +124,37 @@ def dump_native_delta(
     The header counts each DBI's entries before they are written, so the changed
     entries are collected first; None when more than ``max_entries`` changed (a full
     object is then the better upload). DBIs without changes are left out.
+
+    With a ``finder`` only the leaf pages written since its pinned snapshot are read
+    (:mod:`evsync.lmdb.pagewalk`); without one, or when it cannot tell, every entry is.
+    Either way the same filter picks the same entries. The dump's snapshot is offered
+    to the finder for the next delta.
     """
     with lenv.read_synced_dbis() as (txn, named_handles):
         dbis: list[DbiInfo] = []
         changed: list[list[Entry]] = []
         total = 0
+        names = [name for name, _handle in named_handles]
+        for _name, handle in named_handles:
+            if lenv.dbi_flags(txn, handle) & DUP_FLAGS:
+                return None  # dump_native names the problem
+        leaves = finder.changed(txn, names, since_txn=since_txn) if finder is not None else None
         for name, handle in named_handles:
             flags = lenv.dbi_flags(txn, handle)
-            if flags & DUP_FLAGS:
-                return None  # dump_native names the problem
-            entries = _changed_entries(
-                lenv, txn, handle, name, since_txn=since_txn, skip_txns=skip_txns
-            )
+            if leaves is None:
+                entries = _changed_entries(
+                    lenv, txn, handle, name, since_txn=since_txn, skip_txns=skip_txns
+                )
+            else:
+                entries = _entries_in_leaves(
+                    lenv,
+                    txn,
+                    handle,
+                    name,
+                    leaves.get(name, ()),
+                    since_txn=since_txn,
+                    skip_txns=skip_txns,
+                )
             total += len(entries)
             if total > max_entries:
                 return None
@@ -144,7 +171,10 @@ def dump_native_delta(
             kind=KIND_DELTA,
             base_timestamp_ns=base_timestamp_ns,
         )
-        return DumpResult(header, fmt.write(out, header, changed))
+        result = DumpResult(header, fmt.write(out, header, changed))
+        if finder is not None:
+            finder.offer(txn, names)
+        return result
 
 
 def _changed_entries(
@@ -160,6 +190,34 @@ def _changed_entries(
             if txn_id <= since_txn or txn_id in skip_txns:
                 continue
         out.append(_entry(lenv, cursor.key(), value, dbi))
+    return out
+
+
+def _entries_in_leaves(
+    lenv: LmdbEnv,
+    txn: Any,
+    handle: Any,
+    dbi: bytes,
+    leaves: Iterable[Leaf],
+    *,
+    since_txn: int,
+    skip_txns: Container[int],
+) -> list[Entry]:
+    """:func:`_changed_entries`, over the entries of some leaf pages only."""
+    cursor = txn.cursor(db=handle)
+    out: list[Entry] = []
+    for leaf in leaves:
+        # The leaf's entries are the ``entries`` from its first key on, in the cursor's
+        # order, whatever the DBI's comparator (reverse or integer keys).
+        if not cursor.set_key(leaf.first_key):
+            raise LmdbError(f"lmdb {lenv.name}: a changed leaf's first key is not in its txn")
+        values = cursor.iternext(keys=False, values=True)
+        for value in itertools.islice(values, leaf.entries):
+            if len(value) >= HEADER_SIZE:
+                txn_id = _TXN_ID(value, 8)[0]
+                if txn_id <= since_txn or txn_id in skip_txns:
+                    continue
+            out.append(_entry(lenv, cursor.key(), value, dbi))
     return out
 
 

@@ -275,6 +275,7 @@ class Syncer:
         """Wait for a ``.pb.gz`` store in flight, then close the LMDB."""
         if self.ls_writer is not None:
             self.ls_writer.close()
+        self.sender.close()
         self.lenv.close()
 
     def startup(self, *, retry_forever: bool) -> bool:

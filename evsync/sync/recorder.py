@@ -380,6 +380,14 @@ class Recorder:
         else:
             self.end_streak("empty")
 
+    def change_finder_served(self, path: str) -> None:
+        """A delta's changes were found by ``path`` (pagewalk or scan)."""
+        self.metrics.change_finder_deltas.labels(self.db, path).inc()
+
+    def change_finder_fallback(self, reason: str) -> None:
+        """The page walk could not serve a delta (the finder logs each reason once)."""
+        self.metrics.change_finder_fallbacks.labels(self.db, reason).inc()
+
     def store_retrying(self, name: str, attempt: int, exc: BaseException | None) -> None:
         """A store attempt failed; it is retried."""
         self._count_store_failure(exc)

@@ -35,6 +35,7 @@ from evsync.config import Config
 from evsync.errors import LmdbError, StorageError, StorageUnavailableError
 from evsync.lmdb.dump import DumpResult, dump_native, dump_native_delta, dump_shadow
 from evsync.lmdb.env import LmdbEnv
+from evsync.lmdb.pagewalk import ChangeFinder
 from evsync.lmdb.shadow import Shadow
 from evsync.snapshot.base import KIND_DELTA, KIND_FULL, SnapshotFormat
 from evsync.snapshot.evs import EVS_ZST
@@ -97,6 +98,9 @@ class Sender:
         self.clock_ns = clock_ns
         self.format = fmt
         self.chain = chain.SenderChain(config.deltas)
+        #: finds a delta's changes from the snapshot of the last stored object (native
+        #: mode only: shadow mode stores full objects)
+        self.finder = ChangeFinder(lenv, observer=recorder) if shadow is None else None
         retry = config.storage_retry_interval
         self.backoff = Backoff(retry, retry)
         self.last_store_mono = time.monotonic()
@@ -136,6 +140,8 @@ class Sender:
             )
             return not only_once
         txn_id = self.lenv.last_txn_id()
+        if self.finder is not None:
+            self.finder.expire(txn_id)  # a pin behind the LMDB is released past its age
         force_every = self.config.storage_force_snapshot_interval
         forced = self.full_requested or (
             bool(force_every) and time.monotonic() - self.last_store_mono >= force_every
@@ -157,6 +163,7 @@ class Sender:
                     return True
                 name, dumped = self._dump_object(spool, want_txn, forced=forced)
             except LmdbError as exc:
+                self._finder_discard()
                 self.recorder.dump_failed(exc)
                 self.backoff.failed()
                 return False
@@ -165,17 +172,32 @@ class Sender:
             if header.total_entries == 0:  # an empty LMDB never uploads
                 if header.kind == KIND_DELTA:  # the commits were evsync's own merges
                     self.ledger.synced_up_to(header.txn_id)
+                    if self.finder is not None:
+                        # nothing in it passes the filter: as good a base as a stored one
+                        self.finder.stored()
+                else:
+                    self._finder_discard()
                 return True
             size = spool.tell()
             t_dump = time.monotonic() - t0
             try:
                 self._store_with_retry(name.name, spool)
             except StorageError as exc:
+                self._finder_discard()  # the old pin stays the base, up to its age limit
                 self.recorder.store_failed(name, exc)
                 self.backoff.failed()
                 return False
         self._stored(name, dumped, size, t_dump, t0, forced)
         return True
+
+    def _finder_discard(self) -> None:
+        if self.finder is not None:
+            self.finder.discard()
+
+    def close(self) -> None:
+        """Release the change finder's snapshots (before the LMDB closes)."""
+        if self.finder is not None:
+            self.finder.close()
 
     def _stored(  # noqa: PLR0917 - one event, told in full
         self,
@@ -189,6 +211,8 @@ class Sender:
         """Everything a successful store moves on: backoff, txns, chain, peers, callbacks."""
         header = dumped.header
         self.backoff.succeeded()
+        if self.finder is not None:
+            self.finder.stored()  # this object's snapshot is the next delta's base
         self.full_requested = self.full_requested and header.kind != KIND_FULL
         self.last_stored_ts = header.timestamp_ns
         if self.shadow is not None and not self._stamped_after_dump:
@@ -304,6 +328,7 @@ class Sender:
                     skip_txns=self.ledger.merge_txns,
                     max_entries=chain.MAX_DELTA_ENTRIES,
                     fmt=self.format,
+                    finder=self.finder,
                 ),
             )
             if delta is not None:
@@ -339,6 +364,7 @@ class Sender:
                 instance=self.peers.own,
                 timestamp_ns=ts,
                 fmt=self.format,
+                finder=self.finder,
             ),
         )
         assert dumped is not None  # dump_native always writes an object
@@ -411,6 +437,9 @@ class Sender:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.recorder.store_retrying(name, state.attempt_number, exc)
+            if self.finder is not None:
+                # a long outage must not pin snapshots (and grow the LMDB file) forever
+                self.finder.expire(self.lenv.last_txn_id())
 
         retrying = tenacity.Retrying(
             stop=attempts | StopOnEvent(self.stop_event),
