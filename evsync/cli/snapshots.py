@@ -34,7 +34,10 @@ def register(sub: Any) -> None:
     ls = ssub.add_parser("list", help="list objects")
     ls.add_argument("-p", "--prefix", default="", help="only names with this prefix")
     ls.add_argument(
-        "-l", "--long", action="store_true", help="show sizes and formats (tab-separated)"
+        "-l",
+        "--long",
+        action="store_true",
+        help="also show size, kind, time (UTC) and instance, tab-separated",
     )
     ls.add_argument(
         "-t",
@@ -93,8 +96,17 @@ def run_list(args: argparse.Namespace) -> int:
 
         objects.sort(key=key)
     for obj in objects:
-        print(f"{obj.name}\t{obj.size}\t{describe_format(obj.name)}" if args.long else obj.name)
+        print(_long_line(obj.name, obj.size) if args.long else obj.name)
     return 0
+
+
+def _long_line(name: str, size: int) -> str:
+    """name, size, kind, time (UTC, to the millisecond) and instance; the first two
+    columns stay where scripts expect them."""
+    parsed = try_parse(name)
+    when = show_time(parsed.timestamp_ns)[:23] + "Z" if parsed is not None else "-"
+    instance = parsed.instance if parsed is not None else "-"
+    return f"{name}\t{size}\t{describe_format(name)}\t{when}\t{instance}"
 
 
 def describe_format(name: str) -> str:
@@ -188,6 +200,7 @@ def run_dump(args: argparse.Namespace) -> int:
             return _dump_json(reader, want, _format_label(fmt.extension))
         meta = header.to_wire()
         meta["format"] = _format_label(fmt.extension)
+        meta["time"] = show_time(header.timestamp_ns)  # beside timestamp_ns, for people
         if header.dbis:
             meta["dbis"] = [
                 {**d, "name": d["name"].decode(errors="replace")} for d in meta["dbis"]
@@ -205,7 +218,8 @@ def run_dump(args: argparse.Namespace) -> int:
             count = 0
             for key, ts, flags, value in entries:
                 deleted = " deleted" if flags & 1 else ""
-                print(f"{show_bytes(key)} = {show_bytes(value)}  ts={show_time(ts)}{deleted}")
+                shown = f"{show_bytes(key)} = {show_bytes(value)}"
+                print(f"{shown}  ts={ts} ({show_time(ts)}){deleted}")
                 count += 1
             print(f"# {count} entries")
     return 0

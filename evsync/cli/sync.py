@@ -7,11 +7,15 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
 from prometheus_client import Counter
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from evsync.cli import _progress
 from evsync.daemon import Daemon
 from evsync.metrics import Metrics
 
@@ -64,7 +68,9 @@ def run_sync(args: argparse.Namespace) -> int:
     try:
         if only_once:
             started = time.monotonic()
-            ok = daemon.run_once()
+            show = _progress.enabled(quiet=args.quiet, output_on_stdout=False)
+            with _merge_progress(daemon.metrics, show=show):
+                ok = daemon.run_once()
             if not ok:
                 log.error("only-once sync did not complete")
             log.info("%s", once_summary(daemon.metrics, time.monotonic() - started))
@@ -88,6 +94,33 @@ def counter_total(counter: Counter) -> float:
         for sample in metric.samples
         if sample.name.endswith("_total")
     )
+
+
+@contextmanager
+def _merge_progress(metrics: Metrics, *, show: bool) -> Iterator[None]:
+    """On a terminal, the entries merged so far with their rate, and the objects and
+    bytes fetched (what a first ``--only-once`` of a big bucket spends its time on); the
+    log lines go through the bar so neither garbles the other. Nothing when not shown."""
+    if not show:
+        yield
+        return
+    done = threading.Event()
+    with _progress.bar("merging", None, "entries", show=True) as bar, logging_redirect_tqdm():
+
+        def poll() -> None:
+            while not done.wait(_progress.MIN_INTERVAL_SECONDS):
+                bar.n = int(counter_total(metrics.entries_merged))
+                objects = counter_total(metrics.objects_loaded)
+                fetched = counter_total(metrics.bytes_downloaded) / (1 << 20)
+                bar.set_postfix_str(f"{objects:.0f} objects, {fetched:.1f} MiB fetched")
+
+        thread = threading.Thread(target=poll, name="progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 def once_summary(metrics: Metrics, seconds: float) -> str:

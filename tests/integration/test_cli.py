@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,6 +39,9 @@ class TestSnapshotsCommands:
         assert "### data (transform='', flags=0x0)" in text.stdout
         assert "alpha = value-a" in text.stdout
         assert "# 7 entries" in text.stdout and "# 0 entries" in text.stdout
+        # human times beside the nanoseconds, for the object and for each entry
+        assert '"time": "2026-12-01T18:28:57.758476663Z"' in text.stdout
+        assert "ts=1700000000000000001 (2023-11-14T22:13:20.000000001Z)" in text.stdout
         dumped = a.command("snapshots", "dump", "--local", str(LS_VECTOR), "-f", "json")
         data = json.loads(dumped.stdout)
         assert data["header"]["format"] == "lightningstream"
@@ -87,7 +91,9 @@ class TestSnapshotsCommands:
         assert listing.returncode == 0, listing.stderr
         names = [line.split("\t")[0] for line in listing.stdout.splitlines()]
         assert len(names) == 1 and names[0].startswith("main__a__")
-        assert int(listing.stdout.split("\t")[1]) > 0
+        _name, size, kind, when, instance = listing.stdout.splitlines()[0].split("\t")
+        assert int(size) > 0 and kind == "evs.zst full" and instance == "a"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", when), when
 
         dumped = a.command("snapshots", "dump", names[0], "-f", "json")
         assert dumped.returncode == 0, dumped.stderr
@@ -476,3 +482,22 @@ class TestProgress:
         code, err = self._run(["-c", str(cfg), "snapshots", "get", name, "-o", str(local)],
                               tty=False)
         assert code == 0 and err == "", err
+
+    def test_only_once_merge_progress_on_a_terminal(self, tmp_path: Path) -> None:
+        """A first `sync --only-once` of a bucket holding a big object draws the entries
+        merged, their rate, and the objects and MiB fetched on a terminal; piped, stderr
+        holds only the log lines."""
+        cfg = self._config(tmp_path)
+        assert evsync("-c", str(cfg), "sync", "--only-once").returncode == 0
+        lmdb2 = tmp_path / "lmdb2"
+        other = tmp_path / "other.yaml"
+        other.write_text(cfg.read_text().replace(f"{tmp_path}/lmdb", str(lmdb2))
+                         + "instance: other\n")
+        other.write_text(other.read_text().replace("schema_tracks_changes: true",
+                                                   "schema_tracks_changes: true\n"
+                                                   "    options: {create: true}"))
+        code, err = self._run(["-c", str(other), "sync", "--only-once"], tty=True)
+        assert code == 0, err
+        assert "merging" in err and "entries" in err and "MiB fetched" in err, err
+        code, err = self._run(["-c", str(other), "sync", "--only-once"], tty=False)
+        assert code == 0 and "merging" not in err, err
