@@ -155,11 +155,41 @@ class Merger:
         return self.result
 
     def _merge_dbi(self, info: DbiInfo, entries: Iterable[Entry]) -> None:
+        applied = False
         for batch in _batches(entries, self.max_entries):
             if self.stop is not None and self.stop.is_set():
                 raise SyncInterruptedError(f"lmdb {self.lenv.name}: merge interrupted by shutdown")
             self._apply_batch(info, batch)
+            applied = True
             del batch  # not kept alive beside the next batch while that one is decoded
+        if not applied:
+            self._create_empty(info)
+
+    def _create_empty(self, info: DbiInfo) -> None:
+        """A DBI the object holds without entries is created, as Lightning Stream does
+        (an application may expect it to exist); nothing is written when it exists."""
+        with self.lenv.begin() as txn:
+            if self.lenv.has_dbi(txn, info.name):
+                return
+        for _growth in range(MAX_MAP_GROWTHS):
+            try:
+                with self.lenv.begin(write=True) as txn:
+                    if self.lenv.has_dbi(txn, info.name):
+                        return
+                    flags = self.create_flags(info) & ~DUP_FLAGS
+                    self.lenv.open_dbi(info.name, txn, create_flags=flags)
+                    txn_id = txn.id()
+            except lmdb.MapFullError:
+                self.lenv.forget_dbi(info.name)
+                self.lenv.grow_map()
+                continue
+            self.result.dbis_created.append(info.name)
+            self.result.txns += 1
+            self.result.txn_ids.append(txn_id)
+            return
+        raise PermanentLmdbError(
+            f"lmdb {self.lenv.name}: map still full after {MAX_MAP_GROWTHS} growths"
+        )
 
     def _apply_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
         done = 0
