@@ -107,12 +107,15 @@ def _merge_progress(metrics: Metrics, *, show: bool) -> Iterator[None]:
     done = threading.Event()
     with _progress.bar("merging", None, "entries", show=True) as bar, logging_redirect_tqdm():
 
+        def update() -> None:
+            bar.n = int(counter_total(metrics.entries_merged))
+            objects = counter_total(metrics.objects_loaded)
+            fetched = counter_total(metrics.bytes_downloaded) / (1 << 20)
+            bar.set_postfix_str(f"{objects:.0f} objects, {fetched:.1f} MiB fetched")
+
         def poll() -> None:
             while not done.wait(_progress.MIN_INTERVAL_SECONDS):
-                bar.n = int(counter_total(metrics.entries_merged))
-                objects = counter_total(metrics.objects_loaded)
-                fetched = counter_total(metrics.bytes_downloaded) / (1 << 20)
-                bar.set_postfix_str(f"{objects:.0f} objects, {fetched:.1f} MiB fetched")
+                update()
 
         thread = threading.Thread(target=poll, name="progress", daemon=True)
         thread.start()
@@ -121,6 +124,7 @@ def _merge_progress(metrics: Metrics, *, show: bool) -> Iterator[None]:
         finally:
             done.set()
             thread.join()
+            update()  # the final figures, even for a run shorter than one redraw
 
 
 def once_summary(metrics: Metrics, seconds: float) -> str:
