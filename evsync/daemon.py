@@ -26,8 +26,8 @@ from evsync.triggers.base import HintQueue, Trigger
 from evsync.triggers.fs_watch import FsBucketWatcher
 from evsync.triggers.listing import Lister
 from evsync.triggers.lmdb_watch import LmdbWatcher, TxnObserver, TxnPoller
-from evsync.triggers.mqtt import MqttSource
-from evsync.triggers.s3events import bucket_origin
+from evsync.triggers.mqtt import MqttSource, announcement_topic, publish_once
+from evsync.triggers.s3events import announcement, bucket_origin
 from evsync.triggers.sqs import SqsSource
 
 log = logging.getLogger(__name__)
@@ -335,13 +335,41 @@ class Daemon:
             )
 
     def run_once(self) -> bool:
-        """Merge every instance's newest object into every db, upload if needed."""
+        """Merge every instance's newest object into every db, upload if needed, and
+        announce what was stored as the daemon would (peers need not wait for a LIST)."""
+        stored: dict[str, tuple[str, int]] = {}  # db -> its newest stored object, size
+        for syncer in self.syncers.values():
+            syncer.on_stored.append(lambda db, name, size: stored.__setitem__(db, (name, size)))
         ok = True
         for syncer in self.syncers.values():
             ok = syncer.run_once() and ok
         for name in self.missing:
             log.error("db %s: not synced: its LMDB does not exist", name)
+        self._announce_once(stored)
         return ok and not self.missing
+
+    def _announce_once(self, stored: dict[str, tuple[str, int]]) -> None:
+        """``--only-once``: one short-lived MQTT client publishes the newest object of
+        each db stored (a failure is a warning: the objects are in the bucket)."""
+        cfg = self.config.notify.mqtt
+        if cfg is None or not cfg.publish or self.receive_only or not stored:
+            return
+        opts = self.config.storage.options
+        bucket = opts.bucket if isinstance(opts, S3Options) else ""
+        prefix = opts.global_prefix if isinstance(opts, S3Options) else ""
+        instance = self.config.instance
+        messages = [
+            (
+                announcement_topic(cfg, db, instance),
+                announcement(
+                    bucket, prefix + name, size, db=db, instance=instance,
+                    origin=bucket_origin(opts),
+                ),
+            )
+            for db, (name, size) in sorted(stored.items())
+        ]
+        if publish_once(cfg, instance, messages):
+            log.info("mqtt: announced %d object(s)", len(messages))
 
     def close(self) -> None:
         """Release the LMDBs, their locks and the storage client."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 import threading
 import time
@@ -171,18 +172,7 @@ class MqttSource(Trigger):
         if not v5:
             kwargs["clean_session"] = False
         client = mqtt.Client(**kwargs)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password)
-        url = urlparse(cfg.url)
-        if url.scheme == "mqtts":
-            client.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
-            )
-            if cfg.tls.insecure:
-                client.tls_insecure_set(True)
+        _set_credentials(client, cfg)
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.on_connect = self._on_connect
@@ -192,9 +182,7 @@ class MqttSource(Trigger):
         return client
 
     def _address(self) -> tuple[str, int]:
-        url = urlparse(self.cfg.url)
-        default = DEFAULT_TLS_PORT if url.scheme == "mqtts" else DEFAULT_PORT
-        return url.hostname or "localhost", url.port or default
+        return _address_of(self.cfg)
 
     def start(self) -> None:
         host, port = self._address()
@@ -310,7 +298,7 @@ class MqttSource(Trigger):
 
     def announce(self, db: str, name: str, size: int) -> None:
         """Publish a retained S3-event-shaped message for a stored object."""
-        topic = f"{self.cfg.topics[0].rstrip('/#+').rstrip('/')}/{db}/{self.instance}"
+        topic = announcement_topic(self.cfg, db, self.instance)
         payload = announcement(
             self.bucket or "",
             self.prefix + name,
@@ -335,3 +323,79 @@ class MqttSource(Trigger):
             "other_bucket": self.other_bucket,
             "last_error": self.last_error,
         }
+
+
+def _set_credentials(client: Any, cfg: MqttConfig) -> None:
+    """Username and password, and TLS for ``mqtts://``, as the config says."""
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password)
+    if urlparse(cfg.url).scheme == "mqtts":
+        client.tls_set(
+            ca_certs=cfg.tls.ca_file,
+            certfile=cfg.tls.cert_file,
+            keyfile=cfg.tls.key_file,
+            cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
+        )
+        if cfg.tls.insecure:
+            client.tls_insecure_set(True)
+
+
+def _address_of(cfg: MqttConfig) -> tuple[str, int]:
+    url = urlparse(cfg.url)
+    default = DEFAULT_TLS_PORT if url.scheme == "mqtts" else DEFAULT_PORT
+    return url.hostname or "localhost", url.port or default
+
+
+def announcement_topic(cfg: MqttConfig, db: str, instance: str) -> str:
+    """Where an instance announces the objects of one db: under the first topic."""
+    return f"{cfg.topics[0].rstrip('/#+').rstrip('/')}/{db}/{instance}"
+
+
+# ``--only-once`` waits this long for the broker to take its announcements.
+ONCE_PUBLISH_SECONDS = 10.0
+
+
+def publish_once(
+    cfg: MqttConfig,
+    instance: str,
+    messages: list[tuple[str, bytes]],
+    timeout: float = ONCE_PUBLISH_SECONDS,
+) -> bool:
+    """Publish ``(topic, payload)`` announcements from a short-lived client and wait for
+    the broker to take them; False (with one warning) when it did not in ``timeout``.
+
+    For ``sync --only-once``: its own client id and a clean session, so it neither takes
+    the daemon's persistent session (and the events queued there) nor leaves one behind.
+    """
+    host, port = _address_of(cfg)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{client_id_for(instance)}-once-{os.getpid()}",
+        protocol=mqtt.MQTTv5 if cfg.protocol == 5 else mqtt.MQTTv311,
+    )
+    _set_credentials(client, cfg)
+    deadline = time.monotonic() + timeout
+    try:
+        client.connect(host, port)
+        client.loop_start()
+        infos = [client.publish(t, p, qos=cfg.qos, retain=True) for t, p in messages]
+        for info in infos:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        ok = all(info.is_published() for info in infos)
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.warning(
+            "mqtt: could not announce %d object(s) at %s:%d: %s", len(messages), host, port, exc
+        )
+        return False
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if not ok:
+        log.warning(
+            "mqtt: the broker at %s:%d did not take %d announcement(s) in %gs",
+            host,
+            port,
+            len(messages),
+            timeout,
+        )
+    return ok

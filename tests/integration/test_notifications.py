@@ -133,6 +133,30 @@ class TestMqttAnnouncements:
                  what="b to catch up")
 
 
+class TestOnlyOnceAnnounces:
+    """`sync --only-once` announces what it stores, as the daemon does."""
+
+    def test_only_once_announces_its_object_and_leaves_no_session(
+        self, instances: Make, s3_storage: dict[str, Any], mosquitto: Mosquitto, topic: str
+    ) -> None:
+        """A one-shot upload is announced (retained, under <topic>/main/<instance>), so a
+        running peer merges it at once instead of at its next listing (1 h here). (It
+        was not announced at all: peers waited for their listing, up to 60 s.)"""
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic))
+        a.writer.put("once", "v")
+        res = a.command("sync", "--only-once")
+        assert res.returncode == 0, res.stderr
+        assert "mqtt: announced 1 object(s)" in res.stderr, res.stderr
+        retained = mosquitto.retained(f"{topic}/main/a")
+        assert retained is not None
+        record = json.loads(retained)["Records"][0]
+        assert record["s3"]["object"]["key"].startswith("main__a__")
+        wait_for(lambda: b.writer.get("once") == "v", timeout=10,
+                 what="b to merge the announced object without a listing")
+        assert b.stop() == 0
+
+
 class TestSqs:
     """S3 -> SQS bucket notifications wake the syncer (moto or LocalStack deliver them)."""
 

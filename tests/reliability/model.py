@@ -21,11 +21,24 @@ class InvalidValueError(AssertionError):
     """An LMDB value without a valid native header: the 'at any time' check failed."""
 
 
+# evsync may grow the map between the open and its first txn; opening again adopts it
+OPEN_ATTEMPTS = 5
+
+
+def _open_readonly(path: Path) -> lmdb.Environment:
+    for _attempt in range(OPEN_ATTEMPTS - 1):
+        try:
+            return lmdb.open(str(path), readonly=True, max_dbs=64, lock=True)
+        except lmdb.MapResizedError:
+            continue
+    return lmdb.open(str(path), readonly=True, max_dbs=64, lock=True)
+
+
 def read_records(path: Path, dbi: bytes = DBI) -> Records:
     """Every record of ``dbi``, each header checked; raises InvalidValueError on a bad one."""
     if not (path / "data.mdb").exists():
         return {}
-    env = lmdb.open(str(path), readonly=True, max_dbs=64, lock=True)
+    env = _open_readonly(path)
     try:
         with env.begin() as txn:
             try:
