@@ -26,6 +26,7 @@ from typing import IO
 
 import lmdb
 
+from evsync.bounded import BoundedNames
 from evsync.config import Config, LmdbConfig
 from evsync.errors import (
     CorruptObjectError,
@@ -135,7 +136,7 @@ class Receiver:
         self._own_checked: str | None = None
         self._listed_at = -RELIST_MIN_SECONDS  # monotonic time of the last listing
         #: objects skipped as older than the retention (each is logged once)
-        self._too_old_names: dict[str, None] = {}  # an ordered set
+        self._too_old_names = BoundedNames(MAX_TOO_OLD_NAMES)
 
     # ------------------------------------------------------------------ names
 
@@ -466,9 +467,7 @@ class Receiver:
         if not self.config.sweeper.enabled or name.timestamp_ns >= self._deleted_cutoff_ns():
             return False
         if name.name not in self._too_old_names:
-            self._too_old_names[name.name] = None
-            if len(self._too_old_names) > MAX_TOO_OLD_NAMES:  # the oldest go first
-                del self._too_old_names[next(iter(self._too_old_names))]
+            self._too_old_names.add(name.name)
             sweeper = self.config.sweeper
             self.recorder.too_old(
                 name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from evsync.bounded import BoundedNames
 from evsync.snapshot import readable_name
 from evsync.snapshot.name import SnapshotName
 
@@ -82,7 +83,7 @@ class HintQueue:
         self._remote: dict[str, SnapshotName] = {}
         self._newest_seen: dict[str, SnapshotName] = {}
         #: rejected names, oldest first (a dict as an ordered set)
-        self._rejected: dict[str, None] = {}
+        self._rejected = BoundedNames(MAX_REJECTED_NAMES)
         self._stop = False
         #: every hint received, by source
         self.received: Counter[str] = Counter()
@@ -96,7 +97,7 @@ class HintQueue:
         self.ignored_by_reason: Counter[str] = Counter()
         self._listed: set[str] = set()  # instances some listing named
         self._unlisted: set[str] = set()  # instances in _newest_seen known from hints only
-        self._gone: OrderedDict[str, None] = OrderedDict()
+        self._gone = BoundedNames(MAX_GONE_NAMES)
 
     def put(self, hint: Hint) -> bool:
         """Queue a hint; returns True when it told the syncer something new."""
@@ -176,19 +177,14 @@ class HintQueue:
     def gone(self, name: str) -> None:
         """``name``'s GET answered 404: a hint naming it again is no news."""
         with self._cond:
-            self._gone[name] = None
-            self._gone.move_to_end(name)
-            while len(self._gone) > MAX_GONE_NAMES:
-                self._gone.popitem(last=False)
+            self._gone.add(name)
 
     def reject(self, name: SnapshotName) -> None:
         """``name`` can never be merged: it is no news from now on, and names of its
         instance that sort below it count as new again (a junk object named far ahead
         must not hide the instance's real objects)."""
         with self._cond:
-            self._rejected[name.name] = None
-            if len(self._rejected) > MAX_REJECTED_NAMES:
-                del self._rejected[next(iter(self._rejected))]
+            self._rejected.add(name.name)
             self._newest_seen.pop(name.instance, None)
 
     def is_rejected(self, name: str) -> bool:

@@ -8,20 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-from evsync.config import (
-    Config,
-    LightningStreamConfig,
-    LmdbConfig,
-    LmdbOptions,
-    MemoryOptions,
-    StorageConfig,
-)
+from evsync.config import LightningStreamConfig
 from evsync.snapshot import format_for
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch, HintQueue
+from tests.unit.test_syncer import make_config
 
 NS = 1_000_000_000
 WAIT = 5.0
@@ -31,20 +25,8 @@ def make_syncer(
     instance: str, tmp_path: Path, store: MemoryStore, ls: LightningStreamConfig
 ) -> Syncer:
     """A native-mode syncer writing .pb.gz as ``ls`` says."""
-    lcfg = LmdbConfig(
-        name="main",
-        path=str(tmp_path / instance),
-        schema_tracks_changes=True,
-        options=LmdbOptions(create=True, map_size=1 << 24),
-    )
-    cfg = Config(
-        instance=instance,
-        lmdbs={"main": lcfg},
-        storage=StorageConfig(type="memory", options=MemoryOptions()),
-        storage_retry_interval=0.05,
-        storage_retry_count=2,
-        storage_force_snapshot_interval=0,
-        lightningstream=ls,
+    cfg, lcfg = make_config(
+        instance, tmp_path / instance, storage_retry_interval=0.05, lightningstream=ls
     )
     return Syncer(cfg, lcfg, store, HintQueue("main"), stop_event=threading.Event())
 

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -47,7 +47,7 @@ from evsync.triggers.base import Batch, Hint, HintQueue
 
 
 def make_config(
-    instance: str, path: Path, deltas: DeltasConfig | None = None
+    instance: str, path: Path, deltas: DeltasConfig | None = None, **overrides: Any
 ) -> tuple[Config, LmdbConfig]:
     lcfg = LmdbConfig(
         name="main",
@@ -64,7 +64,7 @@ def make_config(
         storage_force_snapshot_interval=0,
         deltas=deltas or DeltasConfig(),
     )
-    return cfg, lcfg
+    return dataclasses.replace(cfg, **overrides), lcfg
 
 
 def make_syncer(
