@@ -168,6 +168,7 @@ class Daemon:
                 prefix=opts.global_prefix if isinstance(opts, S3Options) else "",
                 only_dbs=self._only_dbs,
                 origin=bucket_origin(opts),
+                metrics=self.metrics,
             )
             self.triggers.append(mqtt)
             self.push_sources["mqtt"] = mqtt
@@ -200,6 +201,10 @@ class Daemon:
         publish = mqtt_cfg is not None and mqtt_cfg.publish and not self.receive_only
         if isinstance(mqtt, MqttSource) and publish:
             syncer.on_stored.append(mqtt.announce)
+            assert mqtt_cfg is not None
+            if mqtt_cfg.inline_max_bytes:
+                syncer.sender.inline_max_bytes = mqtt_cfg.inline_max_bytes
+                syncer.sender.on_encoded.append(mqtt.announce_carried)
 
     def _build_cleaners(self) -> None:
         for syncer in self.syncers.values():

@@ -13,6 +13,8 @@ Points:
 
 - ``upload``: each read of an object's bytes while the storage backend sends it;
 - ``stored``: right after a store succeeded, before evsync has recorded it;
+- ``published``: right after a delta went out inside its MQTT companion, before its
+  store began (the broker has taken the message: see :func:`armed`);
 - ``merge``: inside a merge write txn, after its puts and before its commit.
 """
 
@@ -28,7 +30,7 @@ from evsync.errors import ConfigError
 FAULTS_VAR = "EVSYNC_FAULTS"
 SEED_VAR = "EVSYNC_FAULTS_SEED"
 UNTIL_VAR = "EVSYNC_FAULTS_UNTIL"
-POINTS = frozenset({"upload", "stored", "merge"})
+POINTS = frozenset({"upload", "stored", "merge", "published"})
 
 
 def parse_faults(spec: str) -> dict[str, float]:
@@ -61,6 +63,12 @@ def point(name: str) -> None:
     rate = _rates.get(name)
     if rate and _random.random() < rate and not (_until and os.path.exists(_until)):
         crash(name)
+
+
+def armed(name: str) -> bool:
+    """True when ``name`` may fire: a caller that must finish something first (hand a
+    message to the broker, say) does so only then, so the point costs nothing else."""
+    return bool(_rates.get(name)) and not (_until and os.path.exists(_until))
 
 
 def crash(name: str) -> None:

@@ -40,6 +40,12 @@ DURATION_BUCKETS = (
 StateReader = Callable[[], dict[str, Any]]
 
 
+# evsync_inline_objects_total{result}: what became of an object a notification carried
+INLINE_MERGED = "merged"
+INLINE_INVALID = "invalid"
+INLINE_MALFORMED = "malformed"
+INLINE_UNUSED = "unused"
+
 class Metrics:
     """The metric objects of one daemon; pass one instance to every component."""
 
@@ -135,6 +141,15 @@ class Metrics:
             f"{PREFIX}_merge_failures",
             "Merges aborted by an LMDB error (the txn was rolled back).",
             db,
+            registry=r,
+        )
+        self.inline_objects = Counter(
+            f"{PREFIX}_inline_objects",
+            "Deltas carried inside MQTT notifications, by result: merged (without a GET), "
+            "invalid (failed verification: fetched from the bucket instead), malformed "
+            "(unusable message: the object is fetched once announced), unused (pushed out "
+            "or passed before merged).",
+            ["db", "result"],
             registry=r,
         )
         self.bytes_uploaded = Counter(

@@ -32,6 +32,7 @@ from evsync.config.schema import (
     DEFAULT_LS_WRITE_INTERVAL,
     DEFAULT_MAP_SIZE_ON_CREATE,
     DEFAULT_MAX_DBS,
+    DEFAULT_MQTT_INLINE_MAX_BYTES,
     DEFAULT_MQTT_TOPIC,
     DEFAULT_MUST_KEEP_INTERVAL,
     DEFAULT_REMOVE_OLD_INSTANCES_INTERVAL,
@@ -50,6 +51,7 @@ from evsync.config.schema import (
     DEFAULT_UPDATE_MARKER_FORCE_LIST_INTERVAL,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_MQTT_INLINE_BYTES,
     MIN_FORCE_SNAPSHOT_INTERVAL,
     MIN_POLL_INTERVAL,
     MIN_STORAGE_MAX_INFLATED_SIZE,
@@ -532,9 +534,21 @@ def _load_mqtt(sec: _Section) -> MqttConfig:
         tls=tls,
         publish=sec.boolean("publish", False),
         protocol=protocol,
+        inline_max_bytes=_inline_max_bytes(sec),
     )
     sec.done()
     return cfg
+
+
+def _inline_max_bytes(sec: _Section) -> int:
+    """notify.mqtt.inline_max_bytes: a size, 0 (off) up to what a message can carry."""
+    size = sec.size("inline_max_bytes", DEFAULT_MQTT_INLINE_MAX_BYTES)
+    if size > MAX_MQTT_INLINE_BYTES:
+        raise ConfigError(
+            f"{sec.key('inline_max_bytes')}: must be at most {MAX_MQTT_INLINE_BYTES >> 10}KB "
+            f"(it travels base64-encoded in a message of at most 256KB), got {size} bytes"
+        )
+    return size
 
 
 def _load_notify(sec: _Section) -> NotifyConfig:

@@ -42,6 +42,11 @@ DEFAULT_SWEEP_INTERVAL = 6 * 3600.0
 DEFAULT_SWEEP_FIRST_INTERVAL = 600.0
 DEFAULT_SWEEP_LOCK_DURATION = 0.05
 DEFAULT_MQTT_TOPIC = "evsync"
+DEFAULT_MQTT_INLINE_MAX_BYTES = 64 << 10
+# An inline object travels base64-encoded (4/3 its size) in a JSON message that the
+# parser caps at 256 KiB (triggers/s3events.py); past this it would not fit with room
+# to spare for the envelope.
+MAX_MQTT_INLINE_BYTES = 128 << 10
 DEFAULT_S3_REGION = "us-east-1"
 DEFAULT_HEALTH = (5.0, 60.0, 300.0)  # interval, warn_duration, error_duration
 DEFAULT_START_HEALTH = (1.0, 60.0, 300.0)  # LS health.start
@@ -229,6 +234,9 @@ class MqttConfig:
     tls: MqttTls = field(default_factory=MqttTls)
     publish: bool = False
     protocol: int = 4  # 4 = MQTT 3.1.1, 5 = MQTT 5
+    #: deltas up to this size travel inside a companion of the announcement (sent with
+    #: ``publish``, merged when received); 0 = off (DESIGN §1, §7)
+    inline_max_bytes: int = DEFAULT_MQTT_INLINE_MAX_BYTES
 
 
 @dataclass(frozen=True)

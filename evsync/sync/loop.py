@@ -39,7 +39,7 @@ from evsync.sync.lswriter import LsWriter
 from evsync.sync.receiver import Receiver
 from evsync.sync.recorder import Recorder, SyncStats
 from evsync.sync.sender import SOURCE_SELF, CommittedCallback, Sender, StoredCallback
-from evsync.sync.sources import ObjectSource, StorageSource
+from evsync.sync.sources import CarriedSource, ObjectSource, StorageSource
 from evsync.sync.startup import Startup
 from evsync.sync.state import NS, InstanceState, Peers, TxnLedger
 from evsync.triggers.base import Batch, Hint, HintQueue
@@ -101,7 +101,7 @@ class Syncer:
             self.lenv,
             self.shadow,
             store,
-            source or StorageSource(store),
+            source or CarriedSource(queue.carried, StorageSource(store)),
             self.peers,
             self.ledger,
             self.recorder,
@@ -109,6 +109,8 @@ class Syncer:
             self.stop_event,
             clock_ns,
         )
+        self.receiver.carried = queue.carried
+        queue.carried.on_unused = self.recorder.carried_unused
         self.sender = Sender(
             config,
             self.lenv,
@@ -297,6 +299,8 @@ class Syncer:
         self.refresh_lmdb_stats()
         if self.gate.blocks():
             return
+        for name in batch.carried:
+            self.receiver.note_carried(name)
         for instance, name in batch.remote.items():
             self.receiver.note_name(instance, name)
         copies, self._copy_only = self._copy_only, ()

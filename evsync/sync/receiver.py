@@ -57,9 +57,10 @@ from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff
 from evsync.sync.interop import name_filter
 from evsync.sync.recorder import REJECT_CORRUPT, Recorder, rejection_kind
-from evsync.sync.sources import ObjectSource
+from evsync.sync.sources import CarriedStream, ObjectSource
 from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import HintQueue
+from evsync.triggers.carried import CarriedObjects
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class Receiver:
         self._listed_at = -RELIST_MIN_SECONDS  # monotonic time of the last listing
         #: objects skipped as older than the retention (each is logged once)
         self._too_old_names = BoundedNames(MAX_TOO_OLD_NAMES)
+        #: objects carried by notifications (the queue's), dropped once passed
+        self.carried: CarriedObjects | None = None
 
     # ------------------------------------------------------------------ names
 
@@ -362,14 +365,21 @@ class Receiver:
             self.recorder.fetch_failed(instance, name, exc)
             return RETRY
         backoff.succeeded()
+        carried = isinstance(data, CarriedStream)
         with data, collector_paused():
-            self.recorder.fetched(instance, _stream_size(data))
+            if not carried:
+                self.recorder.fetched(instance, _stream_size(data))
             try:
                 header = fmt.verify(data, max_inflated=self.config.storage_max_inflated_size)
                 _check_header(header, name)
             except CorruptObjectError as exc:
-                self._reject(instance, name, exc)
-                return SKIPPED
+                if not carried:
+                    self._reject(instance, name, exc)
+                    return SKIPPED
+                # a notification is no proof of what the bucket holds: fetch it from
+                # there (its carried bytes are taken, so this fetch is a GET)
+                self.recorder.carried_invalid(name, exc)
+                return self.merge_object(instance, name)
             if instance != self.peers.own:
                 # only a verified object's name says what a peer's clock read
                 ahead = (name.timestamp_ns - self.clock_ns()) / NS
@@ -383,20 +393,34 @@ class Receiver:
                 self.recorder.merge_interrupted(name)
                 return SKIPPED
             except PermanentLmdbError as exc:  # fetching it again would fail the same way
+                if carried:  # ... unless these bytes are not the bucket's
+                    self.recorder.carried_invalid(name, exc)
+                    return self.merge_object(instance, name)
                 self._reject(instance, name, exc)
                 return SKIPPED
             except LmdbError as exc:
                 backoff.failed()
                 self.recorder.merge_failed(instance, name, exc)
                 return RETRY
-        self._merged(instance, name, result, t0)
+        self._merged(instance, name, result, t0, carried=carried)
         return DONE
 
-    def _merged(self, instance: str, name: SnapshotName, result: MergeResult, t0: float) -> None:
+    def note_carried(self, name: SnapshotName) -> None:
+        """An object carried by a notification exists, provisionally: a plan may use it
+        (every carried name is noted, not only the newest, so a run of them chains)."""
+        self.note_name(name.instance, name)
+
+    def _merged(
+        self, instance: str, name: SnapshotName, result: MergeResult, t0: float, *, carried: bool
+    ) -> None:
         self.ledger.merged(result.txn_ids)
         for callback in self.on_merged:
             callback(name, result.txn_ids)
-        st = self.peers.merged(instance, name, self.clock_ns())
+        st = self.peers.merged(instance, name, self.clock_ns(), carried=carried)
+        if self.carried is not None:
+            self.carried.drop_through(instance, name.name)  # older ones are not needed
+        if carried:
+            self.recorder.carried_merged()
         self.recorder.merged(
             instance,
             name,

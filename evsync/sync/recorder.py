@@ -31,7 +31,7 @@ from evsync.errors import (
     StorageConfigError,
 )
 from evsync.health import HealthTracker
-from evsync.metrics import Metrics
+from evsync.metrics import INLINE_INVALID, INLINE_MERGED, INLINE_UNUSED, Metrics
 from evsync.snapshot.base import KIND_DELTA, SnapshotHeader
 from evsync.snapshot.name import SnapshotName
 
@@ -48,6 +48,9 @@ STATUS_REJECTED = 20
 NAME_CONFLICT_LOG_INTERVAL = 300.0
 # "vanished before fetched" is said at most this often (the metric counts every one)
 VANISHED_LOG_SECONDS = 60.0
+
+# an unusable carried copy is said again for the same object at most this often
+CARRIED_LOG_INTERVAL = 60.0
 
 # Why an object was rejected, the word its log line gives: "rejecting <kind> object"
 REJECT_CORRUPT = "corrupt"  # fails verification (truncated, bad checksum, bad order ...)
@@ -216,6 +219,29 @@ class Recorder:
         self.recovered(f"load-{instance}", f"loading objects of {instance}")
         self.stats.bytes_down += size
         self.metrics.bytes_downloaded.labels(self.db).inc(size)
+
+    def carried_merged(self) -> None:
+        """An object was merged from the notification that carried it, without a GET."""
+        self.metrics.inline_objects.labels(self.db, INLINE_MERGED).inc()
+
+    def carried_invalid(self, name: SnapshotName, exc: Exception) -> None:
+        """Bytes a notification carried for ``name`` failed verification; the object is
+        fetched from the bucket instead (the bucket decides what is corrupt)."""
+        self.metrics.inline_objects.labels(self.db, INLINE_INVALID).inc()
+        self.log_every(
+            "carried-invalid",
+            CARRIED_LOG_INTERVAL,
+            logging.WARNING,
+            "db %s: the copy of %s carried by a notification is unusable (%s); fetching it "
+            "from the bucket",
+            self.db,
+            name,
+            exc,
+        )
+
+    def carried_unused(self, count: int) -> None:
+        """Carried objects dropped unmerged (pushed out, or passed by the position)."""
+        self.metrics.inline_objects.labels(self.db, INLINE_UNUSED).inc(count)
 
     def fetch_failed(self, instance: str, name: SnapshotName, exc: Exception) -> None:
         """Fetching an object failed; it is tried again after a backoff."""

@@ -63,6 +63,9 @@ RETRY_WAKE_SECONDS = 0.1
 
 #: called as (db, object name, size) after every successful store
 StoredCallback = Callable[[str, str, int], None]
+#: called as (db, object name, bytes) for a delta small enough to travel inline, after
+#: it is encoded and before it is stored (DESIGN §7)
+EncodedCallback = Callable[[str, str, bytes], None]
 #: called with {instance: newest merged object's timestamp} of the other instances after
 #: a full object is stored: their data is now proven to be in our own object
 CommittedCallback = Callable[[Mapping[str, int]], None]
@@ -114,6 +117,9 @@ class Sender:
         #: dumped, so the shadow stays dirty once it is stored
         self._stamped_after_dump = False
         self.on_stored: list[StoredCallback] = []
+        self.on_encoded: list[EncodedCallback] = []
+        #: deltas up to this size go to ``on_encoded`` before their store (0: none)
+        self.inline_max_bytes = 0
         self.on_committed: list[CommittedCallback] = []
 
     # ------------------------------------------------------------------ deciding
@@ -180,6 +186,8 @@ class Sender:
                 return True
             size = spool.tell()
             t_dump = time.monotonic() - t0
+            if header.kind == KIND_DELTA and size <= self.inline_max_bytes:
+                self._send_inline(name, spool)
             try:
                 self._store_with_retry(name.name, spool)
             except StorageError as exc:
@@ -189,6 +197,21 @@ class Sender:
                 return False
         self._stored(name, dumped, size, t_dump, t0, forced)
         return True
+
+    def _send_inline(self, name: SnapshotName, spool: IO[bytes]) -> None:
+        """Hand a small delta's bytes to ``on_encoded`` (MQTT) before it is stored, so
+        receivers can merge it meanwhile. Safe if the store then fails or this process
+        dies: DESIGN §7 says why."""
+        if not self.on_encoded:
+            return
+        spool.seek(0)
+        data = spool.read()
+        for callback in self.on_encoded:
+            try:
+                callback(self.db, name.name, data)
+            except Exception as exc:  # noqa: BLE001 - an announcement must never break the sync
+                self.recorder.announce_failed(name, exc)
+        faults.point("published")
 
     def _finder_discard(self) -> None:
         if self.finder is not None:

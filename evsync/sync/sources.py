@@ -1,8 +1,11 @@
 """Where a remote object's bytes come from, behind one interface.
 
 The receiver asks an :class:`ObjectSource` for an object by name and gets a seekable
-stream; it never learns whether the bytes came by GET from the bucket
-(:class:`StorageSource`) or, say, inside the notification that announced the object.
+stream, verified by the receiver alike whether the bytes came by GET from the bucket
+(:class:`StorageSource`) or inside a notification (:class:`CarriedSource`, whose
+streams are :class:`CarriedStream`: the receiver counts them apart, and fetches the
+object from the bucket when carried bytes fail verification, since a notification is
+no proof of what the bucket holds).
 A source raises :class:`~evsync.errors.ObjectNotFoundError` when the object is gone
 and another :class:`~evsync.errors.StorageError` when it cannot tell (worth a retry).
 
@@ -13,10 +16,12 @@ May call: a bucket's ``fetch``. Must not: verify, merge or keep state about inst
 from __future__ import annotations
 
 import abc
+import io
 from typing import IO
 
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.base import BlobStore
+from evsync.triggers.carried import CarriedObjects
 
 
 class ObjectSource(abc.ABC):
@@ -36,3 +41,23 @@ class StorageSource(ObjectSource):
     def fetch(self, name: SnapshotName) -> IO[bytes]:
         """GET the object."""
         return self.store.fetch(name.name)
+
+
+class CarriedStream(io.BytesIO):
+    """Bytes that came inside a notification, not from the bucket."""
+
+
+class CarriedSource(ObjectSource):
+    """An object's bytes from the notification that carried it when there are any (each
+    handed out once), else from ``fallback``."""
+
+    def __init__(self, carried: CarriedObjects, fallback: ObjectSource) -> None:
+        self.carried = carried
+        self.fallback = fallback
+
+    def fetch(self, name: SnapshotName) -> IO[bytes]:
+        """The carried bytes, or the fallback's fetch (a GET)."""
+        data = self.carried.take(name)
+        if data is None:
+            return self.fallback.fetch(name)
+        return CarriedStream(data)

@@ -38,6 +38,13 @@ class InstanceState:
     #: an ``.evs.zst`` object of this instance was seen: it is followed through that
     #: chain, and its ``.pb.gz`` copies are not merged (docs/lightningstream.md)
     follows_chain: bool = False
+    #: the newest merged object known to be in the bucket (fetched from it, or named by
+    #: a listing or an announcement after it was merged from a notification)
+    stored: SnapshotName | None = None
+    #: objects merged from the notification that carried them and not (yet) known to be
+    #: in the bucket, all newer than ``stored``: the position past ``stored`` is
+    #: provisional (DESIGN §7)
+    provisional: set[str] = field(default_factory=set)
 
 
 class Peers:
@@ -86,7 +93,8 @@ class Peers:
             _drop_copies(st)
         elif name.is_copy and st.follows_chain:
             return False  # its chain carries the same data
-        if st.merged is not None and name.name <= st.merged.name:
+        at_or_before = st.merged is not None and name.name <= st.merged.name
+        if at_or_before and not _behind_provisional(st, name):
             return False
         if name.name not in st.known:
             # a name not known before may be the base a stuck plan lacked: plan again
@@ -152,11 +160,19 @@ class Peers:
         del self.instances[instance]
         return True
 
-    def merged(self, instance: str, name: SnapshotName, now_ns: int) -> InstanceState:
-        """``name`` is merged: the instance's position moves to it."""
+    def merged(
+        self, instance: str, name: SnapshotName, now_ns: int, *, carried: bool = False
+    ) -> InstanceState:
+        """``name`` is merged: the instance's position moves to it. ``carried``: its bytes
+        came inside a notification, so the position past the last stored one is
+        provisional until a listing or an announcement names it."""
         if instance == self.own:
             self.own_named(name)  # verified: new names must sort after it
         st = self.get(instance)
+        if carried:
+            st.provisional.add(name.name)
+        else:
+            _confirm(st, name)
         st.merged = name
         st.known = {n: v for n, v in st.known.items() if n > name.name}
         st.merged_at = time.time()
@@ -194,6 +210,38 @@ class Peers:
             }
             for inst, st in sorted(self.instances.items())
         }
+
+
+def _confirm(st: InstanceState, name: SnapshotName) -> None:
+    """``name``, merged, is in the bucket: it is the stored position, and what was merged
+    from notifications before it no longer matters."""
+    if st.stored is None or name.name > st.stored.name:
+        st.stored = name
+    st.provisional = {n for n in st.provisional if n > st.stored.name}
+
+
+def _behind_provisional(st: InstanceState, name: SnapshotName) -> bool:
+    """A name at or before the merged position: True when it is news all the same.
+
+    One merged from a notification is confirmed by it. Another one newer than the stored
+    position while that position is provisional is an object this receiver never merged
+    where its position claims to be past: the sender stored it without the object(s) we
+    merged from its notifications (it died before their store and restarted with a
+    clock behind them, or re-dumped on the same base). The position falls back to the
+    stored one and the plan runs from there; merging again is harmless under
+    last-writer-wins, skipping an object would not be.
+    """
+    if name.name in st.provisional:
+        _confirm(st, name)
+        return False
+    if not st.provisional or (st.stored is not None and name.name <= st.stored.name):
+        return False
+    dropped = st.provisional
+    st.merged, st.provisional = st.stored, set()
+    st.known = {n: v for n, v in st.known.items() if n not in dropped}
+    if st.newest_seen is not None and st.newest_seen.name in dropped:
+        st.newest_seen = max(st.known.values(), key=lambda v: v.name, default=None)
+    return True
 
 
 def _drop_copies(st: InstanceState) -> None:

@@ -22,6 +22,7 @@ from watchdog.observers import Observer
 from evsync.bounded import BoundedNames
 from evsync.snapshot import readable_name
 from evsync.snapshot.name import SnapshotName
+from evsync.triggers.carried import CarriedObjects
 
 SOURCE_WATCHER = "watcher"
 SOURCE_POLL = "poll"
@@ -62,6 +63,9 @@ class Batch:
     local: bool = False
     remote: dict[str, SnapshotName] = field(default_factory=dict)
     stop: bool = False
+    #: names of objects carried by notifications since the last drain, oldest first
+    #: (each one, not only the newest per instance: a receiver may need them all)
+    carried: list[SnapshotName] = field(default_factory=list)
 
 
 class HintQueue:
@@ -98,6 +102,36 @@ class HintQueue:
         self._listed: set[str] = set()  # instances some listing named
         self._unlisted: set[str] = set()  # instances in _newest_seen known from hints only
         self._gone = BoundedNames(MAX_GONE_NAMES)
+        #: objects carried inside notifications, until the receiver takes them
+        self.carried = CarriedObjects()
+        self._carried_new: list[SnapshotName] = []
+
+    def put_carried(self, source: str, name: str, data: bytes) -> bool:
+        """An object carried by a notification (its bytes, unverified): held for the
+        receiver, and the syncer woken. Not a hint: the queue's newest name per instance
+        stays as it was, so the announcement that follows the store still counts as
+        news (it confirms the object is in the bucket, DESIGN §7). Returns True when
+        held; the same filters as hints apply, and an instance no hint or listing has
+        named yet is not taken this way (its first objects come by GET)."""
+        parsed = readable_name(name, self.db)
+        with self._cond:
+            self.received[source] += 1
+            if parsed is None or (self.accepts is not None and not self.accepts(parsed)):
+                self.ignored[source] += 1
+                return False
+            if parsed.instance == self.own_instance:
+                self.own_echoes[source] += 1
+                return False
+            if parsed.name in self._rejected or parsed.name in self._gone:
+                return False
+            instance = parsed.instance
+            if instance not in self._listed and instance not in self._newest_seen:
+                return False
+            if not self.carried.add(parsed, data):
+                return False
+            self._carried_new.append(parsed)
+            self._cond.notify_all()
+            return True
 
     def put(self, hint: Hint) -> bool:
         """Queue a hint; returns True when it told the syncer something new."""
@@ -194,11 +228,12 @@ class HintQueue:
     def wait(self, timeout: float | None) -> Batch:
         """Block until something is queued, ``timeout`` passes or stop; then drain."""
         with self._cond:
-            if not (self._local or self._remote or self._stop):
+            if not (self._local or self._remote or self._stop or self._carried_new):
                 self._cond.wait(timeout)
-            batch = Batch(self._local, self._remote, self._stop)
+            batch = Batch(self._local, self._remote, self._stop, self._carried_new)
             self._local = False
             self._remote = {}
+            self._carried_new = []
             return batch
 
     def stop(self) -> None:

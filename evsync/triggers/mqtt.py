@@ -8,6 +8,10 @@ itself; while the broker is away the listing keeps the sync going.
 With ``publish: true`` the same client announces every stored object, retained, on
 ``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. While the
 broker is away only the newest announcement per db waits; it is sent on reconnect.
+A delta up to ``inline_max_bytes`` also goes out before its store, inside an inline
+companion on the same topic (not retained, never queued while disconnected: the
+announcement after the store still comes); received companions hand their object to
+the db's queue (:meth:`HintQueue.put_carried`).
 
 Message size: with MQTT 5 (``protocol: 5``) the CONNECT carries a maximum packet size
 just above the parser's cap, so the broker drops a larger message instead of sending
@@ -34,15 +38,21 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from evsync import faults
 from evsync.config import MqttConfig
+from evsync.metrics import INLINE_MALFORMED, Metrics
 from evsync.triggers.base import SOURCE_MQTT, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import (
     MAX_MESSAGE_BYTES,
+    InlineObject,
     MalformedEventError,
+    MalformedInlineError,
+    ObjectEvent,
     announcement,
+    inline_companion,
     is_foreign,
     object_names,
-    parse_message,
+    parse_announcement,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,9 @@ SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
 # publish is dropped, which costs a hint, never data
 MAX_QUEUED_MESSAGES = 100
 MALFORMED_LOG_INTERVAL = 60.0
+# With the ``published`` fault armed, the companion is waited for this long (the broker
+# takes it) before the process may die: the test means "died after publishing".
+FAULT_PUBLISH_WAIT_SECONDS = 5.0
 # MQTT 5 maximum packet size: the parser's message cap plus room for the fixed header,
 # the topic and the properties, so every message the parser accepts still arrives.
 PACKET_OVERHEAD_BYTES = 4096
@@ -132,8 +145,10 @@ class MqttSource(Trigger):
         prefix: str = "",
         only_dbs: Iterable[str] | None = None,
         origin: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
+        self.metrics = metrics
         self.cfg = cfg
         self.instance = instance
         self.client_id = client_id_for(instance, only_dbs)
@@ -254,10 +269,17 @@ class MqttSource(Trigger):
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         self.messages += 1
         try:
-            events = parse_message(msg.payload)
+            events, carried = parse_announcement(msg.payload, self.cfg.inline_max_bytes)
+        except MalformedInlineError as exc:
+            self._malformed(msg.topic, str(exc))
+            if self.metrics is not None and exc.db in self.queues:
+                self.metrics.inline_objects.labels(exc.db, INLINE_MALFORMED).inc()
+            return
         except MalformedEventError as exc:
             self._malformed(msg.topic, str(exc))
             return
+        if carried is not None:
+            self._carried(carried)
         foreign = [e for e in events if is_foreign(e, self.bucket, self.origin)]
         if foreign:
             self._other_bucket(msg.topic, foreign[0].origin or foreign[0].bucket, len(foreign))
@@ -266,6 +288,14 @@ class MqttSource(Trigger):
             SOURCE_MQTT,
             object_names(events, self.bucket, self.prefix, self.origin),
         )
+
+    def _carried(self, obj: InlineObject) -> None:
+        """A companion's object, to its db's queue when it is of our bucket and prefix."""
+        event = ObjectEvent(obj.bucket, obj.key, "ObjectCreated:Put", origin=obj.origin)
+        queue = self.queues.get(obj.db)
+        names = object_names([event], self.bucket, self.prefix, self.origin)
+        if queue is not None and names and names[0].startswith(obj.db + "__"):
+            queue.put_carried(SOURCE_MQTT, names[0], obj.data)
 
     def _other_bucket(self, topic: str, theirs: str, count: int) -> None:
         """Counted; said once a minute (a shared broker carries them all the time)."""
@@ -312,6 +342,25 @@ class MqttSource(Trigger):
                 self._pending[db] = (topic, payload)  # replaces an older one of this db
                 return
         self._client.publish(topic, payload, qos=self.cfg.qos, retain=True)
+
+    def announce_carried(self, db: str, name: str, data: bytes) -> None:
+        """Publish a small object's inline companion, before its store, if connected
+        (never queued: the announcement after the store still comes); not retained, so
+        the retained message stays the announcement of a stored object."""
+        if len(data) > self.cfg.inline_max_bytes or not self.connected.is_set():
+            return
+        payload = inline_companion(
+            self.bucket or "",
+            self.prefix + name,
+            data,
+            db=db,
+            instance=self.instance,
+            origin=self.origin,
+        )
+        topic = announcement_topic(self.cfg, db, self.instance)
+        info = self._client.publish(topic, payload, qos=self.cfg.qos, retain=False)
+        if faults.armed("published"):
+            info.wait_for_publish(FAULT_PUBLISH_WAIT_SECONDS)
 
     def status(self) -> dict[str, object]:
         """Connection state and counters."""

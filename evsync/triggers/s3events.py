@@ -11,6 +11,13 @@ Shapes accepted (see shared/reference/notifications.md):
   and a bucket *name* with another one (two LocalStacks, two fs directories) ignores
   the other's announcements. Announcements without it are read as before.
 
+evsync's *inline companion* (issue 18): a delta small enough travels, base64-encoded,
+in ``evsync.inline`` of a message whose ``Records`` list is empty, published just
+before the object is stored and followed by the announcement above once it is. Any
+reader of S3 events (evsync before the companion, too) finds no record in it and
+ignores it; :func:`parse_announcement` hands the object out as an
+:class:`InlineObject`, or raises :class:`MalformedInlineError` when it is unusable.
+
 ``s3:TestEvent`` messages, removals, other buckets and keys outside the global prefix
 are ignored, not errors. Keys are URL-decoded (``unquote_plus``) as S3 sends them.
 Anything else raises :class:`MalformedEventError` with a short reason.
@@ -18,6 +25,7 @@ Anything else raises :class:`MalformedEventError` with a short reason.
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 from dataclasses import dataclass, replace
@@ -36,6 +44,28 @@ class MalformedEventError(EvsyncError):
     """A notification that is not any shape evsync understands."""
 
 
+class MalformedInlineError(EvsyncError):
+    """An inline companion whose object cannot be used; ``db`` is its db when known."""
+
+    def __init__(self, reason: str, db: str = "") -> None:
+        super().__init__(reason)
+        self.db = db
+
+
+@dataclass(frozen=True)
+class InlineObject:
+    """An object carried in an inline companion: its key, as an S3 event would name it,
+    and its bytes (their length checked against the size the message states)."""
+
+    bucket: str
+    key: str
+    data: bytes
+    db: str
+    instance: str
+    #: the announcer's bucket as it reaches it ("" unknown)
+    origin: str = ""
+
+
 @dataclass(frozen=True)
 class ObjectEvent:
     """One object-created record."""
@@ -50,16 +80,73 @@ class ObjectEvent:
 
 def parse_message(payload: bytes | str) -> list[ObjectEvent]:
     """All object-created records of one message (empty for test events and removals)."""
+    return _parse(_load(payload), depth=0)
+
+
+def parse_announcement(
+    payload: bytes | str, inline_max_bytes: int
+) -> tuple[list[ObjectEvent], InlineObject | None]:
+    """:func:`parse_message`, plus the object of an inline companion when there is one
+    and ``inline_max_bytes`` admits it (0: companions are read as the empty messages
+    they are). Raises :class:`MalformedInlineError` for a companion whose object is
+    unusable (its records, none, are lost with it: the announcement follows)."""
+    data = _load(payload)
+    events = _parse(data, depth=0)
+    meta = data.get("evsync") if isinstance(data, dict) else None
+    if not inline_max_bytes or not isinstance(meta, dict) or "inline" not in meta:
+        return events, None
+    return events, _parse_inline(meta, inline_max_bytes)
+
+
+def _parse_inline(meta: dict[str, Any], max_bytes: int) -> InlineObject:
+    """The companion's ``evsync`` map into an :class:`InlineObject`, every field checked."""
+    given = meta.get("db")
+    db = given if isinstance(given, str) else ""
+    inline = meta["inline"]
+    fields = (meta.get("instance"), *(
+        inline.get(k) if isinstance(inline, dict) else None for k in ("bucket", "key", "data")
+    ))
+    if not (db and all(isinstance(f, str) for f in fields)):
+        raise MalformedInlineError(
+            "inline object without db, instance, bucket, key or data strings", db
+        )
+    instance, bucket, key, text = fields
+    assert isinstance(instance, str) and isinstance(bucket, str)
+    assert isinstance(key, str) and isinstance(text, str)
+    size = inline.get("size")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise MalformedInlineError(f"inline object {key!r} without an integer size", db)
+    if size > max_bytes:
+        raise MalformedInlineError(
+            f"inline object {key!r} of {size} bytes is over this instance's "
+            f"notify.mqtt.inline_max_bytes ({max_bytes})",
+            db,
+        )
+    try:
+        body = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedInlineError(f"inline object {key!r} is not base64: {exc}", db) from None
+    if len(body) != size:
+        raise MalformedInlineError(
+            f"inline object {key!r} holds {len(body)} bytes, its message says {size}", db
+        )
+    origin = meta.get("bucket")
+    return InlineObject(
+        bucket, key, body, db, instance, origin if isinstance(origin, str) else ""
+    )
+
+
+def _load(payload: bytes | str) -> Any:
+    """The JSON of one message, within the size cap."""
     size = len(payload)
     if isinstance(payload, str) and size <= MAX_MESSAGE_BYTES:
         size = len(payload.encode("utf-8", "surrogatepass"))  # SQS bodies arrive as str
     if size > MAX_MESSAGE_BYTES:
         raise MalformedEventError(f"message too large ({size} bytes)")
     try:
-        data = json.loads(payload)
+        return json.loads(payload)
     except (ValueError, RecursionError) as exc:
         raise MalformedEventError(f"not JSON: {str(exc)[:80]}") from None
-    return _parse(data, depth=0)
 
 
 def _parse(data: Any, depth: int) -> list[ObjectEvent]:
@@ -181,3 +268,20 @@ def announcement(
     if origin:
         meta["bucket"] = origin
     return json.dumps({"Records": [record], "evsync": meta}).encode()
+
+
+def inline_companion(
+    bucket: str, key: str, data: bytes, *, db: str, instance: str, origin: str | None = None
+) -> bytes:
+    """The message that carries a small object before it is stored: S3-event-shaped with
+    no record (readers of S3 events ignore it), the object in ``evsync.inline``."""
+    meta: dict[str, Any] = {"db": db, "instance": instance}
+    if origin:
+        meta["bucket"] = origin
+    meta["inline"] = {
+        "bucket": bucket,
+        "key": key,
+        "size": len(data),
+        "data": binascii.b2a_base64(data, newline=False).decode("ascii"),
+    }
+    return json.dumps({"Records": [], "evsync": meta}).encode()
