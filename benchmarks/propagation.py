@@ -46,9 +46,19 @@ listing-only baseline):
   ``s3:ObjectCreated:*`` events to both (``QueueConfigurations``), and each daemon
   long-polling its own queue through ``notify.sqs``.
 
-The database holds ``--records`` entries (10,000 by default), written into A and
-synced to B before measuring, because every upload is a full dump: the object size,
-and so dump/merge time, scales with the database.
+and, on the mqtt row's set-up, what the latest changes buy (issue 18), each row
+differing from ``watcher-s3-mqtt-list1h`` in one thing:
+
+* ``...-get``: ``notify.mqtt.inline_max_bytes: 0``, so B fetches every delta by GET
+  after A's announcement, instead of merging it from the inline companion that A
+  publishes before its PUT;
+* ``...-scan``: both daemons run with ``EVSYNC_BENCH_FORCE_SCAN=1`` (a switch for
+  benchmarks only, evsync/lmdb/pagewalk.py), so A finds each delta's changes by
+  reading every value header instead of the page-level change finder.
+
+The database holds ``--records`` entries (10,000 by default; a comma-separated list
+runs every row at each size, in one run), written into A and synced to B before
+measuring: a full object's size, and so its dump and merge time, scales with it.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/propagation.py [--quick]``.
 The ``evsync`` package is copied once at start and every daemon runs that copy, so
@@ -123,6 +133,8 @@ class Scenario:
     push: str = ""  # "", "mqtt" or "sqs": the push source both daemons use (s3 only)
     lmdb_poll_interval: str = "1s"
     deltas: bool = True  # False: every change uploads a full object, as Lightning Stream
+    inline: bool = True  # False: notify.mqtt.inline_max_bytes 0 (deltas come by GET)
+    finder: bool = True  # False: $EVSYNC_BENCH_FORCE_SCAN=1 (deltas scan every header)
 
     @property
     def watch_lmdb(self) -> bool:
@@ -134,7 +146,9 @@ class Scenario:
         """Short name for logs and file names."""
         push = f"-{self.push}" if self.push else ""
         full = "" if self.deltas else "-full"
-        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}"
+        get = "" if self.inline or self.push != "mqtt" else "-get"
+        scan = "" if self.finder else "-scan"
+        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}{get}{scan}"
 
 
 SCENARIOS = (
@@ -146,6 +160,8 @@ SCENARIOS = (
     Scenario("watcher", "s3", "1h", push="mqtt"),
     Scenario("watcher", "s3", "1h", push="sqs"),
     Scenario("watcher", "s3", "1h", push="mqtt", deltas=False),
+    Scenario("watcher", "s3", "1h", push="mqtt", inline=False),
+    Scenario("watcher", "s3", "1h", push="mqtt", finder=False),
 )
 
 
@@ -154,7 +170,8 @@ class Options:
     """Command-line settings that every scenario shares."""
 
     writes: int
-    records: int
+    records: int  # of the row being run: one of ``sizes``
+    sizes: tuple[int, ...]
     timeout: float
     phase_jitter: float
     python: str
@@ -169,6 +186,7 @@ class Result:
     """Latencies of one scenario, in milliseconds, plus the writes that never arrived."""
 
     scenario: Scenario
+    records: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     timeouts: int = 0
     #: highest 1-minute load average seen around the row (other work on the machine)
@@ -451,9 +469,13 @@ class Daemon:
             raise RuntimeError(f"evsync {self.name} exited ({self.proc.returncode}):\n{tail}")
 
 
-def start_daemon(name: str, config: Path, log_path: Path, opts: Options) -> Daemon:
+def start_daemon(
+    name: str, config: Path, log_path: Path, opts: Options, scenario: Scenario
+) -> Daemon:
     """Start ``python -m evsync -c CONFIG sync`` from the build copy, logging to ``log_path``."""
     env = dict(os.environ)
+    if not scenario.finder:
+        env["EVSYNC_BENCH_FORCE_SCAN"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(opts.build_dir), env.get("PYTHONPATH", "")) if p
     )
@@ -492,16 +514,20 @@ def push_sections(
     """
     if scenario.push == "mqtt":
         assert services.mosquitto is not None
-        return mqtt_sections(services.mosquitto.url, f"evsync-bench-{index}")
+        return mqtt_sections(services.mosquitto.url, f"evsync-bench-{index}", scenario.inline)
     if scenario.push == "sqs":
         assert services.moto is not None
         return sqs_sections(services.moto, bucket, f"evsync-bench-{index}")
     return dict.fromkeys(INSTANCES, "")
 
 
-def mqtt_sections(url: str, topic: str) -> dict[str, str]:
-    """Both instances announce on, and subscribe to, ``topic`` on the broker at ``url``."""
-    mqtt = json.dumps({"url": url, "topic": topic, "publish": True})
+def mqtt_sections(url: str, topic: str, inline: bool) -> dict[str, str]:
+    """Both instances announce on, and subscribe to, ``topic`` on the broker at ``url``;
+    small deltas travel inline unless ``inline`` is False."""
+    settings: dict[str, Any] = {"url": url, "topic": topic, "publish": True}
+    if not inline:
+        settings["inline_max_bytes"] = 0
+    mqtt = json.dumps(settings)
     return {name: f"  mqtt: {mqtt}\n" for name in INSTANCES}
 
 
@@ -685,7 +711,7 @@ def run_scenario(
     daemons: list[Daemon] = []
     writer: lmdb.Environment | None = None
     reader: Reader | None = None
-    result = Result(scenario)
+    result = Result(scenario, opts.records)
     try:
         endpoint = None
         if scenario.backend == "s3":
@@ -700,7 +726,7 @@ def run_scenario(
         for name in INSTANCES:
             sections = (storage, push[name], log)
             cfg = write_config(workdir / f"{name}.yaml", name, workdir / name, scenario, sections)
-            daemons.append(start_daemon(name, cfg, workdir / f"{name}.log", opts))
+            daemons.append(start_daemon(name, cfg, workdir / f"{name}.log", opts, scenario))
         reader = Reader(workdir / "b", STARTUP_TIMEOUT)
         took = wait_initial_sync(reader, opts.records, daemons)
         print(f"  {scenario.label}: {opts.records} records on B after {took:.1f}s", flush=True)
@@ -769,16 +795,20 @@ def print_machine(source_hash: str) -> None:
 def print_table(results: list[Result]) -> None:
     """The results table, then the ratios of p50: poll-only/watcher and listing/push."""
     header = (
-        f"{'mode':10} {'backend':7} {'push':5} {'listing':>7} {'upload':6} {'n':>4} {'p50':>8} "
+        f"{'records':>8} {'mode':10} {'backend':7} {'push':5} {'listing':>7} {'upload':6} "
+        f"{'path':11} {'n':>4} {'p50':>8} "
         f"{'p90':>8} "
         f"{'p99':>8} {'max':>8} {'timeouts':>8} {'load':>5}"
     )
     print(header + "\n" + "-" * len(header))
     for r in results:
         s = r.scenario
+        path = ("inline" if s.inline and s.deltas and s.push == "mqtt" else "get") + (
+            "+finder" if s.finder else "+scan"
+        )
         print(
-            f"{s.mode:10} {s.backend:7} {s.push or '-':5} {s.listing_interval:>7} "
-            f"{'delta' if s.deltas else 'full':6} "
+            f"{r.records:8d} {s.mode:10} {s.backend:7} {s.push or '-':5} {s.listing_interval:>7} "
+            f"{'delta' if s.deltas else 'full':6} {path:11} "
             f"{len(r.latencies_ms):4d} "
             f"{r.pct(0.5):8.1f} {r.pct(0.9):8.1f} {r.pct(0.99):8.1f} {r.pct(1.0):8.1f} "
             f"{r.timeouts:8d} {r.load:5.2f}"
@@ -802,6 +832,17 @@ def print_table(results: list[Result]) -> None:
             f"{delta.scenario.label}: full-object p50 / delta p50 = "
             f"{full.pct(0.5) / delta.pct(0.5):.1f}x (p99 {full.pct(0.99) / delta.pct(0.99):.1f}x)"
         )
+    for off, on in variant_pairs(results, "inline"):
+        print(
+            f"{on.records} records: GET path p50 / inline p50 = {off.pct(0.5) / on.pct(0.5):.1f}x "
+            f"(p99 {off.pct(0.99) / on.pct(0.99):.1f}x; inline p50 {on.pct(0.5):.1f} ms, "
+            f"p99 {on.pct(0.99):.1f} ms)"
+        )
+    for off, on in variant_pairs(results, "finder"):
+        print(
+            f"{on.records} records: scan p50 / change finder p50 = "
+            f"{off.pct(0.5) / on.pct(0.5):.1f}x (p99 {off.pct(0.99) / on.pct(0.99):.1f}x)"
+        )
     for listing, push in push_pairs(results):
         ls, ps = listing.scenario, push.scenario
         ratio = listing.pct(0.5) / push.pct(0.5)
@@ -820,6 +861,7 @@ def ratio_pairs(results: list[Result]) -> Iterator[tuple[str, Result, Result]]:
             ps = p.scenario
             if (
                 ps.mode == "poll-only"
+                and p.records == w.records
                 and not ps.push
                 and (ps.backend, ps.listing_interval)
                 == (w.scenario.backend, w.scenario.listing_interval)
@@ -840,20 +882,38 @@ def delta_pairs(results: list[Result]) -> Iterator[tuple[Result, Result]]:
         for delta in results:
             if (
                 delta.scenario == dataclasses.replace(full.scenario, deltas=True)
+                and delta.records == full.records
                 and delta.latencies_ms
             ):
                 yield full, delta
 
 
+def variant_pairs(results: list[Result], what: str) -> Iterator[tuple[Result, Result]]:
+    """(row with ``what`` off, the same row with it on) at the same size; ``what`` is
+    ``inline`` or ``finder``."""
+    for off in results:
+        if getattr(off.scenario, what) or not off.latencies_ms:
+            continue
+        for on in results:
+            if (
+                on.scenario == dataclasses.replace(off.scenario, **{what: True})
+                and on.records == off.records
+                and on.latencies_ms
+            ):
+                yield off, on
+
+
 def push_pairs(results: list[Result]) -> Iterator[tuple[Result, Result]]:
     """(listing-only 1 s row, push row) with the same mode and backend."""
     for push in results:
-        if not push.scenario.push or not push.scenario.deltas or not push.latencies_ms:
+        ps = push.scenario
+        if not ps.push or not (ps.deltas and ps.inline and ps.finder) or not push.latencies_ms:
             continue
         for listing in results:
             ls = listing.scenario
             if (
                 not ls.push
+                and listing.records == push.records
                 and ls.listing_interval == "1s"
                 and (ls.mode, ls.backend) == (push.scenario.mode, push.scenario.backend)
                 and listing.latencies_ms
@@ -868,7 +928,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--writes", type=int, default=None, help="measured writes per row (200)")
-    p.add_argument("--records", type=int, default=None, help="records before measuring (10000)")
+    p.add_argument(
+        "--records",
+        type=record_counts,
+        default=None,
+        help="records before measuring (10000); a comma-separated list runs each row at "
+        "each size, e.g. 10000,1000000",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per write (10)")
     p.add_argument(
         "--phase-jitter",
@@ -885,6 +951,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="LABEL",
         help="run only rows whose label contains LABEL (repeatable), e.g. watcher-fs",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="leave out rows whose label contains LABEL (repeatable), e.g. full",
     )
     p.add_argument(
         "--daemon-log-level",
@@ -914,13 +987,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     args.writes = args.writes or (QUICK_WRITES if quick else DEFAULT_WRITES)
-    args.records = args.records or (QUICK_RECORDS if quick else DEFAULT_RECORDS)
+    args.records = args.records or [QUICK_RECORDS if quick else DEFAULT_RECORDS]
     return args
 
 
-def selected(only: list[str] | None) -> list[Scenario]:
+def record_counts(text: str) -> list[int]:
+    """``--records``: one count or several, comma-separated, each at least 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        msg = f"expected counts like 10000,1000000, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be at least 1, got {text!r}")
+    return counts
+
+
+def selected(only: list[str] | None, skip: list[str] | None = None) -> list[Scenario]:
     """The scenarios to run."""
-    return [s for s in SCENARIOS if not only or any(o in s.label for o in only)]
+    return [
+        s
+        for s in SCENARIOS
+        if (not only or any(o in s.label for o in only))
+        and not any(k in s.label for k in skip or ())
+    ]
 
 
 def run_all(scenarios: list[Scenario], opts: Options, samples: Any) -> list[Result]:
@@ -930,8 +1020,12 @@ def run_all(scenarios: list[Scenario], opts: Options, samples: Any) -> list[Resu
     services_dir = Path(tempfile.mkdtemp(prefix="evsync-bench-services-"))
     try:
         services.start(scenarios, services_dir)
-        for index, scenario in enumerate(scenarios):
-            results.append(run_scenario(scenario, opts, services, index, samples))
+        index = 0
+        for records in opts.sizes:
+            sized = dataclasses.replace(opts, records=records)
+            for scenario in scenarios:
+                results.append(run_scenario(scenario, sized, services, index, samples))
+                index += 1
     finally:
         try:
             services.stop()
@@ -948,7 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
         source_hash = snapshot_build(build_dir)
         opts = Options(
             writes=args.writes,
-            records=args.records,
+            records=args.records[0],
+            sizes=tuple(args.records),
             timeout=args.timeout,
             phase_jitter=args.phase_jitter,
             python=args.python,
@@ -959,10 +1054,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print_machine(source_hash)
         print(
-            f"{opts.records} records, {opts.writes} writes per row, timeout {opts.timeout:g}s, "
+            f"{', '.join(map(str, opts.sizes))} records, {opts.writes} writes per row, "
+            f"timeout {opts.timeout:g}s, "
             f"pause {MIN_GAP * 1000:.0f} ms + U(0, {opts.phase_jitter:g} s) between writes\n"
         )
-        results = run_with_samples(selected(args.only), opts)
+        results = run_with_samples(selected(args.only, args.skip), opts)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     print()

@@ -76,6 +76,7 @@ DBI_SET = "dbi_set"  # a DBI appeared or was dropped since the pin
 FILE_SHRANK = "file_shrank"
 FILE_REPLACED = "file_replaced"  # data.mdb is another file than the one mapped
 PLATFORM = "platform"  # not a little-endian 64-bit host (the layouts above assume it)
+FORCED_SCAN = "forced_scan"  # $EVSYNC_BENCH_FORCE_SCAN (below)
 REASONS = (
     NO_PIN,
     PIN_EXPIRED,
@@ -90,7 +91,12 @@ REASONS = (
     FILE_SHRANK,
     FILE_REPLACED,
     PLATFORM,
+    FORCED_SCAN,
 )
+# For benchmarks only (benchmarks/propagation.py compares the two paths in one run): a
+# daemon started with this variable set to 1 finds every delta's changes by the scan.
+FORCE_SCAN_VAR = "EVSYNC_BENCH_FORCE_SCAN"
+FORCE_SCAN = os.environ.get(FORCE_SCAN_VAR) == "1"
 # Which path served a delta: the label values of evsync_change_finder_deltas_total.
 PATH_PAGEWALK = "pagewalk"
 PATH_SCAN = "scan"
@@ -437,6 +443,8 @@ class ChangeFinder:
         return found
 
     def _changed(self, txn: Any, names: list[bytes], since_txn: int) -> dict[bytes, list[Leaf]]:
+        if FORCE_SCAN:
+            raise FallbackError(FORCED_SCAN)
         if sys.byteorder != "little" or sys.maxsize < 2**32:
             raise FallbackError(PLATFORM)
         pin = self._pin
