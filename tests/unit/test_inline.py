@@ -8,18 +8,21 @@ import binascii
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from evsync.config import load_config_text
+from evsync.config import MqttConfig, load_config_text
 from evsync.config.schema import DEFAULT_MQTT_INLINE_MAX_BYTES, MAX_MQTT_INLINE_BYTES
 from evsync.errors import ConfigError
+from evsync.metrics import Metrics
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.sync import receiver as receiver_mod
 from evsync.triggers.base import Batch, Hint, HintQueue
 from evsync.triggers.carried import CarriedObjects
+from evsync.triggers.mqtt import MqttSource
 from evsync.triggers.s3events import (
     MAX_MESSAGE_BYTES,
     MalformedInlineError,
@@ -160,6 +163,64 @@ class TestCarriedObjects:
         for name in names:
             queue.put_carried("mqtt", name.name, b"x")
         assert queue.wait(0).carried == names
+
+
+def mqtt_source(queues: dict[str, HintQueue], inline_max_bytes: int = INLINE) -> MqttSource:
+    """An MqttSource of instance b on bucket bkt that never connects."""
+    cfg = MqttConfig(url="mqtt://127.0.0.1:1", inline_max_bytes=inline_max_bytes)
+    return MqttSource(cfg, "b", queues, bucket="bkt", origin="s3://bkt/", metrics=Metrics())
+
+
+def message(payload: bytes) -> SimpleNamespace:
+    """Something shaped like paho's MQTTMessage."""
+    return SimpleNamespace(topic="evsync/main/a", payload=payload)
+
+
+class TestMqttSourceCarried:
+    """The MQTT thread's part: a companion's object to its db's queue, or a counted line."""
+
+    NAME = SnapshotName.build("main", "a", NS).name
+
+    def queues(self) -> dict[str, HintQueue]:
+        queue = HintQueue("main", own_instance="b")
+        queue.listed(["a"])
+        return {"main": queue}
+
+    def test_reaches_its_db_queue(self) -> None:
+        """A companion of this bucket puts its bytes in the db's queue."""
+        queues = self.queues()
+        mqtt_source(queues)._on_message(None, None, message(companion(b"obj", self.NAME)))
+        assert queues["main"].carried.take(SnapshotName.parse(self.NAME)) == b"obj"
+
+    def test_another_bucket_is_ignored(self) -> None:
+        """A companion of another bucket (or of one reached elsewhere) holds nothing."""
+        queues = self.queues()
+        src = mqtt_source(queues)
+        other = inline_companion("bkt", self.NAME, b"obj", db="main", instance="a",
+                                 origin="s3://elsewhere/")
+        src._on_message(None, None, message(other))
+        assert len(queues["main"].carried) == 0
+
+    def test_off_holds_nothing(self) -> None:
+        """inline_max_bytes 0 on the receiver: companions are ignored."""
+        queues = self.queues()
+        mqtt_source(queues, 0)._on_message(None, None, message(companion(b"obj", self.NAME)))
+        assert len(queues["main"].carried) == 0
+
+    def test_malformed_is_counted_and_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        """An unusable companion: one line naming what is wrong, the metric, no object."""
+        queues = self.queues()
+        src = mqtt_source(queues)
+        payload = json.loads(companion(b"obj", self.NAME))
+        payload["evsync"]["inline"]["size"] = 99
+        src._on_message(None, None, message(json.dumps(payload).encode()))
+        assert len(queues["main"].carried) == 0
+        assert src.metrics is not None
+        assert src.metrics.registry.get_sample_value(
+            "evsync_inline_objects_total", {"db": "main", "result": "malformed"}
+        ) == 1
+        (line,) = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+        assert "holds 3 bytes, its message says 99" in line
 
 
 class TestConfig:
