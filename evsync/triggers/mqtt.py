@@ -23,6 +23,7 @@ reading it (docs/operations.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -69,6 +70,12 @@ SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep queued events for a week
 # publish is dropped, which costs a hint, never data
 MAX_QUEUED_MESSAGES = 100
 MALFORMED_LOG_INTERVAL = 60.0
+# The syncer waits up to this long for the broker to take a companion before it goes on
+# to the store: paho writes from its own thread, which needs the GIL, and the store's
+# request would hold it for up to the interpreter's switch interval (5 ms) at a time,
+# so the message would leave late. On loopback the broker answers in well under 1 ms;
+# a slow broker delays the store by this much at most.
+COMPANION_SEND_SECONDS = 0.02
 # With the ``published`` fault armed, the companion is waited for this long (the broker
 # takes it) before the process may die: the test means "died after publishing".
 FAULT_PUBLISH_WAIT_SECONDS = 5.0
@@ -359,8 +366,9 @@ class MqttSource(Trigger):
         )
         topic = announcement_topic(self.cfg, db, self.instance)
         info = self._client.publish(topic, payload, qos=self.cfg.qos, retain=False)
-        if faults.armed("published"):
-            info.wait_for_publish(FAULT_PUBLISH_WAIT_SECONDS)
+        armed = faults.armed("published")
+        with contextlib.suppress(RuntimeError, ValueError):  # lost connection, queue full
+            info.wait_for_publish(FAULT_PUBLISH_WAIT_SECONDS if armed else COMPANION_SEND_SECONDS)
 
     def status(self) -> dict[str, object]:
         """Connection state and counters."""
