@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ INLINE_METRIC = "evsync_inline_objects_total"
 DOWNLOADED = "evsync_downloaded_bytes_total"
 # "db main: stored <name> (delta, ...": the sender's line for each stored object
 FILL_BYTES = 4096
+# after the last store, long enough for its announcement to reach the peer on loopback
+ANNOUNCE_SETTLE = 0.5
 STORED_RE = re.compile(r"stored (main__a__\S+) \((full|delta)")
 
 
@@ -55,6 +58,10 @@ def stored_names(inst: Instance) -> list[tuple[str, str]]:
     return STORED_RE.findall(inst.log())
 
 
+def deltas(inst: Instance) -> int:
+    return [kind for _n, kind in stored_names(inst)].count("delta")
+
+
 def bucket_names(aws: AwsServer, bucket: str) -> list[str]:
     listing = aws.client().list_objects_v2(Bucket=bucket).get("Contents", [])
     return [o["Key"] for o in listing]
@@ -81,10 +88,12 @@ class TestInlineDeltas:
         wait_for(lambda: "mqtt: connected" in a.log() and "mqtt: connected" in b.log(),
                  what="both to connect")
         fill(a)
-        a.writer.put("k", "v0")  # the first object is full: fetched
+        a.writer.put("k", "v0")  # the first object (fill's, or with v0) is full: fetched
         wait_for(lambda: b.writer.get("k") == "v0", timeout=PUSH_DEADLINE, what="b to read v0")
         downloaded = metric(port, DOWNLOADED, db="main")
         assert downloaded > 0
+        inline = metric(port, INLINE_METRIC, db="main", result="merged")  # v0 may be a delta
+        stored_before = deltas(a)
         proxy.down()
         for i in (1, 2):
             a.writer.put("k", f"v{i}")
@@ -93,9 +102,10 @@ class TestInlineDeltas:
         proxy.up()
         a.writer.put("k", "v3")
         wait_for(lambda: b.writer.get("k") == "v3", timeout=PUSH_DEADLINE, what="b to read v3")
-        wait_for(lambda: [kind for _n, kind in stored_names(a)].count("delta") >= 3,
-                 what="a to store its deltas")
-        assert metric(port, INLINE_METRIC, db="main", result="merged") == 3
+        wait_for(lambda: metric(port, INLINE_METRIC, db="main", result="merged") == inline + 3,
+                 what="three inline merges")
+        wait_for(lambda: deltas(a) >= stored_before + 3, what="a to store its deltas")
+        time.sleep(ANNOUNCE_SETTLE)  # their announcements reach b
         assert metric(port, DOWNLOADED, db="main") == downloaded
 
     def test_inline_off_fetches_every_delta(
