@@ -16,10 +16,11 @@ from evsync.config import MqttConfig, load_config_text
 from evsync.config.schema import DEFAULT_MQTT_INLINE_MAX_BYTES, MAX_MQTT_INLINE_BYTES
 from evsync.errors import ConfigError
 from evsync.metrics import Metrics
-from evsync.snapshot.name import SnapshotName
+from evsync.snapshot.name import SnapshotName, delta_extra
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.sync import receiver as receiver_mod
+from evsync.sync.state import Peers
 from evsync.triggers.base import Batch, Hint, HintQueue
 from evsync.triggers.carried import CarriedObjects
 from evsync.triggers.mqtt import MqttSource
@@ -221,6 +222,59 @@ class TestMqttSourceCarried:
         ) == 1
         (line,) = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
         assert "holds 3 bytes, its message says 99" in line
+
+
+def named(ts_s: int, base_s: int | None = None) -> SnapshotName:
+    extras = () if base_s is None else (delta_extra(base_s * NS),)
+    return SnapshotName.build("main", "a", ts_s * NS, extras=extras)
+
+
+class TestProvisionalPosition:
+    """Peers: a position reached through carried objects until the bucket confirms it."""
+
+    def merged_carried(self) -> Peers:
+        """Merged full 10 (fetched), then deltas 20 and 30 from their messages."""
+        peers = Peers("b")
+        peers.merged("a", named(10), 0)
+        peers.merged("a", named(20, 10), 0, carried=True)
+        peers.merged("a", named(30, 20), 0, carried=True)
+        return peers
+
+    def test_an_announcement_confirms(self) -> None:
+        """The name of a carried object, seen again, is no news and confirms it and the
+        ones before it."""
+        peers = self.merged_carried()
+        assert not peers.note("a", named(30, 20), own_done=True)
+        st = peers.instances["a"]
+        assert st.stored == named(30, 20) and not st.provisional
+        assert peers.pending(include_own=False) == []
+
+    def test_an_unmerged_name_inside_the_stretch_falls_back(self) -> None:
+        """A full object named between the stored and the provisional position that was
+        never merged (a restarted sender with its clock behind): the position falls back
+        to the stored object and the new one is pending."""
+        peers = self.merged_carried()
+        restart = named(25)
+        peers.note("a", restart, own_done=True)
+        st = peers.instances["a"]
+        assert st.merged == named(10) and not st.provisional
+        assert peers.pending(include_own=False) == [("a", restart)]
+
+    def test_names_before_the_stored_position_are_no_news(self) -> None:
+        """Old names (before the stored object) change nothing, provisional or not."""
+        peers = self.merged_carried()
+        peers.note("a", named(5), own_done=True)
+        assert peers.instances["a"].merged == named(30, 20)
+        assert peers.pending(include_own=False) == []
+
+    def test_fetched_positions_are_final(self) -> None:
+        """Without carried merges, a name at or before the position is never news."""
+        peers = Peers("b")
+        peers.merged("a", named(10), 0)
+        peers.merged("a", named(30, 10), 0)
+        peers.note("a", named(25), own_done=True)
+        assert peers.instances["a"].merged == named(30, 10)
+        assert peers.pending(include_own=False) == []
 
 
 class TestConfig:
