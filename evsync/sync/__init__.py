@@ -11,7 +11,7 @@ The data flow is in the file names::
 - ``gate.py``: the rejoin guard in the loop: may this LMDB sync, when was it in sync;
 - ``sender.py``: where an upload is decided, dumped, stored and announced;
 - ``receiver.py``: where names become plans, objects are fetched, verified and merged;
-- ``sources.py``: where a remote object's bytes come from;
+- ``sources.py``: where a remote object's bytes come from (the bucket, or a notification);
 - ``state.py``: what the sender and the receiver share (peers, the txn ledger);
 - ``recorder.py``: stats, metrics, health and log lines, one method per event;
 - ``chain.py``: delta chains, the sender's and the receiver's plan;
