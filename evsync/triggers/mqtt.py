@@ -276,7 +276,9 @@ class MqttSource(Trigger):
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         self.messages += 1
         try:
-            events, carried = parse_announcement(msg.payload, self.cfg.inline_max_bytes)
+            events, carried = parse_announcement(
+                msg.payload, self.cfg.inline_max_bytes, self.instance
+            )
         except MalformedInlineError as exc:
             self._malformed(msg.topic, str(exc))
             if self.metrics is not None and exc.db in self.queues:

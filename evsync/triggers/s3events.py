@@ -84,16 +84,19 @@ def parse_message(payload: bytes | str) -> list[ObjectEvent]:
 
 
 def parse_announcement(
-    payload: bytes | str, inline_max_bytes: int
+    payload: bytes | str, inline_max_bytes: int, own_instance: str | None = None
 ) -> tuple[list[ObjectEvent], InlineObject | None]:
     """:func:`parse_message`, plus the object of an inline companion when there is one
     and ``inline_max_bytes`` admits it (0: companions are read as the empty messages
-    they are). Raises :class:`MalformedInlineError` for a companion whose object is
-    unusable (its records, none, are lost with it: the announcement follows)."""
+    they are); a companion of ``own_instance`` (an echo of our own) is not decoded.
+    Raises :class:`MalformedInlineError` for a companion whose object is unusable (its
+    records, none, are lost with it: the announcement follows)."""
     data = _load(payload)
     events = _parse(data, depth=0)
     meta = data.get("evsync") if isinstance(data, dict) else None
     if not inline_max_bytes or not isinstance(meta, dict) or "inline" not in meta:
+        return events, None
+    if own_instance is not None and meta.get("instance") == own_instance:
         return events, None
     return events, _parse_inline(meta, inline_max_bytes)
 

@@ -65,6 +65,11 @@ class TestCompanionMessage:
         """Older evsync (and any S3-event reader) sees a message without records."""
         assert parse_message(companion()) == []
 
+    def test_own_echoes_are_not_decoded(self) -> None:
+        """A companion of this instance (the broker's echo of our own) hands out nothing."""
+        assert parse_announcement(companion(), INLINE, own_instance="a") == ([], None)
+        assert parse_announcement(companion(), INLINE, own_instance="b")[1] is not None
+
     def test_inline_off_ignores_the_object(self) -> None:
         """inline_max_bytes 0: the companion is the empty message it looks like."""
         assert parse_announcement(companion(), 0) == ([], None)
