@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from evsync.triggers.s3events import inline_companion
 from tests.helpers import AwsServer, Instance, Mosquitto, free_port, wait_for
 from tests.integration.test_notifications import PUSH_DEADLINE, mqtt_notify
 from tests.integration.test_operations import http_on, sample
@@ -25,6 +26,8 @@ INLINE_METRIC = "evsync_inline_objects_total"
 DOWNLOADED = "evsync_downloaded_bytes_total"
 # "db main: stored <name> (delta, ...": the sender's line for each stored object
 FILL_BYTES = 4096
+# a name no sender wrote, for a forged companion
+FORGED = "main__a__20200101-000000-000000000__GX__D20200101-000000-000000000.evs.zst"
 # after the last store, long enough for its announcement to reach the peer on loopback
 ANNOUNCE_SETTLE = 0.5
 STORED_RE = re.compile(r"stored (main__a__\S+) \((full|delta)")
@@ -126,6 +129,31 @@ class TestInlineDeltas:
         wait_for(lambda: b.writer.get("k") == "v1", timeout=PUSH_DEADLINE, what="b to read v1")
         assert metric(port, DOWNLOADED, db="main") > downloaded
         assert metric(port, INLINE_METRIC, db="main", result="merged") == 0
+
+
+    def test_a_malformed_companion_is_counted_and_costs_nothing(
+        self, instances: Make, s3_storage: dict[str, Any], mosquitto: Mosquitto, topic: str
+    ) -> None:
+        """A companion whose object does not decode is one line and a count on B; A's
+        real deltas keep arriving (and the forged name is never merged)."""
+        port = free_port()
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic),
+                      http=http_on(port)).start()
+        wait_for(lambda: "mqtt: connected" in b.log(), what="b to connect")
+        fill(a)
+        a.writer.put("k", "v0")
+        wait_for(lambda: b.writer.get("k") == "v0", timeout=PUSH_DEADLINE, what="b to read v0")
+        bucket = s3_storage["options"]["bucket"]
+        forged = inline_companion(bucket, FORGED, b"not an object", db="main", instance="a")
+        broken = forged.replace(b'"data": "', b'"data": "*')
+        mosquitto.publish(f"{topic}/main/a", broken)
+        wait_for(lambda: metric(port, INLINE_METRIC, db="main", result="malformed") == 1,
+                 what="the malformed companion to be counted")
+        assert "is not base64" in b.log()
+        a.writer.put("k", "v1")
+        wait_for(lambda: b.writer.get("k") == "v1", timeout=PUSH_DEADLINE, what="b to read v1")
+        assert FORGED not in b.log().split("is not base64", 1)[1]
 
 
 class TestInlineFailures:
