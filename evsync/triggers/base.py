@@ -130,6 +130,8 @@ class HintQueue:
             if not self.carried.add(parsed, data):
                 return False
             self._carried_new.append(parsed)
+            # while the syncer is busy, names past what the store holds are dropped too
+            del self._carried_new[: -self.carried.max_objects]
             self._cond.notify_all()
             return True
 

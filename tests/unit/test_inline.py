@@ -149,6 +149,16 @@ class TestCarriedObjects:
         assert queue.put_carried("mqtt", name.name, b"x")
         assert queue.wait(0).carried == [name]
 
+    def test_names_waiting_for_the_syncer_are_bounded(self) -> None:
+        """A flood of companions while the syncer is busy keeps at most as many names
+        waiting as the store holds objects, the newest."""
+        queue = HintQueue("main")
+        queue.listed(["a"])
+        names = [SnapshotName.build("main", "a", (i + 1) * NS) for i in range(100)]
+        for name in names:
+            queue.put_carried("mqtt", name.name, b"x")
+        assert queue.wait(0).carried == names[-queue.carried.max_objects :]
+
     def test_a_carried_name_leaves_the_announcement_news(self) -> None:
         """The announcement after the store still passes the queue: it tells the
         receiver the carried object is in the bucket."""
