@@ -13,7 +13,9 @@ Points:
 
 - ``upload``: each read of an object's bytes while the storage backend sends it;
 - ``stored``: right after a store succeeded, before evsync has recorded it;
-- ``merge``: inside a merge write txn, after its puts and before its commit.
+- ``merge``: inside a merge write txn, after its puts and before its commit;
+- ``checkpoint``: in a checkpoint's child process, after its dump and before its report
+  (the child dies; the daemon carries on).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from evsync.errors import ConfigError
 FAULTS_VAR = "EVSYNC_FAULTS"
 SEED_VAR = "EVSYNC_FAULTS_SEED"
 UNTIL_VAR = "EVSYNC_FAULTS_UNTIL"
-POINTS = frozenset({"upload", "stored", "merge"})
+POINTS = frozenset({"upload", "stored", "merge", "checkpoint"})
 
 
 def parse_faults(spec: str) -> dict[str, float]:
