@@ -193,6 +193,30 @@ class TestSender:
         assert store.calls["store"] >= 1
         a.close()
 
+    def test_the_cleaner_is_told_what_was_merged_when_it_began(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """x's second object is merged while a's checkpoint is dumped: the checkpoint
+        proves x merged only up to x's first object (the position when it began)."""
+        x = make_syncer("x", tmp_path, store)
+        lmdb_write.put(x.lenv.env, "records", b"from-x", b"1", 1000)
+        assert x.run_once()
+        x1 = names_of(store, "x")[-1]
+        a = writer(tmp_path, store)
+        committed: list[dict[str, int]] = []
+        a.on_committed.append(lambda merged: committed.append(dict(merged)))
+        change(a, b"x1", b"1", 10**15)
+        change(a, b"x2", b"2", 10**15 + 1)  # the checkpoint begins
+        assert a.sender.checkpointer is not None and a.sender.checkpointer.running
+        change(x, b"from-x", b"2", 2000)
+        x2 = names_of(store, "x")[-1]
+        a.step(Batch(remote={"x": x2}))
+        assert a.peers.instances["x"].merged == x2
+        settle(a, lambda: stored_checkpoints(a) == 1)
+        assert committed == [{"x": x1.timestamp_ns}]
+        a.close()
+        x.close()
+
     def test_small_lmdbs_keep_full_objects_on_the_syncer_thread(
         self, tmp_path: Path, store: CheckpointFailingStore
     ) -> None:
