@@ -884,7 +884,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=None,
         metavar="LABEL",
-        help="run only rows whose label contains LABEL (repeatable), e.g. watcher-fs",
+        help="run only rows whose label contains LABEL, or is LABEL given as =LABEL "
+        "(repeatable), e.g. watcher-fs or =watcher-s3-mqtt-list1h",
     )
     p.add_argument(
         "--daemon-log-level",
@@ -919,8 +920,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def selected(only: list[str] | None) -> list[Scenario]:
-    """The scenarios to run."""
-    return [s for s in SCENARIOS if not only or any(o in s.label for o in only)]
+    """The scenarios to run: labels containing one of ``only``, or equal to one given
+    as ``=LABEL``."""
+    return [s for s in SCENARIOS if not only or any(_matches(o, s.label) for o in only)]
+
+
+def _matches(pattern: str, label: str) -> bool:
+    return pattern[1:] == label if pattern.startswith("=") else pattern in label
 
 
 def run_all(scenarios: list[Scenario], opts: Options, samples: Any) -> list[Result]:
