@@ -36,10 +36,10 @@ from evsync.snapshot.name import SnapshotName
 # A delta is collected in memory before it is written (its header counts entries);
 # past this many changed entries a full object is cheaper to build and to apply.
 MAX_DELTA_ENTRIES = 100_000
-# While checkpoints are written, the chain may outgrow deltas.max_chain (and the bytes
-# ratio) by this factor before a full object is written on the syncer thread after all:
-# only while no checkpoint is in flight (they keep failing), so the chain a new receiver
-# follows stays bounded.
+# While checkpoints fail, the chain may outgrow deltas.max_chain (and the bytes ratio)
+# by this factor before a full object is written on the syncer thread after all, so the
+# chain a new receiver follows stays bounded (while they succeed, each one restarts the
+# count).
 CHECKPOINT_OVERDUE_FACTOR = 4
 
 

@@ -66,6 +66,11 @@ RETRY_WAKE_SECONDS = 0.1
 # syncer thread as before: it takes a few milliseconds, less than starting the
 # checkpoint's child interpreter (~0.5 s of CPU).
 CHECKPOINT_MIN_ENTRIES = 1000
+# After a checkpoint is stored, the next one begins no sooner than this many times its
+# duration later: at a high write rate the child would otherwise dump without pause,
+# taking a core from the deltas; the chain grows meanwhile, which costs only new
+# receivers a few more deltas.
+CHECKPOINT_REST_FACTOR = 1.0
 
 #: called as (db, object name, size) after every successful store
 StoredCallback = Callable[[str, str, int], None]
@@ -130,6 +135,7 @@ class Sender:
         )
         self.checkpoint_min_entries = CHECKPOINT_MIN_ENTRIES
         self.checkpoint_backoff = Backoff(min(RETRY_BACKOFF_START, retry), retry)
+        self._checkpoint_not_before = 0.0  # on the chain's clock (CHECKPOINT_REST_FACTOR)
 
     # ------------------------------------------------------------------ deciding
 
@@ -304,11 +310,16 @@ class Sender:
         )
 
     def _delta_ok(self) -> bool:
-        """The chain takes a delta: within its bounds, or, while checkpoints catch it up,
-        within a few times them (DESIGN §7)."""
+        """The chain takes a delta: within its bounds; beyond them while checkpoints catch
+        it up (each stored one restarts the count), or, while they fail, up to a few times
+        the bounds (DESIGN §7)."""
         if self.chain.delta_allowed():
             return True
-        return self._checkpoints_on() and self.chain.delta_allowed_beside_checkpoint()
+        if not self._checkpoints_on():
+            return False
+        if not self.checkpoint_backoff.delay:
+            return True  # checkpoints get stored: each one restarts the count
+        return self.chain.delta_allowed_beside_checkpoint()
 
     def _checkpoint_turn(self) -> None:
         """Collect a checkpoint that ended; begin one when the chain is due for a full
@@ -331,6 +342,7 @@ class Sender:
             or not self._checkpoints_on()
             or not self.chain.checkpoint_due()
             or not self.checkpoint_backoff.ready()
+            or self.chain.clock() < self._checkpoint_not_before
             or self.backoff.delay  # stores fail: the checkpoint's would too
         ):
             return
@@ -350,6 +362,8 @@ class Sender:
     def _checkpoint_stored(self, outcome: Stored) -> None:
         begun = outcome.begun
         self.checkpoint_backoff.succeeded()
+        now = self.chain.clock()
+        self._checkpoint_not_before = now + (now - begun.began_at) * CHECKPOINT_REST_FACTOR
         if begun.epoch != self.chain.epoch:
             return  # older than the full object that restarted the chain: harmless, unused
         header = outcome.dumped.header

@@ -17,6 +17,8 @@ from evsync.lmdb.header import encode_value
 from evsync.snapshot.name import SnapshotName, try_parse
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
+from evsync.sync.backoff import Backoff
+from evsync.sync.chain import CHECKPOINT_OVERDUE_FACTOR
 from evsync.sync.checkpoint import STAGE_DUMP, STAGE_STORE
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch
@@ -216,6 +218,39 @@ class TestSender:
         assert committed == [{"x": x1.timestamp_ns}]
         a.close()
         x.close()
+
+    def test_an_overdue_chain_without_a_checkpoint_in_flight_gets_a_full_object(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """Checkpoints that cannot run (here: backing off): deltas go on up to the overdue
+        factor times max_chain, then the upload is a full object on the syncer thread."""
+        a = writer(tmp_path, store, max_chain=1)
+        a.sender.checkpoint_backoff = Backoff(100.0, 100.0)
+        a.sender.checkpoint_backoff.failed()  # no checkpoint for 100 s
+        for i in range(CHECKPOINT_OVERDUE_FACTOR + 1):
+            change(a, b"x%d" % i, b"v", 10**15 + i)
+        kinds = ["delta" if n.is_delta else "full" for n in names_of(store, "a")]
+        assert kinds == ["full", *["delta"] * CHECKPOINT_OVERDUE_FACTOR, "full"]
+        a.close()
+
+    def test_while_a_checkpoint_is_in_flight_the_chain_may_outgrow_the_factor(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """A checkpoint running resets the count once stored: until then every change is
+        a delta, however many."""
+        a = writer(tmp_path, store, max_chain=1)
+        change(a, b"x", b"v", 10**15)  # the checkpoint begins
+        cp = a.sender.checkpointer
+        assert cp is not None
+        made = 0
+        for i in range(2 * CHECKPOINT_OVERDUE_FACTOR):
+            if not cp.running:
+                break
+            change(a, b"y%d" % i, b"v", 10**15 + 1 + i)
+            made += 1
+        assert made > CHECKPOINT_OVERDUE_FACTOR, "the child finished too soon to show it"
+        assert [n.is_delta for n in names_of(store, "a")][1:] == [True] * (made + 1)
+        a.close()
 
     def test_small_lmdbs_keep_full_objects_on_the_syncer_thread(
         self, tmp_path: Path, store: CheckpointFailingStore
