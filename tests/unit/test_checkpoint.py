@@ -252,6 +252,24 @@ class TestSender:
         assert [n.is_delta for n in names_of(store, "a")][1:] == [True] * (made + 1)
         a.close()
 
+    def test_the_next_checkpoint_rests_as_long_as_the_last_one_took(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """Due again right after one is stored (a high write rate), the next checkpoint
+        waits CHECKPOINT_REST_FACTOR times the last one's duration; deltas go on."""
+        a = writer(tmp_path, store, max_chain=1)
+        change(a, b"x", b"v", 10**15)
+        settle(a, lambda: stored_checkpoints(a) == 1)
+        cp = a.sender.checkpointer
+        assert cp is not None
+        change(a, b"y", b"v", 10**15 + 1)  # due again at once
+        assert a.sender.chain.checkpoint_due() and not cp.running
+        assert a.sender._checkpoint_not_before > a.sender.chain.clock()
+        a.sender._checkpoint_not_before = 0.0  # the rest is over
+        change(a, b"z", b"v", 10**15 + 2)
+        assert cp.running
+        a.close()
+
     def test_small_lmdbs_keep_full_objects_on_the_syncer_thread(
         self, tmp_path: Path, store: CheckpointFailingStore
     ) -> None:
