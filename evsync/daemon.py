@@ -78,7 +78,8 @@ class Daemon:
         # appears later too
         accepts = hint_filter(config.lightningstream)
         self.queues = {
-            name: HintQueue(name, own_instance=config.instance, accepts=accepts) for name in names
+            name: HintQueue(name, own_instance=config.instance, accepts=accepts)
+            for name in names
         }
         # copy-on-write (replaced, never changed in place): the HTTP thread reads them
         # while the missing-LMDB watcher adds a db
@@ -361,11 +362,7 @@ class Daemon:
             (
                 announcement_topic(cfg, db, instance),
                 announcement(
-                    bucket,
-                    prefix + name,
-                    size,
-                    db=db,
-                    instance=instance,
+                    bucket, prefix + name, size, db=db, instance=instance,
                     origin=bucket_origin(opts),
                 ),
             )

@@ -19,7 +19,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("dump", help="print the contents of the local LMDB(s)")
     p.add_argument("-n", "--name", default=None, metavar="DB", help="only this db")
     p.add_argument("-H", "--hide", action="store_true", help="hide _sync* DBIs")
-    p.add_argument("-f", "--format", choices=["text", "json"], default="text", help="output format")
+    p.add_argument(
+        "-f", "--format", choices=["text", "json"], default="text", help="output format"
+    )
     p.set_defaults(func=run)
 
 

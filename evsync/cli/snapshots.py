@@ -132,7 +132,8 @@ def run_get(args: argparse.Namespace) -> int:
     with (
         store.open(args.name) as src,
         out.open("wb") as dst,
-        _progress.bar(f"get {args.name}", size, "B", show=show, bytes_=True) as progress,
+        _progress.bar(f"get {args.name}", size, "B", show=show, bytes_=True)
+        as progress,
     ):
         shutil.copyfileobj(_progress.counting_reader(src, progress), dst)
     print(f"wrote {out}")
@@ -201,7 +202,9 @@ def run_dump(args: argparse.Namespace) -> int:
         meta["format"] = _format_label(fmt.extension)
         meta["time"] = show_time(header.timestamp_ns)  # beside timestamp_ns, for people
         if header.dbis:
-            meta["dbis"] = [{**d, "name": d["name"].decode(errors="replace")} for d in meta["dbis"]]
+            meta["dbis"] = [
+                {**d, "name": d["name"].decode(errors="replace")} for d in meta["dbis"]
+            ]
         else:  # a .pb.gz says what DBIs it holds only as they come: see below
             del meta["dbis"]
         print(json.dumps(meta, indent=2))

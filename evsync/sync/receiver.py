@@ -181,7 +181,9 @@ class Receiver:
 
     def relist_due(self, *, retry: bool = False) -> bool:
         """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
-        return self.relist and (retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS)
+        return self.relist and (
+            retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS
+        )
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
@@ -241,9 +243,8 @@ class Receiver:
         if header.hostname != socket.gethostname():
             self.recorder.name_conflict(newest, header.hostname, socket.gethostname())
         else:  # an earlier run of ours that startup did not merge (a wiped LMDB, say)
-            log.info(
-                "db %s: %s is an earlier object of this host; naming after it", self.db, newest
-            )
+            log.info("db %s: %s is an earlier object of this host; naming after it",
+                     self.db, newest)
 
     # ------------------------------------------------------------------ plans
 
