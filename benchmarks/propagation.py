@@ -46,6 +46,11 @@ listing-only baseline):
   ``s3:ObjectCreated:*`` events to both (``QueueConfigurations``), and each daemon
   long-polling its own queue through ``notify.sqs``.
 
+``watcher-s3-mqtt-list1h-nofull`` is that mqtt row with one delta chain and no periodic
+full object at all (chain bounds no run reaches): the floor that the row with its
+periodic full objects (checkpoints, DESIGN §7, in an LMDB of 1000 entries or more) is
+compared to, in the same run.
+
 The database holds ``--records`` entries (10,000 by default), written into A and
 synced to B before measuring, because every upload is a full dump: the object size,
 and so dump/merge time, scales with the database.
@@ -123,6 +128,9 @@ class Scenario:
     push: str = ""  # "", "mqtt" or "sqs": the push source both daemons use (s3 only)
     lmdb_poll_interval: str = "1s"
     deltas: bool = True  # False: every change uploads a full object, as Lightning Stream
+    #: False: one delta chain from the first full object on, no periodic full object or
+    #: checkpoint (the floor a row with them is compared to)
+    fulls: bool = True
 
     @property
     def watch_lmdb(self) -> bool:
@@ -134,7 +142,8 @@ class Scenario:
         """Short name for logs and file names."""
         push = f"-{self.push}" if self.push else ""
         full = "" if self.deltas else "-full"
-        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}"
+        nofull = "" if self.fulls else "-nofull"
+        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}{nofull}"
 
 
 SCENARIOS = (
@@ -146,7 +155,10 @@ SCENARIOS = (
     Scenario("watcher", "s3", "1h", push="mqtt"),
     Scenario("watcher", "s3", "1h", push="sqs"),
     Scenario("watcher", "s3", "1h", push="mqtt", deltas=False),
+    Scenario("watcher", "s3", "1h", push="mqtt", fulls=False),
 )
+# deltas settings of a row without periodic full objects: bounds no run reaches
+NO_FULLS_DELTAS = "max_chain: 1000000000, max_chain_ratio: 1000000000, full_interval: 100000h"
 
 
 @dataclass(frozen=True)
@@ -537,7 +549,8 @@ def write_config(
         "    schema_tracks_changes: true\n"
         "    options: {create: true, map_size: 1GB}\n"
         f"lmdb_poll_interval: {scenario.lmdb_poll_interval}\n"
-        f"deltas: {{enabled: {'true' if scenario.deltas else 'false'}}}\n"
+        f"deltas: {{enabled: {'true' if scenario.deltas else 'false'}"
+        f"{'' if scenario.fulls else ', ' + NO_FULLS_DELTAS}}}\n"
         f"{storage}"
         "notify:\n"
         f"  watch_lmdb: {'true' if scenario.watch_lmdb else 'false'}\n"
@@ -778,7 +791,7 @@ def print_table(results: list[Result]) -> None:
         s = r.scenario
         print(
             f"{s.mode:10} {s.backend:7} {s.push or '-':5} {s.listing_interval:>7} "
-            f"{'delta' if s.deltas else 'full':6} "
+            f"{('delta' if s.fulls else 'chain') if s.deltas else 'full':6} "
             f"{len(r.latencies_ms):4d} "
             f"{r.pct(0.5):8.1f} {r.pct(0.9):8.1f} {r.pct(0.99):8.1f} {r.pct(1.0):8.1f} "
             f"{r.timeouts:8d} {r.load:5.2f}"
