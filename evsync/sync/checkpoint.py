@@ -46,8 +46,9 @@ from evsync.triggers.base import Hint, HintQueue
 
 log = logging.getLogger(__name__)
 
-# The child is background work: it yields the CPU to the syncer and the application
-# (the lowest priority; measured: at 10 it still lengthened the deltas' tail).
+# The child is background work: it runs under SCHED_IDLE (only when a CPU has nothing
+# else to run) where Linux offers it, else at the lowest nice level; at nice 10 it
+# measurably lengthened the deltas' tail on a busy 2-CPU host (docs/benchmarks.md).
 CHILD_NICE = 19
 CHILD_MODULE = "evsync.sync.checkpoint"
 # The child's exit code when the dump itself failed (an LMDB error, say); any other
@@ -187,8 +188,8 @@ class Checkpointer:
         size = run.out.stat().st_size
         return self._end(Stored(run.begun, run.dumped, size, run.dump_seconds))
 
-    def cancel(self) -> None:
-        """Drop the checkpoint in flight (the chain it belongs to restarted); a store
+    def cancel(self, why: str = "the chain restarted") -> None:
+        """Drop the checkpoint in flight (the chain it belongs to restarted, say); a store
         already under way ends on its own and is ignored."""
         run = self._run
         if run is None:
@@ -199,7 +200,7 @@ class Checkpointer:
             _remove(run)
         else:
             run.store.add_done_callback(lambda _f: _remove(run))
-        log.info("db %s: dropped checkpoint %s (the chain restarted)", self.db, run.begun.name)
+        log.info("db %s: dropped checkpoint %s (%s)", self.db, run.begun.name, why)
 
     def close(self) -> None:
         """Stop the child, wait (bounded) for a store in flight, end the worker."""
@@ -307,11 +308,19 @@ def _remove(run: _Run) -> None:
 # ---------------------------------------------------------------------- the child
 
 
+def _lower_priority() -> None:
+    """SCHED_IDLE where there is one, else nice 19; whatever the host allows."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    with contextlib.suppress(OSError):  # not allowed here: the parent's priority, then
+        os.nice(CHILD_NICE)
+
+
 def child_main() -> int:
     """The child process: read a :class:`Job` from stdin, dump, report; 0 on success."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    with contextlib.suppress(OSError):  # not allowed here: the parent's priority, then
-        os.nice(CHILD_NICE)
+    _lower_priority()
     job = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our own parent
     if not isinstance(job, Job):
         log.error("checkpoint child: stdin holds no job")

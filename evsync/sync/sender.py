@@ -44,7 +44,7 @@ from evsync.snapshot.name import SnapshotName, checkpoint_extra, delta_extra, fo
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff, StopOnEvent
-from evsync.sync.checkpoint import Begun, Checkpointer, Failed, Stored
+from evsync.sync.checkpoint import STAGE_DUMP, Begun, Checkpointer, Failed, Stored
 from evsync.sync.recorder import Recorder
 from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import Hint, HintQueue
@@ -71,6 +71,10 @@ CHECKPOINT_MIN_ENTRIES = 1000
 # taking a core from the deltas; the chain grows meanwhile, which costs only new
 # receivers a few more deltas.
 CHECKPOINT_REST_FACTOR = 1.0
+# A checkpoint still unfinished after this long counts as failed and is stopped (its
+# child runs only on otherwise idle CPU, so a host that is never idle would starve it);
+# the chain then falls back to its bounds (chain.CHECKPOINT_OVERDUE_FACTOR).
+CHECKPOINT_TIMEOUT_SECONDS = 1800.0
 
 #: called as (db, object name, size) after every successful store
 StoredCallback = Callable[[str, str, int], None]
@@ -335,6 +339,11 @@ class Sender:
         begun = cp.begun
         if begun is not None and begun.epoch != self.chain.epoch:
             cp.cancel()  # the chain restarted (a full object, or own objects went missing)
+        elif begun is not None and self.chain.clock() - begun.began_at > CHECKPOINT_TIMEOUT_SECONDS:
+            cp.cancel("unfinished for too long")
+            self._checkpoint_failed(
+                Failed(begun, STAGE_DUMP, f"unfinished after {CHECKPOINT_TIMEOUT_SECONDS:.0f}s")
+            )
         point = self.chain.base_ns
         if (
             cp.running

@@ -20,6 +20,7 @@ from evsync.sync import Syncer
 from evsync.sync.backoff import Backoff
 from evsync.sync.chain import CHECKPOINT_OVERDUE_FACTOR
 from evsync.sync.checkpoint import STAGE_DUMP, STAGE_STORE
+from evsync.sync.sender import CHECKPOINT_TIMEOUT_SECONDS
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch
 from tests.unit.test_syncer import make_syncer, read
@@ -268,6 +269,24 @@ class TestSender:
         a.sender._checkpoint_not_before = 0.0  # the rest is over
         change(a, b"z", b"v", 10**15 + 2)
         assert cp.running
+        a.close()
+
+    def test_a_checkpoint_that_never_finishes_is_stopped_and_counted(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """Past CHECKPOINT_TIMEOUT_SECONDS (a starved child, say) the checkpoint is stopped
+        and counted as a failed dump; the chain is untouched."""
+        a = writer(tmp_path, store, max_chain=1)
+        change(a, b"x", b"v", 10**15)
+        cp = a.sender.checkpointer
+        assert cp is not None and cp.running
+        members = list(a.sender.chain.members)
+        real = a.sender.chain.clock
+        a.sender.chain.clock = lambda: real() + CHECKPOINT_TIMEOUT_SECONDS + 1
+        a.step(Batch())
+        assert not cp.running and failures(a, STAGE_DUMP) == 1
+        assert a.sender.chain.members == members
+        assert not any(n.is_checkpoint for n in names_of(store, "a"))
         a.close()
 
     def test_small_lmdbs_keep_full_objects_on_the_syncer_thread(
