@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -22,7 +22,7 @@ from evsync.sync.checkpoint import STAGE_DUMP
 from evsync.sync.sources import StorageSource
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch, HintQueue
-from tests.helpers import AwsServer
+from tests.helpers import AwsServer, Instance, Mosquitto, wait_for
 from tests.unit.test_syncer import make_config
 
 RECORDS = 5000
@@ -79,6 +79,11 @@ def syncers(
     finally:
         for syncer in made:
             syncer.close()
+
+
+def names_listed(aws: AwsServer, bucket: str) -> list[str]:
+    listed = aws.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    return [str(o["Key"]) for o in listed]
 
 
 def names(store: BlobStore, instance: str) -> list[SnapshotName]:
@@ -225,3 +230,45 @@ class TestCheckpointsOverS3:
         a.sender.checkpoint_backoff.succeeded()
         a.step(Batch(local=True))
         settle(a, lambda: stored_checkpoints(a) >= 1)
+
+
+class TestDaemons:
+    """Two `evsync sync` daemons over moto and Mosquitto: the daemon's own checkpoint
+    child (spawned from the daemon's interpreter) and the receiver's rule together."""
+
+    def test_checkpoints_are_stored_and_never_fetched_by_a_caught_up_peer(
+        self,
+        instances: Callable[..., Instance],
+        s3_storage: dict[str, Any],
+        mosquitto: Mosquitto,
+        topic: str,
+        aws: AwsServer,
+        bucket: str,
+    ) -> None:
+        """A holds RECORDS records; every change reaches B by announcement; A stores
+        checkpoints beside its chain, and B's log never names one as merged."""
+        notify = {
+            "listing_interval": "1h",
+            "mqtt": {"url": mosquitto.url, "topic": topic, "publish": True},
+        }
+        deltas = {"max_chain": 2, "max_chain_ratio": 100}
+        a = instances("a", s3_storage, notify=notify, deltas=deltas)
+        env = lmdb_write.open_env(str(a.lmdb_path))
+        with env.begin(write=True) as txn:
+            dbi = env.open_db(b"records", txn=txn)
+            for i in range(RECORDS):
+                txn.put(b"k%06d" % i, encode_value(1000 + i, txn.id(), 0, b"v"), db=dbi)
+        env.close()
+        a.start()
+        b = instances("b", s3_storage, notify=notify).start()
+        wait_for(lambda: b.writer.get(f"k{RECORDS - 1:06d}") == "v", what="b to load a")
+        for i in range(8):
+            a.writer.put("x", f"v{i}")
+            wait_for(lambda i=i: b.writer.get("x") == f"v{i}", what=f"b to read v{i}")
+        wait_for(lambda: "stored checkpoint" in a.log(), timeout=WAIT_SECONDS, what="a checkpoint")
+        a.writer.put("x", "last")
+        wait_for(lambda: b.writer.get("x") == "last", what="b to read the last change")
+        stored = [n for n in names_listed(aws, bucket) if "__A" in n]
+        assert stored, "no checkpoint in the bucket"
+        merged = [line for line in b.log().splitlines() if "merged main__a__" in line]
+        assert merged and not [line for line in merged if "__A" in line]
