@@ -56,6 +56,11 @@ differing from ``watcher-s3-mqtt-list1h`` in one thing:
   benchmarks only, evsync/lmdb/pagewalk.py), so A finds each delta's changes by
   reading every value header instead of the page-level change finder.
 
+``watcher-s3-mqtt-list1h-nofull`` is that mqtt row with one delta chain and no periodic
+full object at all (chain bounds no run reaches): the floor that the row with its
+periodic full objects (checkpoints, DESIGN §7, in an LMDB of 1000 entries or more) is
+compared to, in the same run.
+
 The database holds ``--records`` entries (10,000 by default; a comma-separated list
 runs every row at each size, in one run), written into A and synced to B before
 measuring: a full object's size, and so its dump and merge time, scales with it.
@@ -135,6 +140,9 @@ class Scenario:
     deltas: bool = True  # False: every change uploads a full object, as Lightning Stream
     inline: bool = True  # False: notify.mqtt.inline_max_bytes 0 (deltas come by GET)
     finder: bool = True  # False: $EVSYNC_BENCH_FORCE_SCAN=1 (deltas scan every header)
+    #: False: one delta chain from the first full object on, no periodic full object or
+    #: checkpoint (the floor a row with them is compared to)
+    fulls: bool = True
 
     @property
     def watch_lmdb(self) -> bool:
@@ -148,7 +156,10 @@ class Scenario:
         full = "" if self.deltas else "-full"
         get = "" if self.inline or self.push != "mqtt" else "-get"
         scan = "" if self.finder else "-scan"
-        return f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}{get}{scan}"
+        nofull = "" if self.fulls else "-nofull"
+        return (
+            f"{self.mode}-{self.backend}{push}-list{self.listing_interval}{full}{nofull}{get}{scan}"
+        )
 
 
 SCENARIOS = (
@@ -162,7 +173,10 @@ SCENARIOS = (
     Scenario("watcher", "s3", "1h", push="mqtt", deltas=False),
     Scenario("watcher", "s3", "1h", push="mqtt", inline=False),
     Scenario("watcher", "s3", "1h", push="mqtt", finder=False),
+    Scenario("watcher", "s3", "1h", push="mqtt", fulls=False),
 )
+# deltas settings of a row without periodic full objects: bounds no run reaches
+NO_FULLS_DELTAS = "max_chain: 1000000000, max_chain_ratio: 1000000000, full_interval: 100000h"
 
 
 @dataclass(frozen=True)
@@ -563,7 +577,8 @@ def write_config(
         "    schema_tracks_changes: true\n"
         "    options: {create: true, map_size: 1GB}\n"
         f"lmdb_poll_interval: {scenario.lmdb_poll_interval}\n"
-        f"deltas: {{enabled: {'true' if scenario.deltas else 'false'}}}\n"
+        f"deltas: {{enabled: {'true' if scenario.deltas else 'false'}"
+        f"{'' if scenario.fulls else ', ' + NO_FULLS_DELTAS}}}\n"
         f"{storage}"
         "notify:\n"
         f"  watch_lmdb: {'true' if scenario.watch_lmdb else 'false'}\n"
@@ -808,7 +823,7 @@ def print_table(results: list[Result]) -> None:
         )
         print(
             f"{r.records:8d} {s.mode:10} {s.backend:7} {s.push or '-':5} {s.listing_interval:>7} "
-            f"{'delta' if s.deltas else 'full':6} {path:11} "
+            f"{('delta' if s.fulls else 'chain') if s.deltas else 'full':6} {path:11} "
             f"{len(r.latencies_ms):4d} "
             f"{r.pct(0.5):8.1f} {r.pct(0.9):8.1f} {r.pct(0.99):8.1f} {r.pct(1.0):8.1f} "
             f"{r.timeouts:8d} {r.load:5.2f}"
@@ -950,7 +965,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=None,
         metavar="LABEL",
-        help="run only rows whose label contains LABEL (repeatable), e.g. watcher-fs",
+        help="run only rows whose label contains LABEL, or is LABEL given as =LABEL "
+        "(repeatable), e.g. watcher-fs or =watcher-s3-mqtt-list1h",
     )
     p.add_argument(
         "--skip",
@@ -1004,13 +1020,18 @@ def record_counts(text: str) -> list[int]:
 
 
 def selected(only: list[str] | None, skip: list[str] | None = None) -> list[Scenario]:
-    """The scenarios to run."""
+    """The scenarios to run: labels containing one of ``only`` (or equal to one given as
+    ``=LABEL``), less those containing one of ``skip``."""
     return [
         s
         for s in SCENARIOS
-        if (not only or any(o in s.label for o in only))
+        if (not only or any(_matches(o, s.label) for o in only))
         and not any(k in s.label for k in skip or ())
     ]
+
+
+def _matches(pattern: str, label: str) -> bool:
+    return pattern[1:] == label if pattern.startswith("=") else pattern in label
 
 
 def run_all(scenarios: list[Scenario], opts: Options, samples: Any) -> list[Result]:

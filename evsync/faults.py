@@ -15,7 +15,9 @@ Points:
 - ``stored``: right after a store succeeded, before evsync has recorded it;
 - ``published``: right after a delta went out inside its MQTT companion, before its
   store began (the broker has taken the message: see :func:`armed`);
-- ``merge``: inside a merge write txn, after its puts and before its commit.
+- ``merge``: inside a merge write txn, after its puts and before its commit;
+- ``checkpoint``: in a checkpoint's child process, after its dump and before its report
+  (the child dies; the daemon carries on).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from evsync.errors import ConfigError
 FAULTS_VAR = "EVSYNC_FAULTS"
 SEED_VAR = "EVSYNC_FAULTS_SEED"
 UNTIL_VAR = "EVSYNC_FAULTS_UNTIL"
-POINTS = frozenset({"upload", "stored", "merge", "published"})
+POINTS = frozenset({"upload", "stored", "merge", "published", "checkpoint"})
 
 
 def parse_faults(spec: str) -> dict[str, float]:

@@ -94,6 +94,26 @@ class Metrics:
             ["db", "stage"],
             registry=r,
         )
+        self.checkpoints_stored = Counter(
+            f"{PREFIX}_checkpoints_stored",
+            "Checkpoints (full objects dumped by a child process beside the delta chain) stored.",
+            db,
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            f"{PREFIX}_checkpoint_failures",
+            "Failed checkpoints, by stage (dump: the child process, or store); the chain is "
+            "intact and a later one dumps afresh.",
+            ["db", "stage"],
+            registry=r,
+        )
+        self.checkpoints_skipped = Counter(
+            f"{PREFIX}_checkpoints_skipped",
+            "Checkpoints of other instances stepped over without a fetch: the receiver was "
+            "at or past their point.",
+            ["db", "instance"],
+            registry=r,
+        )
         self.store_failures = Counter(
             f"{PREFIX}_store_failures", "Failed store attempts (each retry counts).", db, registry=r
         )

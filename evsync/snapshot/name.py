@@ -20,6 +20,10 @@ EXT_EVSYNC = "evs.zst"
 EXT_LIGHTNINGSTREAM = "pb.gz"
 KNOWN_EXTENSIONS = frozenset({EXT_EVSYNC, EXT_LIGHTNINGSTREAM})
 DELTA_EXTRA = "D"  # extra field of a delta: D<base timestamp>
+# The extra field of a checkpoint (DESIGN §7): a full object written off the chain's
+# critical path, "at least as new as" the chain member A<timestamp> names. A receiver at
+# or past that member has every change of the instance's own the checkpoint holds.
+CHECKPOINT_EXTRA = "A"
 # The extra field of a .pb.gz that evsync wrote beside its .evs.zst chain (a "copy"):
 # LS reads it as any snapshot (extras are LSE's, LS ignores them); evsync peers follow
 # that instance's .evs.zst chain instead (docs/lightningstream.md).
@@ -115,9 +119,11 @@ class SnapshotName:
         for extra in extras:
             if not _EXTRA_RE.fullmatch(extra) or extra[0] in seen_types:
                 raise InvalidNameError(f"{name!r}: bad extra field {extra!r}")
-            if extra[0] == DELTA_EXTRA and ext == EXT_EVSYNC:
-                parse_timestamp(extra[1:])  # a delta's base must be a timestamp
+            if extra[0] in {DELTA_EXTRA, CHECKPOINT_EXTRA} and ext == EXT_EVSYNC:
+                parse_timestamp(extra[1:])  # a delta's base, a checkpoint's point: timestamps
             seen_types.add(extra[0])
+        if DELTA_EXTRA in seen_types and CHECKPOINT_EXTRA in seen_types and ext == EXT_EVSYNC:
+            raise InvalidNameError(f"{name!r}: a delta cannot be a checkpoint")
         return cls(name, db, instance, parse_timestamp(ts_text), generation, tuple(extras), ext)
 
     @property
@@ -147,6 +153,22 @@ class SnapshotName:
                 return parse_timestamp(extra[1:])  # validated by parse()
         return None
 
+    @functools.cached_property
+    def checkpoint_of_ns(self) -> int | None:
+        """For a checkpoint (a full ``.evs.zst`` named ``__A<timestamp>``), the timestamp
+        of the chain member it is at least as new as; None otherwise."""
+        if self.ext != EXT_EVSYNC:
+            return None
+        for extra in self.extras:
+            if extra.startswith(CHECKPOINT_EXTRA):
+                return parse_timestamp(extra[1:])  # validated by parse()
+        return None
+
+    @property
+    def is_checkpoint(self) -> bool:
+        """True for a checkpoint (DESIGN §7)."""
+        return self.checkpoint_of_ns is not None
+
     @property
     def is_delta(self) -> bool:
         """True for a delta (DESIGN §7)."""
@@ -159,6 +181,12 @@ class SnapshotName:
 def delta_extra(base_ns: int) -> str:
     """The extra field naming a delta's base: ``D<YYYYMMDD-HHMMSS-nnnnnnnnn>``."""
     return DELTA_EXTRA + format_timestamp(base_ns)
+
+
+def checkpoint_extra(point_ns: int) -> str:
+    """The extra field of a checkpoint: ``A<YYYYMMDD-HHMMSS-nnnnnnnnn>``, the chain member
+    it is at least as new as."""
+    return CHECKPOINT_EXTRA + format_timestamp(point_ns)
 
 
 def db_prefix(db: str) -> str:

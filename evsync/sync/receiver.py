@@ -280,6 +280,9 @@ class Receiver:
             st = self.peers.instances[instance]
             position = st.merged.timestamp_ns if st.merged is not None else None
             for name in chain.plan(st.known.values(), position, newest):
+                if chain.covered(name, st.merged.timestamp_ns if st.merged else None):
+                    self._step_over(instance, name)
+                    continue
                 outcome = self._merge_with_retries(instance, name, retry)
                 if outcome == STOPPED:
                     return True, False
@@ -292,6 +295,12 @@ class Receiver:
                 if retry:
                     return False, ok
         return True, ok
+
+    def _step_over(self, instance: str, name: SnapshotName) -> None:
+        """A checkpoint whose point the position has reached holds nothing of its
+        instance's own that this LMDB lacks (DESIGN §7): the position moves to it, no GET."""
+        self.peers.merged(instance, name, self.clock_ns())
+        self.recorder.checkpoint_skipped(instance, name)
 
     def _merge_with_retries(self, instance: str, name: SnapshotName, retry: bool) -> str:
         """:meth:`merge_object` paced by the instance's backoff."""

@@ -473,6 +473,45 @@ class Recorder:
             ", forced" if forced else "",
         )
 
+    def checkpoint_stored(
+        self, name: SnapshotName, header: SnapshotHeader, size: int, dump_seconds: float
+    ) -> None:
+        """A checkpoint was stored (its dump ran in a child process)."""
+        self.recovered("checkpoint", "writing checkpoints")
+        self.stats.bytes_up += size
+        self.metrics.checkpoints_stored.labels(self.db).inc()
+        self.metrics.bytes_uploaded.labels(self.db).inc(size)
+        log.info(
+            "db %s: stored checkpoint %s (%d entries, %d bytes, txn %d, dump %.1f ms in a "
+            "child process)",
+            self.db,
+            name,
+            header.total_entries,
+            size,
+            header.txn_id,
+            dump_seconds * 1000,
+        )
+
+    def checkpoint_failed(self, name: SnapshotName, stage: str, error: str, delay: float) -> None:
+        """A checkpoint failed; the chain goes on and a later one dumps afresh."""
+        self.metrics.checkpoint_failures.labels(self.db, stage).inc()
+        self.log_limited(
+            "checkpoint",
+            logging.WARNING,
+            "db %s: checkpoint %s failed (%s): %s; the delta chain goes on, the next "
+            "checkpoint dumps afresh in %.1fs",
+            self.db,
+            name,
+            stage,
+            error,
+            delay,
+        )
+
+    def checkpoint_skipped(self, instance: str, name: SnapshotName) -> None:
+        """A checkpoint of ``instance`` was stepped over without a fetch."""
+        self.metrics.checkpoints_skipped.labels(self.db, instance).inc()
+        log.debug("db %s: stepped over checkpoint %s: at or past its point", self.db, name)
+
     def announce_failed(self, name: SnapshotName, exc: Exception) -> None:
         """A stored-object callback (an MQTT announcement) raised; the sync goes on."""
         self.log_limited(

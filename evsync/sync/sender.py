@@ -2,7 +2,8 @@
 
 Owns: the upload decision (never before the own history is merged; then when the LMDB
 changed since the last synced txn, or when a forced snapshot is due), the delta chain
-(:class:`~evsync.sync.chain.SenderChain`: a delta or a full object), object names
+(:class:`~evsync.sync.chain.SenderChain`: a delta or a full object), when a checkpoint
+begins and what its outcome moves on (:mod:`evsync.sync.checkpoint` runs it), object names
 (timestamps never repeat or go back within a run), the store with its retries and
 backoff, and the callbacks after a store (MQTT announcements, the cleaner's
 "committed" mark). When a commit raced an upload it queues a hint for itself, so the
@@ -39,10 +40,11 @@ from evsync.lmdb.pagewalk import ChangeFinder
 from evsync.lmdb.shadow import Shadow
 from evsync.snapshot.base import KIND_DELTA, KIND_FULL, SnapshotFormat
 from evsync.snapshot.evs import EVS_ZST
-from evsync.snapshot.name import SnapshotName, delta_extra, format_timestamp
+from evsync.snapshot.name import SnapshotName, checkpoint_extra, delta_extra, format_timestamp
 from evsync.storage.base import BlobStore
 from evsync.sync import chain
 from evsync.sync.backoff import RETRY_BACKOFF_START, Backoff, StopOnEvent
+from evsync.sync.checkpoint import STAGE_DUMP, Begun, Checkpointer, Failed, Stored
 from evsync.sync.recorder import Recorder
 from evsync.sync.state import NS, Peers, TxnLedger
 from evsync.triggers.base import Hint, HintQueue
@@ -60,6 +62,19 @@ SOURCE_SELF = "self"
 # While a store is retried, local-change hints are looked for in slices this long, so a
 # shutdown ends the wait promptly.
 RETRY_WAKE_SECONDS = 0.1
+# Below this many entries in the newest full object, a full object is dumped on the
+# syncer thread as before: it takes a few milliseconds, less than starting the
+# checkpoint's child interpreter (~0.5 s of CPU).
+CHECKPOINT_MIN_ENTRIES = 1000
+# After a checkpoint is stored, the next one begins no sooner than this many times its
+# duration later: at a high write rate the child would otherwise dump without pause,
+# taking a core from the deltas; the chain grows meanwhile, which costs only new
+# receivers a few more deltas.
+CHECKPOINT_REST_FACTOR = 1.0
+# A checkpoint still unfinished after this long counts as failed and is stopped (its
+# child runs only on otherwise idle CPU, so a host that is never idle would starve it);
+# the chain then falls back to its bounds (chain.CHECKPOINT_OVERDUE_FACTOR).
+CHECKPOINT_TIMEOUT_SECONDS = 1800.0
 
 #: called as (db, object name, size) after every successful store
 StoredCallback = Callable[[str, str, int], None]
@@ -121,6 +136,16 @@ class Sender:
         #: deltas up to this size go to ``on_encoded`` before their store (0: none)
         self.inline_max_bytes = 0
         self.on_committed: list[CommittedCallback] = []
+        #: writes the chain's full objects in a child process (native mode with deltas;
+        #: shadow mode stores full objects on the syncer thread, as before)
+        self.checkpointer = (
+            Checkpointer(lenv.cfg, store, queue)
+            if shadow is None and config.deltas.enabled and fmt is EVS_ZST
+            else None
+        )
+        self.checkpoint_min_entries = CHECKPOINT_MIN_ENTRIES
+        self.checkpoint_backoff = Backoff(min(RETRY_BACKOFF_START, retry), retry)
+        self._checkpoint_not_before = 0.0  # on the chain's clock (CHECKPOINT_REST_FACTOR)
 
     # ------------------------------------------------------------------ deciding
 
@@ -131,12 +156,19 @@ class Sender:
 
     def maybe_upload(self, *, only_once: bool = False) -> bool:
         """Upload when the LMDB changed (or a forced snapshot is due); False on failure.
+        Then the checkpoint's turn (not with ``only_once``).
 
         ``only_once``: the store is tried at once (not after the backoff) and its
         failure is the run's. Nothing is uploaded while this instance's own newest
         object is not merged (startup, DESIGN §5): a wiped instance would overwrite
         its own history.
         """
+        ok = self._maybe_upload(only_once=only_once)
+        if not only_once:
+            self._checkpoint_turn()
+        return ok
+
+    def _maybe_upload(self, *, only_once: bool) -> bool:
         if self.peers.own in self.peers.waiting_for:
             self.recorder.log_limited(
                 "wait-own",
@@ -218,7 +250,10 @@ class Sender:
             self.finder.discard()
 
     def close(self) -> None:
-        """Release the change finder's snapshots (before the LMDB closes)."""
+        """Stop a checkpoint in flight; release the change finder's snapshots (before the
+        LMDB closes)."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         if self.finder is not None:
             self.finder.close()
 
@@ -245,7 +280,9 @@ class Sender:
         if header.kind == KIND_DELTA:
             self.chain.stored_delta(header.timestamp_ns, header.txn_id, size)
         elif self.shadow is None:
-            self.chain.stored_full(header.timestamp_ns, header.txn_id, size)
+            self.chain.stored_full(header.timestamp_ns, header.txn_id, size, header.total_entries)
+            if self.checkpointer is not None:
+                self.checkpointer.cancel()  # begun on the chain this full object ends
         self.ledger.shipped(self.chain.shipped_txn)
         self.peers.stored_own(name)
         total = time.monotonic() - t0
@@ -283,11 +320,102 @@ class Sender:
         self.chain.broken()
         self.full_requested = True
 
-    def _notify_committed(self) -> None:
-        """Our object now carries every merged object's data: tell the cleaner."""
-        merged = self.peers.others_ns("merged")
+    def _notify_committed(self, merged: Mapping[str, int] | None = None) -> None:
+        """Our object now carries every merged object's data (as of ``merged``, the
+        positions when it was dumped; default: now): tell the cleaner."""
+        if merged is None:
+            merged = self.peers.others_ns("merged")
         for callback in self.on_committed:
             callback(merged)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoints_on(self) -> bool:
+        """True when the chain's full objects are checkpoints (a big enough LMDB)."""
+        return (
+            self.checkpointer is not None and self.chain.full_entries >= self.checkpoint_min_entries
+        )
+
+    def _delta_ok(self) -> bool:
+        """The chain takes a delta: within its bounds; beyond them while checkpoints catch
+        it up (each stored one restarts the count), or, while they fail, up to a few times
+        the bounds (DESIGN §7)."""
+        if self.chain.delta_allowed():
+            return True
+        if not self._checkpoints_on():
+            return False
+        if not self.checkpoint_backoff.delay:
+            return True  # checkpoints get stored: each one restarts the count
+        return self.chain.delta_allowed_beside_checkpoint()
+
+    def _checkpoint_turn(self) -> None:
+        """Collect a checkpoint that ended; begin one when the chain is due for a full
+        object, none is in flight and the last attempt's backoff has passed."""
+        cp = self.checkpointer
+        if cp is None:
+            return
+        outcome = cp.poll(self.ledger.last_synced)
+        if isinstance(outcome, Stored):
+            self._checkpoint_stored(outcome)
+        elif isinstance(outcome, Failed):
+            self._checkpoint_failed(outcome)
+        begun = cp.begun
+        if begun is not None and begun.epoch != self.chain.epoch:
+            cp.cancel()  # the chain restarted (a full object, or own objects went missing)
+        elif begun is not None and self.chain.clock() - begun.began_at > CHECKPOINT_TIMEOUT_SECONDS:
+            cp.cancel("unfinished for too long")
+            self._checkpoint_failed(
+                Failed(begun, STAGE_DUMP, f"unfinished after {CHECKPOINT_TIMEOUT_SECONDS:.0f}s")
+            )
+        point = self.chain.base_ns
+        if (
+            cp.running
+            or point is None
+            or not self._checkpoints_on()
+            or not self.chain.checkpoint_due()
+            or not self.checkpoint_backoff.ready()
+            or self.chain.clock() < self._checkpoint_not_before
+            or self.backoff.delay  # stores fail: the checkpoint's would too
+        ):
+            return
+        ts = self._next_timestamp()  # right after the chain's tip: nothing sorts between
+        name = SnapshotName.build(
+            self.db,
+            self.peers.own,
+            ts,
+            extras=(checkpoint_extra(point),),
+            ext=self.format.extension,
+        )
+        cp.start(
+            Begun(name, point, self.chain.epoch, self.chain.clock(), self.peers.others_ns("merged"))
+        )
+        log.debug("db %s: checkpoint %s begun", self.db, name)
+
+    def _checkpoint_stored(self, outcome: Stored) -> None:
+        begun = outcome.begun
+        self.checkpoint_backoff.succeeded()
+        now = self.chain.clock()
+        self._checkpoint_not_before = now + (now - begun.began_at) * CHECKPOINT_REST_FACTOR
+        if begun.epoch != self.chain.epoch:
+            return  # older than the full object that restarted the chain: harmless, unused
+        header = outcome.dumped.header
+        self.chain.stored_checkpoint(
+            begun.name.timestamp_ns, outcome.size, header.total_entries, begun.began_at
+        )
+        self.peers.own_named(begun.name)
+        self.recorder.checkpoint_stored(begun.name, header, outcome.size, outcome.dump_seconds)
+        self._notify_committed(begun.merged)  # what was merged when it began, not later
+        for callback in self.on_stored:
+            try:
+                callback(self.db, begun.name.name, outcome.size)
+            except Exception as exc:  # noqa: BLE001 - an announcement must never break the sync
+                self.recorder.announce_failed(begun.name, exc)
+
+    def _checkpoint_failed(self, outcome: Failed) -> None:
+        self.checkpoint_backoff.failed()
+        self.recorder.checkpoint_failed(
+            outcome.begun.name, outcome.stage, outcome.error, self.checkpoint_backoff.delay
+        )
 
     def stamp_local_changes(self) -> None:
         """Shadow mode: run main -> shadow now if the application committed since the last
@@ -334,7 +462,7 @@ class Sender:
     ) -> tuple[SnapshotName, DumpResult]:
         """A delta when the chain allows one and it is small enough, else a full object."""
         base = self.chain.base_ns
-        if not forced and self.shadow is None and base is not None and self.chain.delta_allowed():
+        if not forced and self.shadow is None and base is not None and self._delta_ok():
             delta = self._dump_caught_up(
                 spool,
                 want_txn,

@@ -16,7 +16,7 @@ from evsync.cleaner import JITTER_MAX, JITTER_MIN, Cleaner, CleanResult
 from evsync.config import CleanupConfig
 from evsync.errors import StorageUnavailableError
 from evsync.metrics import Metrics
-from evsync.snapshot.name import COPY_EXTRA, SnapshotName, delta_extra
+from evsync.snapshot.name import COPY_EXTRA, SnapshotName, checkpoint_extra, delta_extra
 from evsync.storage.base import ObjectInfo
 from evsync.storage.memory import MemoryStore
 
@@ -712,3 +712,36 @@ class TestDeltaChains:
         result = cleaner.run_once()
         assert sorted(result.stale_deleted) == sorted([full, delta])
         assert names(store) == []
+
+
+class TestCheckpoints:
+    """A checkpoint (DESIGN §7) is the newest full object of its chain: the cleaner keeps it
+    and everything named after it (the deltas after its point), and the older chain goes."""
+
+    def test_the_checkpoint_and_the_deltas_after_its_point_are_kept(
+        self, store: MemoryStore, clock: Clock
+    ) -> None:
+        """Chain F, D1, D2; a checkpoint began at D2 (so named right after it), D3 and D4
+        were stored during its dump, D3 building on D2: F, D1 and D2 go, the checkpoint,
+        D3 and D4 stay."""
+
+        def ns(text: str) -> int:
+            return int(mt(text) * NS)
+
+        def delta(text: str, base: str) -> str:
+            return SnapshotName.build(DB, "a", ns(text), extras=(delta_extra(ns(base)),)).name
+
+        t_f, t1, t2 = "2020-01-30 08:00:00", "2020-01-30 08:00:01", "2020-01-30 08:00:02"
+        t_c, t3, t4 = "2020-01-30 08:00:03", "2020-01-30 08:00:04", "2020-01-30 08:00:05"
+        old = [
+            add(store, snap(DB, "a", t_f)),
+            add(store, delta(t1, t_f)),
+            add(store, delta(t2, t1)),
+        ]
+        ckpt = SnapshotName.build(DB, "a", ns(t_c), extras=(checkpoint_extra(ns(t2)),)).name
+        kept = [add(store, ckpt), add(store, delta(t3, t2)), add(store, delta(t4, t3))]
+        cleaner = make(store, clock)
+        cleaner.run_once()
+        clock.now += 11 * MINUTE
+        assert sorted(cleaner.run_once().deleted) == sorted(old)
+        assert names(store) == sorted(kept)

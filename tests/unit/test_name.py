@@ -8,7 +8,13 @@ import random
 import pytest
 
 from evsync.errors import InvalidNameError
-from evsync.snapshot.name import COPY_EXTRA, SnapshotName, db_prefix, try_parse
+from evsync.snapshot.name import (
+    COPY_EXTRA,
+    SnapshotName,
+    checkpoint_extra,
+    db_prefix,
+    try_parse,
+)
 
 TS = 1_700_000_000_123_456_789  # 2023-11-14 22:13:20.123456789 UTC
 NAME = "main__inst-1__20231114-221320-123456789__GX.evs.zst"
@@ -124,6 +130,39 @@ class TestForeignAndExtras:
     def test_full_object_has_no_delta_base(self) -> None:
         """A name without a D extra has no delta base."""
         assert SnapshotName.parse(NAME).delta_base_ns is None
+
+
+class TestCheckpointNames:
+    """A checkpoint is a full object named ``__A<point>`` (DESIGN §7)."""
+
+    def test_checkpoint_extra_gives_its_point(self) -> None:
+        """A<timestamp> round-trips and marks a full object, not a delta."""
+        point = TS - 3 * NS
+        name = SnapshotName.build("main", "a", TS, extras=(checkpoint_extra(point),))
+        parsed = SnapshotName.parse(name.name)
+        assert parsed.name.endswith(f"__GX__A{_fmt(point)}.evs.zst")
+        assert parsed.checkpoint_of_ns == point and parsed.is_checkpoint
+        assert parsed.delta_base_ns is None and not parsed.is_delta
+
+    def test_a_plain_full_object_is_no_checkpoint(self) -> None:
+        """No A extra: no point."""
+        assert SnapshotName.parse(NAME).checkpoint_of_ns is None
+
+    def test_a_bad_point_is_rejected(self) -> None:
+        """The point must be a timestamp, as a delta's base must."""
+        with pytest.raises(InvalidNameError, match="bad timestamp"):
+            SnapshotName.parse("main__a__20231114-221320-123456789__GX__Anope.evs.zst")
+
+    def test_a_delta_cannot_be_a_checkpoint(self) -> None:
+        """Both D and A on one .evs.zst name: rejected, naming why."""
+        d, a = f"D{_fmt(TS - NS)}", f"A{_fmt(TS - NS)}"
+        with pytest.raises(InvalidNameError, match="a delta cannot be a checkpoint"):
+            SnapshotName.parse(f"main__a__20231114-221320-123456789__GX__{a}__{d}.evs.zst")
+
+    def test_on_a_pb_gz_the_extra_means_nothing(self) -> None:
+        """LS reads .pb.gz only and ignores extras; so does evsync for this one."""
+        parsed = SnapshotName.parse("main__a__20231114-221320-123456789__GX__Afoo.pb.gz")
+        assert parsed.checkpoint_of_ns is None
 
 
 class TestLightningStreamNames:
