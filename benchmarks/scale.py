@@ -18,13 +18,14 @@ instances' LMDBs through py-lmdb and watches every LMDB from a read-only environ
 (b) **a burst**: 20 writes on each instance, one record per txn, round-robin over the
     instances as fast as the benchmark can commit; the time from the first commit (and
     from the last) until every instance holds all N x 20 values.
-(c) **CPU per received object**: instance 0 alone writes ``--receive-writes`` records,
-    one per txn, 0.2 s apart, while instances 1..N-1 only receive. Each receiver's
-    utime + stime (``/proc/<pid>/stat``) over the phase, less its idle rate measured in
-    a quiet window just before, divided by the objects it merged (evsync's own
-    ``evsync_objects_loaded_total`` from its ``/metrics``). The sender writes a full
-    object every ``deltas.max_chain`` (20) changes, so the phase mixes deltas and full
-    objects; their counts are printed.
+(c) **CPU per received delta**: instance 0 alone writes ``--receive-writes`` records,
+    one per txn, each after the last one reached every receiver (plus 0.1 s), while
+    instances 1..N-1 only receive. The receivers' utime + stime (``/proc/<pid>/stat``)
+    over each write's interval, less their idle rate measured in a quiet window just
+    before, is booked to the kind of object the writer stored (its ``/metrics``): the
+    sender writes a full object every ``deltas.max_chain`` (20) changes, and a full
+    object costs a receiver ten times a delta, so the two are kept apart. The merges
+    are checked against evsync's ``evsync_objects_loaded_total``.
 (d) **S3 requests per write**: moto's own access log (werkzeug prints one line per
     request) is counted over phase (a), by method and kind (object PUT, object GET,
     LIST, other), and divided by the writes.
@@ -69,7 +70,7 @@ DEFAULT_RECEIVE_WRITES, QUICK_RECEIVE_WRITES = 60, 20
 WRITE_PERIOD = 1.0  # phase (a): one write per second ...
 WRITE_JITTER = 0.2  # ... plus U(0, this), so writes do not lock to a 1 s poller
 BURST_WRITES = 20  # phase (b): writes per instance
-RECEIVE_GAP = 0.2  # phase (c): seconds between the single writer's commits
+RECEIVE_SETTLE = 0.1  # phase (c): after all hold a write, for the merge's bookkeeping
 IDLE_SECONDS = 3.0  # phase (c): quiet window that measures each receiver's idle CPU
 SETTLE_SECONDS = 2.0  # quiet time after startup and between phases
 POLL_SLEEP = 0.0005  # how often the benchmark looks at the LMDBs while waiting
@@ -94,10 +95,13 @@ class Result:
     burst_from_first_ms: float = float("nan")
     burst_from_last_ms: float = float("nan")
     burst_timeout: bool = False
-    cpu_ms_per_object: float = float("nan")  # median over the receivers
-    cpu_ms_per_object_max: float = float("nan")
-    received_deltas: int = 0  # what the single writer stored in phase (c)
+    #: phase (c): CPU ms per merged delta and per merged full object, over all receivers
+    cpu_ms_per_delta: float = float("nan")
+    cpu_ms_per_full: float = float("nan")
+    cpu_idle_ms_per_s: float = float("nan")  # a receiver's idle CPU, ms per second
+    received_deltas: int = 0  # objects the single writer stored in phase (c)
     received_fulls: int = 0
+    merges_missing: int = 0  # merges the receivers' counters lack against writes x receivers
     requests: Counter[str] = field(default_factory=Counter)  # phase (a)
     writes: int = 0
     load_before: float = 0.0
@@ -189,13 +193,20 @@ def preload(env: lmdb.Environment, count: int, stamp_ns: int) -> None:
             txn.put(prop.record_key(i), value, db=db)
 
 
-def config_text(node: Node, endpoint: str, bucket: str, mqtt_url: str, topic: str, log: str) -> str:
-    """The daemon's YAML: propagation's config plus MQTT and the HTTP port for /metrics."""
+def config_text(
+    node: Node, endpoint: str, bucket: str, mqtt_url: str, topic: str, log: str, max_chain: int
+) -> str:
+    """The daemon's YAML: propagation's config plus MQTT, the HTTP port for /metrics and,
+    when ``max_chain`` is set (not 0), ``deltas.max_chain``."""
     storage = prop.storage_section(SCENARIO, node.path, endpoint, bucket)
     mqtt = json.dumps({"url": mqtt_url, "topic": topic, "publish": True})
     cfg = node.path.with_suffix(".yaml")
     prop.write_config(cfg, node.name, node.path, SCENARIO, (storage, f"  mqtt: {mqtt}\n", log))
     text = cfg.read_text(encoding="utf-8") + f"http: {{address: '127.0.0.1:{node.http_port}'}}\n"
+    if max_chain:
+        text = text.replace(
+            "deltas: {enabled: true}", f"deltas: {{enabled: true, max_chain: {max_chain}}}"
+        )
     cfg.write_text(text, encoding="utf-8")
     return str(cfg)
 
@@ -281,6 +292,7 @@ class Options:
     records: int
     receive_writes: int
     timeout: float
+    max_chain: int  # 0: evsync's default
     prop: prop.Options
 
 
@@ -302,7 +314,13 @@ def run_size(n: int, opts: Options, services: prop.Services, moto_log_path: Path
             preload(node.env, opts.records, stamp)
         for node in nodes:
             cfg = config_text(
-                node, services.moto.endpoint, bucket, services.mosquitto.url, bucket, log
+                node,
+                services.moto.endpoint,
+                bucket,
+                services.mosquitto.url,
+                bucket,
+                log,
+                opts.max_chain,
             )
             node.daemon = prop.start_daemon(
                 node.name, Path(cfg), workdir / f"{node.name}.log", opts.prop
@@ -390,39 +408,48 @@ def burst(nodes: list[Node], result: Result, opts: Options) -> None:
 
 
 def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
-    """Phase (c): CPU per merged object on pure receivers (instance 0 writes alone)."""
+    """Phase (c): CPU per merged delta and per merged full object on pure receivers.
+
+    Instance 0 writes alone, one record at a time; each write's interval runs from just
+    before its commit until every receiver holds it plus RECEIVE_SETTLE, and its CPU
+    (all receivers' utime + stime, less their idle rate) is booked to the kind of object
+    the writer stored for it. /proc counts in clock ticks (10 ms): each interval's
+    figure is off by up to a tick per receiver, which averages out over the intervals
+    and receivers. No receiver's /metrics is read inside an interval (that costs CPU).
+    """
     writer, receivers = nodes[0], nodes[1:]
-    idle0 = [r.cpu_seconds() for r in receivers]
+    idle0 = sum(r.cpu_seconds() for r in receivers)
     time.sleep(IDLE_SECONDS)
-    idle_rate = [
-        (r.cpu_seconds() - c) / IDLE_SECONDS for r, c in zip(receivers, idle0, strict=True)
-    ]
-    cpu0 = [r.cpu_seconds() for r in receivers]
-    loaded0 = [r.metrics()["loaded"] for r in receivers]
-    stored0 = writer.metrics()
-    t0 = time.monotonic()
-    key = value = b""
+    idle_rate = (sum(r.cpu_seconds() for r in receivers) - idle0) / IDLE_SECONDS
+    loaded0 = sum(r.metrics()["loaded"] for r in receivers)
+    cpu = {"delta": 0.0, "full": 0.0}
+    count = {"delta": 0, "full": 0}
     for i in range(opts.receive_writes):
+        before = writer.metrics()
         key = prop.record_key(i % opts.records)
         value = f"c-{i}".encode()
-        writer.write(key, value)
-        time.sleep(RECEIVE_GAP)
-    if wait_all(receivers, key, value, time.perf_counter() + opts.timeout) is None:
-        print(f"  N={len(nodes)}: phase (c) did not converge in {opts.timeout:g}s", flush=True)
-    time.sleep(SETTLE_SECONDS)  # the last merge's bookkeeping
-    elapsed = time.monotonic() - t0
-    per_object = []
-    for r, c, rate, before in zip(receivers, cpu0, idle_rate, loaded0, strict=True):
-        merged = r.metrics()["loaded"] - before
-        if merged:
-            per_object.append((r.cpu_seconds() - c - rate * elapsed) / merged * 1000)
-    if per_object:
-        result.cpu_ms_per_object = prop.percentile(per_object, 0.5)
-        result.cpu_ms_per_object_max = max(per_object)
-    stored1 = writer.metrics()
-    deltas = stored1["deltas"] - stored0["deltas"]
-    result.received_deltas = int(deltas)
-    result.received_fulls = int(stored1["stored"] - stored0["stored"] - deltas)
+        c0 = sum(r.cpu_seconds() for r in receivers)
+        t0 = time.monotonic()
+        t_commit = writer.write(key, value)
+        if wait_all(receivers, key, value, t_commit + opts.timeout) is None:
+            print(f"  N={len(nodes)}: phase (c) write {i} timed out", flush=True)
+            continue
+        time.sleep(RECEIVE_SETTLE)
+        spent = sum(r.cpu_seconds() for r in receivers) - c0
+        elapsed = time.monotonic() - t0
+        after = writer.metrics()
+        kind = "delta" if after["deltas"] > before["deltas"] else "full"
+        cpu[kind] += spent - idle_rate * elapsed
+        count[kind] += len(receivers)
+    merged = sum(r.metrics()["loaded"] for r in receivers) - loaded0
+    result.merges_missing = int(count["delta"] + count["full"] - merged)
+    result.cpu_idle_ms_per_s = idle_rate / len(receivers) * 1000
+    if count["delta"]:
+        result.cpu_ms_per_delta = cpu["delta"] / count["delta"] * 1000
+    if count["full"]:
+        result.cpu_ms_per_full = cpu["full"] / count["full"] * 1000
+    result.received_deltas = count["delta"] // len(receivers)
+    result.received_fulls = count["full"] // len(receivers)
 
 
 def keep_or_remove(workdir: Path, n: int, keep_dir: Path | None) -> None:
@@ -444,7 +471,7 @@ def print_table(results: list[Result]) -> None:
     """One row per cluster size, then each figure against the first size's."""
     header = (
         f"{'N':>3} {'writes':>6} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'t/o':>3} "
-        f"{'burst':>7} {'b-last':>7} {'cpu/obj':>7} {'max':>6} {'D/F':>7} "
+        f"{'burst':>7} {'b-last':>7} {'cpu/D':>7} {'cpu/F':>6} {'D/F':>7} "
         + " ".join(f"{k:>9}" for k in REQUEST_KINDS)
         + f" {'load':>9}"
     )
@@ -455,7 +482,7 @@ def print_table(results: list[Result]) -> None:
         print(
             f"{r.n:3d} {r.writes:6d} {r.pct(0.5):7.1f} {r.pct(0.9):7.1f} {r.pct(0.99):7.1f} "
             f"{r.pct(1.0):7.1f} {r.timeouts:3d} {burst:>7} {last:>7} "
-            f"{r.cpu_ms_per_object:7.2f} {r.cpu_ms_per_object_max:6.2f} "
+            f"{r.cpu_ms_per_delta:7.2f} {r.cpu_ms_per_full:6.1f} "
             f"{f'{r.received_deltas}/{r.received_fulls}':>7} "
             + " ".join(f"{r.per_write(k):9.2f}" for k in REQUEST_KINDS)
             + f" {r.load_before:4.2f}/{r.load_after:4.2f}"
@@ -463,18 +490,23 @@ def print_table(results: list[Result]) -> None:
     print(
         "(p50..max: ms from a commit until ALL other instances hold it, phase a; burst: ms "
         "from the first commit of the burst until every instance holds every value, b-last: "
-        "from its last commit; cpu/obj: median (and max) over the receivers of CPU ms per "
-        "merged object, phase c, with D/F the deltas and full objects the writer stored "
-        "then; S3 requests per write of phase a, by kind; load: 1-min load average before/"
+        "from its last commit; cpu/D, cpu/F: CPU ms of a receiver per merged delta and per "
+        "merged full object, phase c, with D/F how many of each the writer stored; S3 "
+        "requests per write of phase a, by kind; load: 1-min load average before/"
         f"after, on {len(os.sched_getaffinity(0))} CPUs)\n"
     )
+    for r in results:
+        print(
+            f"N={r.n}: a receiver idles at {r.cpu_idle_ms_per_s:.1f} ms CPU per s (subtracted); "
+            f"phase c merges the counters lack: {r.merges_missing}"
+        )
     base = results[0]
     for r in results[1:]:
         print(
             f"N={r.n} / N={base.n}: p50 {ratio(r.pct(0.5), base.pct(0.5))}, "
             f"p99 {ratio(r.pct(0.99), base.pct(0.99))}, "
             f"burst {ratio(r.burst_from_first_ms, base.burst_from_first_ms)}, "
-            f"cpu/obj {ratio(r.cpu_ms_per_object, base.cpu_ms_per_object)}, "
+            f"cpu/delta {ratio(r.cpu_ms_per_delta, base.cpu_ms_per_delta)}, "
             f"GETs/write {ratio(r.gets_per_write(), base.gets_per_write())}, "
             f"PUTs/write {ratio(r.puts_per_write(), base.puts_per_write())}"
         )
@@ -504,6 +536,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--receive-writes", type=int, default=None, help="single-writer commits of phase c (60)"
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per write (10)")
+    p.add_argument(
+        "--max-chain",
+        type=int,
+        default=0,
+        help="deltas.max_chain of every daemon (default: evsync's, 20); a large one keeps "
+        "full objects out of the measurements",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -551,12 +590,14 @@ def main(argv: list[str] | None = None) -> int:
             keep_dir=args.keep_logs,
             samples=None,
         )
-        opts = Options(args.seconds, args.records, args.receive_writes, args.timeout, popts)
+        opts = Options(
+            args.seconds, args.records, args.receive_writes, args.timeout, args.max_chain, popts
+        )
         prop.print_machine(source_hash)
         print(
             f"sizes {args.instances}, {opts.records} records per LMDB, phase a {opts.seconds:g}s, "
             f"burst {BURST_WRITES} per instance, phase c {opts.receive_writes} writes "
-            f"{RECEIVE_GAP:g}s apart; load average {os.getloadavg()[0]:.2f} at start\n",
+            f"one at a time; load average {os.getloadavg()[0]:.2f} at start\n",
             flush=True,
         )
         services.start([SCENARIO], services_dir)

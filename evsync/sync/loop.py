@@ -297,6 +297,8 @@ class Syncer:
         self.refresh_lmdb_stats()
         if self.gate.blocks():
             return
+        for name in batch.superseded:  # links of a chain that a newer name hid
+            self.receiver.note_name(name.instance, name)
         for instance, name in batch.remote.items():
             self.receiver.note_name(instance, name)
         copies, self._copy_only = self._copy_only, ()
