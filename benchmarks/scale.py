@@ -47,6 +47,8 @@ import os
 import random
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +79,8 @@ POLL_SLEEP = 0.0005  # how often the benchmark looks at the LMDBs while waiting
 STARTUP_TIMEOUT = 180.0  # all daemons started and every instance holds a probe write
 SEED = 20261204
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PERF = "perf"  # linux-tools: per-thread CPU of a receiver with --perf
+PERF_START_SECONDS = 0.5  # perf attaches to every thread before phase (c) starts
 # one werkzeug access-log line: "METHOD /bucket/key?query HTTP/1.1" (ANSI colours for errors)
 MOTO_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP/')
 LOADED_METRIC = re.compile(r'^evsync_objects_loaded_total\{db="[^"]*",instance="([^"]*)"\} (\S+)$')
@@ -95,6 +99,7 @@ class Result:
     burst_from_first_ms: float = float("nan")
     burst_from_last_ms: float = float("nan")
     burst_timeout: bool = False
+    burst_requests: Counter[str] = field(default_factory=Counter)  # S3 requests of phase (b)
     #: phase (c): CPU ms per merged delta and per merged full object, over all receivers
     cpu_ms_per_delta: float = float("nan")
     cpu_ms_per_full: float = float("nan")
@@ -102,6 +107,8 @@ class Result:
     received_deltas: int = 0  # objects the single writer stored in phase (c)
     received_fulls: int = 0
     merges_missing: int = 0  # merges the receivers' counters lack against writes x receivers
+    #: with --perf: phase (c) CPU ms per merged object of each thread of the first receiver
+    thread_ms: list[float] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)  # phase (a)
     writes: int = 0
     load_before: float = 0.0
@@ -293,6 +300,7 @@ class Options:
     receive_writes: int
     timeout: float
     max_chain: int  # 0: evsync's default
+    perf: bool  # per-thread CPU of the first receiver in phase (c)
     prop: prop.Options
 
 
@@ -333,7 +341,9 @@ def run_size(n: int, opts: Options, services: prop.Services, moto_log_path: Path
         moto_log = MotoLog(moto_log_path, bucket)
         one_per_second(nodes, result, opts, moto_log)
         time.sleep(SETTLE_SECONDS)
+        moto_log.mark()
         burst(nodes, result, opts)
+        result.burst_requests = moto_log.counts()
         time.sleep(SETTLE_SECONDS)
         receive_cost(nodes, result, opts)
         result.load_after = os.getloadavg()[0]
@@ -422,6 +432,7 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
     time.sleep(IDLE_SECONDS)
     idle_rate = (sum(r.cpu_seconds() for r in receivers) - idle0) / IDLE_SECONDS
     loaded0 = sum(r.metrics()["loaded"] for r in receivers)
+    perf = ThreadClock(receivers[0]) if opts.perf else None
     cpu = {"delta": 0.0, "full": 0.0}
     count = {"delta": 0, "full": 0}
     for i in range(opts.receive_writes):
@@ -441,6 +452,9 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
         kind = "delta" if after["deltas"] > before["deltas"] else "full"
         cpu[kind] += spent - idle_rate * elapsed
         count[kind] += len(receivers)
+    if perf is not None:
+        objects = (count["delta"] + count["full"]) // len(receivers)
+        result.thread_ms = [ms / objects for ms in perf.stop()] if objects else []
     merged = sum(r.metrics()["loaded"] for r in receivers) - loaded0
     result.merges_missing = int(count["delta"] + count["full"] - merged)
     result.cpu_idle_ms_per_s = idle_rate / len(receivers) * 1000
@@ -450,6 +464,36 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
         result.cpu_ms_per_full = cpu["full"] / count["full"] * 1000
     result.received_deltas = count["delta"] // len(receivers)
     result.received_fulls = count["full"] // len(receivers)
+
+
+class ThreadClock:
+    """``perf stat -e task-clock --per-thread`` on one daemon: CPU time of each thread
+    to the nanosecond (``/proc`` counts in 10 ms ticks, too coarse per thread)."""
+
+    def __init__(self, node: Node) -> None:
+        assert node.daemon is not None
+        fd, name = tempfile.mkstemp(prefix="evsync-scale-perf-", suffix=".txt")
+        os.close(fd)
+        self.out = Path(name)
+        command = [PERF, "stat", "-e", "task-clock", "--per-thread", "-x", ",", "-o", name]
+        self.proc = subprocess.Popen(
+            [*command, "-p", str(node.daemon.proc.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(PERF_START_SECONDS)
+
+    def stop(self) -> list[float]:
+        """End the count; each thread's CPU ms, most first."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(prop.STOP_TIMEOUT)
+        try:
+            rows = [line.split(",") for line in self.out.read_text().splitlines()]
+        finally:
+            self.out.unlink(missing_ok=True)
+        # CSV rows: thread, value (ms), unit, event, ...; "<not counted>" for idle threads
+        ms = [float(r[1]) for r in rows if len(r) > 1 and r[1].replace(".", "", 1).isdigit()]
+        return sorted(ms, reverse=True)
 
 
 def keep_or_remove(workdir: Path, n: int, keep_dir: Path | None) -> None:
@@ -464,6 +508,7 @@ def keep_or_remove(workdir: Path, n: int, keep_dir: Path | None) -> None:
 
 # ------------------------------------------------------------------ reporting
 
+THREAD_SHOWN_MS = 0.01  # threads below this per object are left out of the line
 REQUEST_KINDS = ("put-delta", "put-full", "get-delta", "get-full", "list", "other")
 
 
@@ -496,10 +541,18 @@ def print_table(results: list[Result]) -> None:
         f"after, on {len(os.sched_getaffinity(0))} CPUs)\n"
     )
     for r in results:
+        b = r.burst_requests
+        print(
+            f"N={r.n}: the burst stored {b['put-delta']} deltas and {b['put-full']} full "
+            f"objects and fetched {b['get-delta']} deltas and {b['get-full']} full objects"
+        )
         print(
             f"N={r.n}: a receiver idles at {r.cpu_idle_ms_per_s:.1f} ms CPU per s (subtracted); "
             f"phase c merges the counters lack: {r.merges_missing}"
         )
+        if r.thread_ms:
+            threads = ", ".join(f"{ms:.2f}" for ms in r.thread_ms if ms >= THREAD_SHOWN_MS)
+            print(f"N={r.n}: first receiver's threads, CPU ms per merged object: {threads}")
     base = results[0]
     for r in results[1:]:
         print(
@@ -542,6 +595,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="deltas.max_chain of every daemon (default: evsync's, 20); a large one keeps "
         "full objects out of the measurements",
+    )
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="phase c: CPU of each thread of the first receiver per merged object (needs perf)",
     )
     p.add_argument(
         "--quick",
@@ -591,7 +649,13 @@ def main(argv: list[str] | None = None) -> int:
             samples=None,
         )
         opts = Options(
-            args.seconds, args.records, args.receive_writes, args.timeout, args.max_chain, popts
+            args.seconds,
+            args.records,
+            args.receive_writes,
+            args.timeout,
+            args.max_chain,
+            args.perf,
+            popts,
         )
         prop.print_machine(source_hash)
         print(
