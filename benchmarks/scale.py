@@ -9,7 +9,8 @@ bucket on a moto server and one Mosquitto broker, both on 127.0.0.1 free ports. 
 daemon announces its uploads over MQTT (``notify.mqtt.publish: true``) and subscribes
 to the others'; ``notify.listing_interval`` is 1 h, so only the announcements can
 explain the latency. The benchmark process plays the applications: it writes into the
-instances' LMDBs through py-lmdb and watches every LMDB from a read-only environment.
+instances' LMDBs through py-lmdb and reads them back through the same environments
+(py-lmdb opens a path once per process).
 
 (a) **one write per second on a random instance**: for ``--seconds`` seconds, one
     record is committed on a seeded random instance about once a second (1 s + U(0,
@@ -25,10 +26,13 @@ instances' LMDBs through py-lmdb and watches every LMDB from a read-only environ
     before, is booked to the kind of object the writer stored (its ``/metrics``): the
     sender writes a full object every ``deltas.max_chain`` (20) changes, and a full
     object costs a receiver ten times a delta, so the two are kept apart. The merges
-    are checked against evsync's ``evsync_objects_loaded_total``.
+    are checked against evsync's ``evsync_objects_loaded_total``. ``--perf`` adds the
+    first receiver's CPU thread by thread (``perf stat --per-thread``), and
+    ``--stage-timers`` the receivers' syncer-thread CPU per receive-path stage
+    (``stage_timers.py``).
 (d) **S3 requests per write**: moto's own access log (werkzeug prints one line per
     request) is counted over phase (a), by method and kind (object PUT, object GET,
-    LIST, other), and divided by the writes.
+    LIST, other), and divided by the writes; the burst's are printed too.
 
 Every figure is printed for each N and as a ratio against the first N (the baseline,
 measured in the same process, with the same build).
@@ -80,6 +84,9 @@ STARTUP_TIMEOUT = 180.0  # all daemons started and every instance holds a probe 
 SEED = 20261204
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PERF = "perf"  # linux-tools: per-thread CPU of a receiver with --perf
+STAGE_WRAPPER = Path(__file__).resolve().parent / "stage_timers.py"
+STAGES_DIR = "stages"  # under the cluster's temp dir
+STAGES_ENV = "EVSYNC_STAGE_TIMERS"  # stage_timers.OUT_ENV
 PERF_START_SECONDS = 0.5  # perf attaches to every thread before phase (c) starts
 # one werkzeug access-log line: "METHOD /bucket/key?query HTTP/1.1" (ANSI colours for errors)
 MOTO_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP/')
@@ -107,10 +114,14 @@ class Result:
     received_deltas: int = 0  # objects the single writer stored in phase (c)
     received_fulls: int = 0
     merges_missing: int = 0  # merges the receivers' counters lack against writes x receivers
+    #: with --stage-timers: per receive-path stage, (calls per receiver, CPU ms per call)
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: with --perf: phase (c) CPU ms per merged object of each thread of the first receiver
     thread_ms: list[float] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)  # phase (a)
     writes: int = 0
+    moto_cpu_s: float = 0.0  # the servers' CPU over phase (a)
+    mosquitto_cpu_s: float = 0.0
     load_before: float = 0.0
     load_after: float = 0.0
 
@@ -163,8 +174,7 @@ class Node:
     def cpu_seconds(self) -> float:
         """utime + stime of the daemon process so far."""
         assert self.daemon is not None
-        fields = Path(f"/proc/{self.daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
+        return process_cpu_seconds(self.daemon.proc.pid)
 
     def metrics(self) -> dict[str, float]:
         """This daemon's counters that the benchmark reads, from its /metrics: objects
@@ -188,6 +198,12 @@ class Node:
         if self.daemon is not None:
             prop.stop_process(self.daemon.proc)
         self.env.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, from /proc (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
 
 
 def preload(env: lmdb.Environment, count: int, stamp_ns: int) -> None:
@@ -301,6 +317,7 @@ class Options:
     timeout: float
     max_chain: int  # 0: evsync's default
     perf: bool  # per-thread CPU of the first receiver in phase (c)
+    stage_timers: bool  # daemons run under stage_timers.py
     prop: prop.Options
 
 
@@ -330,16 +347,19 @@ def run_size(n: int, opts: Options, services: prop.Services, moto_log_path: Path
                 log,
                 opts.max_chain,
             )
-            node.daemon = prop.start_daemon(
-                node.name, Path(cfg), workdir / f"{node.name}.log", opts.prop
-            )
+            node.daemon = start_daemon(node.name, Path(cfg), workdir, opts)
         started = time.monotonic()
         warm_up(nodes, started)
         print(f"  N={n}: started and synced in {time.monotonic() - started:.1f}s", flush=True)
         time.sleep(SETTLE_SECONDS)
         result.load_before = os.getloadavg()[0]
         moto_log = MotoLog(moto_log_path, bucket)
+        servers = (services.moto.proc.pid, services.mosquitto.proc.pid)
+        server_cpu0 = [process_cpu_seconds(pid) for pid in servers]
         one_per_second(nodes, result, opts, moto_log)
+        result.moto_cpu_s, result.mosquitto_cpu_s = (
+            process_cpu_seconds(pid) - c for pid, c in zip(servers, server_cpu0, strict=True)
+        )
         time.sleep(SETTLE_SECONDS)
         moto_log.mark()
         burst(nodes, result, opts)
@@ -355,6 +375,55 @@ def run_size(n: int, opts: Options, services: prop.Services, moto_log_path: Path
             node.close()
         keep_or_remove(workdir, n, opts.prop.keep_dir)
     return result
+
+
+def start_daemon(name: str, config: Path, workdir: Path, opts: Options) -> prop.Daemon:
+    """propagation's daemon, or with --stage-timers the same under stage_timers.py."""
+    log_path = workdir / f"{name}.log"
+    if not opts.stage_timers:
+        return prop.start_daemon(name, config, log_path, opts.prop)
+    stages = workdir / STAGES_DIR
+    stages.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(opts.prop.build_dir), env.get("PYTHONPATH", "")) if p
+    )
+    env[STAGES_ENV] = str(stages)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [opts.prop.python, str(STAGE_WRAPPER), "-c", str(config), "sync"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            env=env,
+        )
+    return prop.Daemon(name, proc, log_path)
+
+
+def signal_all(nodes: list[Node], signum: int) -> None:
+    """Send ``signum`` to every node's daemon."""
+    for node in nodes:
+        assert node.daemon is not None
+        node.daemon.proc.send_signal(signum)
+
+
+def receiver_stages(receivers: list[Node], stages: Path) -> dict[str, tuple[float, float]]:
+    """Per stage, (calls per receiver, syncer-thread CPU ms per call) in phase (c)."""
+    seconds: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for node in receivers:
+        assert node.daemon is not None
+        path = stages / f"{node.daemon.proc.pid}.json"
+        if not path.exists():
+            continue  # a daemon that did not exit cleanly wrote nothing
+        data = json.loads(path.read_text())
+        seconds.update(data["seconds"])
+        calls.update(data["calls"])
+    return {
+        label: (calls[label] / len(receivers), seconds[label] * 1000 / calls[label])
+        for label in calls
+        if calls[label]
+    }
 
 
 def warm_up(nodes: list[Node], started: float) -> None:
@@ -433,6 +502,8 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
     idle_rate = (sum(r.cpu_seconds() for r in receivers) - idle0) / IDLE_SECONDS
     loaded0 = sum(r.metrics()["loaded"] for r in receivers)
     perf = ThreadClock(receivers[0]) if opts.perf else None
+    if opts.stage_timers:
+        signal_all(receivers, signal.SIGUSR1)  # stage_timers.py: zero the timers
     cpu = {"delta": 0.0, "full": 0.0}
     count = {"delta": 0, "full": 0}
     for i in range(opts.receive_writes):
@@ -452,6 +523,14 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
         kind = "delta" if after["deltas"] > before["deltas"] else "full"
         cpu[kind] += spent - idle_rate * elapsed
         count[kind] += len(receivers)
+    if opts.stage_timers:
+        stages = Path(str(receivers[0].path.parent)) / STAGES_DIR
+        for r in receivers:  # an old file must not pass for the new one
+            assert r.daemon is not None
+            (stages / f"{r.daemon.proc.pid}.json").unlink(missing_ok=True)
+        signal_all(receivers, signal.SIGUSR2)  # ... and write them
+        time.sleep(SETTLE_SECONDS)
+        result.stages = receiver_stages(receivers, stages)
     if perf is not None:
         objects = (count["delta"] + count["full"]) // len(receivers)
         result.thread_ms = [ms / objects for ms in perf.stop()] if objects else []
@@ -541,6 +620,12 @@ def print_table(results: list[Result]) -> None:
         f"after, on {len(os.sched_getaffinity(0))} CPUs)\n"
     )
     for r in results:
+        requests = sum(r.requests.values())
+        print(
+            f"N={r.n}: phase a: moto used {r.moto_cpu_s * 1000 / max(requests, 1):.1f} ms CPU "
+            f"per request ({r.moto_cpu_s * 1000 / max(r.writes, 1):.0f} ms per write), "
+            f"Mosquitto {r.mosquitto_cpu_s * 1000 / max(r.writes, 1):.2f} ms per write"
+        )
         b = r.burst_requests
         print(
             f"N={r.n}: the burst stored {b['put-delta']} deltas and {b['put-full']} full "
@@ -550,6 +635,8 @@ def print_table(results: list[Result]) -> None:
             f"N={r.n}: a receiver idles at {r.cpu_idle_ms_per_s:.1f} ms CPU per s (subtracted); "
             f"phase c merges the counters lack: {r.merges_missing}"
         )
+        for label, (calls, ms) in r.stages.items():
+            print(f"N={r.n}: receivers' {label}: {calls:.0f} calls each, {ms:.3f} ms CPU per call")
         if r.thread_ms:
             threads = ", ".join(f"{ms:.2f}" for ms in r.thread_ms if ms >= THREAD_SHOWN_MS)
             print(f"N={r.n}: first receiver's threads, CPU ms per merged object: {threads}")
@@ -600,6 +687,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--perf",
         action="store_true",
         help="phase c: CPU of each thread of the first receiver per merged object (needs perf)",
+    )
+    p.add_argument(
+        "--stage-timers",
+        action="store_true",
+        help="run the daemons under benchmarks/stage_timers.py and print the receivers' "
+        "syncer-thread CPU per receive-path stage in phase c",
     )
     p.add_argument(
         "--quick",
@@ -655,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
             args.timeout,
             args.max_chain,
             args.perf,
+            args.stage_timers,
             popts,
         )
         prop.print_machine(source_hash)
