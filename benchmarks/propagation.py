@@ -103,7 +103,8 @@ import lmdb
 from evsync.lmdb.header import encode_value, parse_header
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
+# a git worktree has no .venv of its own: then the tools beside the running interpreter
+VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv").is_dir() else Path(sys.executable).parent
 DB_NAME = "main"
 DBI = b"records"
 MAP_SIZE = 1 << 30

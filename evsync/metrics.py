@@ -343,8 +343,9 @@ def _db_families(dbs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     )
     hints_dropped = CounterMetricFamily(
         f"{PREFIX}_hints_dropped",
-        "Hints dropped unread: the name's GET answered 404 before (gone), or too many "
-        "instances known from hints only (too_many_unlisted_instances).",
+        "Hints dropped unread: the name's GET answered 404 before (gone), too many "
+        "instances known from hints only (too_many_unlisted_instances), or more names "
+        "superseded before one drain than the queue keeps (superseded_overflow).",
         labels=["db", "reason"],
     )
     now = time.time()

@@ -24,9 +24,9 @@ from evsync.lmdb.env import (
     is_sync_dbi,
 )
 from evsync.lmdb.header import (
+    FLAG_DELETED,
     SYNC_FLAG_MASK,
     encode_header,
-    parse_header,
     timestamp_and_offset,
 )
 from evsync.snapshot.base import DbiInfo, Entry
@@ -83,8 +83,9 @@ def merge_entry(
 
 def _tie_keeps_local(local: bytes, offset: int, value: bytes, remote_flags: int) -> bool:
     """At equal timestamps, True when the local entry orders first: smaller value, then
-    deleted before live. Off the hot path: only ties parse the local flags."""
-    local_deleted = parse_header(local).deleted
+    deleted before live. The caller validated the local header, so its flags byte is
+    read directly: a caught-up receiver meets a tie on every entry of a full object."""
+    local_deleted = bool(local[_FLAGS_BYTE] & FLAG_DELETED)
     local_value = b"" if local_deleted else local[offset:]
     if local_value != value:
         return local_value < value
@@ -360,6 +361,7 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
 # reverse or integer keys: LMDB's order is not the bytes' order
 _OTHER_ORDER = MDB_REVERSEKEY | MDB_INTEGERKEY
 _STAMP_BYTES = 8
+_FLAGS_BYTE = 17  # the header's flags: after timestamp (8), txn id (8) and version (1)
 _PACK_STAMP = struct.Struct(">Q").pack  # the first field of HEADER_STRUCT
 _KEY = operator.itemgetter(0)
 _STAMP = operator.itemgetter(1)

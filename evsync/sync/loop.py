@@ -301,6 +301,8 @@ class Syncer:
             return
         for name in batch.carried:
             self.receiver.note_carried(name)
+        for name in batch.superseded:  # links of a chain that a newer name hid
+            self.receiver.note_name(name.instance, name)
         for instance, name in batch.remote.items():
             self.receiver.note_name(instance, name)
         copies, self._copy_only = self._copy_only, ()

@@ -41,9 +41,15 @@ MAX_REJECTED_NAMES = 1024
 MAX_UNLISTED_INSTANCES = 64
 # Names whose GET answered 404, remembered so a repeated hint for one costs no GET.
 MAX_GONE_NAMES = 4096
+# Names a newer name of their instance superseded before a drain, kept for the drain (a
+# delta chain needs every link: without them a burst of deltas leaves the receiver a
+# gap that only a listing bridges, and listings are rate-limited). Past this many per
+# drain the newest name still goes through and the listing fills the gap.
+MAX_SUPERSEDED_NAMES = 1024
 # Why a hint was ignored (``HintQueue.ignored_by_reason``).
 IGNORED_GONE = "gone"
 IGNORED_UNLISTED = "too_many_unlisted_instances"
+IGNORED_SUPERSEDED = "superseded_overflow"
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,15 @@ class Batch:
     """What accumulated in the queue since the last drain."""
 
     local: bool = False
+    #: the newest new name per instance
     remote: dict[str, SnapshotName] = field(default_factory=dict)
     stop: bool = False
     #: names of objects carried by notifications since the last drain, oldest first
     #: (each one, not only the newest per instance: a receiver may need them all)
     carried: list[SnapshotName] = field(default_factory=list)
+    #: the other new names, oldest first: superseded in ``remote`` by a newer name of their
+    #: instance before the drain, and still links of its delta chain
+    superseded: list[SnapshotName] = field(default_factory=list)
 
 
 class HintQueue:
@@ -85,6 +95,7 @@ class HintQueue:
         self._cond = threading.Condition()
         self._local = False
         self._remote: dict[str, SnapshotName] = {}
+        self._superseded: list[SnapshotName] = []
         self._newest_seen: dict[str, SnapshotName] = {}
         #: rejected names, oldest first (a dict as an ordered set)
         self._rejected = BoundedNames(MAX_REJECTED_NAMES)
@@ -176,6 +187,12 @@ class HintQueue:
                 return False
             self._unlisted.add(instance)
         self._newest_seen[instance] = parsed
+        older = self._remote.get(instance)
+        if older is not None:
+            if len(self._superseded) < MAX_SUPERSEDED_NAMES:
+                self._superseded.append(older)
+            else:
+                self.ignored_by_reason[IGNORED_SUPERSEDED] += 1
         self._remote[instance] = parsed
         return True
 
@@ -232,10 +249,13 @@ class HintQueue:
         with self._cond:
             if not (self._local or self._remote or self._stop or self._carried_new):
                 self._cond.wait(timeout)
-            batch = Batch(self._local, self._remote, self._stop, self._carried_new)
+            batch = Batch(
+                self._local, self._remote, self._stop, self._carried_new, self._superseded
+            )
             self._local = False
             self._remote = {}
             self._carried_new = []
+            self._superseded = []
             return batch
 
     def stop(self) -> None:

@@ -9,7 +9,15 @@ import time
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.base import ObjectInfo
 from evsync.storage.memory import MemoryStore
-from evsync.triggers.base import MAX_REJECTED_NAMES, MAX_UNLISTED_INSTANCES, Batch, Hint, HintQueue
+from evsync.triggers.base import (
+    IGNORED_SUPERSEDED,
+    MAX_REJECTED_NAMES,
+    MAX_SUPERSEDED_NAMES,
+    MAX_UNLISTED_INSTANCES,
+    Batch,
+    Hint,
+    HintQueue,
+)
 from evsync.triggers.listing import Lister, newest_per_instance
 
 T = 1_700_000_000_000_000_000
@@ -58,6 +66,30 @@ class TestRemoteHints:
         assert batch.remote["a"].timestamp_ns == T + 9
         assert batch.remote["b"].timestamp_ns == T + 2
         assert not batch.local
+
+    def test_superseded_names_stay_in_the_batch_oldest_first(self) -> None:
+        """Names that a newer name of their instance replaced before the drain come with
+        the batch, oldest first (links of a delta chain); the next batch is empty."""
+        q = HintQueue("main")
+        for ts in (T + 1, T + 2, T + 3):
+            q.put(Hint("mqtt", name=name("a", ts)))
+        q.put(Hint("mqtt", name=name("b", T + 5)))
+        batch = q.wait(0)
+        assert batch.remote["a"].timestamp_ns == T + 3
+        assert [n.timestamp_ns for n in batch.superseded] == [T + 1, T + 2]
+        assert q.wait(0).superseded == []
+
+    def test_superseded_names_are_bounded_per_drain(self) -> None:
+        """Past MAX_SUPERSEDED_NAMES per drain the older names are dropped and counted;
+        the newest still goes through."""
+        q = HintQueue("main")
+        count = MAX_SUPERSEDED_NAMES + 6
+        for i in range(count):
+            q.put(Hint("mqtt", name=name("a", T + i)))
+        batch = q.wait(0)
+        assert batch.remote["a"].timestamp_ns == T + count - 1
+        assert len(batch.superseded) == MAX_SUPERSEDED_NAMES
+        assert q.ignored_by_reason[IGNORED_SUPERSEDED] == count - 1 - MAX_SUPERSEDED_NAMES
 
     def test_older_after_newer_not_first(self) -> None:
         """An older name after a newer one returns False and does not count as first."""

@@ -320,6 +320,31 @@ class TestDeltas:
         assert b.run_once()
         assert all(read(b, b"k%d" % i) == (b"v", 1000 + i, False) for i in range(4))
 
+    def test_deltas_announced_before_one_drain_are_merged_without_a_listing(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Three deltas announced while the receiver was busy reach it in one batch: the
+        newest as the instance's name, the others as superseded links, so one step
+        merges the whole chain and lists nothing (a gap would wait for a listing, which
+        is rate-limited)."""
+        a = make_syncer("a", tmp_path, store)
+        b = make_syncer("b", tmp_path, store)
+        fill(a)
+        app_put(a, b"k0", b"v", 1000)
+        a.run_once()
+        b.run_once()
+        for i in range(1, 4):
+            app_put(a, b"k%d" % i, b"v", 1000 + i)
+            a.step(Batch(local=True))
+        deltas = stored(store, "a")[-3:]
+        assert all(n.is_delta for n in deltas)
+        for n in deltas:
+            b.queue.put(Hint("mqtt", name=n.name))
+        lists = store.calls["list"]
+        b.step(b.queue.wait(0))
+        assert all(read(b, b"k%d" % i) == (b"v", 1000 + i, False) for i in range(4))
+        assert store.calls["list"] == lists
+
     def test_a_missing_delta_falls_back_to_the_newest_full_object(
         self, tmp_path: Path, store: MemoryStore
     ) -> None:
