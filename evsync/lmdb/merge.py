@@ -125,6 +125,7 @@ class Merger:
         max_entries: int = BATCH_MAX_ENTRIES,
         max_seconds: float = BATCH_MAX_SECONDS,
         stop: threading.Event | None = None,
+        result: MergeResult | None = None,
     ) -> None:
         self.lenv = lenv
         self.deleted_cutoff_ns = deleted_cutoff_ns
@@ -132,7 +133,8 @@ class Merger:
         self.max_entries = max_entries
         self.max_seconds = max_seconds
         self.stop = stop
-        self.result = MergeResult()
+        #: what the merge did so far: pass one in to keep it when the merge raises
+        self.result = MergeResult() if result is None else result
 
     def merge(self, dbis: Iterable[tuple[DbiInfo, Iterable[Entry]]]) -> MergeResult:
         """Merge every DBI; returns the counts."""

@@ -50,6 +50,7 @@ from evsync.snapshot.base import (
     Entry,
     SnapshotFormat,
     SnapshotHeader,
+    SnapshotStream,
 )
 from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
@@ -365,21 +366,26 @@ class Receiver:
         with data, collector_paused():
             self.recorder.fetched(instance, _stream_size(data))
             try:
-                header = fmt.verify(data, max_inflated=self.config.storage_max_inflated_size)
-                _check_header(header, name)
+                stream = self._open_checked(fmt, data, name)
             except CorruptObjectError as exc:
                 self._reject(instance, name, exc)
                 return SKIPPED
             if instance != self.peers.own:
-                # only a verified object's name says what a peer's clock read
+                # only a checked header's name says what a peer's clock read
                 ahead = (name.timestamp_ns - self.clock_ns()) / NS
                 self.recorder.clock_skew(instance, name, ahead)
+            partial = MergeResult()
             try:
-                result = self._apply(fmt, data)
-            except CorruptObjectError as exc:  # only if the temp file changed under us
+                result = self._apply(fmt, data, stream, partial)
+            except CorruptObjectError as exc:
+                # a frame after the applied ones failed its checks (or the temp file
+                # changed under us): what was applied is true data, and its txns are
+                # evsync's own; the object is marked bad and the position stays
+                self.ledger.merged(partial.txn_ids)
                 self._reject(instance, name, exc)
                 return SKIPPED
             except SyncInterruptedError:
+                self.ledger.merged(partial.txn_ids)
                 self.recorder.merge_interrupted(name)
                 return SKIPPED
             except PermanentLmdbError as exc:  # fetching it again would fail the same way
@@ -391,6 +397,21 @@ class Receiver:
                 return RETRY
         self._merged(instance, name, result, t0)
         return DONE
+
+    def _open_checked(
+        self, fmt: SnapshotFormat, data: IO[bytes], name: SnapshotName
+    ) -> SnapshotStream | None:
+        """Check an object before any of it is applied: an open reader that checks each
+        part before handing it out (its header checked against the name), or None
+        once the whole object verified (it is then read again to merge)."""
+        cap = self.config.storage_max_inflated_size
+        stream = fmt.open_checked(data, max_inflated=cap)
+        if stream is not None:
+            _check_header(stream.header, name)
+            return stream
+        data.seek(0)
+        _check_header(fmt.verify(data, max_inflated=cap), name)
+        return None
 
     def _merged(self, instance: str, name: SnapshotName, result: MergeResult, t0: float) -> None:
         self.ledger.merged(result.txn_ids)
@@ -406,12 +427,28 @@ class Receiver:
             own=instance == self.peers.own,
         )
 
-    def _apply(self, fmt: SnapshotFormat, data: IO[bytes]) -> MergeResult:
-        """Merge a verified object: batched txns in native mode, one txn in shadow mode."""
+    def _apply(
+        self,
+        fmt: SnapshotFormat,
+        data: IO[bytes],
+        stream: SnapshotStream | None,
+        partial: MergeResult,
+    ) -> MergeResult:
+        """Merge an object: batched txns in native mode, one txn in shadow mode.
+
+        ``stream`` is an open reader that checks as it reads (the object is then read
+        once); None for an object verified whole, which is read again. ``partial``
+        collects the txns committed so far, for a merge that ends early."""
+
+        one_pass = stream is not None
 
         def open_dbis() -> Iterator[tuple[DbiInfo, Iterable[Entry]]]:
-            data.seek(0)
-            return fmt.reader(data, verified=True).dbis()
+            nonlocal stream
+            if stream is not None:
+                opened, stream = stream, None
+                return opened.dbis()
+            data.seek(0)  # again, after a map growth: checked again if it was never verified
+            return fmt.reader(data, verified=not one_pass).dbis()
 
         if self.shadow is None:
             merger = Merger(
@@ -419,6 +456,7 @@ class Receiver:
                 deleted_cutoff_ns=self._deleted_cutoff_ns(),
                 create_flags=self._create_flags,
                 stop=self.stop_event,
+                result=partial,
             )
             return merger.merge(open_dbis())
         for _attempt in range(MAX_MAP_GROWTHS):
