@@ -90,6 +90,10 @@ MAX_ENTRY_BYTES = 64 << 20
 # each with its own checksum: a reader verifies and hands out one frame at a time, so
 # an object is read once, not verified first and read again (issue 20).
 FRAME_BYTES = 1 << 20
+# ... and of at most this many entries: a merge's write txn takes up to 10,000 entries
+# and never reaches into the next frame, so a frame of 8,192 small records is one txn
+# (frames of 13,000 took two each: 151 commits for 1 M records instead of 123)
+FRAME_ENTRIES = 8192
 WRITABLE_VERSIONS = (1, FORMAT_VERSION)
 # ... and a reader takes no frame that inflates past this: one entry at the cap, and
 # a frame's worth of entries before it
@@ -138,7 +142,7 @@ def write_snapshot(
         with cctx.stream_writer(out, closefd=False) as zw:
             zw.write(msgpack.packb(wire, use_bin_type=True))
             buf = bytearray()
-            for piece in pieces:
+            for piece, _count in pieces:
                 buf += piece
                 if len(buf) >= WRITE_CHUNK:  # one zstd call per chunk, not per entry
                     zw.write(buf)
@@ -151,20 +155,24 @@ def write_snapshot(
     # each before it hands out any of its entries.
     out.write(cctx.compress(msgpack.packb(wire, use_bin_type=True)))
     buf = bytearray()
-    for piece in pieces:
-        if buf and len(buf) + len(piece) > FRAME_BYTES:
+    in_frame = 0
+    for piece, count in pieces:
+        if buf and (len(buf) + len(piece) > FRAME_BYTES or in_frame + count > FRAME_ENTRIES):
             out.write(cctx.compress(buf))
             buf.clear()
+            in_frame = 0
         buf += piece
+        in_frame += count
     out.write(cctx.compress(buf))
     return stats
 
 
 def _packed_pieces(
     header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]], stats: WriteStats
-) -> Iterator[bytes | memoryview]:
-    """The msgpack stream after the header: the entries of each DBI in pieces of at most
-    FRAME_BYTES (or one entry), then the trailer. Counts each DBI's entries into
+) -> Iterator[tuple[bytes | memoryview, int]]:
+    """The msgpack stream after the header, each piece with the entries it holds: the
+    entries of each DBI in pieces of at most FRAME_BYTES (or one entry), then the
+    trailer. Counts each DBI's entries into
     ``stats`` and raises ValueError where they differ from the header's."""
     pack = msgpack.Packer(use_bin_type=True).pack
     dbis = iter(dbi_entries)
@@ -181,9 +189,10 @@ def _packed_pieces(
                 # One call packs the whole list as a msgpack array in C; without the
                 # array's own header that is the entries one after the other, each
                 # 4-tuple an array, exactly as packing them one by one would write them.
-                yield memoryview(pack(chunk))[_array_header_size(len(chunk)) :]
+                yield memoryview(pack(chunk))[_array_header_size(len(chunk)) :], len(chunk)
             else:  # big values: one piece each, so that a frame stays near FRAME_BYTES
-                yield from map(pack, chunk)
+                for entry in chunk:
+                    yield pack(entry), 1
             count += len(chunk)
             stats.raw_bytes += size
         if count != info.entries:
@@ -192,7 +201,7 @@ def _packed_pieces(
             )
         stats.per_dbi.append(count)
         stats.entries += count
-    yield pack({"trailer": True, "entries": stats.entries})
+    yield pack({"trailer": True, "entries": stats.entries}), 0
 
 
 def _entry_chunks(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
