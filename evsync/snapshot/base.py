@@ -11,7 +11,8 @@ bytes, so that a reader holds little at once whatever the object (DESIGN §4); t
 of the stream (counts, checksums, trailing data) is checked after the last DBI; every
 failure is a :class:`~evsync.errors.CorruptObjectError`. :meth:`SnapshotFormat.verify`
 reads a whole object that way, so the receiver can verify completely before it applies
-anything.
+anything; :meth:`SnapshotFormat.open_checked` gives a reader whose every part is checked
+before it is handed out, which the receiver applies as it reads instead.
 """
 
 from __future__ import annotations

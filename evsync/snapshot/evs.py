@@ -1,8 +1,10 @@
 """The ``evs.zst`` object format (DESIGN §4), written and read as bounded-memory streams.
 
-Layout: one zstd frame (content checksum on) holding a msgpack stream::
+Layout: a msgpack stream in zstd frames, each with its content checksum on (version 2:
+the header alone in the first frame, entries in frames of at most FRAME_BYTES and
+FRAME_ENTRIES, the trailer at the end of the last; version 1, still read: one frame)::
 
-    header map        {"format": "evsync-snapshot", "version": 1, "db", "instance",
+    header map        {"format": "evsync-snapshot", "version": 2, "db", "instance",
                        "hostname", "timestamp_ns", "txn_id", "kind", "base_timestamp_ns",
                        "dbis": [{"name": bytes, "flags": int, "transform": str,
                                  "entries": int}, ...]}
@@ -13,8 +15,10 @@ Layout: one zstd frame (content checksum on) holding a msgpack stream::
 
 The reader rejects a truncated frame, a bad checksum, a foreign format or version,
 counts that disagree, malformed entries and keys out of order with
-:class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked,
-and a caller that must not apply partial data verifies the whole object first.
+:class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked.
+In version 2 that includes the checksum of the entry's frame, so what is read may be
+applied as it is read (a bad frame later leaves only true data applied); a version-1
+object's checksum comes at its end, so a caller verifies it whole first.
 
 :data:`EVS_ZST` is this module behind the :class:`~evsync.snapshot.base.SnapshotFormat`
 interface, the way the sender and the receiver use it.

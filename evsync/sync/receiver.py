@@ -3,9 +3,12 @@
 Owns: the listing of the bucket, the plan that takes each instance from its position
 to its newest object (:func:`~evsync.sync.chain.plan`), fetch retries per instance,
 verification, handing a verified object to the LMDB merge, and bad-object bookkeeping.
-An object is verified completely (its format's reader, then its header against its
-name) before any of it is applied, so a corrupt object leaves the LMDB exactly as it
-was; it is marked bad and skipped.
+An object's header is checked against its name before any of it is applied; then a
+format that checks each part before handing it out (``.evs.zst`` version 2) is merged
+as it is read, and any other object is verified completely first. A corrupt object is
+marked bad and skipped; one read in checked parts may have had its parts before the
+bad one applied (true data, which last-writer-wins makes safe: DESIGN §4), and its
+instance's position stays where it was.
 
 May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
 the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
