@@ -68,15 +68,21 @@ class NativeEntries:
         self._lenv = lenv
         self._cursor = txn.cursor(db=handle)
         self._dbi = dbi
+        # A value too big for a leaf node lives in overflow pages; without any, a chunk
+        # of 1,024 values holds a few MiB at most. With them, a chunk could hold 1,024
+        # values of up to 64 MiB, so such a DBI is read one entry at a time, as before.
+        stat = txn.stat(handle)
+        self._chunk = DUMP_CHUNK if not stat["overflow_pages"] else 1
 
     def __iter__(self) -> Iterator[Entry]:
         for chunk in self.chunks():
             yield from chunk
 
     def chunks(self) -> Iterator[list[Entry]]:
-        """The entries in lists of up to :data:`DUMP_CHUNK`."""
+        """The entries in lists of up to :data:`DUMP_CHUNK` (of one for a DBI that holds
+        values in overflow pages)."""
         items = self._cursor.iternext(keys=True, values=True)
-        while chunk := list(itertools.islice(items, DUMP_CHUNK)):
+        while chunk := list(itertools.islice(items, self._chunk)):
             yield self._entries(chunk)
 
     def _entries(self, chunk: list[tuple[bytes, bytes]]) -> list[Entry]:

@@ -96,3 +96,11 @@ class TestChunkedDump:
         fill(lenv, {b"a": value(T, 0, b"1"), b"bad-key": stored})
         with pytest.raises(LmdbError, match="'data' key b'bad-key'"):
             dumped(lenv)
+
+    def test_a_dbi_with_values_in_overflow_pages(self, make_env: EnvFactory) -> None:
+        """Values too big for a leaf node (read one entry at a time, so that a chunk never
+        holds many of them) come out as the small ones around them do."""
+        lenv = make_env()
+        items = {b"k%03d" % i: (b"%03d" % i) * (5000 if i % 7 == 0 else 1) for i in range(50)}
+        fill(lenv, {k: value(T, 0, app) for k, app in items.items()})
+        assert dumped(lenv) == [(k, T, 0, app) for k, app in items.items()]

@@ -725,3 +725,13 @@ class TestMergerStoredRun:
         result = merger(lenv).merge([remote(b"rev", entries, flags=0x02)])
         assert result.written == 1
         assert fields(dump_raw(lenv)[b"rev"][keys[3]])[::3] == (T + 1, b"w")
+
+    def test_big_stored_values_equal_to_the_remote_ones_write_nothing(
+        self, make_env: EnvFactory
+    ) -> None:
+        """A slice whose stored values are too big to join for the column compare is
+        merged entry by entry, with the same outcome: nothing written."""
+        entries: list[Entry] = [(b"k%03d" % i, T, 0, b"%03d" % i * 20_000) for i in range(100)]
+        lenv = self.populated(make_env, {k: value(ts, 5, 0, app) for k, ts, _f, app in entries})
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert (result.written, result.entries) == (0, 100)
