@@ -45,6 +45,10 @@ BATCH_MAX_SECONDS = 0.05
 # 256, not more: a slice whose lookups miss a cold page cache can take ~100 µs per key,
 # and the clock is only read between slices (1,024 merged ~5% faster, measured)
 TXN_SLICE = 256
+# Stored runs (a live receiver's periodic full object from a peer) are compared a window
+# of this many entries at a time, read in order without lookups: ~10% faster than by
+# slices of 256 (docs/benchmarks.md). A window with a difference costs its read twice.
+RUN_WINDOW = 1024
 MAX_MAP_GROWTHS = 16
 # A slice's stored values are compared column-wise only while they add up to this
 # much: the compare joins them, and 256 big values must not be held twice
@@ -261,9 +265,13 @@ class Merger:
         deadline = t0 + self.max_seconds
         index, written = start, 0
         while index < len(batch):
-            piece = batch[index : index + TXN_SLICE]
-            written += self._put_slice(cursor, info, piece, txn_id, bytewise=bytewise)
-            index += len(piece)
+            window = batch[index : index + RUN_WINDOW]
+            if len(window) > TXN_SLICE and _window_unchanged(cursor, window):
+                index += len(window)  # a peer's full object already merged: nothing to do
+            else:
+                piece = batch[index : index + TXN_SLICE]
+                written += self._put_slice(cursor, info, piece, txn_id, bytewise=bytewise)
+                index += len(piece)
             if time.monotonic() > deadline:
                 break
         return index - start, written
@@ -360,6 +368,18 @@ def _stored_values(cursor: Any, keys: list[bytes], *, probe: bool) -> _Stored:
         if list(map(_KEY, run)) == keys:
             return _Stored({}, after_all=False, run=list(map(_RUN_VALUE, run)))
     return _Stored(dict(cursor.getmulti(keys)), after_all=False)
+
+
+def _window_unchanged(cursor: Any, window: list[Entry]) -> bool:
+    """True when the DBI holds exactly the window's keys one after the other, each with
+    what its entry says (see :func:`_unchanged`): the window writes nothing. Reading a
+    run of stored entries in order needs no lookup per key, so a window may be longer
+    than a slice; when it answers False, its slices are merged one by one."""
+    keys = list(map(_KEY, window))
+    if not cursor.set_range(keys[0]):
+        return False
+    run = list(islice(cursor.iternext(), len(keys)))
+    return list(map(_KEY, run)) == keys and _unchanged(list(map(_RUN_VALUE, run)), window)
 
 
 def _unchanged(stored: list[bytes], piece: list[Entry]) -> bool:

@@ -11,7 +11,7 @@ import pytest
 
 from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
 from evsync.lmdb.env import LmdbEnv
-from evsync.lmdb.merge import TXN_SLICE, Merger, merge_entry
+from evsync.lmdb.merge import RUN_WINDOW, TXN_SLICE, Merger, merge_entry
 from evsync.snapshot import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
 
 T = 1_700_000_000_000_000_000
@@ -735,3 +735,16 @@ class TestMergerStoredRun:
         lenv = self.populated(make_env, {k: value(ts, 5, 0, app) for k, ts, _f, app in entries})
         result = merger(lenv).merge([remote(b"data", entries)])
         assert (result.written, result.entries) == (0, 100)
+
+    def test_a_difference_inside_a_window_is_merged_by_slices(self, make_env: EnvFactory) -> None:
+        """A window of stored run with one newer remote record in it: the window's
+        compare fails, its slices are merged one by one, and exactly that record is
+        written; windows before and after it write nothing."""
+        n = 3 * RUN_WINDOW
+        entries: list[Entry] = [(b"k%05d" % i, T, 0, b"same") for i in range(n)]
+        lenv = self.populated(make_env, {k: value(T, 5, 0, b"same") for k, *_ in entries})
+        entries[RUN_WINDOW + 7] = (entries[RUN_WINDOW + 7][0], T + 1, 0, b"newer")
+        result = merger(lenv).merge([remote(b"data", entries)])
+        stored = dump_raw(lenv)[b"data"]
+        assert (result.written, result.entries) == (1, n)
+        assert fields(stored[b"k%05d" % (RUN_WINDOW + 7)])[::3] == (T + 1, b"newer")
