@@ -392,9 +392,11 @@ class Receiver:
                 self.recorder.merge_interrupted(name)
                 return SKIPPED
             except PermanentLmdbError as exc:  # fetching it again would fail the same way
+                self.ledger.merged(partial.txn_ids)
                 self._reject(instance, name, exc)
                 return SKIPPED
             except LmdbError as exc:
+                self.ledger.merged(partial.txn_ids)
                 backoff.failed()
                 self.recorder.merge_failed(instance, name, exc)
                 return RETRY

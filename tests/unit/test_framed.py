@@ -21,7 +21,8 @@ from evsync.snapshot import DbiInfo, Entry, SnapshotHeader, SnapshotReader, writ
 from evsync.snapshot.evs import FRAME_BYTES
 from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
-from tests.unit.test_syncer import make_syncer, read, store
+from evsync.triggers.base import Batch
+from tests.unit.test_syncer import app_put, make_syncer, objects, read, store
 
 __all__ = ["store"]  # the fixture, shared with test_syncer
 
@@ -174,6 +175,26 @@ class TestABadFrameInTheMiddle:
         assert name in b.bad_objects and name in b.peers.corrupt_objects
         assert b.peers.get("x").merged is None
         assert b.stats.objects_rejected == 1
+
+    def test_the_next_delta_leaves_the_applied_frames_out(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The txns that applied the good frames count as evsync's merges: this
+        instance's next delta holds its own new change only, not the peer's entries."""
+        b = make_syncer("b", tmp_path, store)
+        app_put(b, b"own-1", b"v", T)
+        b.run_once()  # b's first (full) object
+        entries = big_entries(3 * FRAME_BYTES // BIG)
+        name = SnapshotName.build("main", "x", T).name
+        store.put_bytes(name, bad_checksum(encode(entries), 2))
+        b.step(Batch(remote={"x": SnapshotName.parse(name)}))
+        assert name in b.bad_objects and read(b, entries[0][0]) is not None
+        app_put(b, b"own-2", b"v", T + 1)
+        b.step(Batch(local=True))
+        newest = max(objects(store, "b"))
+        assert SnapshotName.parse(newest).delta_base_ns is not None
+        reader = SnapshotReader(store.open(newest))
+        assert [e[0] for _info, dbi in reader.dbis() for e in dbi] == [b"own-2"]
 
 
 class TestFramedAgainstWhole:
