@@ -439,6 +439,7 @@ def _frame_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batc
             pending, pos = dctx.unused_data + pending[pos:], 0
         if not _nothing_pending(unpacker):
             raise CorruptObjectError(f"zstd frame {frame} ends inside a msgpack object")
+        del unpacker  # its buffer must not sit beside the objects while they are used
         if not objects:  # a writer never makes one; junk after the trailer, say
             raise CorruptObjectError(f"zstd frame {frame} holds no msgpack object")
         yield objects, frame_bytes
