@@ -1142,7 +1142,7 @@ def corrupt_objects(own: bytes, ts: int) -> dict[str, bytes]:
     w[-1]["entries"] = 5
     trailer = pack(w)
     w = wire_of("evil-version")
-    w[0]["version"] = 2
+    w[0]["version"] = 99
     version = pack(w)
     w = wire_of("evil-key")
     w[1][0] = b"k" * 600
@@ -1166,7 +1166,10 @@ def corrupt_objects(own: bytes, ts: int) -> dict[str, bytes]:
         "evil-version": zstd(version),
         "evil-key": zstd(key),
         "evil-giant": zstd(giant),
-        "evil-two-frames": spec_of("evil-two-frames").encode() * 2,
+        # version 1: one frame, verified whole, so nothing of it is applied (a version-2
+        # object twice over applies its first copy's checked frames, then is rejected:
+        # tests/unit/test_framed.py pins that)
+        "evil-two-frames": spec_of("evil-two-frames").encode(version=1) * 2,
         # a valid object of another instance, copied under this one's name
         "evil-copy": own,
     }

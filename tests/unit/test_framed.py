@@ -176,6 +176,20 @@ class TestABadFrameInTheMiddle:
         assert b.peers.get("x").merged is None
         assert b.stats.objects_rejected == 1
 
+    def test_data_after_the_trailer_rejects_an_applied_object(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A whole valid object with a second copy after it: every frame of the first
+        copy passed its checks and is applied, then the data after the trailer rejects
+        the object, which is marked bad; the instance's position stays."""
+        entries: list[Entry] = [(b"a", T, 0, b"1"), (b"b", T, 0, b"2")]
+        name = SnapshotName.build("main", "x", T).name
+        store.put_bytes(name, encode(entries) * 2)
+        b = make_syncer("b", tmp_path, store)
+        b.run_once()
+        assert read(b, b"b") == (b"2", T, False)
+        assert name in b.bad_objects and b.peers.get("x").merged is None
+
     def test_the_next_delta_leaves_the_applied_frames_out(
         self, tmp_path: Path, store: MemoryStore
     ) -> None:
