@@ -46,7 +46,7 @@ BATCH_MAX_SECONDS = 0.05
 # and the clock is only read between slices (1,024 merged ~5% faster, measured)
 TXN_SLICE = 256
 # Stored runs (a live receiver's periodic full object from a peer) are compared a window
-# of this many entries at a time, read in order without lookups: ~10% faster than by
+# of this many entries at a time, read in order without lookups: ~6% less CPU than by
 # slices of 256 (docs/benchmarks.md). A window with a difference costs its read twice.
 RUN_WINDOW = 1024
 MAX_MAP_GROWTHS = 16
