@@ -11,7 +11,8 @@ bytes, so that a reader holds little at once whatever the object (DESIGN §4); t
 of the stream (counts, checksums, trailing data) is checked after the last DBI; every
 failure is a :class:`~evsync.errors.CorruptObjectError`. :meth:`SnapshotFormat.verify`
 reads a whole object that way, so the receiver can verify completely before it applies
-anything.
+anything; :meth:`SnapshotFormat.open_checked` gives a reader whose every part is checked
+before it is handed out, which the receiver applies as it reads instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ KINDS = (KIND_FULL, KIND_DELTA)
 # The identity an evs.zst header map carries (see evs.py); kept with the header type
 # because SnapshotHeader.to_wire() writes it.
 FORMAT_NAME = "evsync-snapshot"
-FORMAT_VERSION = 1
+# 2: the entries in zstd frames of ~1 MiB, each checked before it is used (evs.py);
+# 1: one zstd frame for the whole object, still read
+FORMAT_VERSION = 2
 
 Entry = tuple[bytes, int, int, bytes]
 """key, timestamp_ns, flags, application value (without the LMDB header)."""
@@ -136,6 +139,16 @@ class SnapshotFormat(abc.ABC):
     ) -> WriteStats:
         """Write one object: ``dbi_entries`` yields one entry iterable per header DBI, in
         key order; a count that differs from the header raises ValueError."""
+
+    def open_checked(
+        self, source: IO[bytes], *, max_inflated: int | None = None
+    ) -> SnapshotStream | None:
+        """A reader of ``source`` whose every entry comes from a part of the object
+        whose checksum and structure passed already, so that the receiver may apply it
+        as it reads instead of verifying the whole object first (DESIGN §4); None when
+        the format (or this object's version) cannot promise that. The default: None,
+        without reading."""
+        return None
 
     def verify(self, source: IO[bytes], *, max_inflated: int | None = None) -> SnapshotHeader:
         """Read a whole object and check everything; its header, or CorruptObjectError

@@ -1,8 +1,10 @@
 """The ``evs.zst`` object format (DESIGN §4), written and read as bounded-memory streams.
 
-Layout: one zstd frame (content checksum on) holding a msgpack stream::
+Layout: a msgpack stream in zstd frames, each with its content checksum on (version 2:
+the header alone in the first frame, entries in frames of at most FRAME_BYTES and
+FRAME_ENTRIES, the trailer at the end of the last; version 1, still read: one frame)::
 
-    header map        {"format": "evsync-snapshot", "version": 1, "db", "instance",
+    header map        {"format": "evsync-snapshot", "version": 2, "db", "instance",
                        "hostname", "timestamp_ns", "txn_id", "kind", "base_timestamp_ns",
                        "dbis": [{"name": bytes, "flags": int, "transform": str,
                                  "entries": int}, ...]}
@@ -13,8 +15,10 @@ Layout: one zstd frame (content checksum on) holding a msgpack stream::
 
 The reader rejects a truncated frame, a bad checksum, a foreign format or version,
 counts that disagree, malformed entries and keys out of order with
-:class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked,
-and a caller that must not apply partial data verifies the whole object first.
+:class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked.
+In version 2 that includes the checksum of the entry's frame, so what is read may be
+applied as it is read (a bad frame later leaves only true data applied); a version-1
+object's checksum comes at its end, so a caller verifies it whole first.
 
 :data:`EVS_ZST` is this module behind the :class:`~evsync.snapshot.base.SnapshotFormat`
 interface, the way the sender and the receiver use it.
@@ -22,12 +26,13 @@ interface, the way the sender and the receiver use it.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import msgpack
 import zstandard
@@ -60,7 +65,9 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Frame_Header_Descriptor bit 2: the frame ends with a checksum of its content
 ZSTD_CONTENT_CHECKSUM_FLAG = 0x04
 
-ZSTD_LEVEL = 3
+# Level 1, not 3: a 1 M-record dump compresses in ~95 ms instead of ~157 ms for an object
+# 3% larger (docs/benchmarks.md, issue 20); readers do not care which level wrote it.
+ZSTD_LEVEL = 1
 READ_CHUNK = 64 << 10
 # zstd can inflate a few bytes to a 128 KiB block, so the decompressor is fed small
 # slices: one call yields at most ~32 MiB even from a decompression bomb.
@@ -71,6 +78,8 @@ DECOMPRESS_SLICE = 1024
 # holds one pending entry and one piece, so an entry up to MAX_ENTRY_BYTES always fits.
 FEED_PIECE = 1 << 20
 WRITE_CHUNK = 64 << 10
+# entries packed by one msgpack call when the source hands out single entries
+PACK_CHUNK = 1024
 # entries are checked, and handed to a merge, in lists of up to this many
 CHECK_CHUNK = 1024
 # ... and of up to about this many inflated bytes: a list of entries each under the
@@ -81,12 +90,31 @@ MSGPACK_NIL = b"\xc0"
 # the unpacker's buffer, one chunk and one decompress call, verifying or merging any
 # object holds well under 256 MiB at once (DESIGN §4); the writer refuses bigger values.
 MAX_ENTRY_BYTES = 64 << 20
+# Format version 2 holds the entries in zstd frames of about this many inflated bytes,
+# each with its own checksum: a reader verifies and hands out one frame at a time, so
+# an object is read once, not verified first and read again (issue 20).
+FRAME_BYTES = 1 << 20
+# ... and of at most this many entries: a merge's write txn takes up to 10,000 entries
+# and never reaches into the next frame, so a frame of 8,192 small records is one txn
+# (frames of 13,000 took two each: 151 commits for 1 M records instead of 123)
+FRAME_ENTRIES = 8192
+WRITABLE_VERSIONS = (1, FORMAT_VERSION)
+# ... and a reader takes no frame that inflates past this: one entry at the cap, and
+# a frame's worth of entries before it
+FRAME_MAX_INFLATED = MAX_ENTRY_BYTES + FRAME_BYTES
+# a header map (DBI names and counts) larger than this is not looked at to choose the
+# reader (the version-1 reader then reads the object)
+HEADER_MAX_BYTES = 16 << 20
+# the first version whose entries come in frames of their own
+FRAMED_VERSION = 2
 # msgpack framing of one entry at most: array header 1, key 2 + ts 9 + flags 2 + value 5
 ENTRY_FRAMING_BYTES = 19
 # the most key and value bytes one entry may carry
 MAX_ENTRY_DATA = MAX_ENTRY_BYTES - ENTRY_FRAMING_BYTES
 # a list of msgpack objects, and the inflated bytes they were decoded from
 Batch = tuple[list[Any], int]
+_KEY = operator.itemgetter(0)
+_VALUE = operator.itemgetter(3)
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
 
@@ -99,41 +127,108 @@ def write_snapshot(
     dbi_entries: Iterable[Iterable[Entry]],
     *,
     level: int = ZSTD_LEVEL,
+    version: int = FORMAT_VERSION,
 ) -> WriteStats:
     """Write one object to ``out``: ``dbi_entries`` yields one entry iterable per header DBI.
 
     The caller promises the counts in the header; a mismatch raises ValueError before
-    the frame is closed, so no valid-looking object with wrong counts is ever produced.
+    the last frame is written, so no valid-looking object with wrong counts is ever
+    produced. ``version`` 1 writes the older layout (one zstd frame), kept so that tests
+    can make the objects older evsync versions stored.
     """
+    if version not in WRITABLE_VERSIONS:
+        raise ValueError(f"cannot write format version {version}")
     stats = WriteStats()
-    packer = msgpack.Packer(use_bin_type=True)
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    pack = packer.pack
-    with cctx.stream_writer(out, closefd=False) as zw:
-        zw.write(pack(header.to_wire()))
-        dbis = iter(dbi_entries)
-        buf = bytearray()
-        for info in header.dbis:
-            count = 0
-            for entry in next(dbis):
-                size = len(entry[0]) + len(entry[3])
-                if size > MAX_ENTRY_DATA:
-                    raise _entry_too_large(info, entry)
-                buf += pack(entry)  # a 4-tuple packs as a msgpack array
-                count += 1
-                stats.raw_bytes += size
+    wire = dataclasses.replace(header, version=version).to_wire()
+    pieces = _packed_pieces(header, dbi_entries, stats)
+    if version == 1:
+        with cctx.stream_writer(out, closefd=False) as zw:
+            zw.write(msgpack.packb(wire, use_bin_type=True))
+            buf = bytearray()
+            for piece, _count in pieces:
+                buf += piece
                 if len(buf) >= WRITE_CHUNK:  # one zstd call per chunk, not per entry
                     zw.write(buf)
                     buf.clear()
-            if count != info.entries:
-                raise ValueError(
-                    f"DBI {info.name!r}: header promised {info.entries} entries, wrote {count}"
-                )
-            stats.per_dbi.append(count)
-            stats.entries += count
-        buf += pack({"trailer": True, "entries": stats.entries})
-        zw.write(buf)
+            zw.write(buf)
+        return stats
+    # Version 2: the header alone in the first frame, then frames of about FRAME_BYTES
+    # of entries (one entry larger than that alone in its frame), the trailer in the
+    # last. Each frame is compressed with its own content checksum, so a reader checks
+    # each before it hands out any of its entries.
+    out.write(cctx.compress(msgpack.packb(wire, use_bin_type=True)))
+    buf = bytearray()
+    in_frame = 0
+    for piece, count in pieces:
+        if buf and (len(buf) + len(piece) > FRAME_BYTES or in_frame + count > FRAME_ENTRIES):
+            out.write(cctx.compress(buf))
+            buf.clear()
+            in_frame = 0
+        buf += piece
+        in_frame += count
+    out.write(cctx.compress(buf))
     return stats
+
+
+def _packed_pieces(
+    header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]], stats: WriteStats
+) -> Iterator[tuple[bytes | memoryview, int]]:
+    """The msgpack stream after the header, each piece with the entries it holds: the
+    entries of each DBI in pieces of at most FRAME_BYTES (or one entry), then the
+    trailer. Counts each DBI's entries into
+    ``stats`` and raises ValueError where they differ from the header's."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    dbis = iter(dbi_entries)
+    for info in header.dbis:
+        count = 0
+        for chunk in _entry_chunks(next(dbis)):
+            sizes = list(
+                map(operator.add, map(len, map(_KEY, chunk)), map(len, map(_VALUE, chunk)))
+            )
+            if max(sizes) > MAX_ENTRY_DATA:
+                raise _entry_too_large(info, chunk[sizes.index(max(sizes))])
+            size = sum(sizes)
+            if size <= FRAME_BYTES:
+                # One call packs the whole list as a msgpack array in C; without the
+                # array's own header that is the entries one after the other, each
+                # 4-tuple an array, exactly as packing them one by one would write them.
+                yield memoryview(pack(chunk))[_array_header_size(len(chunk)) :], len(chunk)
+            else:  # big values: one piece each, so that a frame stays near FRAME_BYTES
+                for entry in chunk:
+                    yield pack(entry), 1
+            count += len(chunk)
+            stats.raw_bytes += size
+        if count != info.entries:
+            raise ValueError(
+                f"DBI {info.name!r}: header promised {info.entries} entries, wrote {count}"
+            )
+        stats.per_dbi.append(count)
+        stats.entries += count
+    yield pack({"trailer": True, "entries": stats.entries}), 0
+
+
+def _entry_chunks(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
+    """Lists of entries to pack at once: the source's own (a dump reads them so) or
+    lists of :data:`PACK_CHUNK` taken from any iterable."""
+    chunks = getattr(entries, "chunks", None)
+    if chunks is not None:
+        for chunk in chunks():
+            if chunk:
+                yield chunk
+        return
+    it = iter(entries)
+    while chunk := list(islice(it, PACK_CHUNK)):
+        yield chunk
+
+
+def _array_header_size(count: int) -> int:
+    """Bytes of the msgpack header of an array of ``count`` elements."""
+    if count < 16:
+        return 1  # fixarray
+    if count < 1 << 16:
+        return 3  # array 16
+    return 5  # array 32
 
 
 def _entry_too_large(info: DbiInfo, entry: Entry) -> EntryTooLargeError:
@@ -148,7 +243,7 @@ def _entry_too_large(info: DbiInfo, entry: Entry) -> EntryTooLargeError:
 # ------------------------------------------------------------------ reading
 
 
-def _frame_start(source: IO[bytes]) -> bytes:
+def _frame_start(source: _Readable) -> bytes:
     """The first bytes of the object, checked to open a zstd frame that carries a content
     checksum: without one, corruption inside the frame would merge as different data."""
     start = b""
@@ -179,7 +274,7 @@ def _inflate(dctx: Any, compressed: bytes) -> bytes:
     return data
 
 
-def _msgpack_batches(source: IO[bytes], max_inflated: int | None) -> Iterator[Batch]:
+def _msgpack_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batch]:
     """Yield the msgpack objects of one zstd frame, a fed piece's worth at a time,
     detecting truncation and bad checksums. Lists of objects, not single objects: the
     unpacker's own iteration runs in C, and a Python step per entry was a third of a merge.
@@ -230,6 +325,153 @@ def _msgpack_batches(source: IO[bytes], max_inflated: int | None) -> Iterator[Ba
         raise CorruptObjectError("truncated: the msgpack stream ends inside an object")
 
 
+class _Readable(Protocol):
+    """What the reader needs of a source: a file, a BytesIO, a spool file."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class _Replay:
+    """``source`` with ``prefix`` (bytes already read from it) put back in front."""
+
+    def __init__(self, prefix: bytes, source: _Readable) -> None:
+        self._prefix = prefix
+        self._source = source
+
+    def read(self, size: int = -1, /) -> bytes:
+        """The prefix first (whole), then the source's own reads."""
+        if self._prefix:
+            out, self._prefix = self._prefix, b""
+            return out
+        return self._source.read(size)
+
+
+def _peek_version(source: _Readable) -> tuple[bytes, Any]:
+    """The bytes read from ``source`` and the version its header map claims (None when
+    it cannot tell): decompressed only as far as the header. Never raises for a bad
+    object: the reader of the older layout then reads it and names what is wrong."""
+    read: list[bytes] = []
+    dctx = zstandard.ZstdDecompressor().decompressobj()
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        use_list=False,
+        strict_map_key=False,
+        max_buffer_size=HEADER_MAX_BYTES,
+        max_array_len=1 << 16,
+        max_map_len=1 << 10,
+    )
+    inflated = 0
+    while inflated < HEADER_MAX_BYTES and not dctx.eof:
+        chunk = source.read(READ_CHUNK)
+        if not chunk:
+            break
+        read.append(chunk)
+        for start in range(0, len(chunk), DECOMPRESS_SLICE):
+            try:
+                data = dctx.decompress(chunk[start : start + DECOMPRESS_SLICE])
+                inflated += len(data)
+                unpacker.feed(data)
+                first = next(unpacker, None)
+            except (zstandard.ZstdError, ValueError, TypeError, msgpack.UnpackException):
+                return b"".join(read), None
+            if first is not None or dctx.eof or inflated >= HEADER_MAX_BYTES:
+                version = first.get("version") if isinstance(first, dict) else None
+                return b"".join(read), version
+    return b"".join(read), None
+
+
+def _frame_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batch]:
+    """The msgpack objects of a version-2 object, one zstd frame at a time: a frame is
+    inflated whole and its content checksum checked (by zstd, at the frame's end)
+    before any of its objects is yielded, and it must end between two objects.
+
+    Each frame inflates to at most FRAME_MAX_INFLATED bytes (a writer's frame holds
+    about FRAME_BYTES, or one entry); past ``max_inflated`` in all, ObjectTooLargeError."""
+    pending, pos = _frame_start(source), 0
+    inflated = 0
+    frame = 0
+    while True:
+        if pos >= len(pending):
+            pending, pos = source.read(READ_CHUNK), 0
+            if not pending:
+                return  # ended between two frames: the stream's own checks say if early
+        while len(pending) - pos <= len(ZSTD_MAGIC):
+            more = source.read(READ_CHUNK)
+            if not more:
+                raise CorruptObjectError(f"truncated: zstd frame {frame} is cut off")
+            pending, pos = pending[pos:] + more, 0
+        if pending[pos : pos + len(ZSTD_MAGIC)] != ZSTD_MAGIC:
+            raise CorruptObjectError(f"data after zstd frame {frame - 1} is not a zstd frame")
+        if not pending[pos + len(ZSTD_MAGIC)] & ZSTD_CONTENT_CHECKSUM_FLAG:
+            raise CorruptObjectError(f"zstd frame {frame} has no content checksum")
+        dctx = zstandard.ZstdDecompressor().decompressobj()
+        unpacker = _unpacker()
+        objects: list[Any] = []
+        frame_bytes = 0
+        while not dctx.eof:
+            if pos >= len(pending):
+                pending, pos = source.read(READ_CHUNK), 0
+                if not pending:
+                    raise CorruptObjectError(f"truncated: zstd frame {frame} does not end")
+            piece = pending[pos : pos + DECOMPRESS_SLICE]
+            pos += len(piece)
+            try:
+                data = dctx.decompress(piece)
+            except zstandard.ZstdError as exc:
+                raise CorruptObjectError(f"zstd frame {frame}: {exc}") from None
+            frame_bytes += len(data)
+            inflated += len(data)
+            if max_inflated is not None and inflated > max_inflated:
+                raise ObjectTooLargeError(
+                    f"inflates to more than {_size(max_inflated)} "
+                    "(storage_max_inflated_size), a decompression bomb or a bigger LMDB"
+                )
+            if frame_bytes > FRAME_MAX_INFLATED:
+                raise ObjectTooLargeError(
+                    f"zstd frame {frame} inflates to more than {FRAME_MAX_INFLATED >> 20} MiB "
+                    "(an entry over the cap, or a decompression bomb)"
+                )
+            # decoded as it inflates, as in version 1, so that only one pending entry and
+            # one piece sit in the unpacker; kept back until the frame's checksum passed
+            _feed(unpacker, data, objects)
+            data = b""
+        if dctx.unused_data:
+            pending, pos = dctx.unused_data + pending[pos:], 0
+        if not _nothing_pending(unpacker):
+            raise CorruptObjectError(f"zstd frame {frame} ends inside a msgpack object")
+        del unpacker  # its buffer must not sit beside the objects while they are used
+        if not objects:  # a writer never makes one; junk after the trailer, say
+            raise CorruptObjectError(f"zstd frame {frame} holds no msgpack object")
+        yield objects, frame_bytes
+        objects = []
+        frame += 1
+
+
+def _unpacker() -> Any:
+    """A msgpack unpacker with the reader's limits."""
+    return msgpack.Unpacker(
+        raw=False,
+        use_list=False,
+        strict_map_key=False,
+        max_buffer_size=MAX_ENTRY_BYTES + FEED_PIECE,
+        max_array_len=1 << 16,
+        max_map_len=1 << 10,
+    )
+
+
+def _feed(unpacker: Any, data: bytes, objects: list[Any]) -> None:
+    """Feed ``data`` in pieces of FEED_PIECE, taking every complete object out after each."""
+    for at in range(0, len(data), FEED_PIECE):
+        piece = data if len(data) <= FEED_PIECE else memoryview(data)[at : at + FEED_PIECE]
+        try:
+            unpacker.feed(piece)
+        except msgpack.BufferFull:
+            raise ObjectTooLargeError(
+                f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB (or a decompression bomb)"
+            ) from None
+        objects += _unpack_all(unpacker)
+
+
 def _size(n: int) -> str:
     """A byte count as config sizes are written (``64MB``: MB is MiB there)."""
     for unit, shift in (("GB", 30), ("MB", 20), ("KB", 10)):
@@ -262,8 +504,13 @@ class _ObjectStream:
     """The objects of :func:`_msgpack_batches`, taken one or many at a time, in lists
     bounded by count and by inflated bytes."""
 
-    def __init__(self, source: IO[bytes], max_inflated: int | None = None) -> None:
-        self._batches = _msgpack_batches(source, max_inflated)
+    def __init__(
+        self, source: _Readable, max_inflated: int | None = None, *, framed: bool = False
+    ) -> None:
+        self._batches = (_frame_batches if framed else _msgpack_batches)(source, max_inflated)
+        # a list taken never reaches into the next frame: what one frame held is handed
+        # out once that frame is checked, not held back until the next one is
+        self._framed = framed
         self._buf: list[Any] = []
         self._buf_bytes = 0
         self._pos = 0
@@ -271,14 +518,15 @@ class _ObjectStream:
         self.ended = False
 
     def take(self, n: int, max_bytes: int | None = None) -> list[Any]:
-        """The next ``n`` objects, fewer where the stream ends (then :attr:`ended`) or
-        once the batches they come from hold ``max_bytes`` inflated bytes."""
+        """The next ``n`` objects, fewer where the stream ends (then :attr:`ended`), once
+        the batches they come from hold ``max_bytes`` inflated bytes, or (framed) where
+        a frame ends."""
         out: list[Any] = []
         # what is left of the current batch counts as all of it: an upper bound
         held = self._buf_bytes if self._pos < len(self._buf) else 0
         while len(out) < n:
             if self._pos >= len(self._buf):
-                if out and max_bytes is not None and held >= max_bytes:
+                if out and (self._framed or (max_bytes is not None and held >= max_bytes)):
                     break
                 self._buf = []  # let the used batch go before the next one is decoded
                 batch = next(self._batches, None)
@@ -293,6 +541,10 @@ class _ObjectStream:
                 return piece
             out += piece
         return out
+
+    def pending(self) -> bool:
+        """True when objects of the last batch taken are still to be taken."""
+        return self._pos < len(self._buf)
 
     def next(self) -> Any:
         """The next object; raises StopIteration at the end of the stream."""
@@ -521,12 +773,19 @@ class SnapshotReader:
         self, source: IO[bytes], *, verified: bool = False, max_inflated: int | None = None
     ) -> None:
         self._verified = verified
-        self._objects = _ObjectStream(source, max_inflated)
+        read, version = _peek_version(source)
+        framed = isinstance(version, int) and version >= FRAMED_VERSION
+        #: every entry handed out comes from a zstd frame whose checksum passed, so
+        #: what is read may be applied as it is read (version 2; DESIGN §4)
+        self.checks_as_it_reads = framed
+        self._objects = _ObjectStream(_Replay(read, source), max_inflated, framed=framed)
         try:
             first = self._objects.next()
         except StopIteration:
             raise CorruptObjectError("empty object") from None
         self.header = _parse_header(first)
+        if framed and self._objects.pending():
+            raise CorruptObjectError("the header's zstd frame holds more than the header")
         self._consumed = False
 
     def dbis(self) -> Iterator[tuple[DbiInfo, DbiEntries]]:
@@ -592,6 +851,13 @@ class EvsZstFormat(SnapshotFormat):
     ) -> WriteStats:
         """See :func:`write_snapshot`."""
         return write_snapshot(out, header, dbi_entries)
+
+    def open_checked(
+        self, source: IO[bytes], *, max_inflated: int | None = None
+    ) -> SnapshotReader | None:
+        """Version 2 objects: each zstd frame is checked before its entries come out."""
+        reader = SnapshotReader(source, max_inflated=max_inflated)
+        return reader if reader.checks_as_it_reads else None
 
 
 EVS_ZST = EvsZstFormat()

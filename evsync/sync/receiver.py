@@ -3,9 +3,12 @@
 Owns: the listing of the bucket, the plan that takes each instance from its position
 to its newest object (:func:`~evsync.sync.chain.plan`), fetch retries per instance,
 verification, handing a verified object to the LMDB merge, and bad-object bookkeeping.
-An object is verified completely (its format's reader, then its header against its
-name) before any of it is applied, so a corrupt object leaves the LMDB exactly as it
-was; it is marked bad and skipped.
+An object's header is checked against its name before any of it is applied; then a
+format that checks each part before handing it out (``.evs.zst`` version 2) is merged
+as it is read, and any other object is verified completely first. A corrupt object is
+marked bad and skipped; one read in checked parts may have had its parts before the
+bad one applied (true data, which last-writer-wins makes safe: DESIGN §4), and its
+instance's position stays where it was.
 
 May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
 the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
@@ -50,6 +53,7 @@ from evsync.snapshot.base import (
     Entry,
     SnapshotFormat,
     SnapshotHeader,
+    SnapshotStream,
 )
 from evsync.snapshot.name import SnapshotName, db_prefix
 from evsync.storage.base import BlobStore
@@ -184,9 +188,7 @@ class Receiver:
 
     def relist_due(self, *, retry: bool = False) -> bool:
         """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
-        return self.relist and (
-            retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS
-        )
+        return self.relist and (retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS)
 
     def note_name(self, instance: str, name: SnapshotName) -> None:
         """A name from a hint or a listing: remembered if it is news."""
@@ -246,8 +248,9 @@ class Receiver:
         if header.hostname != socket.gethostname():
             self.recorder.name_conflict(newest, header.hostname, socket.gethostname())
         else:  # an earlier run of ours that startup did not merge (a wiped LMDB, say)
-            log.info("db %s: %s is an earlier object of this host; naming after it",
-                     self.db, newest)
+            log.info(
+                "db %s: %s is an earlier object of this host; naming after it", self.db, newest
+            )
 
     # ------------------------------------------------------------------ plans
 
@@ -379,40 +382,63 @@ class Receiver:
             if not carried:
                 self.recorder.fetched(instance, _stream_size(data))
             try:
-                header = fmt.verify(data, max_inflated=self.config.storage_max_inflated_size)
-                _check_header(header, name)
+                stream = self._open_checked(fmt, data, name)
             except CorruptObjectError as exc:
-                if not carried:
-                    self._reject(instance, name, exc)
-                    return SKIPPED
-                # a notification is no proof of what the bucket holds: fetch it from
-                # there (its carried bytes are taken, so this fetch is a GET)
-                self.recorder.carried_invalid(name, exc)
-                return self.merge_object(instance, name)
+                return self._refused(instance, name, exc, carried=carried)
             if instance != self.peers.own:
-                # only a verified object's name says what a peer's clock read
+                # only a checked header's name says what a peer's clock read
                 ahead = (name.timestamp_ns - self.clock_ns()) / NS
                 self.recorder.clock_skew(instance, name, ahead)
+            partial = MergeResult()
             try:
-                result = self._apply(fmt, data)
-            except CorruptObjectError as exc:  # only if the temp file changed under us
-                self._reject(instance, name, exc)
-                return SKIPPED
+                result = self._apply(fmt, data, stream, partial)
+            except CorruptObjectError as exc:
+                # a frame after the applied ones failed its checks (or the temp file
+                # changed under us): what was applied is true data, and its txns are
+                # evsync's own; the object is marked bad and the position stays
+                self.ledger.merged(partial.txn_ids)
+                return self._refused(instance, name, exc, carried=carried)
             except SyncInterruptedError:
+                self.ledger.merged(partial.txn_ids)
                 self.recorder.merge_interrupted(name)
                 return SKIPPED
             except PermanentLmdbError as exc:  # fetching it again would fail the same way
-                if carried:  # ... unless these bytes are not the bucket's
-                    self.recorder.carried_invalid(name, exc)
-                    return self.merge_object(instance, name)
-                self._reject(instance, name, exc)
-                return SKIPPED
+                self.ledger.merged(partial.txn_ids)
+                return self._refused(instance, name, exc, carried=carried)
             except LmdbError as exc:
+                self.ledger.merged(partial.txn_ids)
                 backoff.failed()
                 self.recorder.merge_failed(instance, name, exc)
                 return RETRY
         self._merged(instance, name, result, t0, carried=carried)
         return DONE
+
+    def _refused(
+        self, instance: str, name: SnapshotName, exc: EvsyncError, *, carried: bool
+    ) -> str:
+        """An object that failed its checks, or that this LMDB can never take, is marked
+        bad: ``skipped``. Carried bytes are no proof of what the bucket holds, so then the
+        object is fetched from there instead (its carried bytes are taken: a GET)."""
+        if not carried:
+            self._reject(instance, name, exc)
+            return SKIPPED
+        self.recorder.carried_invalid(name, exc)
+        return self.merge_object(instance, name)
+
+    def _open_checked(
+        self, fmt: SnapshotFormat, data: IO[bytes], name: SnapshotName
+    ) -> SnapshotStream | None:
+        """Check an object before any of it is applied: an open reader that checks each
+        part before handing it out (its header checked against the name), or None
+        once the whole object verified (it is then read again to merge)."""
+        cap = self.config.storage_max_inflated_size
+        stream = fmt.open_checked(data, max_inflated=cap)
+        if stream is not None:
+            _check_header(stream.header, name)
+            return stream
+        data.seek(0)
+        _check_header(fmt.verify(data, max_inflated=cap), name)
+        return None
 
     def note_carried(self, name: SnapshotName) -> None:
         """An object carried by a notification exists, provisionally: a plan may use it
@@ -439,12 +465,28 @@ class Receiver:
             own=instance == self.peers.own,
         )
 
-    def _apply(self, fmt: SnapshotFormat, data: IO[bytes]) -> MergeResult:
-        """Merge a verified object: batched txns in native mode, one txn in shadow mode."""
+    def _apply(
+        self,
+        fmt: SnapshotFormat,
+        data: IO[bytes],
+        stream: SnapshotStream | None,
+        partial: MergeResult,
+    ) -> MergeResult:
+        """Merge an object: batched txns in native mode, one txn in shadow mode.
+
+        ``stream`` is an open reader that checks as it reads (the object is then read
+        once); None for an object verified whole, which is read again. ``partial``
+        collects the txns committed so far, for a merge that ends early."""
+
+        one_pass = stream is not None
 
         def open_dbis() -> Iterator[tuple[DbiInfo, Iterable[Entry]]]:
-            data.seek(0)
-            return fmt.reader(data, verified=True).dbis()
+            nonlocal stream
+            if stream is not None:
+                opened, stream = stream, None
+                return opened.dbis()
+            data.seek(0)  # again, after a map growth: checked again if it was never verified
+            return fmt.reader(data, verified=not one_pass).dbis()
 
         if self.shadow is None:
             merger = Merger(
@@ -452,6 +494,7 @@ class Receiver:
                 deleted_cutoff_ns=self._deleted_cutoff_ns(),
                 create_flags=self._create_flags,
                 stop=self.stop_event,
+                result=partial,
             )
             return merger.merge(open_dbis())
         for _attempt in range(MAX_MAP_GROWTHS):

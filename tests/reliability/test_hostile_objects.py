@@ -58,6 +58,7 @@ from evsync.lmdb.env import MDB_DUPSORT, MDB_INTEGERKEY, LmdbEnv
 from evsync.lmdb.merge import Merger
 from evsync.snapshot.evs import (
     FORMAT_NAME,
+    FORMAT_VERSION,
     MAX_ENTRY_BYTES,
     MAX_ENTRY_DATA,
     DbiInfo,
@@ -97,14 +98,17 @@ class Spec:
     header: SnapshotHeader
     entries: list[list[Entry]]
 
-    def encode(self) -> bytes:
+    def encode(self, version: int = FORMAT_VERSION) -> bytes:
         out = io.BytesIO()
-        write_snapshot(out, self.header, self.entries)
+        write_snapshot(out, self.header, self.entries, version=version)
         return out.getvalue()
 
     def wire(self) -> list[Any]:
-        """The msgpack stream as Python objects: header map, entry arrays, trailer map."""
-        objs: list[Any] = [self.header.to_wire()]
+        """The msgpack stream as Python objects: header map, entry arrays, trailer map.
+        The header says format version 1, whose layout (the whole stream in one zstd
+        frame) is how the tests below compress it; :func:`must_reject` also tries the
+        version-2 layout (the header in a frame of its own)."""
+        objs: list[Any] = [self.header.to_wire() | {"version": 1}]
         for entries in self.entries:
             objs.extend(list(e) for e in entries)
         objs.append({"trailer": True, "entries": self.header.total_entries})
@@ -323,11 +327,20 @@ class TestBitFlipsAndEdits:
                 assert isinstance(result, CorruptObjectError) or same_as(result, spec), (pos, bit)
 
     def test_data_after_the_frame_is_rejected(self) -> None:
-        """A second frame, a valid copy or one stray byte after the object: rejected."""
-        obj = simple_spec().encode()
+        """Version 1: a second frame, a valid copy or one stray byte after the object's
+        one frame: rejected."""
+        obj = simple_spec().encode(version=1)
         assert "after the end" in str(rejected(obj + obj))
         assert "after the end" in str(rejected(obj + b"\0"))
         assert "after the end" in str(rejected(obj + zstd(b"")))
+
+    def test_data_after_the_trailer_frame_is_rejected(self) -> None:
+        """Version 2: a valid copy, one stray byte or an empty frame after the trailer's
+        frame: rejected."""
+        obj = simple_spec().encode()
+        assert "after the trailer" in str(rejected(obj + obj))
+        assert "cut off" in str(rejected(obj + b"\0"))
+        assert "holds no msgpack object" in str(rejected(obj + zstd(b"")))
 
 
 # =========================================================================== decoder: structure
@@ -337,6 +350,13 @@ def must_reject(objs: list[Any], *reason: str) -> None:
     """The stream, compressed with a correct checksum, is rejected naming one of ``reason``."""
     exc = rejected(zstd(pack(objs)))
     assert any(r in str(exc) for r in reason), f"{exc} (expected one of {reason})"
+    if objs and isinstance(objs[0], dict) and objs[0].get("version") == 1:
+        # the same stream in version 2's layout: the header alone in the first frame
+        framed = zstd(pack([objs[0] | {"version": 2}]))
+        if objs[1:]:
+            framed += zstd(pack(objs[1:]))
+        exc = rejected(framed)
+        assert any(r in str(exc) for r in reason), f"v2: {exc} (expected one of {reason})"
 
 
 class TestWrongCounts:
@@ -675,17 +695,34 @@ BOMBS = {
 
 
 def zeros_object(count: int, value_bytes: int, *, instance: str = "x",
-                 timestamp_ns: int = T0) -> bytes:
+                 timestamp_ns: int = T0, version: int = 1) -> bytes:
     """A valid object of ``count`` entries whose values are ``value_bytes`` zeros: a few KiB
-    that inflate to count * value_bytes (the values are streamed into the compressor)."""
+    that inflate to count * value_bytes (the values are streamed into the compressor).
+    Version 1: one zstd frame; version 2: the header, the entries and the trailer each
+    in frames of their own (about 1 MiB or one entry a frame)."""
     header = header_for([(b"records", 0, count)], instance=instance, timestamp_ns=timestamp_ns)
     packer = msgpack.Packer(use_bin_type=True)
     zeros = bytes(min(value_bytes, 1 << 20))
     out = io.BytesIO()
+    if version == 2:
+        cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
+        out.write(cctx.compress(packer.pack(header.to_wire() | {"version": 2})))
+        per_frame = max(1, min(1000, (1 << 20) // max(value_bytes, 1)))  # as a writer cuts
+        for first in range(0, count, per_frame):
+            with cctx.stream_writer(out, closefd=False) as zw:
+                for i in range(first, min(count, first + per_frame)):
+                    zw.write(b"\x94" + packer.pack(b"k%08d" % i) + packer.pack(T0)
+                             + packer.pack(0) + b"\xc6" + value_bytes.to_bytes(4, "big"))
+                    left = value_bytes
+                    while left:
+                        zw.write(zeros[:left])
+                        left -= min(left, len(zeros))
+        out.write(cctx.compress(packer.pack({"trailer": True, "entries": count})))
+        return out.getvalue()
     with zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
         out, closefd=False
     ) as zw:
-        zw.write(packer.pack(header.to_wire()))
+        zw.write(packer.pack(header.to_wire() | {"version": 1}))
         for i in range(count):
             key = packer.pack(b"k%08d" % i)
             # an entry array with a bin32 value whose bytes follow in 1 MiB pieces
@@ -715,11 +752,15 @@ class TestBoundedMemory:
     values: lists of entries are bounded by bytes as well as by count (it held every entry
     of a 1,024-entry list at once: 8 values of 48 MiB took 516 MiB, 4 of 200 MiB 1 GiB)."""
 
+    @pytest.mark.parametrize("version", [1, 2])
     @pytest.mark.parametrize("shape", BOMBS.values(), ids=BOMBS.keys())
-    def test_verifying_a_bomb_holds_less_than_256_mib(self, shape: tuple[int, int]) -> None:
-        """A few-KiB object of many big (or many small) values verifies within the bound."""
+    def test_verifying_a_bomb_holds_less_than_256_mib(
+        self, shape: tuple[int, int], version: int
+    ) -> None:
+        """A few-KiB object of many big (or many small) values verifies within the bound,
+        in either layout (version 2 inflates a whole frame before it decodes it)."""
         count, value_bytes = shape
-        data = zeros_object(count, value_bytes)
+        data = zeros_object(count, value_bytes, version=version)
         assert len(data) < 64 << 10
         header: list[SnapshotHeader] = []
         peak = peak_bytes(lambda: header.append(verify_snapshot(io.BytesIO(data))))
@@ -758,7 +799,7 @@ def bomb(header: SnapshotHeader | None = None) -> bytes:
     with zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
         out, closefd=False
     ) as zw:
-        zw.write(pack([header.to_wire()]) + b"\xc6\xff\xff\xff\xf0")
+        zw.write(pack([header.to_wire() | {"version": 1}]) + b"\xc6\xff\xff\xff\xf0")
         zeros = bytes(1 << 20)
         for _ in range(300):
             zw.write(zeros)
@@ -1101,7 +1142,7 @@ def corrupt_objects(own: bytes, ts: int) -> dict[str, bytes]:
     w[-1]["entries"] = 5
     trailer = pack(w)
     w = wire_of("evil-version")
-    w[0]["version"] = 2
+    w[0]["version"] = 99
     version = pack(w)
     w = wire_of("evil-key")
     w[1][0] = b"k" * 600
@@ -1125,7 +1166,10 @@ def corrupt_objects(own: bytes, ts: int) -> dict[str, bytes]:
         "evil-version": zstd(version),
         "evil-key": zstd(key),
         "evil-giant": zstd(giant),
-        "evil-two-frames": spec_of("evil-two-frames").encode() * 2,
+        # version 1: one frame, verified whole, so nothing of it is applied (a version-2
+        # object twice over applies its first copy's checked frames, then is rejected:
+        # tests/unit/test_framed.py pins that)
+        "evil-two-frames": spec_of("evil-two-frames").encode(version=1) * 2,
         # a valid object of another instance, copied under this one's name
         "evil-copy": own,
     }

@@ -11,7 +11,7 @@ import pytest
 
 from evsync.errors import HeaderError, LmdbError, SyncInterruptedError
 from evsync.lmdb.env import LmdbEnv
-from evsync.lmdb.merge import TXN_SLICE, Merger, merge_entry
+from evsync.lmdb.merge import RUN_WINDOW, TXN_SLICE, Merger, merge_entry
 from evsync.snapshot import DbiInfo, Entry, SnapshotHeader, SnapshotReader, write_snapshot
 
 T = 1_700_000_000_000_000_000
@@ -618,3 +618,133 @@ class TestMergerBatching:
         result = merger(lenv).merge([remote(b"fresh", entries)])
         assert result.dbis_created == [b"fresh"]
         assert len(dump_raw(lenv)[b"fresh"]) == 1000
+
+
+class TestMergerStoredRun:
+    """A slice whose keys the DBI holds one after the other is compared column-wise with
+    the stored values: a slice that says what is stored writes nothing, and any
+    difference goes entry by entry through the merge rule (DESIGN §3)."""
+
+    def populated(self, make_env: EnvFactory, stored: dict[bytes, bytes]) -> LmdbEnv:
+        """An LMDB whose ``data`` DBI holds ``stored``."""
+        lenv = make_env()
+        put_raw(lenv, b"data", stored)
+        return lenv
+
+    def test_an_object_equal_to_the_stored_records_writes_nothing(
+        self, make_env: EnvFactory
+    ) -> None:
+        """Values of varied lengths, equal timestamps and application values, stored
+        with other txn ids than the sender's: no write, no txn id recorded."""
+        entries: list[Entry] = [(b"k%05d" % i, T + i, 0, b"v" * (i % 7)) for i in range(1000)]
+        lenv = self.populated(make_env, {k: value(ts, 5, 0, app) for k, ts, _f, app in entries})
+        before = dump_raw(lenv)
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert (result.written, result.txn_ids, result.entries) == (0, [], 1000)
+        assert dump_raw(lenv) == before
+
+    def test_one_newer_remote_record_among_equal_ones_is_the_only_write(
+        self, make_env: EnvFactory
+    ) -> None:
+        """One record of a full slice is newer remotely: exactly it is written, with the
+        merge txn's id; its neighbours keep their stored bytes."""
+        entries: list[Entry] = [(b"k%05d" % i, T, 0, b"same") for i in range(TXN_SLICE)]
+        lenv = self.populated(make_env, {k: value(T, 5, 0, b"same") for k, *_ in entries})
+        entries[100] = (entries[100][0], T + 1, 0, b"newer")
+        result = merger(lenv).merge([remote(b"data", entries)])
+        stored = dump_raw(lenv)[b"data"]
+        assert result.written == 1
+        assert fields(stored[b"k00100"]) == (T + 1, result.txn_ids[0], 0, b"newer")
+        assert stored[b"k00101"] == value(T, 5, 0, b"same")
+
+    def test_a_newer_stored_record_among_equal_ones_is_kept(self, make_env: EnvFactory) -> None:
+        """One stored record is newer than the object's: it stays, nothing is written."""
+        entries: list[Entry] = [(b"k%05d" % i, T, 0, b"same") for i in range(50)]
+        stored = {k: value(T, 5, 0, b"same") for k, *_ in entries}
+        stored[b"k00007"] = value(T + 9, 5, 0, b"local")
+        lenv = self.populated(make_env, stored)
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert result.written == 0
+        assert dump_raw(lenv)[b"data"][b"k00007"] == value(T + 9, 5, 0, b"local")
+
+    def test_a_tie_against_a_larger_stored_value_is_written(self, make_env: EnvFactory) -> None:
+        """Equal timestamps, the remote value smaller: the tie goes to the remote one."""
+        entries: list[Entry] = [(b"a", T, 0, b"x"), (b"b", T, 0, b"abc")]
+        lenv = self.populated(make_env, {b"a": value(T, 5, 0, b"x"), b"b": value(T, 5, 0, b"abd")})
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert result.written == 1
+        assert fields(dump_raw(lenv)[b"data"][b"b"])[::3] == (T, b"abc")
+
+    def test_a_remote_tombstone_of_a_stored_record_is_merged(self, make_env: EnvFactory) -> None:
+        """A tombstone among equal records takes the entry-by-entry merge: a newer delete
+        is written, with an empty value."""
+        entries: list[Entry] = [(b"a", T, 0, b"x"), (b"b", T + 1, DELETED, b"")]
+        lenv = self.populated(make_env, {b"a": value(T, 5, 0, b"x"), b"b": value(T, 5, 0, b"y")})
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert result.written == 1
+        assert fields(dump_raw(lenv)[b"data"][b"b"]) == (T + 1, result.txn_ids[0], DELETED, b"")
+
+    def test_a_stored_tombstone_against_an_equal_live_record_wins_the_tie(
+        self, make_env: EnvFactory
+    ) -> None:
+        """Stored deleted, remote live with an empty value at the same time: the delete
+        orders first, so it stays (the column compare must not take the tombstone's
+        empty value for the live one's)."""
+        entries: list[Entry] = [(b"a", T, 0, b"")]
+        lenv = self.populated(make_env, {b"a": value(T, 5, DELETED)})
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert result.written == 0
+        assert dump_raw(lenv)[b"data"][b"a"] == value(T, 5, DELETED)
+
+    def test_stored_extension_blocks_are_compared_by_application_value(
+        self, make_env: EnvFactory
+    ) -> None:
+        """A stored value with an extension block and the remote's value: equal, so
+        nothing is written (the block is skipped, not taken for the value)."""
+        entries: list[Entry] = [(b"a", T, 0, b"app")]
+        lenv = self.populated(make_env, {b"a": value(T, 5, 0, b"app", blocks=1)})
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert result.written == 0
+
+    def test_a_corrupt_stored_value_in_the_run_is_named(self, make_env: EnvFactory) -> None:
+        """A stored value too short for a header still raises LmdbError naming the key."""
+        entries: list[Entry] = [(b"a", T, 0, b"x"), (b"b", T, 0, b"y")]
+        lenv = self.populated(make_env, {b"a": value(T, 5, 0, b"x"), b"b": b"short"})
+        with pytest.raises(LmdbError, match="b'b'"):
+            merger(lenv).merge([remote(b"data", entries)])
+
+    def test_reverse_key_dbi_run_is_compared(self, make_env: EnvFactory) -> None:
+        """Keys in a reverse-key DBI's own order are a stored run too: equal records write
+        nothing, a newer remote one is written."""
+        lenv = make_env()
+        lenv.env.open_db(b"rev", reverse_key=True)
+        keys = sorted((b"%03dx" % i for i in range(20)), key=lambda k: k[::-1])
+        put_raw(lenv, b"rev", {k: value(T, 5, 0, b"v") for k in keys})
+        entries: list[Entry] = [(k, T, 0, b"v") for k in keys]
+        entries[3] = (keys[3], T + 1, 0, b"w")
+        result = merger(lenv).merge([remote(b"rev", entries, flags=0x02)])
+        assert result.written == 1
+        assert fields(dump_raw(lenv)[b"rev"][keys[3]])[::3] == (T + 1, b"w")
+
+    def test_big_stored_values_equal_to_the_remote_ones_write_nothing(
+        self, make_env: EnvFactory
+    ) -> None:
+        """A slice whose stored values are too big to join for the column compare is
+        merged entry by entry, with the same outcome: nothing written."""
+        entries: list[Entry] = [(b"k%03d" % i, T, 0, b"%03d" % i * 20_000) for i in range(100)]
+        lenv = self.populated(make_env, {k: value(ts, 5, 0, app) for k, ts, _f, app in entries})
+        result = merger(lenv).merge([remote(b"data", entries)])
+        assert (result.written, result.entries) == (0, 100)
+
+    def test_a_difference_inside_a_window_is_merged_by_slices(self, make_env: EnvFactory) -> None:
+        """A window of stored run with one newer remote record in it: the window's
+        compare fails, its slices are merged one by one, and exactly that record is
+        written; windows before and after it write nothing."""
+        n = 3 * RUN_WINDOW
+        entries: list[Entry] = [(b"k%05d" % i, T, 0, b"same") for i in range(n)]
+        lenv = self.populated(make_env, {k: value(T, 5, 0, b"same") for k, *_ in entries})
+        entries[RUN_WINDOW + 7] = (entries[RUN_WINDOW + 7][0], T + 1, 0, b"newer")
+        result = merger(lenv).merge([remote(b"data", entries)])
+        stored = dump_raw(lenv)[b"data"]
+        assert (result.written, result.entries) == (1, n)
+        assert fields(stored[b"k%05d" % (RUN_WINDOW + 7)])[::3] == (T + 1, b"newer")
