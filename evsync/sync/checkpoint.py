@@ -20,9 +20,11 @@ chain, or the peers (the sender does).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,10 @@ CHILD_MODULE = "evsync.sync.checkpoint"
 CHILD_FAILED = 3
 # How long shutdown waits for a child to end after SIGTERM, and for a store in flight.
 STOP_WAIT_SECONDS = 5.0
+# Linux prctl(2) option: a signal for this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+# The child's exit code when its parent died (it removed its files).
+CHILD_ORPHANED = 4
 # At most this much of the child's stderr goes into the failure line.
 STDERR_TAIL_BYTES = 400
 STAGE_DUMP = "dump"
@@ -74,6 +80,8 @@ class Job:
     timestamp_ns: int
     out_path: str
     result_path: str
+    #: the daemon's pid: the child ends (removing its files) when that process is gone
+    parent_pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,7 +163,13 @@ class Checkpointer:
         out_path = Path(out)
         result = out_path.with_suffix(".result")
         job = Job(
-            self.lmdb_cfg, self.db, begun.name.instance, begun.name.timestamp_ns, out, str(result)
+            self.lmdb_cfg,
+            self.db,
+            begun.name.instance,
+            begun.name.timestamp_ns,
+            out,
+            str(result),
+            os.getpid(),
         )
         run = _Run(begun, out_path, result, Future())
         self._run = run
@@ -317,6 +331,23 @@ def _lower_priority() -> None:
         os.nice(CHILD_NICE)
 
 
+def _end_with_parent(job: Job) -> None:
+    """A daemon killed outright must not leave its child dumping, nor the spool in
+    $TMPDIR: SIGTERM when the parent dies (Linux), and SIGTERM removes the files."""
+
+    def ended(_signum: int, _frame: object) -> None:
+        for path in (job.out_path, job.result_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os._exit(CHILD_ORPHANED)
+
+    signal.signal(signal.SIGTERM, ended)
+    with contextlib.suppress(OSError, AttributeError):  # not Linux or no libc: no signal
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if job.parent_pid and os.getppid() != job.parent_pid:
+        ended(signal.SIGTERM, None)  # it died before the prctl took effect
+
+
 def child_main() -> int:
     """The child process: read a :class:`Job` from stdin, dump, report; 0 on success."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -325,6 +356,7 @@ def child_main() -> int:
     if not isinstance(job, Job):
         log.error("checkpoint child: stdin holds no job")
         return CHILD_FAILED
+    _end_with_parent(job)
     try:
         lenv = LmdbEnv(job.lmdb_cfg, readonly=True)
         try:

@@ -262,9 +262,12 @@ class TestDaemons:
         a.start()
         b = instances("b", s3_storage, notify=notify).start()
         wait_for(lambda: b.writer.get(f"k{RECORDS - 1:06d}") == "v", what="b to load a")
+        def b_reads(value: str) -> Callable[[], bool]:
+            return lambda: b.writer.get("x") == value
+
         for i in range(8):
             a.writer.put("x", f"v{i}")
-            wait_for(lambda i=i: b.writer.get("x") == f"v{i}", what=f"b to read v{i}")
+            wait_for(b_reads(f"v{i}"), what=f"b to read v{i}")
         wait_for(lambda: "stored checkpoint" in a.log(), timeout=WAIT_SECONDS, what="a checkpoint")
         a.writer.put("x", "last")
         wait_for(lambda: b.writer.get("x") == "last", what="b to read the last change")

@@ -4,6 +4,9 @@ in-memory store."""
 from __future__ import annotations
 
 import os
+import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.sync.backoff import Backoff
 from evsync.sync.chain import CHECKPOINT_OVERDUE_FACTOR
-from evsync.sync.checkpoint import STAGE_DUMP, STAGE_STORE
+from evsync.sync.checkpoint import STAGE_DUMP, STAGE_STORE, Job
 from evsync.sync.sender import CHECKPOINT_TIMEOUT_SECONDS
 from evsync.tools import lmdb_write
 from evsync.triggers.base import Batch
@@ -302,6 +305,54 @@ class TestSender:
         kinds = [(n.is_delta, n.is_checkpoint) for n in names_of(store, "a")]
         assert kinds == [(False, False), (True, False), (True, False), (False, False)]
         a.close()
+
+
+# An intermediate "daemon": starts the checkpoint child for the job on stdin (naming
+# itself as the parent), prints the child's pid and exits without waiting for it.
+ORPHANING_PARENT = """
+import dataclasses, os, pickle, subprocess, sys
+job = dataclasses.replace(pickle.loads(sys.stdin.buffer.read()), parent_pid=os.getpid())
+child = subprocess.Popen([sys.executable, "-m", "evsync.sync.checkpoint"], stdin=subprocess.PIPE)
+child.stdin.write(pickle.dumps(job))
+child.stdin.close()
+print(child.pid, flush=True)
+os._exit(0)
+"""
+
+
+class TestOrphanedChild:
+    """A daemon killed outright leaves no checkpoint child running and no spool file."""
+
+    def test_a_child_whose_parent_died_ends_and_removes_its_files(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """The child notices its parent is gone (at once, or by the signal Linux sends):
+        it exits without a report and its spool file is removed."""
+        a = writer(tmp_path, store)
+        out, result = tmp_path / "spool.evs.zst", tmp_path / "spool.result"
+        out.write_bytes(b"")  # as the daemon creates it before starting the child
+        job = Job(a.lenv.cfg, "main", "a", 10**18, str(out), str(result))
+        proc = subprocess.run(
+            [sys.executable, "-c", ORPHANING_PARENT],
+            input=pickle.dumps(job),
+            capture_output=True,
+            check=True,
+            timeout=WAIT_SECONDS,
+        )
+        child = int(proc.stdout)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while Path(f"/proc/{child}").exists() and not _zombie(child):
+            assert time.monotonic() < deadline, "the orphaned child is still running"
+            time.sleep(0.05)
+        assert not out.exists() and not result.exists()
+        a.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 class TestReceiver:
