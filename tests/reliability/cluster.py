@@ -5,7 +5,8 @@ Drivers, faults and checks, as the trusted replicators test themselves:
 - **load**: one writer process per instance (:mod:`tests.reliability.writer`) doing
   random puts, overwrites and deletes on keys shared by all writers;
 - **faults**: SIGKILL of a syncer at a random moment, inside an upload and inside a
-  merge txn (the crash points of :mod:`evsync.faults`), the S3 server taken down and
+  merge txn and after a delta went out inline before its store (the crash points of
+  :mod:`evsync.faults`), the S3 server taken down and
   brought back (:class:`~tests.reliability.proxy.ChaosProxy`), slowed down, the MQTT
   broker stopped and restarted; and all along, the bucket's object-created events
   reach the instances through a notifier that drops, duplicates and reorders them;
@@ -60,7 +61,7 @@ class ChaosSettings:
     write_rate: float = 25.0  # write txns per second per writer
     fault_every: tuple[float, float] = (1.0, 2.5)
     # background crash points on every syncer, besides the scheduled faults
-    crash_rates: str = "upload=0.002,stored=0.005,merge=0.01"
+    crash_rates: str = "upload=0.002,stored=0.005,merge=0.01,published=0.005"
     drop: float = 0.3  # share of notifications dropped
     duplicate: float = 0.2  # share sent twice
     max_delay: float = 0.8  # each one delayed 0..max_delay s, so they arrive out of order
@@ -69,6 +70,9 @@ class ChaosSettings:
     # the last this many instances imitate Lightning Stream (lightningstream.only: they
     # read and write only .pb.gz); the others then also write .pb.gz for them (issue 17)
     ls_only_nodes: int = 0
+    # the instances also announce their objects, small deltas inside the announcement's
+    # companion before their store (issue 18 §2): peers merge those without a GET
+    publish: bool = True
 
 
 @dataclass
@@ -286,7 +290,8 @@ class Cluster:
         }
         overrides = {
             "notify": {"listing_interval": self.settings.listing_interval,
-                       "mqtt": {"url": self.broker.url, "topic": self.topic}},
+                       "mqtt": {"url": self.broker.url, "topic": self.topic,
+                                "publish": self.settings.publish}},
             "log": {"level": "info"},
         }
         first_ls = self.settings.instances - self.settings.ls_only_nodes
