@@ -32,6 +32,7 @@ def lenv(tmp_path: Path) -> Iterator[LmdbEnv]:
     env = LmdbEnv(
         LmdbConfig(name="main", path=str(tmp_path / "db"), options=LmdbOptions(create=True))
     )
+    commit(env, b"k0")  # creates the DBI (a txn of its own) before any watcher looks
     yield env
     env.close()
 
