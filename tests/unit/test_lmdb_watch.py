@@ -135,3 +135,23 @@ class TestFallback:
             assert queue.first[SOURCE_WATCHER] == 1
         finally:
             watcher.stop()
+
+    def test_a_failing_read_ends_the_watcher_with_one_warning(
+        self, lenv: LmdbEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An inotify read that fails (never expected) ends the reader thread with one
+        warning naming the error, not a traceback; stop() still works."""
+
+        def broken_read(_fd: int, _n: int) -> bytes:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(lmdb_watch.os, "read", broken_read)
+        with caplog.at_level(logging.WARNING, logger="evsync.triggers.lmdb_watch"):
+            watcher = start_watcher(lenv, HintQueue("main"))
+            commit(lenv, b"k1")
+            assert watcher._thread is not None
+            watcher._thread.join(HINT_TIMEOUT)
+            assert not watcher._thread.is_alive()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "Input/output error" in warnings[0]
+        watcher.stop()
