@@ -7,8 +7,12 @@ first is credited with the hint.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+import select
+import struct
 import threading
 from pathlib import Path
 
@@ -25,6 +29,17 @@ from evsync.triggers.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# inotify(7): what a commit, a replaced file or a new file does to the data file
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_Q_OVERFLOW = 0x00004000  # events were lost: look anyway
+WATCH_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
+# One read takes every event queued so far (an LMDB commit makes two: pages, then meta).
+READ_BYTES = 64 * 1024
 
 
 class TxnObserver:
@@ -67,11 +82,17 @@ class _Handler(FileSystemEventHandler):
             self.txn.check(SOURCE_WATCHER)
 
 
-class LmdbWatcher(WatchdogTrigger):
-    """watchdog (inotify on Linux) on the LMDB data file; each event is confirmed by txn id.
+class LmdbWatcher(Trigger):
+    """inotify on the LMDB data file's directory; each batch of events is confirmed by txn id.
 
-    Writers that use WRITEMAP or sit on network filesystems produce no events;
-    :class:`TxnPoller` covers them.
+    On Linux one thread reads the inotify descriptor itself and reads the txn id once
+    per batch of events: watchdog's pipeline (a reader, an emitter and an observer
+    thread, an event object per event) cost a receiver ~0.5 ms of CPU per merged
+    object, two events for each commit, most of them its own merges
+    (docs/benchmarks.md). Where inotify cannot be set up (another OS, the
+    ``max_user_instances`` or ``max_user_watches`` limit) watchdog watches instead,
+    said once. Writers that use WRITEMAP or sit on network filesystems produce no
+    events; :class:`TxnPoller` covers them.
     """
 
     source = SOURCE_WATCHER
@@ -79,6 +100,105 @@ class LmdbWatcher(WatchdogTrigger):
     def __init__(self, data_file: Path, observer: TxnObserver) -> None:
         super().__init__()
         self.data_file = data_file.resolve()
+        self.txn = observer
+        self._fd: int | None = None
+        self._wake: tuple[int, int] | None = None
+        self._fallback: _WatchdogLmdbWatcher | None = None
+
+    def start(self) -> None:
+        try:
+            self._fd = _open_inotify(os.fsencode(self.data_file.parent))
+        except OSError as exc:
+            log.info(
+                "lmdb %s: inotify unavailable (%s); watching %s with watchdog",
+                self.txn.lenv.name,
+                exc,
+                self.data_file,
+            )
+            self._fallback = _WatchdogLmdbWatcher(self.data_file, self.txn)
+            self._fallback.start()
+            return
+        self._wake = os.pipe()
+        super().start()
+
+    def run(self) -> None:
+        fd, wake = self._fd, self._wake
+        assert fd is not None and wake is not None
+        name = os.fsencode(self.data_file.name)
+        poller = select.poll()  # not select(): a busy daemon's descriptors may pass 1024
+        poller.register(fd, select.POLLIN)
+        poller.register(wake[0], select.POLLIN)
+        while not self._stop.is_set():
+            ready = {ready_fd for ready_fd, _events in poller.poll()}
+            if wake[0] in ready:
+                return
+            try:
+                data = os.read(fd, READ_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError as exc:  # never expected; commits are still seen by the poll
+                log.warning(
+                    "lmdb %s: cannot read inotify events: %s; only the txn-id poll "
+                    "notices commits now",
+                    self.txn.lenv.name,
+                    exc,
+                )
+                return
+            if concerns(data, name):
+                self.txn.check(SOURCE_WATCHER)
+
+    def stop(self) -> None:
+        if self._fallback is not None:
+            self._fallback.stop()
+            return
+        self._stop.set()
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
+        super().stop()
+        for fd in (self._fd, *(self._wake or ())):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._wake = None
+
+
+def _open_inotify(directory: bytes) -> int:
+    """A non-blocking inotify descriptor watching ``directory``; OSError when unavailable."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        init, add_watch = libc.inotify_init1, libc.inotify_add_watch
+    except (OSError, AttributeError) as exc:  # not Linux
+        raise OSError(f"no inotify in the C library: {exc}") from None
+    fd = init(os.O_CLOEXEC | os.O_NONBLOCK)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    if add_watch(fd, directory, WATCH_MASK) < 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"inotify_add_watch: {os.strerror(err)}")
+    return int(fd)
+
+
+def concerns(data: bytes, name: bytes) -> bool:
+    """True when a read of inotify events names ``name`` (or says events were lost)."""
+    offset = 0
+    while offset + _EVENT.size <= len(data):
+        _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+        start = offset + _EVENT.size
+        if mask & IN_Q_OVERFLOW or data[start : start + length].rstrip(b"\0") == name:
+            return True
+        offset = start + length
+    return False
+
+
+class _WatchdogLmdbWatcher(WatchdogTrigger):
+    """watchdog on the LMDB data file: the fallback where inotify cannot be set up."""
+
+    source = SOURCE_WATCHER
+
+    def __init__(self, data_file: Path, observer: TxnObserver) -> None:
+        super().__init__()
+        self.data_file = data_file
         self.txn = observer
 
     def watch(self) -> tuple[FileSystemEventHandler, str]:

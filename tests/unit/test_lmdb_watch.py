@@ -1,0 +1,157 @@
+"""The LMDB watcher: one local hint per commit from its own inotify reader, watchdog where
+inotify cannot be set up, and a prompt stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evsync.config import LmdbConfig, LmdbOptions
+from evsync.lmdb.env import LmdbEnv
+from evsync.tools import lmdb_write
+from evsync.triggers import lmdb_watch
+from evsync.triggers.base import SOURCE_WATCHER, HintQueue
+from evsync.triggers.lmdb_watch import (
+    IN_MODIFY,
+    IN_Q_OVERFLOW,
+    LmdbWatcher,
+    TxnObserver,
+    concerns,
+)
+
+HINT_TIMEOUT = 5.0  # generous: the machine may be busy; a hint normally comes in ~1 ms
+QUIET_SECONDS = 0.3  # how long "no hint" is waited for
+
+
+@pytest.fixture
+def lenv(tmp_path: Path) -> Iterator[LmdbEnv]:
+    env = LmdbEnv(
+        LmdbConfig(name="main", path=str(tmp_path / "db"), options=LmdbOptions(create=True))
+    )
+    commit(env, b"k0")  # creates the DBI (a txn of its own) before any watcher looks
+    yield env
+    env.close()
+
+
+def commit(lenv: LmdbEnv, key: bytes) -> None:
+    """One application write txn."""
+    lmdb_write.put(lenv.env, "records", key, b"v", 1000)
+
+
+def start_watcher(lenv: LmdbEnv, queue: HintQueue) -> LmdbWatcher:
+    watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", TxnObserver(lenv, queue))
+    watcher.start()
+    return watcher
+
+
+def event(name: bytes, mask: int = IN_MODIFY) -> bytes:
+    """One inotify event as the kernel lays it out (name padded with NULs)."""
+    padded = name + b"\0" * (16 - len(name) % 16)
+    return lmdb_watch._EVENT.pack(1, mask, 0, len(padded)) + padded
+
+
+class TestInotifyReader:
+    """The watcher's own inotify reader, on a real LMDB."""
+
+    def test_a_commit_gives_one_local_hint_from_the_watcher(self, lenv: LmdbEnv) -> None:
+        """A write txn on the LMDB queues a local hint credited to the watcher, once
+        (a commit makes two inotify events; the txn id confirms one change)."""
+        queue = HintQueue("main")
+        watcher = start_watcher(lenv, queue)
+        try:
+            commit(lenv, b"k1")
+            assert queue.wait(HINT_TIMEOUT).local
+            assert queue.first[SOURCE_WATCHER] == 1
+            assert not queue.wait(QUIET_SECONDS).local
+            commit(lenv, b"k2")
+            assert queue.wait(HINT_TIMEOUT).local
+            assert queue.first[SOURCE_WATCHER] == 2
+        finally:
+            watcher.stop()
+
+    def test_other_files_in_the_directory_give_no_hint(self, lenv: LmdbEnv) -> None:
+        """Writing another file beside data.mdb wakes nothing."""
+        queue = HintQueue("main")
+        watcher = start_watcher(lenv, queue)
+        try:
+            (Path(lenv.cfg.path) / "notes.txt").write_text("x")
+            assert not queue.wait(QUIET_SECONDS).local
+        finally:
+            watcher.stop()
+
+    def test_stop_ends_the_thread_and_closes_the_descriptors(self, lenv: LmdbEnv) -> None:
+        """stop() wakes the reader at once, joins it and closes its descriptors."""
+        watcher = start_watcher(lenv, HintQueue("main"))
+        fd = watcher._fd
+        assert fd is not None and watcher._thread is not None
+        watcher.stop()
+        assert not watcher._thread.is_alive()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+class TestEvents:
+    """Which reads of events concern the data file."""
+
+    def test_only_the_data_file_counts(self) -> None:
+        """An event naming data.mdb counts, one naming lock.mdb does not, and a read
+        holding both counts."""
+        assert concerns(event(b"data.mdb"), b"data.mdb")
+        assert not concerns(event(b"lock.mdb"), b"data.mdb")
+        assert concerns(event(b"lock.mdb") + event(b"data.mdb"), b"data.mdb")
+
+    def test_lost_events_count(self) -> None:
+        """A queue overflow (events lost) makes the watcher look at the txn id anyway."""
+        assert concerns(lmdb_watch._EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0), b"data.mdb")
+
+
+class TestFallback:
+    """Where inotify cannot be set up, watchdog watches instead."""
+
+    def test_watchdog_takes_over_and_says_so_once(
+        self, lenv: LmdbEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With inotify refused (the instances limit, say), one info line names the reason
+        and commits still give local hints, through watchdog."""
+
+        def refused(_directory: bytes) -> int:
+            raise OSError(24, "inotify_init1: Too many open files")
+
+        monkeypatch.setattr(lmdb_watch, "_open_inotify", refused)
+        queue = HintQueue("main")
+        with caplog.at_level(logging.INFO, logger="evsync.triggers.lmdb_watch"):
+            watcher = start_watcher(lenv, queue)
+        try:
+            lines = [
+                r.getMessage() for r in caplog.records if "inotify unavailable" in r.getMessage()
+            ]
+            assert len(lines) == 1 and "Too many open files" in lines[0]
+            commit(lenv, b"k1")
+            assert queue.wait(HINT_TIMEOUT).local
+            assert queue.first[SOURCE_WATCHER] == 1
+        finally:
+            watcher.stop()
+
+    def test_a_failing_read_ends_the_watcher_with_one_warning(
+        self, lenv: LmdbEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An inotify read that fails (never expected) ends the reader thread with one
+        warning naming the error, not a traceback; stop() still works."""
+
+        def broken_read(_fd: int, _n: int) -> bytes:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(lmdb_watch.os, "read", broken_read)
+        with caplog.at_level(logging.WARNING, logger="evsync.triggers.lmdb_watch"):
+            watcher = start_watcher(lenv, HintQueue("main"))
+            commit(lenv, b"k1")
+            assert watcher._thread is not None
+            watcher._thread.join(HINT_TIMEOUT)
+            assert not watcher._thread.is_alive()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "Input/output error" in warnings[0]
+        watcher.stop()
