@@ -8,7 +8,8 @@ format that checks each part before handing it out (``.evs.zst`` version 2) is m
 as it is read, and any other object is verified completely first. A corrupt object is
 marked bad and skipped; one read in checked parts may have had its parts before the
 bad one applied (true data, which last-writer-wins makes safe: DESIGN §4), and its
-instance's position stays where it was.
+instance's position stays where it was. Bytes carried by a notification that fail are
+dropped instead, the object not marked bad (DESIGN §7).
 
 May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
 the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
@@ -190,8 +191,9 @@ class Receiver:
         """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
         return self.relist and (retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS)
 
-    def note_name(self, instance: str, name: SnapshotName) -> None:
-        """A name from a hint or a listing: remembered if it is news."""
+    def note_name(self, instance: str, name: SnapshotName, *, carried: bool = False) -> None:
+        """A name from a hint or a listing (``carried``: from a notification that carried
+        its bytes): remembered if it is news."""
         if not self.accepts(name):
             return
         if name.name in self.peers.bad_objects:
@@ -201,7 +203,9 @@ class Receiver:
         if self.too_old(name):
             self.queue.forget_instance(instance)  # frees a hint-only instance's slot
             return
-        self.peers.note(instance, name, own_done=self.recorder.stats.startup_done)
+        self.peers.note(
+            instance, name, own_done=self.recorder.stats.startup_done, carried=carried
+        )
 
     def check_own_names(self, names: Iterable[SnapshotName]) -> None:
         """Listed objects of this instance: the newest one that this process neither
@@ -409,6 +413,8 @@ class Receiver:
                 self.ledger.merged(partial.txn_ids)
                 backoff.failed()
                 self.recorder.merge_failed(instance, name, exc)
+                if carried:
+                    self._carried_dropped(instance, name)  # taken: a retry would GET
                 return RETRY
         self._merged(instance, name, result, t0, carried=carried)
         return DONE
@@ -417,13 +423,32 @@ class Receiver:
         self, instance: str, name: SnapshotName, exc: EvsyncError, *, carried: bool
     ) -> str:
         """An object that failed its checks, or that this LMDB can never take, is marked
-        bad: ``skipped``. Carried bytes are no proof of what the bucket holds, so then the
-        object is fetched from there instead (its carried bytes are taken: a GET)."""
+        bad: ``skipped``. Carried bytes are no proof of what the bucket holds: they are
+        dropped, counted and logged, and the object is not marked bad; it is fetched
+        (and judged) from the bucket at once only when a listing, hint or announcement
+        has named it, else once one does (a GET before its store would answer 404 and
+        count it gone, DESIGN §7)."""
         if not carried:
             self._reject(instance, name, exc)
             return SKIPPED
         self.recorder.carried_invalid(name, exc)
-        return self.merge_object(instance, name)
+        st = self.peers.instances.get(instance)
+        if st is not None and name.name in st.announced:
+            return self.merge_object(instance, name)  # in the bucket: its bytes are taken
+        self._carried_dropped(instance, name)
+        return SKIPPED
+
+    def _carried_dropped(self, instance: str, name: SnapshotName) -> None:
+        """Carried bytes of ``name`` were taken and not merged. A name no listing, hint or
+        announcement has named yet is forgotten until one does (the announcement after
+        its store is news again: the name is above the position, neither gone nor bad),
+        and a listing is asked for in case that announcement is lost; one already named
+        stays known, and the next plan fetches it from the bucket."""
+        st = self.peers.instances.get(instance)
+        if st is None or name.name in st.announced:
+            return
+        self.peers.forget_newest(instance, name)
+        self.relist = True
 
     def _open_checked(
         self, fmt: SnapshotFormat, data: IO[bytes], name: SnapshotName
@@ -442,8 +467,15 @@ class Receiver:
 
     def note_carried(self, name: SnapshotName) -> None:
         """An object carried by a notification exists, provisionally: a plan may use it
-        (every carried name is noted, not only the newest, so a run of them chains)."""
-        self.note_name(name.instance, name)
+        (every carried name is noted, not only the newest, so a run of them chains).
+        One at or below the position (a redelivered companion, say) is no news and
+        confirms nothing: its bytes are dropped."""
+        st = self.peers.instances.get(name.instance)
+        if st is not None and st.merged is not None and name.name <= st.merged.name:
+            if self.carried is not None:
+                self.carried.drop_through(name.instance, st.merged.name)
+            return
+        self.note_name(name.instance, name, carried=True)
 
     def _merged(
         self, instance: str, name: SnapshotName, result: MergeResult, t0: float, *, carried: bool

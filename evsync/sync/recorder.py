@@ -225,15 +225,16 @@ class Recorder:
         self.metrics.inline_objects.labels(self.db, INLINE_MERGED).inc()
 
     def carried_invalid(self, name: SnapshotName, exc: Exception) -> None:
-        """Bytes a notification carried for ``name`` failed verification; the object is
-        fetched from the bucket instead (the bucket decides what is corrupt)."""
+        """Bytes a notification carried for ``name`` failed verification (or the LMDB can
+        never take them); they are dropped, and the bucket's copy, once a listing or its
+        announcement names it, decides what is corrupt."""
         self.metrics.inline_objects.labels(self.db, INLINE_INVALID).inc()
         self.log_every(
             "carried-invalid",
             CARRIED_LOG_INTERVAL,
             logging.WARNING,
-            "db %s: the copy of %s carried by a notification is unusable (%s); fetching it "
-            "from the bucket",
+            "db %s: the copy of %s carried by a notification is unusable (%s); dropped, "
+            "the bucket's copy is fetched once it is named",
             self.db,
             name,
             exc,

@@ -3,9 +3,9 @@
 The receiver asks an :class:`ObjectSource` for an object by name and gets a seekable
 stream, verified by the receiver alike whether the bytes came by GET from the bucket
 (:class:`StorageSource`) or inside a notification (:class:`CarriedSource`, whose
-streams are :class:`CarriedStream`: the receiver counts them apart, and fetches the
-object from the bucket when carried bytes fail verification, since a notification is
-no proof of what the bucket holds).
+streams are :class:`CarriedStream`: the receiver counts them apart, and drops carried
+bytes that fail verification without marking the object bad, since a notification is
+no proof of what the bucket holds; the bucket's copy comes once the object is named).
 A source raises :class:`~evsync.errors.ObjectNotFoundError` when the object is gone
 and another :class:`~evsync.errors.StorageError` when it cannot tell (worth a retry).
 

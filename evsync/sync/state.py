@@ -45,6 +45,10 @@ class InstanceState:
     #: in the bucket, all newer than ``stored``: the position past ``stored`` is
     #: provisional (DESIGN §7)
     provisional: set[str] = field(default_factory=set)
+    #: names newer than ``merged`` that a listing, hint or announcement named (not only
+    #: a notification that carried them): in the bucket, so merging one confirms it
+    #: however its bytes came (DESIGN §7)
+    announced: set[str] = field(default_factory=set)
 
 
 class Peers:
@@ -77,11 +81,15 @@ class Peers:
         """The instance's state, created empty on first use."""
         return self.instances.setdefault(instance, InstanceState())
 
-    def note(self, instance: str, name: SnapshotName, *, own_done: bool) -> bool:
+    def note(
+        self, instance: str, name: SnapshotName, *, own_done: bool, carried: bool = False
+    ) -> bool:
         """Remember that ``name`` exists; True when it is a remote instance's new newest.
 
         Names at or below the instance's merged position are no news; the own
-        instance's names only count until startup is done (``own_done``).
+        instance's names only count until startup is done (``own_done``). ``carried``:
+        the name came with a notification's bytes, no proof that the bucket holds it, so
+        it never confirms (nor, at or below the position, does anything else).
         """
         if name.name in self.bad_objects:
             return False
@@ -94,8 +102,10 @@ class Peers:
         elif name.is_copy and st.follows_chain:
             return False  # its chain carries the same data
         at_or_before = st.merged is not None and name.name <= st.merged.name
-        if at_or_before and not _behind_provisional(st, name):
+        if at_or_before and (carried or not _behind_provisional(st, name)):
             return False
+        if not carried:
+            st.announced.add(name.name)
         if name.name not in st.known:
             # a name not known before may be the base a stuck plan lacked: plan again
             st.stuck = st.relisted_for = None
@@ -141,6 +151,7 @@ class Peers:
         st = self.instances.get(instance)
         if st is not None:
             st.known.pop(name.name, None)
+            st.announced.discard(name.name)
             if st.newest_seen == name:
                 st.newest_seen = None
 
@@ -165,16 +176,18 @@ class Peers:
     ) -> InstanceState:
         """``name`` is merged: the instance's position moves to it. ``carried``: its bytes
         came inside a notification, so the position past the last stored one is
-        provisional until a listing or an announcement names it."""
+        provisional until a listing or an announcement names it (one that named it
+        before the merge, in the same drain say, confirms it at once)."""
         if instance == self.own:
             self.own_named(name)  # verified: new names must sort after it
         st = self.get(instance)
-        if carried:
+        if carried and name.name not in st.announced:
             st.provisional.add(name.name)
         else:
             _confirm(st, name)
         st.merged = name
         st.known = {n: v for n, v in st.known.items() if n > name.name}
+        st.announced = {n for n in st.announced if n > name.name}
         st.merged_at = time.time()
         st.lag_seconds = max(0.0, now_ns / NS - name.timestamp_ns / NS)
         self.waiting_for.discard(instance)
@@ -230,9 +243,21 @@ def _behind_provisional(st: InstanceState, name: SnapshotName) -> bool:
     clock behind them, or re-dumped on the same base). The position falls back to the
     stored one and the plan runs from there; merging again is harmless under
     last-writer-wins, skipping an object would not be.
+
+    A checkpoint is never such a sign: it is named just after its point, a member of the
+    chain (the stretch may have passed the checkpoint's name while it was dumped), and
+    it holds nothing of that chain's members a receiver at or past the point lacks.
+    Stored, it proves its point was stored, so it confirms the provisional names up to
+    its point.
     """
     if name.name in st.provisional:
         _confirm(st, name)
+        return False
+    point_ns = name.checkpoint_of_ns
+    if point_ns is not None:
+        upto = [n for n in st.provisional if SnapshotName.parse(n).timestamp_ns <= point_ns]
+        if upto:
+            _confirm(st, SnapshotName.parse(max(upto)))
         return False
     if not st.provisional or (st.stored is not None and name.name <= st.stored.name):
         return False

@@ -2,8 +2,9 @@
 
 An inline companion (:func:`evsync.triggers.s3events.inline_companion`) carries a small
 delta so that a receiver can merge it without a GET. The MQTT thread puts the bytes
-here; the syncer takes them through :class:`~evsync.sync.sources.CarriedSource`, which
-verifies them exactly as fetched bytes. Bounded in count and bytes: a flood of
+here; the syncer takes them through :class:`~evsync.sync.sources.CarriedSource`, and
+the receiver checks them by the same rules as fetched bytes (dropping them, not the
+object, when they fail). Bounded in count and bytes: a flood of
 companions (or forged ones) costs at most this memory, and an object pushed out is
 fetched from the bucket as any announced one.
 """

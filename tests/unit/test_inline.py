@@ -14,9 +14,9 @@ import pytest
 
 from evsync.config import MqttConfig, load_config_text
 from evsync.config.schema import DEFAULT_MQTT_INLINE_MAX_BYTES, MAX_MQTT_INLINE_BYTES
-from evsync.errors import ConfigError
+from evsync.errors import ConfigError, LmdbError, PermanentLmdbError
 from evsync.metrics import Metrics
-from evsync.snapshot.name import SnapshotName, delta_extra
+from evsync.snapshot.name import SnapshotName, checkpoint_extra, delta_extra
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.sync import receiver as receiver_mod
@@ -292,6 +292,75 @@ class TestProvisionalPosition:
         assert peers.pending(include_own=False) == []
 
 
+def checkpoint(ts_s: int, point_s: int) -> SnapshotName:
+    return SnapshotName.build("main", "a", ts_s * NS, extras=(checkpoint_extra(point_s * NS),))
+
+
+class TestProvisionalRules:
+    """Peers: what confirms a provisional position and what never does (reviewer
+    findings A, B and D)."""
+
+    def merged_carried(self) -> Peers:
+        """Merged full 10 (fetched), then deltas 20, 30 and 40 from their messages."""
+        peers = Peers("b")
+        peers.merged("a", named(10), 0)
+        for ts in (20, 30, 40):
+            peers.merged("a", named(ts, ts - 10), 0, carried=True)
+        return peers
+
+    def test_a_checkpoint_inside_the_stretch_does_not_fall_back(self) -> None:
+        """A checkpoint named just after its point (21, point 20), noted while the
+        position (40) is past it and the stored one (10) before it, is no sign of a
+        divergent sender: the position stays, nothing is pending again, and the stored
+        checkpoint confirms the provisional names up to its point."""
+        peers = self.merged_carried()
+        assert not peers.note("a", checkpoint(21, 20), own_done=True)
+        st = peers.instances["a"]
+        assert st.merged == named(40, 30)
+        assert st.stored == named(20, 10) and st.provisional == {
+            named(30, 20).name, named(40, 30).name
+        }
+        assert peers.pending(include_own=False) == []
+
+    def test_a_checkpoint_whose_point_is_not_merged_confirms_nothing(self) -> None:
+        """A checkpoint at or below the position whose point is the stored one or older
+        moves nothing: no fallback, no confirmation."""
+        peers = self.merged_carried()
+        assert not peers.note("a", checkpoint(11, 10), own_done=True)
+        st = peers.instances["a"]
+        assert st.merged == named(40, 30) and st.stored == named(10)
+        assert len(st.provisional) == 3
+
+    def test_an_announcement_before_the_merge_confirms_it(self) -> None:
+        """A name announced (or listed) before its carried bytes are merged, in the same
+        drain say, is in the bucket: the merge makes it the stored position."""
+        peers = Peers("b")
+        peers.merged("a", named(10), 0)
+        peers.note("a", named(20, 10), own_done=True, carried=True)
+        peers.note("a", named(20, 10), own_done=True)
+        st = peers.merged("a", named(20, 10), 0, carried=True)
+        assert st.stored == named(20, 10) and not st.provisional
+
+    def test_a_carried_name_alone_stays_provisional(self) -> None:
+        """Noted only from the notification that carried it, a merged name stays
+        provisional."""
+        peers = Peers("b")
+        peers.merged("a", named(10), 0)
+        peers.note("a", named(20, 10), own_done=True, carried=True)
+        st = peers.merged("a", named(20, 10), 0, carried=True)
+        assert st.stored == named(10) and st.provisional == {named(20, 10).name}
+
+    def test_a_carried_name_never_confirms(self) -> None:
+        """A carried name at or below the position (a redelivered companion) is no news
+        and confirms nothing; it does not make the position fall back either."""
+        peers = self.merged_carried()
+        assert not peers.note("a", named(30, 20), own_done=True, carried=True)
+        assert not peers.note("a", named(25), own_done=True, carried=True)
+        st = peers.instances["a"]
+        assert st.stored == named(10) and st.merged == named(40, 30)
+        assert len(st.provisional) == 3
+
+
 class TestConfig:
     """notify.mqtt.inline_max_bytes: a size, validated at load."""
 
@@ -415,11 +484,13 @@ class TestReceiverInline:
         assert read(b, b"k") == (b"v2", 2002, False)
         assert sample(b, "merged") == 3
 
-    def test_unusable_carried_bytes_are_fetched_from_the_bucket(
+    def test_unusable_carried_bytes_wait_for_the_bucket_copy(
         self, tmp_path: Path, store: MemoryStore
     ) -> None:
-        """Carried bytes that fail verification prove nothing about the bucket: the
-        object is fetched and merged, counted invalid, and not marked bad."""
+        """Carried bytes that fail verification prove nothing about the bucket: they are
+        dropped and counted invalid, with no GET (the companion precedes the PUT: a 404
+        would count the object gone), and the object is neither marked bad nor gone;
+        its announcement is still news and brings it from the bucket."""
         a, b = started_pair(tmp_path, store)
         app_put(a, b"k", b"v1", 2000)
         a.step(Batch(local=True))
@@ -428,10 +499,134 @@ class TestReceiverInline:
         b.queue.put_carried("mqtt", delta.name, good[:-1] + bytes([good[-1] ^ 0xFF]))
         opens = store.calls["open"]
         b.step(b.queue.wait(0))
-        assert store.calls["open"] == opens + 1
-        assert read(b, b"k") == (b"v1", 2000, False)
+        assert store.calls["open"] == opens
+        assert read(b, b"k") == (b"v0", 1000, False)
         assert sample(b, "invalid") == 1 and sample(b, "merged") == 0
         assert delta.name not in b.bad_objects
+        assert b.queue.put(Hint("mqtt", name=delta.name))  # neither gone nor rejected
+        b.step(b.queue.wait(0))
+        assert store.calls["open"] == opens + 1
+        assert read(b, b"k") == (b"v1", 2000, False)
+        assert b.instances["a"].stored == delta and not b.instances["a"].provisional
+
+    def test_unusable_carried_bytes_of_an_announced_object_are_fetched(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """When the announcement came in the same drain, the bucket holds the object:
+        bad carried bytes are followed by one GET, and the bucket's copy is merged."""
+        a, b = started_pair(tmp_path, store)
+        app_put(a, b"k", b"v1", 2000)
+        a.step(Batch(local=True))
+        delta = stored(store, "a")[-1]
+        good = store.open(delta.name).read()
+        b.queue.put_carried("mqtt", delta.name, good[:-1] + bytes([good[-1] ^ 0xFF]))
+        b.queue.put(Hint("mqtt", name=delta.name))
+        opens = store.calls["open"]
+        b.step(b.queue.wait(0))
+        assert store.calls["open"] == opens + 1
+        assert read(b, b"k") == (b"v1", 2000, False)
+        assert sample(b, "invalid") == 1 and delta.name not in b.bad_objects
+        assert b.instances["a"].stored == delta
+
+    @pytest.mark.parametrize("error", [PermanentLmdbError, LmdbError])
+    def test_carried_bytes_the_lmdb_refuses_are_not_fetched_early(
+        self,
+        tmp_path: Path,
+        store: MemoryStore,
+        monkeypatch: pytest.MonkeyPatch,
+        error: type[Exception],
+    ) -> None:
+        """A merge of carried bytes that the LMDB refuses (for good, or for now) costs no
+        GET before the announcement (the bytes are taken: a retry would GET a name not
+        stored yet); the object is not marked bad, and its announcement brings it."""
+        a, b = started_pair(tmp_path, store)
+        wire(a, b)
+        app_put(a, b"k", b"v1", 2000)
+        a.step(Batch(local=True))
+        delta = stored(store, "a")[-1]
+        real = b.receiver._apply
+        calls = []
+
+        def failing_once(*args: object) -> object:
+            calls.append(1)
+            if len(calls) == 1:
+                raise error("refused")
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(b.receiver, "_apply", failing_once)
+        opens = store.calls["open"]
+        b.step(b.queue.wait(0))
+        b.receiver._load_backoff.clear()  # past the backoff: a retry may run
+        b.step(Batch())
+        assert store.calls["open"] == opens and len(calls) == 1
+        assert delta.name not in b.bad_objects
+        assert b.queue.put(Hint("mqtt", name=delta.name))
+        b.step(b.queue.wait(0))
+        assert store.calls["open"] == opens + 1
+        assert read(b, b"k") == (b"v1", 2000, False)
+
+    def test_an_announcement_in_the_same_drain_confirms(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A syncer busy longer than one PUT drains the companion and its announcement
+        together: the merge from the carried bytes is confirmed, so ``stored`` keeps up."""
+        a, b = started_pair(tmp_path, store)
+        wire(a, b)
+        app_put(a, b"k", b"v1", 2000)
+        a.step(Batch(local=True))
+        delta = stored(store, "a")[-1]
+        assert b.queue.put(Hint("mqtt", name=delta.name))
+        opens = store.calls["open"]
+        b.step(b.queue.wait(0))
+        assert store.calls["open"] == opens and sample(b, "merged") == 1
+        assert b.instances["a"].stored == delta and not b.instances["a"].provisional
+
+    def test_a_redelivered_companion_confirms_nothing(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A companion delivered again (QoS 1) after its bytes were merged is no news:
+        its bytes are not held, and ``stored`` does not move to an object never known
+        to be in the bucket."""
+        a, b = started_pair(tmp_path, store)
+        base = stored(store, "a")[-1]
+        store.fail = True  # the PUT never happens
+        carried = wire(a, b)
+        app_put(a, b"k", b"v1", 2000)
+        a.step(Batch(local=True))
+        b.step(b.queue.wait(0))
+        assert read(b, b"k") == (b"v1", 2000, False)
+        (name,) = carried
+        b.queue.put_carried("mqtt", name, b"again")
+        b.step(b.queue.wait(0))
+        st = b.instances["a"]
+        assert st.stored == base and st.provisional == {name}
+        assert len(b.queue.carried) == 0
+
+    def test_a_checkpoint_announced_inside_the_stretch_costs_no_get(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A checkpoint (named just after its point) announced while the position is
+        provisional past it: no fallback, so nothing is fetched again, and the point is
+        confirmed."""
+        a, b = started_pair(tmp_path, store)
+        base = stored(store, "a")[-1]
+        carried = wire(a, b)
+        for i in range(3):
+            app_put(a, b"k", b"v%d" % i, 2000 + i)
+            a.step(Batch(local=True))
+        b.step(b.queue.wait(0))
+        first, second, third = (SnapshotName.parse(n) for n in carried)
+        st = b.instances["a"]
+        assert st.stored == base and st.merged == third
+        cp = SnapshotName.build(
+            "main", "a", first.timestamp_ns + 1, extras=(checkpoint_extra(first.timestamp_ns),)
+        )
+        assert cp.is_checkpoint and first.name < cp.name < second.name
+        opens = store.calls["open"]
+        b.step(Batch(remote={"a": cp}))
+        assert store.calls["open"] == opens
+        assert st.merged == third and st.stored == first
+        assert st.provisional == {second.name, third.name}
 
     def test_a_delta_whose_base_is_missing_takes_the_normal_plan(
         self, tmp_path: Path, store: MemoryStore, no_relist_pause: None
