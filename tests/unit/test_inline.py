@@ -487,11 +487,13 @@ class TestReceiverInline:
     def test_unusable_carried_bytes_wait_for_the_bucket_copy(
         self, tmp_path: Path, store: MemoryStore
     ) -> None:
-        """Carried bytes that fail verification prove nothing about the bucket: they are
-        dropped and counted invalid, with no GET (the companion precedes the PUT: a 404
-        would count the object gone), and the object is neither marked bad nor gone;
-        its announcement is still news and brings it from the bucket."""
+        """Carried bytes that fail verification (here the v2 entries frame, after the
+        header frame passed) prove nothing about the bucket: they are dropped and
+        counted invalid, with no GET (the companion precedes the PUT: a 404 would count
+        the object gone), the position stays, and the object is neither marked bad nor
+        gone; its announcement is still news and brings it from the bucket."""
         a, b = started_pair(tmp_path, store)
+        base = stored(store, "a")[-1]
         app_put(a, b"k", b"v1", 2000)
         a.step(Batch(local=True))
         delta = stored(store, "a")[-1]
@@ -503,6 +505,7 @@ class TestReceiverInline:
         assert read(b, b"k") == (b"v0", 1000, False)
         assert sample(b, "invalid") == 1 and sample(b, "merged") == 0
         assert delta.name not in b.bad_objects
+        assert b.instances["a"].merged == base
         assert b.queue.put(Hint("mqtt", name=delta.name))  # neither gone nor rejected
         b.step(b.queue.wait(0))
         assert store.calls["open"] == opens + 1
