@@ -10,7 +10,8 @@ marked bad and skipped; one read in checked parts may have had its parts before 
 bad one applied (true data, which last-writer-wins makes safe: DESIGN §4), and its
 instance's position stays where it was.
 
-May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
+May call: the bucket (its listing, and a HEAD before stepping over a checkpoint no
+listing showed), an :class:`~evsync.sync.sources.ObjectSource`,
 the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
 (:class:`~evsync.lmdb.merge.Merger`, or :class:`~evsync.lmdb.shadow.Shadow` in shadow
 mode), :class:`~evsync.sync.state.Peers`, the txn ledger and the recorder.
