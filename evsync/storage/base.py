@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO
 
+from evsync.errors import ObjectNotFoundError
+
 # Objects up to this size are kept in memory while downloaded; larger ones spill to disk.
 SPOOL_MAX_BYTES = 8 << 20
 COPY_CHUNK = 1 << 20
@@ -22,7 +24,7 @@ class ObjectInfo:
 
 
 class BlobStore(abc.ABC):
-    """A flat namespace of immutable objects: list, open, store, delete.
+    """A flat namespace of immutable objects: list, open, exists, store, delete.
 
     Implementations raise :class:`~evsync.errors.ObjectNotFoundError` for a missing
     object and :class:`~evsync.errors.StorageUnavailableError` for anything worth
@@ -47,6 +49,16 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, name: str) -> None:
         """Delete an object; a missing object is fine."""
+
+    def exists(self, name: str) -> bool:
+        """True when the bucket holds ``name`` (a HEAD, not a GET); raises
+        StorageUnavailableError when it cannot tell. This default opens and closes the
+        object; backends override it with something cheaper."""
+        try:
+            with self.open(name):
+                return True
+        except ObjectNotFoundError:
+            return False
 
     def describe(self) -> str:
         """Where the objects live, for logs (never includes secrets)."""

@@ -141,6 +141,18 @@ class FsStore(BlobStore):
             os.close(fd)
             raise
 
+    def exists(self, name: str) -> bool:
+        """True for a regular file of that name (what :meth:`list` shows)."""
+        if is_temp_name(name):
+            return False
+        try:
+            st = os.lstat(self._path(name))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageUnavailableError(f"fs store: cannot stat {name}: {exc.strerror}") from None
+        return stat.S_ISREG(st.st_mode)
+
     def fetch(self, name: str) -> IO[bytes]:
         """As :meth:`BlobStore.fetch`, but a file that grows past the cap while it is
         copied (objects are immutable; someone is writing to it) is refused too."""

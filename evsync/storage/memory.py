@@ -19,7 +19,7 @@ class MemoryStore(BlobStore):
         self._objects: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.fail = False
-        self.calls: dict[str, int] = {"list": 0, "open": 0, "store": 0, "delete": 0}
+        self.calls: dict[str, int] = {"list": 0, "open": 0, "store": 0, "delete": 0, "head": 0}
 
     def _enter(self, op: str) -> None:
         self.calls[op] += 1
@@ -41,6 +41,11 @@ class MemoryStore(BlobStore):
             if name not in self._objects:
                 raise ObjectNotFoundError(f"memory store: {name} not found")
             return io.BytesIO(self._objects[name])
+
+    def exists(self, name: str) -> bool:
+        self._enter("head")
+        with self._lock:
+            return name in self._objects
 
     def store(self, name: str, data: IO[bytes]) -> None:
         self._enter("store")

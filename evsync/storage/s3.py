@@ -160,6 +160,17 @@ class S3Store(BlobStore):
         body: IO[bytes] = resp["Body"]
         return body
 
+    def exists(self, name: str) -> bool:
+        """A HEAD request."""
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:  # noqa: BLE001
+            err = self._wrap(exc, f"head {name}")
+            if isinstance(err, ObjectNotFoundError):
+                return False
+            raise err from None
+        return True
+
     def fetch(self, name: str) -> IO[bytes]:
         try:
             return super().fetch(name)

@@ -15,7 +15,8 @@ skipping a delta, which would lose its changes until the next full object.
 The checkpoint rule: a receiver at or past a checkpoint's point already holds every
 change of the instance's own that the checkpoint holds (the rest are in the deltas
 after the point, which it follows anyway), so it steps over the checkpoint without
-fetching it (:func:`covered`); a receiver behind the point (or new) restarts from the
+fetching it (:func:`covered`; the receiver first makes sure the bucket holds it: a name
+from a hint proves nothing); a receiver behind the point (or new) restarts from the
 newest checkpoint and follows the deltas after its point.
 
 Pure rules on names and sizes, no I/O: the sender keeps a :class:`SenderChain`, the

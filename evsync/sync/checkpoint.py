@@ -56,7 +56,7 @@ CHILD_MODULE = "evsync.sync.checkpoint"
 # The child's exit code when the dump itself failed (an LMDB error, say); any other
 # non-zero code is a crash.
 CHILD_FAILED = 3
-# How long shutdown waits for a child to end after SIGTERM, and for a store in flight.
+# How long shutdown waits for a child to end after SIGKILL, and for a store in flight.
 STOP_WAIT_SECONDS = 5.0
 # Linux prctl(2) option: a signal for this process when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -107,6 +107,8 @@ class Stored:
     dumped: DumpResult
     size: int
     dump_seconds: float
+    #: when its store completed (monotonic): a listing begun before may lack it
+    stored_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class _Run:
     proc: subprocess.Popen[bytes] | None = None
     dump_seconds: float = 0.0
     cancelled: bool = False
+    stored_at: float = 0.0
 
 
 class Checkpointer:
@@ -200,7 +203,7 @@ class Checkpointer:
             return self._end(Failed(run.begun, STAGE_STORE, str(exc)))
         assert run.dumped is not None
         size = run.out.stat().st_size
-        return self._end(Stored(run.begun, run.dumped, size, run.dump_seconds))
+        return self._end(Stored(run.begun, run.dumped, size, run.dump_seconds, run.stored_at))
 
     def cancel(self, why: str = "the chain restarted") -> None:
         """Drop the checkpoint in flight (the chain it belongs to restarted, say); a store
@@ -220,7 +223,7 @@ class Checkpointer:
         """Stop the child, wait (bounded) for a store in flight, end the worker."""
         run, self._run = self._run, None
         if run is not None:
-            self._kill(run)
+            self._kill(run, wait=True)
             if run.store is not None:
                 try:
                     run.store.exception(timeout=STOP_WAIT_SECONDS)
@@ -241,16 +244,20 @@ class Checkpointer:
         _remove(run)
         return outcome
 
-    def _kill(self, run: _Run) -> None:
+    def _kill(self, run: _Run, *, wait: bool = False) -> None:
+        """SIGKILL the run's child, without waiting (``wait``: up to STOP_WAIT_SECONDS).
+        Not SIGTERM: the child handles that in Python under SCHED_IDLE, so on a busy
+        host it may take seconds to act, and the syncer thread must not wait for it.
+        The worker reaps the child and removes what it may have written since."""
         with self._lock:
             run.cancelled = True
             proc = run.proc
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if wait:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(STOP_WAIT_SECONDS)
 
     def _worker(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -290,6 +297,9 @@ class Checkpointer:
             except OSError:
                 pass  # it died at once: its exit code says how
             code = proc.wait()
+            if run.cancelled:
+                _remove(run)  # killed: what it wrote after the cancel removed its files
+                raise EvsyncError("cancelled")
             if code != 0:
                 stderr.seek(0)
                 tail = stderr.read()[-STDERR_TAIL_BYTES:].decode(errors="replace").strip()
@@ -310,6 +320,7 @@ class Checkpointer:
         try:
             with run.out.open("rb") as data:
                 self.store.store(run.begun.name.name, faults.reading(data, "upload"))
+            run.stored_at = time.monotonic()
         finally:
             self.queue.put(Hint(SOURCE_CHECKPOINT, local=True))
 

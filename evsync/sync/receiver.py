@@ -11,7 +11,8 @@ bad one applied (true data, which last-writer-wins makes safe: DESIGN §4), and 
 instance's position stays where it was. Bytes carried by a notification that fail are
 dropped instead, the object not marked bad (DESIGN §7).
 
-May call: the bucket (listing only), an :class:`~evsync.sync.sources.ObjectSource`,
+May call: the bucket (its listing, and a HEAD before stepping over a checkpoint no
+listing showed), an :class:`~evsync.sync.sources.ObjectSource`,
 the object's :class:`~evsync.snapshot.base.SnapshotFormat`, the LMDB merge
 (:class:`~evsync.lmdb.merge.Merger`, or :class:`~evsync.lmdb.shadow.Shadow` in shadow
 mode), :class:`~evsync.sync.state.Peers`, the txn ledger and the recorder.
@@ -145,6 +146,8 @@ class Receiver:
         self._too_old_names = BoundedNames(MAX_TOO_OLD_NAMES)
         #: objects carried by notifications (the queue's), dropped once passed
         self.carried: CarriedObjects | None = None
+        #: checkpoint names this thread's last listing showed: stepped over without a HEAD
+        self._listed_checkpoints: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ names
 
@@ -173,16 +176,20 @@ class Receiver:
         self.list_backoff.succeeded()
         self.relist = False
         present: set[str] = set()
+        checkpoints: set[str] = set()
         for obj in objects:
             name = readable_name(obj.name, self.db)
             if name is None or not self.accepts(name):
                 continue
+            if name.is_checkpoint:
+                checkpoints.add(name.name)
             if name.name in self.peers.bad_objects or self.too_old(name):
                 continue  # an instance with nothing mergeable left is not waited for
             present.add(name.instance)
             if name.instance == self.peers.own and not startup:
                 continue
             self.note_name(name.instance, name)
+        self._listed_checkpoints = frozenset(checkpoints)
         self.peers.waiting_for.intersection_update(present)
         self.queue.listed(present)
         return True
@@ -287,10 +294,8 @@ class Receiver:
             st = self.peers.instances[instance]
             position = st.merged.timestamp_ns if st.merged is not None else None
             for name in chain.plan(st.known.values(), position, newest):
-                if chain.covered(name, st.merged.timestamp_ns if st.merged else None):
-                    self._step_over(instance, name)
-                    continue
-                outcome = self._merge_with_retries(instance, name, retry)
+                step_over = chain.covered(name, st.merged.timestamp_ns if st.merged else None)
+                outcome = self._merge_with_retries(instance, name, retry, step_over=step_over)
                 if outcome == STOPPED:
                     return True, False
                 if outcome != DONE:
@@ -303,20 +308,46 @@ class Receiver:
                     return False, ok
         return True, ok
 
-    def _step_over(self, instance: str, name: SnapshotName) -> None:
+    def _step_over(self, instance: str, name: SnapshotName) -> str:
         """A checkpoint whose point the position has reached holds nothing of its
-        instance's own that this LMDB lacks (DESIGN §7): the position moves to it, no GET."""
+        instance's own that this LMDB lacks (DESIGN §7): the position moves to it, no GET.
+
+        Only once the bucket is known to hold it (the last listing showed it, or a HEAD
+        says so): a name alone, from a hint, proves nothing, and stepping over a forged
+        one named far ahead would put the position past every real object of the
+        instance. A name the bucket lacks is handled as a vanished object."""
+        if name.name not in self._listed_checkpoints:
+            backoff = self._backoff(instance)
+            try:
+                held = self.store.exists(name.name)
+            except StorageError as exc:
+                backoff.failed()
+                self.recorder.fetch_failed(instance, name, exc)
+                return RETRY
+            backoff.succeeded()
+            if not held:
+                self.recorder.vanished(name)
+                self.queue.gone(name.name)  # a hint naming it again costs nothing
+                self._forget_newest(instance, name)
+                return SKIPPED
         self.peers.merged(instance, name, self.clock_ns())
         self.recorder.checkpoint_skipped(instance, name)
+        return DONE
 
-    def _merge_with_retries(self, instance: str, name: SnapshotName, retry: bool) -> str:
-        """:meth:`merge_object` paced by the instance's backoff."""
+    def _merge_with_retries(
+        self, instance: str, name: SnapshotName, retry: bool, *, step_over: bool = False
+    ) -> str:
+        """:meth:`merge_object` (or, ``step_over``, :meth:`_step_over`) paced by the
+        instance's backoff."""
         backoff = self._backoff(instance)
         attempts = 0
         while True:
             if not retry and not backoff.ready():
                 return RETRY
-            outcome = self.merge_object(instance, name)
+            if step_over:
+                outcome = self._step_over(instance, name)
+            else:
+                outcome = self.merge_object(instance, name)
             if outcome != RETRY:
                 return outcome
             attempts += 1

@@ -122,6 +122,9 @@ class Sender:
         retry = config.storage_retry_interval
         self.backoff = Backoff(retry, retry)
         self.last_store_mono = time.monotonic()
+        #: when the last checkpoint's store completed (monotonic): a listing begun before
+        #: it may lack the chain's first member
+        self.last_checkpoint_store_mono = 0.0
         #: timestamp of the newest object this run stored (0: none yet)
         self.last_stored_ts = 0
         #: the next upload is a full object even without a local change (own objects
@@ -301,7 +304,10 @@ class Sender:
         """A listing that began at ``started`` (monotonic) found these objects of ours. If
         one that receivers need is missing (a wiped or recreated bucket, an object removed
         by hand), the next upload is a full object, whether or not anything changed."""
-        if started <= self.last_store_mono or not self.last_stored_ts:
+        if (
+            started <= max(self.last_store_mono, self.last_checkpoint_store_mono)
+            or not self.last_stored_ts
+        ):
             return  # the listing may predate our newest store; or we stored nothing yet
         needed = set(self.chain.members) | {self.last_stored_ts}
         missing = needed - own_timestamps
@@ -399,6 +405,9 @@ class Sender:
         if begun.epoch != self.chain.epoch:
             return  # older than the full object that restarted the chain: harmless, unused
         header = outcome.dumped.header
+        # the checkpoint is the chain's first member from now on: a listing begun before
+        # its store completed may lack it
+        self.last_checkpoint_store_mono = max(self.last_checkpoint_store_mono, outcome.stored_at)
         self.chain.stored_checkpoint(
             begun.name.timestamp_ns, outcome.size, header.total_entries, begun.began_at
         )

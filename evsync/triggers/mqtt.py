@@ -6,8 +6,12 @@ persistent session (MQTT 3.1.1 clean_session=False, or MQTT 5 session expiry), s
 the broker queues events while evsync is down. paho reconnects with backoff by
 itself; while the broker is away the listing keeps the sync going.
 With ``publish: true`` the same client announces every stored object, retained, on
-``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. While the
-broker is away only the newest announcement per db waits; it is sent on reconnect.
+``<topic>/<db>/<instance>``, so any S3 works without bucket notifications. An
+announcement is a hint, and the one of the greatest name (the newest object) says
+everything an older one did: while the broker is away only that one per db waits, sent
+on reconnect; and one whose name sorts below a name already announced for its db (a
+checkpoint, stored after the deltas made during its dump, DESIGN §7) is published
+without the retain flag, so the retained message stays the newest name.
 A delta up to ``inline_max_bytes`` also goes out before its store, inside an inline
 companion on the same topic (not retained, never queued while disconnected: the
 announcement after the store still comes); received companions hand their object to
@@ -175,9 +179,11 @@ class MqttSource(Trigger):
         #: an attempt failed since the last connection (not merely "not connected yet")
         self.failed = False
         self._last_malformed_log = -math.inf  # the first one is always logged
-        # While disconnected only the newest announcement per db is kept (announcements
-        # are retained hints: the newest one says everything an older one did).
+        # While disconnected only the announcement of the greatest name per db is kept
+        # (announcements are hints: the newest object's says everything an older one did).
         self._pending: dict[str, tuple[str, bytes]] = {}
+        #: the greatest name announced (or pending) per db: an older one is not retained
+        self._newest_announced: dict[str, str] = {}
         self._pending_lock = threading.Lock()
         self._client = self._make_client()
 
@@ -336,7 +342,8 @@ class MqttSource(Trigger):
     # ------------------------------------------------------------------ announcements
 
     def announce(self, db: str, name: str, size: int) -> None:
-        """Publish a retained S3-event-shaped message for a stored object."""
+        """Publish an S3-event-shaped message for a stored object: retained unless its
+        name sorts at or below one announced before for ``db``."""
         topic = announcement_topic(self.cfg, db, self.instance)
         payload = announcement(
             self.bucket or "",
@@ -347,10 +354,15 @@ class MqttSource(Trigger):
             origin=self.origin,
         )
         with self._pending_lock:
+            newest = self._newest_announced.get(db)
+            retain = newest is None or name > newest
+            if retain:
+                self._newest_announced[db] = name
             if not self.connected.is_set():
-                self._pending[db] = (topic, payload)  # replaces an older one of this db
-                return
-        self._client.publish(topic, payload, qos=self.cfg.qos, retain=True)
+                if retain:
+                    self._pending[db] = (topic, payload)  # replaces an older one of this db
+                return  # an older name than one pending or retained: nothing to add
+        self._client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
 
     def announce_carried(self, db: str, name: str, data: bytes) -> None:
         """Publish a small object's inline companion, before its store, if connected

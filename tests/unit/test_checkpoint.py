@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -292,6 +292,37 @@ class TestSender:
         assert not any(n.is_checkpoint for n in names_of(store, "a"))
         a.close()
 
+    def test_a_listing_begun_before_the_checkpoint_was_stored_breaks_no_chain(
+        self, tmp_path: Path, store: CheckpointFailingStore
+    ) -> None:
+        """A listing that began after the last delta's store but before the checkpoint's
+        store completed lacks the checkpoint, which then becomes the chain's first
+        member: the own-objects check skips that listing (no "objects are gone", no full
+        object); a listing begun after it is checked as before. It used to break the
+        chain and dump a full object on the syncer thread."""
+        a = writer(tmp_path, store)
+        change(a, b"x1", b"1", 10**15)
+        change(a, b"x2", b"2", 10**15 + 1)  # the checkpoint begins
+        cp = a.sender.checkpointer
+        assert cp is not None and cp.running and cp._run is not None and cp._run.store is None
+        started = time.monotonic()  # after the last delta's store, before the checkpoint's
+        early = names_of(store, "a")
+        assert not any(n.is_checkpoint for n in early)
+        settle(a, lambda: stored_checkpoints(a) == 1)
+        assert a.sender.chain.members[0] not in {n.timestamp_ns for n in early}
+        a.on_listing(True, early, started)
+        a.step(Batch())
+        assert names_of(store, "a")[-1].is_checkpoint, "no full object was stored"
+        before = len(names_of(store, "a"))
+        change(a, b"x3", b"3", 10**15 + 2)
+        assert names_of(store, "a")[-1].is_delta and len(names_of(store, "a")) == before + 1
+        late = names_of(store, "a")
+        a.on_listing(True, [n for n in late if not n.is_checkpoint], time.monotonic())
+        a.step(Batch())
+        newest = names_of(store, "a")[-1]
+        assert not newest.is_delta and not newest.is_checkpoint, "a later listing is checked"
+        a.close()
+
     def test_small_lmdbs_keep_full_objects_on_the_syncer_thread(
         self, tmp_path: Path, store: CheckpointFailingStore
     ) -> None:
@@ -318,6 +349,53 @@ child.stdin.close()
 print(child.pid, flush=True)
 os._exit(0)
 """
+
+
+# A checkpoint child that takes SIGTERM as slowly as a starved one would (it ignores it):
+# says when it is ready, then waits.
+STUBBORN_CHILD = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.stdin.buffer.read()
+pathlib.Path(sys.argv[1]).touch()
+time.sleep(120)
+"""
+
+
+class TestCancel:
+    """Dropping a checkpoint never holds up the syncer thread."""
+
+    def test_cancel_returns_at_once_and_the_child_ends(
+        self, tmp_path: Path, store: CheckpointFailingStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With a child slow to act on SIGTERM (under SCHED_IDLE on a busy host), cancel()
+        on the syncer thread returns within a second; the child is killed, reaped by the
+        worker, and its spool file removed. cancel() used to wait up to 5 s for it."""
+        ready = tmp_path / "ready"
+        real_popen = subprocess.Popen
+
+        def stubborn(_args: object, **kw: Any) -> subprocess.Popen[bytes]:
+            return real_popen([sys.executable, "-c", STUBBORN_CHILD, str(ready)], **kw)
+
+        monkeypatch.setattr(subprocess, "Popen", stubborn)
+        a = writer(tmp_path, store, max_chain=1)
+        change(a, b"x1", b"1", 10**15)  # the checkpoint begins
+        cp = a.sender.checkpointer
+        assert cp is not None and cp._run is not None
+        run = cp._run
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.02)
+        assert run.proc is not None
+        t0 = time.monotonic()
+        cp.cancel()
+        assert time.monotonic() - t0 < 1.0
+        assert not cp.running
+        run.future.exception(timeout=WAIT_SECONDS)  # the worker reaped it
+        assert run.proc.returncode is not None and run.proc.returncode < 0
+        assert not run.out.exists() and not run.result.exists()
+        a.close()
 
 
 class TestOrphanedChild:

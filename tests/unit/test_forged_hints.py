@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evsync.snapshot.name import SnapshotName
+from evsync.snapshot.name import SnapshotName, checkpoint_extra
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.sync.receiver import RELIST_MIN_SECONDS
@@ -18,6 +18,7 @@ from evsync.triggers.base import (
     MAX_UNLISTED_INSTANCES,
     SOURCE_LISTING,
     SOURCE_MQTT,
+    Batch,
     Hint,
     HintQueue,
 )
@@ -103,6 +104,40 @@ class TestHintsForMissingNames:
         hint(a, forged("b", 1))
         hint(a, stored(store, "b")[-1])
         assert read(a, b"theirs") == (b"b", 2000, False)
+
+
+class TestForgedCheckpointNames:
+    """A checkpoint is stepped over without a GET only once the bucket is known to hold
+    it (DESIGN §7): a name from a hint alone moves no position."""
+
+    def test_a_forged_checkpoint_named_far_ahead_moves_no_position(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """b merged a's newest object; a hint names a checkpoint of a stamped a day ahead
+        whose point is that object: b asks the bucket (a HEAD, no GET), finds nothing, its
+        position stays, and a's next delta is merged. The name alone used to move the
+        position a day ahead, past every real object of a until then (never merged)."""
+        a = started(tmp_path, store)
+        b = make_syncer("b", tmp_path, store)
+        app_put(b, b"theirs", b"b", 500)
+        assert b.run_once()
+        position = b.peers.instances["a"].merged
+        assert position == stored(store, "a")[-1]
+        day = 86_400 * 10**9
+        fake = SnapshotName.build(
+            "main", "a", time.time_ns() + day, extras=(checkpoint_extra(position.timestamp_ns),)
+        )
+        gets, heads = store.calls["open"], store.calls["head"]
+        hint(b, fake)
+        assert b.peers.instances["a"].merged == position
+        assert b.peers.instances["a"].stored == position
+        assert store.calls["open"] == gets and store.calls["head"] == heads + 1
+        app_put(a, b"k", b"v2", 2000)
+        a.step(Batch(local=True))
+        delta = stored(store, "a")[-1]
+        assert delta.is_delta
+        hint(b, delta)
+        assert read(b, b"k") == (b"v2", 2000, False)
 
 
 class TestHintOnlyInstances:

@@ -13,7 +13,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from evsync.config import MqttConfig, SqsConfig
-from evsync.snapshot.name import SnapshotName
+from evsync.snapshot.name import SnapshotName, checkpoint_extra, delta_extra
 from evsync.triggers.base import SOURCE_MQTT, SOURCE_SQS, HintQueue
 from evsync.triggers.mqtt import MqttSource, client_id_for, subscription_for
 from evsync.triggers.s3events import (
@@ -1034,6 +1034,51 @@ class TestMqttAnnouncementsWhileDisconnected:
         topic, payload = src._pending["main"]
         assert topic == "evsync/events/main/node-z"
         assert b"20260101-000000-000019999" in payload
+
+
+def _checkpoint_and_deltas() -> tuple[str, str, str]:
+    """A chain tip at 1 ns, a checkpoint begun right after it (2 ns) and the delta made
+    during its dump (3 ns), stored before the checkpoint: names in store order
+    (tip, delta, checkpoint); the checkpoint's sorts below the delta's."""
+    tip = SnapshotName.build("main", "node-z", 1).name
+    delta = SnapshotName.build("main", "node-z", 3, extras=(delta_extra(1),)).name
+    ckpt = SnapshotName.build("main", "node-z", 2, extras=(checkpoint_extra(1),)).name
+    assert tip < ckpt < delta
+    return tip, delta, ckpt
+
+
+class TestCheckpointAnnouncements:
+    """A checkpoint is announced after the deltas made during its dump, with an older
+    name: it never stands in for the newest delta's announcement."""
+
+    def test_while_disconnected_the_newest_name_waits(self) -> None:
+        """The checkpoint announced after a newer delta leaves the delta's announcement
+        pending. It used to replace it, so peers heard of the older name on reconnect."""
+        src = make_mqtt(make_queues("main"))
+        tip, delta, ckpt = _checkpoint_and_deltas()
+        for name in (tip, delta, ckpt):
+            src.announce("main", name, 10)
+        _topic, payload = src._pending["main"]
+        assert delta.encode() in payload
+
+    def test_an_older_name_is_not_retained(self) -> None:
+        """Connected: the tip and the delta are published retained, the checkpoint after
+        them is published but not retained, so the retained message stays the newest
+        name. It used to become the retained message."""
+        src = make_mqtt(make_queues("main"))
+        sent: list[tuple[bytes, bool]] = []
+
+        def publish(_topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+            sent.append((payload, retain))
+
+        src._client.publish = publish
+        src.connected.set()
+        tip, delta, ckpt = _checkpoint_and_deltas()
+        for name in (tip, delta, ckpt):
+            src.announce("main", name, 10)
+        names = (tip, delta, ckpt)
+        flags = [(n.encode() in p, r) for (p, r), n in zip(sent, names, strict=True)]
+        assert flags == [(True, True), (True, True), (True, False)]
 
 
 class TestOtherBucket:

@@ -157,6 +157,19 @@ class TestContract:
             f.seek(100)
             assert f.read(10) == payload[100:110]
 
+    def test_exists_without_a_get(self, store: BlobStore) -> None:
+        """exists() says whether the bucket holds a name (what a receiver asks before it
+        steps over a hinted checkpoint), without reading the object."""
+        put(store, NAMES[0], b"x")
+        opened: list[str] = []
+        original = store.open
+        store.open = lambda name: opened.append(name) or original(name)  # type: ignore[method-assign]
+        assert store.exists(NAMES[0])
+        assert not store.exists(NAMES[1])
+        store.delete(NAMES[0])
+        assert not store.exists(NAMES[0])
+        assert opened == []
+
     def test_fetch_missing(self, store: BlobStore) -> None:
         """fetch of a missing object raises ObjectNotFoundError."""
         with pytest.raises(ObjectNotFoundError):
@@ -355,6 +368,33 @@ class TestS3Store:
         with pytest.raises(StorageUnavailableError):
             s3.store(NAMES[0], data)
         assert not data.closed
+        s3.close()
+
+    def test_exists_is_a_head(self) -> None:
+        """exists() is one HEAD: True when it answers, False on a 404, and a 5xx raises
+        StorageUnavailableError (worth a retry, not "gone")."""
+        from botocore.stub import Stubber
+
+        from evsync.config import S3Options
+        from evsync.storage.s3 import S3Store
+        from tests.helpers import free_port
+
+        options = S3Options(
+            bucket="bkt",
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            access_key="k",
+            secret_key="s",
+        )
+        s3 = S3Store(options)
+        with Stubber(s3._client) as stub:
+            stub.add_response("head_object", {"ContentLength": 1})
+            stub.add_client_error("head_object", "404", http_status_code=404)
+            stub.add_client_error("head_object", "InternalError", http_status_code=500)
+            assert s3.exists(NAMES[0])
+            assert not s3.exists(NAMES[1])
+            with pytest.raises(StorageUnavailableError):
+                s3.exists(NAMES[1])
+            stub.assert_no_pending_responses()
         s3.close()
 
 
