@@ -3,6 +3,7 @@ process, moto's S3 server over HTTP."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -230,6 +231,21 @@ class TestCheckpointsOverS3:
         a.sender.checkpoint_backoff.succeeded()
         a.step(Batch(local=True))
         settle(a, lambda: stored_checkpoints(a) >= 1)
+
+
+class TestHeadOverS3:
+    """The HEAD that stands between a checkpoint name and a step over it, against moto."""
+
+    def test_exists_is_true_for_a_stored_object_and_false_for_a_missing_one(
+        self, s3: BlobStore
+    ) -> None:
+        """``exists`` answers True for a stored name and False (not an error) for a name
+        the bucket does not hold, as S3's HEAD answers 200 and 404."""
+        name = "db__a__20261204-120000-000000000__GX__A20261204-115959-000000000.evs.zst"
+        assert s3.exists(name) is False
+        s3.store(name, io.BytesIO(b"x"))
+        assert s3.exists(name) is True
+        assert s3.exists(name.replace("a__", "b__", 1)) is False
 
 
 class TestDaemons:
