@@ -18,6 +18,7 @@ Drivers, faults and checks, as the trusted replicators test themselves:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -163,9 +164,16 @@ class Node:
         )
 
     def stop_writer(self) -> None:
+        """SIGTERM, then the current txn ends the writer; one that has not exited in 20 s
+        is killed (the run fails, but leaves no process behind)."""
         if self.writer is not None and self.writer.poll() is None:
             self.writer.send_signal(signal.SIGTERM)
-            self.writer.wait(timeout=20)
+            try:
+                self.writer.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.writer.kill()
+                self.writer.wait()
+                raise
 
     def crash_points(self) -> collections.Counter[str]:
         """How often this node died at each crash point, from its log."""
@@ -176,7 +184,12 @@ class Node:
         return found
 
     def close(self) -> None:
-        self.stop_writer()
+        try:
+            self.stop_writer()
+        finally:
+            self._stop_syncer()
+
+    def _stop_syncer(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -313,12 +326,15 @@ class Cluster:
             t.join(timeout=10)
         if self.notifier is not None:
             self.notifier.close()
-        for node in self.nodes:
-            node.close()
-        self.broker.stop()
-        if self.proxy is not None:
-            self.proxy.close()
-        self.moto.stop()
+        try:
+            for node in self.nodes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.close()  # every node, even after one whose writer hung
+        finally:
+            self.broker.stop()
+            if self.proxy is not None:
+                self.proxy.close()
+            self.moto.stop()
 
     # ------------------------------------------------------------------ the run
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from evsync.tools.lmdb_write import open_env
 DBI = b"records"
 DELETE_SHARE = 0.3
 MAX_OPS_PER_TXN = 4
+# a pause between txns ends early for nothing (a signal only sets a flag): keep it short
+MAX_PAUSE_SECONDS = 0.5
 
 
 def key_name(i: int) -> bytes:
@@ -65,19 +66,21 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=40)
     p.add_argument("--rate", type=float, default=50.0, help="write txns per second")
     args = p.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The handler only flips a flag: one that took a lock (Event.set) could run while
+    # the main thread holds that same lock inside Event.wait, and deadlock the writer.
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     rng = random.Random(args.seed * 1000 + args.writer)
     env = open_env(args.lmdb_path)
     db = env.open_db(DBI)
     seq = 0
     with Path(args.log_path).open("a") as log:
-        while not stop.is_set():
+        while not stopping:
             ops = write_txn(env, db, rng, args, seq)
             log.write("".join(json.dumps(op) + "\n" for op in ops))
             log.flush()
             seq += 1
-            stop.wait(rng.expovariate(args.rate))
+            time.sleep(min(rng.expovariate(args.rate), MAX_PAUSE_SECONDS))
     env.close()
 
 
