@@ -381,7 +381,7 @@ def start_daemon(name: str, config: Path, workdir: Path, opts: Options) -> prop.
     """propagation's daemon, or with --stage-timers the same under stage_timers.py."""
     log_path = workdir / f"{name}.log"
     if not opts.stage_timers:
-        return prop.start_daemon(name, config, log_path, opts.prop)
+        return prop.start_daemon(name, config, log_path, opts.prop, SCENARIO)
     stages = workdir / STAGES_DIR
     stages.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -733,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         popts = prop.Options(
             writes=0,
             records=args.records,
+            sizes=(args.records,),
             timeout=args.timeout,
             phase_jitter=0.0,
             python=args.python,
