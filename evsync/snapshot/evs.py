@@ -303,15 +303,7 @@ def _msgpack_batches(source: _Readable, max_inflated: int | None) -> Iterator[Ba
                     "(storage_max_inflated_size), a decompression bomb or a bigger LMDB"
                 )
             for at in range(0, len(data), FEED_PIECE):
-                # a bomb's big output in pieces, without copies
-                piece = data if len(data) <= FEED_PIECE else memoryview(data)[at : at + FEED_PIECE]
-                try:
-                    unpacker.feed(piece)
-                except msgpack.BufferFull:
-                    raise ObjectTooLargeError(
-                        f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB "
-                        "(or a decompression bomb)"
-                    ) from None
+                piece = _feed_piece(unpacker, data, at)
                 fed += len(piece)
                 objects = _unpack_all(unpacker)
                 if objects:
@@ -462,14 +454,21 @@ def _unpacker() -> Any:
 def _feed(unpacker: Any, data: bytes, objects: list[Any]) -> None:
     """Feed ``data`` in pieces of FEED_PIECE, taking every complete object out after each."""
     for at in range(0, len(data), FEED_PIECE):
-        piece = data if len(data) <= FEED_PIECE else memoryview(data)[at : at + FEED_PIECE]
-        try:
-            unpacker.feed(piece)
-        except msgpack.BufferFull:
-            raise ObjectTooLargeError(
-                f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB (or a decompression bomb)"
-            ) from None
+        _feed_piece(unpacker, data, at)
         objects += _unpack_all(unpacker)
+
+
+def _feed_piece(unpacker: Any, data: bytes, at: int) -> bytes | memoryview:
+    """Feed the FEED_PIECE of ``data`` at ``at`` (a bomb's big output goes in pieces,
+    without copies); returns the piece. An entry past the cap is too large."""
+    piece = data if len(data) <= FEED_PIECE else memoryview(data)[at : at + FEED_PIECE]
+    try:
+        unpacker.feed(piece)
+    except msgpack.BufferFull:
+        raise ObjectTooLargeError(
+            f"an entry larger than {MAX_ENTRY_BYTES >> 20} MiB (or a decompression bomb)"
+        ) from None
+    return piece
 
 
 def _size(n: int) -> str:
