@@ -6,7 +6,7 @@ the syncer and the cleaner rely on that, as Lightning Stream does.
 
 from __future__ import annotations
 
-import calendar
+import datetime
 import functools
 import re
 import time
@@ -33,13 +33,19 @@ COPY_EXTRA = "Eevsync"
 MAX_NAME_BYTES = 1024
 # Patterns are used with fullmatch(): "$" would also match before a final newline.
 # ASCII-only classes, so no digit from another script and nothing a log or path reads twice.
-_TS_RE = re.compile(r"([0-9]{8})-([0-9]{6})-([0-9]{9})")
+_TS_RE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})-([0-9]{2})([0-9]{2})([0-9]{2})-([0-9]{9})")
 _DB_RE = re.compile(r"[a-z0-9-]+")
 _INSTANCE_RE = re.compile(r"[a-zA-Z0-9-]+")
 _GENERATION_RE = re.compile(r"G[a-zA-Z0-9-]*")
 _EXTRA_RE = re.compile(r"[A-FH-Z][a-zA-Z0-9-]*")  # one capital type letter, never G
 _EXT_RE = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)*")
 _NS = 1_000_000_000
+_DAY_SECONDS = 86_400
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+# format_timestamp writes a year below 1000 with fewer than four digits (glibc's %Y),
+# so no name of such a year ever round-trips: parse_timestamp refuses them, as it did
+# when it compared its result with format_timestamp's.
+_MIN_YEAR = 1000
 
 
 def format_timestamp(timestamp_ns: int) -> str:
@@ -49,18 +55,26 @@ def format_timestamp(timestamp_ns: int) -> str:
 
 
 def parse_timestamp(text: str) -> int:
-    """Inverse of :func:`format_timestamp`; raises InvalidNameError."""
+    """Inverse of :func:`format_timestamp`; raises InvalidNameError.
+
+    Arithmetic on the matched fields, not ``time.strptime``: every hint names one or
+    two timestamps and strptime (with the round trip through format_timestamp that
+    caught what it let pass, second 60) was ~25 % of the MQTT thread's CPU per
+    received message (docs/benchmarks.md, issue 18 second pass). Accepts exactly
+    what that pair did: a real calendar date of year 1000..9999, hours 0-23, minutes
+    and seconds 0-59.
+    """
     match = _TS_RE.fullmatch(text)
     if not match:
         raise InvalidNameError(f"bad timestamp {text!r}, expected YYYYMMDD-HHMMSS-nnnnnnnnn")
-    try:
-        st = time.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S")
-    except ValueError:
-        raise InvalidNameError(f"bad timestamp {text!r}") from None
-    result = calendar.timegm(st) * _NS + int(match.group(3))
-    if format_timestamp(result) != text:  # e.g. second 60, which strptime accepts
+    year, month, day, hour, minute, second, nanos = map(int, match.groups())
+    if year < _MIN_YEAR or hour > 23 or minute > 59 or second > 59:
         raise InvalidNameError(f"bad timestamp {text!r}")
-    return result
+    try:
+        days = datetime.date(year, month, day).toordinal() - _EPOCH_ORDINAL
+    except ValueError:  # month 13, February 30 ...
+        raise InvalidNameError(f"bad timestamp {text!r}") from None
+    return ((days * _DAY_SECONDS) + hour * 3600 + minute * 60 + second) * _NS + nanos
 
 
 @dataclass(frozen=True, order=True)
