@@ -139,6 +139,7 @@ class Daemon:
         """The triggers of one db: its LMDB watcher and poller, its lister."""
         cfg = self.config
         observer = TxnObserver(syncer.lenv, syncer.queue)
+        syncer.on_own_commits.append(observer.own)
         triggers: list[Trigger] = []
         if cfg.notify.watch_lmdb:
             triggers.append(LmdbWatcher(syncer.cfg.data_file, observer))

@@ -139,6 +139,12 @@ class Syncer:
             if config.lightningstream.writes and not receive_only
             else None
         )
+        #: called with the txn ids of commits this loop made itself and decides an upload
+        #: after in the same step (merges, the in-sync mark; not the sweeper's, which
+        #: come after the decision), right after each: the LMDB watcher's observer takes
+        #: them as seen, so they do not wake the loop for a step with nothing to do
+        self.on_own_commits: list[Callable[[list[int]], None]] = []
+        self.receiver.on_merged.append(lambda _name, txn_ids: self._own_commits(txn_ids))
         if self.ls_writer is not None:
             self.receiver.on_merged.append(self.ls_writer.merged)
             if self.ls_only:
@@ -387,6 +393,11 @@ class Syncer:
         txn_id = self.gate.mark_in_sync()
         if txn_id is not None:
             self._own_txn(txn_id)
+            self._own_commits([txn_id])  # the step's upload decision comes after it
+
+    def _own_commits(self, txn_ids: list[int]) -> None:
+        for callback in self.on_own_commits:
+            callback(txn_ids)
 
     def _own_txn(self, txn_id: int) -> None:
         """A txn of evsync's that changed no application data needs no upload."""

@@ -155,3 +155,67 @@ class TestFallback:
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "Input/output error" in warnings[0]
         watcher.stop()
+
+
+class TestOwnCommits:
+    """TxnObserver.own: the syncer's own commits are no news, an application's still are."""
+
+    def test_an_own_commit_wakes_nothing(self, lenv: LmdbEnv) -> None:
+        """A txn the syncer reports as its own right after committing it gives no hint."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        commit(lenv, b"merge")
+        observer.own([lenv.last_txn_id()])
+        assert not observer.check(SOURCE_WATCHER)
+        assert not queue.wait(0).local
+
+    def test_an_application_commit_before_the_own_one_still_wakes(self, lenv: LmdbEnv) -> None:
+        """An application commit the observer had not seen yet, then the syncer's: the
+        gap keeps both unseen, so the application's change is hinted."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        commit(lenv, b"app")
+        commit(lenv, b"merge")
+        observer.own([lenv.last_txn_id()])
+        assert observer.check(SOURCE_WATCHER)
+        assert queue.wait(0).local
+
+    def test_an_application_commit_after_the_own_one_still_wakes(self, lenv: LmdbEnv) -> None:
+        """The syncer's commit, then the application's before the syncer reports its
+        own: the observer counts only the syncer's txn as seen and hints the other."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        commit(lenv, b"merge")
+        own = lenv.last_txn_id()
+        commit(lenv, b"app")
+        observer.own([own])
+        assert observer.check(SOURCE_WATCHER)
+        assert queue.wait(0).local
+
+    def test_own_txns_already_seen_change_nothing(self, lenv: LmdbEnv) -> None:
+        """Reported after the watcher already hinted them: nothing moves backwards and
+        the next application commit is hinted."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        commit(lenv, b"merge")
+        assert observer.check(SOURCE_WATCHER)
+        observer.own([lenv.last_txn_id()])
+        commit(lenv, b"app")
+        assert observer.check(SOURCE_WATCHER)
+
+    def test_a_merge_through_the_watcher_gives_no_hint(self, lenv: LmdbEnv) -> None:
+        """With the real inotify reader: an own commit reported at once gives no hint,
+        an application commit after it gives one."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
+        watcher.start()
+        try:
+            with observer._lock:  # the watcher's check waits until own() has run
+                commit(lenv, b"merge")
+            observer.own([lenv.last_txn_id()])
+            assert not queue.wait(QUIET_SECONDS).local
+            commit(lenv, b"app")
+            assert queue.wait(HINT_TIMEOUT).local
+        finally:
+            watcher.stop()

@@ -125,6 +125,27 @@ class TestUploadRules:
         b.step(Batch())
         assert objects(store, "b") == []
 
+    def test_own_commits_are_reported_after_a_merge(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Each merge's txn ids go to on_own_commits (the LMDB watcher's observer takes
+        them as seen), and the step that merged decided the upload after them: nothing
+        is left for a wake-up on the merge's own commit to do."""
+        a = make_syncer("a", tmp_path, store)
+        app_put(a, b"k", b"v", 1000)
+        a.run_once()
+        b = make_syncer("b", tmp_path, store)
+        b.run_once()
+        reported: list[int] = []
+        b.on_own_commits.append(reported.extend)
+        app_put(a, b"k", b"v2", 2000)
+        a.step(Batch(local=True))
+        b.step(Batch(remote={"a": stored(store, "a")[-1]}))
+        assert read(b, b"k") == (b"v2", 2000, False)
+        assert reported and reported[-1] == b.lenv.last_txn_id()
+        assert b.ledger.last_synced == b.lenv.last_txn_id()
+        assert objects(store, "b") == []
+
     def test_local_change_after_merge_is_uploaded(self, tmp_path: Path, store: MemoryStore) -> None:
         """A local write after a merge makes the next step upload."""
         a = make_syncer("a", tmp_path, store)
