@@ -128,7 +128,8 @@ def floor_dump(src: Path, out: Path) -> dict[str, Any]:
                     zw.write(buf)
                     buf.clear()
             zw.write(buf)
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "bytes": out.stat().st_size}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "bytes": out.stat().st_size}
 
 
 def evsync_dump(src: Path, out: Path) -> dict[str, Any]:
@@ -136,7 +137,8 @@ def evsync_dump(src: Path, out: Path) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     with out.open("wb") as f:
         result = dump_native(lenv, f, db="main", instance="bench", timestamp_ns=TS)
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "bytes": out.stat().st_size,
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "bytes": out.stat().st_size,
             "entries": result.stats.entries}
 
 
@@ -155,7 +157,8 @@ def floor_merge(src: Path, dst: Path) -> dict[str, Any]:
         with env.begin(write=True) as txn:
             txn.cursor(db=db).putmulti(items[start:start + FLOOR_BATCH])
         longest = max(longest, time.perf_counter() - t1)
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "longest_txn": longest}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "longest_txn": longest}
 
 
 def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
@@ -169,7 +172,8 @@ def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
             f.seek(0)
             stream = SnapshotReader(f, verified=True)
         result = Merger(lenv).merge(stream.dbis())
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "longest_txn": result.longest_txn_seconds,
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "longest_txn": result.longest_txn_seconds,
             "txns": result.txns, "entries": result.entries, "written": result.written}
 
 
@@ -179,7 +183,8 @@ def floor_scan_both(src: Path, _out: Path) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     with env.begin() as txn:
         entries = sum(1 for _item in txn.cursor(db=db).iternext())
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "entries": entries}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "entries": entries}
 
 
 def floor_scan(src: Path, _out: Path) -> dict[str, Any]:
@@ -192,7 +197,8 @@ def floor_scan(src: Path, _out: Path) -> dict[str, Any]:
         for v in txn.cursor(db=db).iternext(keys=False, values=True):
             if txn_id(v, 8)[0] > 1:
                 changed += 1
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "entries": changed}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "entries": changed}
 
 
 def evsync_delta(src: Path, out: Path) -> dict[str, Any]:
@@ -203,7 +209,8 @@ def evsync_delta(src: Path, out: Path) -> dict[str, Any]:
                                    base_timestamp_ns=TS, since_txn=1, skip_txns=(),
                                    max_entries=100_000)
     assert result is not None
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "bytes": out.stat().st_size,
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "bytes": out.stat().st_size,
             "entries": result.stats.entries}
 
 
@@ -250,14 +257,18 @@ def bench(n: int, root: Path) -> None:
     dh = run_step("dump", src, root / f"dump-heap-{n}.evs.zst", heap=True)
     mh = run_step("merge", root / f"dump-{n}.evs.zst", root / f"dst-heap-{n}", heap=True)
     print(f"\n{n:,} records  (load average {os.getloadavg()[0]:.2f} before)")
-    print(f"  floor: dump    {fd['seconds'] * 1000:9.1f} ms (cpu {fd['cpu'] * 1000:7.1f})  {fd['bytes'] / 1e6:7.2f} MB"
+    print(f"  floor: dump    {fd['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fd['cpu'] * 1000:7.1f})  {fd['bytes'] / 1e6:7.2f} MB"
           f"  peak RSS {fd['peak_rss_mb']:6.1f} MB")
-    print(f"  dump           {d['seconds'] * 1000:9.1f} ms (cpu {d['cpu'] * 1000:7.1f})  {d['bytes'] / 1e6:7.2f} MB"
+    print(f"  dump           {d['seconds'] * 1000:9.1f} ms"
+          f" (cpu {d['cpu'] * 1000:7.1f})  {d['bytes'] / 1e6:7.2f} MB"
           f"  peak RSS {d['peak_rss_mb']:6.1f} MB  ratio {d['seconds'] / fd['seconds']:.2f}x"
           f"  heap peak {dh['heap_peak_mb']:.1f} MB  LS {LS_SECONDS['dump']} s (goal <= 0.6 s)")
-    print(f"  floor: merge   {fm['seconds'] * 1000:9.1f} ms (cpu {fm['cpu'] * 1000:7.1f})  longest txn "
+    print(f"  floor: merge   {fm['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fm['cpu'] * 1000:7.1f})  longest txn "
           f"{fm['longest_txn'] * 1000:6.1f} ms  peak RSS {fm['peak_rss_mb']:6.1f} MB")
-    print(f"  merge          {m['seconds'] * 1000:9.1f} ms (cpu {m['cpu'] * 1000:7.1f})  longest txn "
+    print(f"  merge          {m['seconds'] * 1000:9.1f} ms"
+          f" (cpu {m['cpu'] * 1000:7.1f})  longest txn "
           f"{m['longest_txn'] * 1000:6.1f} ms ({m['txns']} txns)  peak RSS "
           f"{m['peak_rss_mb']:6.1f} MB  ratio {m['seconds'] / fm['seconds']:.2f}x"
           f"  heap peak {mh['heap_peak_mb']:.1f} MB  LS {LS_SECONDS['merge']} s (txn <= 50 ms)")
@@ -265,15 +276,19 @@ def bench(n: int, root: Path) -> None:
     build_populated(src, populated, n)
     fp = run_step("floor-read-all", populated, root / "unused")
     mp = run_step("merge", root / f"dump-{n}.evs.zst", populated)
-    print(f"  floor: read all{fp['seconds'] * 1000:9.1f} ms (cpu {fp['cpu'] * 1000:7.1f})  (every stored entry read)")
-    print(f"  merge populated{mp['seconds'] * 1000:9.1f} ms (cpu {mp['cpu'] * 1000:7.1f})  longest txn "
+    print(f"  floor: read all{fp['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fp['cpu'] * 1000:7.1f})  (every stored entry read)")
+    print(f"  merge populated{mp['seconds'] * 1000:9.1f} ms"
+          f" (cpu {mp['cpu'] * 1000:7.1f})  longest txn "
           f"{mp['longest_txn'] * 1000:6.1f} ms ({mp['txns']} txns, {mp['written']} written)"
           f"  peak RSS {mp['peak_rss_mb']:6.1f} MB  ratio {mp['seconds'] / fp['seconds']:.2f}x"
           f"  LS {LS_SECONDS['merge populated']} s")
     fs = run_step("floor-scan", src, root / "unused")
     dl = run_step("delta", src, root / f"delta-{n}.evs.zst")
-    print(f"  floor: scan    {fs['seconds'] * 1000:9.1f} ms (cpu {fs['cpu'] * 1000:7.1f})  ({fs['entries']} changed)")
-    print(f"  delta          {dl['seconds'] * 1000:9.1f} ms (cpu {dl['cpu'] * 1000:7.1f})  {dl['bytes']:7d} B "
+    print(f"  floor: scan    {fs['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fs['cpu'] * 1000:7.1f})  ({fs['entries']} changed)")
+    print(f"  delta          {dl['seconds'] * 1000:9.1f} ms"
+          f" (cpu {dl['cpu'] * 1000:7.1f})  {dl['bytes']:7d} B "
           f"({dl['entries']} entries; the full dump is {d['bytes']:,} B, "
           f"{d['bytes'] / dl['bytes']:.0f}x)  peak RSS {dl['peak_rss_mb']:6.1f} MB  "
           f"ratio {dl['seconds'] / fs['seconds']:.2f}x")
