@@ -13,10 +13,10 @@ FRAME_ENTRIES, the trailer at the end of the last; version 1, still read: one fr
                       in strictly increasing key order
     trailer map       {"trailer": true, "entries": total}
 
-Version 3 (written now) keeps the header and trailer maps, each alone in its frame, and
-holds the entries as one block a frame: ``[n, keys, key lengths (uint16 BE), timestamps
-(uint64 BE), flags (a byte each), values, value lengths (uint32 BE)]``, every column
-but n a msgpack bin (DESIGN §4); a block is checked whole before any entry of it is used.
+Version 3 (written now) keeps the header map alone in its frame and the trailer map
+after the last block, in its frame, and holds the entries as one block a frame:
+``[n, keys, key lengths (uint16 BE), timestamps (uint64 BE), flags (a byte each),
+values, value lengths (uint32 BE)]``, every column but n a msgpack bin (DESIGN §4); a block is checked whole before any entry of it is used.
 
 The reader rejects a truncated frame, a bad checksum, a foreign format or version,
 counts that disagree, malformed entries and keys out of order with
@@ -180,8 +180,15 @@ def write_snapshot(
     # each before it hands out any of its entries.
     out.write(cctx.compress(msgpack.packb(wire, use_bin_type=True)))
     if version >= COLUMNS_VERSION:
+        # one block a frame; the trailer goes in the last block's frame, as in version 2,
+        # so that a cut or corrupt end of the object loses the last entries with it
+        held: bytes | None = None
         for block in _column_blocks(header, dbi_entries, stats):
-            out.write(cctx.compress(block))
+            if held is not None:
+                out.write(cctx.compress(held))
+            held = block
+        trailer = msgpack.packb({"trailer": True, "entries": stats.entries}, use_bin_type=True)
+        out.write(cctx.compress(trailer if held is None else held + trailer))
         return stats
     buf = bytearray()
     in_frame = 0
@@ -242,8 +249,8 @@ def _column_blocks(
     header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]], stats: WriteStats
 ) -> Iterator[bytes]:
     """Version 3 after the header: each DBI's entries as packed blocks of at most
-    FRAME_BYTES (or one bigger entry) and FRAME_ENTRIES, one a frame, then the trailer.
-    Counts as :func:`_packed_pieces` does."""
+    FRAME_BYTES (or one bigger entry) and FRAME_ENTRIES. Counts as
+    :func:`_packed_pieces` does; the caller writes the trailer."""
     dbis = iter(dbi_entries)
     for info in header.dbis:
         count = 0
@@ -278,7 +285,6 @@ def _column_blocks(
             )
         stats.per_dbi.append(count)
         stats.entries += count
-    yield msgpack.packb({"trailer": True, "entries": stats.entries}, use_bin_type=True)
 
 
 def _column_parts(entries: Iterable[Entry]) -> Iterator[ColumnPart]:

@@ -47,7 +47,8 @@ def crafted(block: tuple[object, ...], count: int) -> bytes:
     wire = header(count).to_wire()
     return b"".join(
         cctx.compress(msgpack.packb(obj, use_bin_type=True))
-        for obj in (wire, block, {"trailer": True, "entries": count})
+        for obj in (wire, block)
+    ) + cctx.compress(msgpack.packb({"trailer": True, "entries": count}, use_bin_type=True)
     )
 
 
