@@ -16,7 +16,8 @@ FRAME_ENTRIES, the trailer at the end of the last; version 1, still read: one fr
 Version 3 (written now) keeps the header map alone in its frame and the trailer map
 after the last block, in its frame, and holds the entries as one block a frame:
 ``[n, keys, key lengths (uint16 BE), timestamps (uint64 BE), flags (a byte each),
-values, value lengths (uint32 BE)]``, every column but n a msgpack bin (DESIGN §4); a block is checked whole before any entry of it is used.
+values, value lengths (uint32 BE)]``, every column but n a msgpack bin (DESIGN §4);
+a block is checked whole before any entry of it is used.
 
 The reader rejects a truncated frame, a bad checksum, a foreign format or version,
 counts that disagree, malformed entries and keys out of order with
