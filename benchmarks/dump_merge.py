@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -114,7 +115,7 @@ def floor_dump(src: Path, out: Path) -> dict[str, Any]:
     env = lmdb.open(str(src), map_size=MAP_SIZE, max_dbs=8, readonly=True)
     db = env.open_db(b"records", create=False)
     unpack = HEADER_STRUCT.unpack_from
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with out.open("wb") as f, env.begin() as txn:
         packer = msgpack.Packer(use_bin_type=True)
         cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
@@ -127,15 +128,17 @@ def floor_dump(src: Path, out: Path) -> dict[str, Any]:
                     zw.write(buf)
                     buf.clear()
             zw.write(buf)
-    return {"seconds": time.perf_counter() - t0, "bytes": out.stat().st_size}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "bytes": out.stat().st_size}
 
 
 def evsync_dump(src: Path, out: Path) -> dict[str, Any]:
     lenv = open_env(src)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with out.open("wb") as f:
         result = dump_native(lenv, f, db="main", instance="bench", timestamp_ns=TS)
-    return {"seconds": time.perf_counter() - t0, "bytes": out.stat().st_size,
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "bytes": out.stat().st_size,
             "entries": result.stats.entries}
 
 
@@ -148,18 +151,19 @@ def floor_merge(src: Path, dst: Path) -> dict[str, Any]:
     env = lmdb.open(str(dst), map_size=MAP_SIZE, max_dbs=8)
     db = env.open_db(b"records")
     longest = 0.0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(items), FLOOR_BATCH):
         t1 = time.perf_counter()
         with env.begin(write=True) as txn:
             txn.cursor(db=db).putmulti(items[start:start + FLOOR_BATCH])
         longest = max(longest, time.perf_counter() - t1)
-    return {"seconds": time.perf_counter() - t0, "longest_txn": longest}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "longest_txn": longest}
 
 
 def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
     lenv = open_env(dst)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with obj.open("rb") as f, collector_paused():  # as the syncer does
         stream = EVS_ZST.open_checked(f)
         if stream is None:  # a version-1 object: verified whole, then read again
@@ -168,41 +172,45 @@ def evsync_merge(obj: Path, dst: Path) -> dict[str, Any]:
             f.seek(0)
             stream = SnapshotReader(f, verified=True)
         result = Merger(lenv).merge(stream.dbis())
-    return {"seconds": time.perf_counter() - t0, "longest_txn": result.longest_txn_seconds,
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "longest_txn": result.longest_txn_seconds,
             "txns": result.txns, "entries": result.entries, "written": result.written}
 
 
 def floor_scan_both(src: Path, _out: Path) -> dict[str, Any]:
     env = lmdb.open(str(src), map_size=MAP_SIZE, max_dbs=8, readonly=True)
     db = env.open_db(b"records", create=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with env.begin() as txn:
         entries = sum(1 for _item in txn.cursor(db=db).iternext())
-    return {"seconds": time.perf_counter() - t0, "entries": entries}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "entries": entries}
 
 
 def floor_scan(src: Path, _out: Path) -> dict[str, Any]:
     env = lmdb.open(str(src), map_size=MAP_SIZE, max_dbs=8, readonly=True)
     db = env.open_db(b"records", create=False)
     txn_id = struct.Struct(">Q").unpack_from
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     changed = 0
     with env.begin() as txn:
         for v in txn.cursor(db=db).iternext(keys=False, values=True):
             if txn_id(v, 8)[0] > 1:
                 changed += 1
-    return {"seconds": time.perf_counter() - t0, "entries": changed}
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "entries": changed}
 
 
 def evsync_delta(src: Path, out: Path) -> dict[str, Any]:
     lenv = open_env(src)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with out.open("wb") as f:
         result = dump_native_delta(lenv, f, db="main", instance="bench", timestamp_ns=TS + 1,
                                    base_timestamp_ns=TS, since_txn=1, skip_txns=(),
                                    max_entries=100_000)
     assert result is not None
-    return {"seconds": time.perf_counter() - t0, "bytes": out.stat().st_size,
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "bytes": out.stat().st_size,
             "entries": result.stats.entries}
 
 
@@ -248,15 +256,19 @@ def bench(n: int, root: Path) -> None:
     m = run_step("merge", root / f"dump-{n}.evs.zst", root / f"dst-{n}")
     dh = run_step("dump", src, root / f"dump-heap-{n}.evs.zst", heap=True)
     mh = run_step("merge", root / f"dump-{n}.evs.zst", root / f"dst-heap-{n}", heap=True)
-    print(f"\n{n:,} records")
-    print(f"  floor: dump    {fd['seconds'] * 1000:9.1f} ms  {fd['bytes'] / 1e6:7.2f} MB"
+    print(f"\n{n:,} records  (load average {os.getloadavg()[0]:.2f} before)")
+    print(f"  floor: dump    {fd['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fd['cpu'] * 1000:7.1f})  {fd['bytes'] / 1e6:7.2f} MB"
           f"  peak RSS {fd['peak_rss_mb']:6.1f} MB")
-    print(f"  dump           {d['seconds'] * 1000:9.1f} ms  {d['bytes'] / 1e6:7.2f} MB"
+    print(f"  dump           {d['seconds'] * 1000:9.1f} ms"
+          f" (cpu {d['cpu'] * 1000:7.1f})  {d['bytes'] / 1e6:7.2f} MB"
           f"  peak RSS {d['peak_rss_mb']:6.1f} MB  ratio {d['seconds'] / fd['seconds']:.2f}x"
           f"  heap peak {dh['heap_peak_mb']:.1f} MB  LS {LS_SECONDS['dump']} s (goal <= 0.6 s)")
-    print(f"  floor: merge   {fm['seconds'] * 1000:9.1f} ms  longest txn "
+    print(f"  floor: merge   {fm['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fm['cpu'] * 1000:7.1f})  longest txn "
           f"{fm['longest_txn'] * 1000:6.1f} ms  peak RSS {fm['peak_rss_mb']:6.1f} MB")
-    print(f"  merge          {m['seconds'] * 1000:9.1f} ms  longest txn "
+    print(f"  merge          {m['seconds'] * 1000:9.1f} ms"
+          f" (cpu {m['cpu'] * 1000:7.1f})  longest txn "
           f"{m['longest_txn'] * 1000:6.1f} ms ({m['txns']} txns)  peak RSS "
           f"{m['peak_rss_mb']:6.1f} MB  ratio {m['seconds'] / fm['seconds']:.2f}x"
           f"  heap peak {mh['heap_peak_mb']:.1f} MB  LS {LS_SECONDS['merge']} s (txn <= 50 ms)")
@@ -264,18 +276,23 @@ def bench(n: int, root: Path) -> None:
     build_populated(src, populated, n)
     fp = run_step("floor-read-all", populated, root / "unused")
     mp = run_step("merge", root / f"dump-{n}.evs.zst", populated)
-    print(f"  floor: read all{fp['seconds'] * 1000:9.1f} ms  (every stored entry read)")
-    print(f"  merge populated{mp['seconds'] * 1000:9.1f} ms  longest txn "
+    print(f"  floor: read all{fp['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fp['cpu'] * 1000:7.1f})  (every stored entry read)")
+    print(f"  merge populated{mp['seconds'] * 1000:9.1f} ms"
+          f" (cpu {mp['cpu'] * 1000:7.1f})  longest txn "
           f"{mp['longest_txn'] * 1000:6.1f} ms ({mp['txns']} txns, {mp['written']} written)"
           f"  peak RSS {mp['peak_rss_mb']:6.1f} MB  ratio {mp['seconds'] / fp['seconds']:.2f}x"
           f"  LS {LS_SECONDS['merge populated']} s")
     fs = run_step("floor-scan", src, root / "unused")
     dl = run_step("delta", src, root / f"delta-{n}.evs.zst")
-    print(f"  floor: scan    {fs['seconds'] * 1000:9.1f} ms  ({fs['entries']} changed)")
-    print(f"  delta          {dl['seconds'] * 1000:9.1f} ms  {dl['bytes']:7d} B "
+    print(f"  floor: scan    {fs['seconds'] * 1000:9.1f} ms"
+          f" (cpu {fs['cpu'] * 1000:7.1f})  ({fs['entries']} changed)")
+    print(f"  delta          {dl['seconds'] * 1000:9.1f} ms"
+          f" (cpu {dl['cpu'] * 1000:7.1f})  {dl['bytes']:7d} B "
           f"({dl['entries']} entries; the full dump is {d['bytes']:,} B, "
           f"{d['bytes'] / dl['bytes']:.0f}x)  peak RSS {dl['peak_rss_mb']:6.1f} MB  "
           f"ratio {dl['seconds'] / fs['seconds']:.2f}x")
+    print(f"  load average {os.getloadavg()[0]:.2f} after")
 
 
 def main() -> None:

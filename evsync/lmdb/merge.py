@@ -31,7 +31,10 @@ from evsync.lmdb.header import (
     encode_header,
     timestamp_and_offset,
 )
-from evsync.snapshot.base import DbiInfo, Entry
+from evsync.snapshot.base import STAMP_BYTES, Columns, DbiInfo, Entry
+
+# what a batch is: the entries of a reader's list, or a version-3 block's column run
+Batch = list[Entry] | Columns
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,7 @@ class Merger:
             f"lmdb {self.lenv.name}: map still full after {MAX_MAP_GROWTHS} growths"
         )
 
-    def _apply_batch(self, info: DbiInfo, batch: list[Entry]) -> None:
+    def _apply_batch(self, info: DbiInfo, batch: Batch) -> None:
         done = 0
         growths = 0
         while done < len(batch):
@@ -218,7 +221,7 @@ class Merger:
                 self.lenv.forget_dbi(info.name)
                 self.lenv.grow_map()
 
-    def _write_batch(self, info: DbiInfo, batch: list[Entry], start: int) -> int:
+    def _write_batch(self, info: DbiInfo, batch: Batch, start: int) -> int:
         """One write txn over ``batch[start:]``, ended early when its time is up; returns
         how many entries it covered."""
         t0 = time.monotonic()
@@ -232,9 +235,14 @@ class Merger:
                 created = True
             txn_id = txn.id()
             bytewise = not self.lenv.dbi_flags(txn, handle) & _OTHER_ORDER
-            covered, written = self._put_entries(
-                txn, handle, info, batch, start, txn_id, t0, bytewise=bytewise
-            )
+            if isinstance(batch, Columns):
+                covered, written = self._put_columns(
+                    txn, handle, info, batch, start, txn_id, t0, bytewise=bytewise
+                )
+            else:
+                covered, written = self._put_entries(
+                    txn, handle, info, batch, start, txn_id, t0, bytewise=bytewise
+                )
             faults.point("merge")
         if created:
             self.result.dbis_created.append(info.name)
@@ -276,6 +284,60 @@ class Merger:
             if time.monotonic() > deadline:
                 break
         return index - start, written
+
+    def _put_columns(  # noqa: PLR0917 - the txn's state, passed once per txn
+        self,
+        txn: Any,
+        handle: Any,
+        info: DbiInfo,
+        run: Columns,
+        start: int,
+        txn_id: int,
+        t0: float,
+        *,
+        bytewise: bool,
+    ) -> tuple[int, int]:
+        """:meth:`_put_entries` over a version-3 column run: a window already stored is
+        compared blob to blob, a slice of new live keys is put from the blobs, and only
+        any other slice is made into entries for the entry-by-entry merge."""
+        cursor = txn.cursor(db=handle)
+        deadline = t0 + self.max_seconds
+        index, written = start, 0
+        while index < len(run):
+            stop = min(index + RUN_WINDOW, len(run))
+            if stop - index > TXN_SLICE and _columns_unchanged(cursor, run, index, stop):
+                index = stop
+            else:
+                stop = min(index + TXN_SLICE, len(run))
+                written += self._put_column_slice(
+                    cursor, info, run.sub(index, stop), txn_id, bytewise=bytewise
+                )
+                index = stop
+            if time.monotonic() > deadline:
+                break
+        return index - start, written
+
+    def _put_column_slice(
+        self, cursor: Any, info: DbiInfo, piece: Columns, txn_id: int, *, bytewise: bool
+    ) -> int:
+        """:meth:`_put_slice` for a column slice: keys all new and live (the bulk of a
+        first merge) are put with values joined from the blobs; anything else goes
+        through the entry path. The reader checked that the keys strictly increase in
+        the object's DBI order."""
+        keys = piece.keys
+        if piece.flags == _ZEROS[: len(keys)]:
+            ascending = all(map(operator.lt, keys, islice(keys, 1, None)))
+            stored = _stored_values(cursor, keys, probe=bytewise and ascending)
+            if stored.run is None and not stored.values and ascending:
+                pairs = _new_live_column_pairs(piece, txn_id)
+                if stored.after_all:
+                    _consumed, added = cursor.putmulti(pairs, append=True)
+                    if added == len(keys):
+                        return len(keys)
+                    pairs = _new_live_column_pairs(piece, txn_id)  # never expected
+                cursor.putmulti(pairs)
+                return len(keys)
+        return self._put_slice(cursor, info, piece.entries(), txn_id, bytewise=bytewise)
 
     def _put_slice(
         self, cursor: Any, info: DbiInfo, piece: list[Entry], txn_id: int, *, bytewise: bool
@@ -428,6 +490,85 @@ def _field_format(length: int) -> str:
     return f"Q8xQ{length - HEADER_SIZE}s"
 
 
+def _columns_unchanged(cursor: Any, run: Columns, start: int, stop: int) -> bool:
+    """:func:`_window_unchanged` for entries ``start`` to ``stop`` of a column run: the
+    stored values are cut by one ``struct`` unpack into (timestamp bytes, the rest of
+    the header, application value), and the joined timestamps and values are compared
+    with the run's blobs, so the object side needs no Python object per entry."""
+    if run.flags[start:stop] != _ZEROS[: stop - start]:
+        return False  # a tombstone: the entry-by-entry rule decides
+    keys = run.keys[start:stop]
+    if not cursor.set_range(keys[0]):
+        return False
+    got = list(islice(cursor.iternext(), len(keys)))
+    if list(map(_KEY, got)) != keys:
+        return False
+    stored = list(map(_RUN_VALUE, got))
+    del got
+    lengths = list(map(len, stored))
+    shortest, longest = min(lengths), max(lengths)
+    if shortest < HEADER_SIZE or sum(lengths) > RUN_COMPARE_MAX_BYTES:
+        return False
+    if shortest == longest:
+        if run.value_length != shortest - HEADER_SIZE:
+            return False  # the run's values have other lengths (or not all one length)
+        layout = _uniform_stamp_layout(shortest, len(stored))
+    else:
+        layout = struct.Struct(">" + "".join(map(_stamp_field_format, lengths)))
+    fields = layout.unpack(b"".join(stored))
+    values = fields[2::3]
+    if shortest != longest:
+        offsets = run.offsets[start : stop + 1]
+        if list(map(len, values)) != list(map(operator.sub, offsets[1:], offsets)):
+            return False
+    # the packed tail (version, flags, reserved, extension count) is 0 exactly when the
+    # header is canonical and live
+    return (
+        not any(fields[1::3])
+        and b"".join(fields[0::3]) == run.stamps[start * STAMP_BYTES : stop * STAMP_BYTES]
+        and b"".join(values) == run.values[run.offsets[start] : run.offsets[stop]]
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_stamp_layout(length: int, count: int) -> struct.Struct:
+    """:func:`_uniform_layout` with each timestamp kept as its 8 bytes."""
+    return struct.Struct(">" + _stamp_field_format(length) * count)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stamp_field_format(length: int) -> str:
+    """:func:`_field_format` with the timestamp kept as its 8 bytes."""
+    return f"8s8xQ{length - HEADER_SIZE}s"
+
+
+def _new_live_column_pairs(piece: Columns, txn_id: int) -> Iterator[Any]:
+    """:func:`_new_live_pairs` from a column slice: each value is its 8 timestamp bytes,
+    cut from the blob by one ``struct`` unpack, and its application value, joined by
+    the 16 header bytes common to the slice."""
+    join = encode_header(0, txn_id, 0)[_STAMP_BYTES:].join
+    n = len(piece.keys)
+    stamps = _stamp_cut(n).unpack(piece.stamps)
+    if piece.value_length is not None:
+        first = piece.offsets[0]
+        values: Any = _value_cut(piece.value_length, n).unpack_from(piece.values, first)
+    else:
+        values = piece.value_list()
+    return zip(piece.keys, map(join, zip(stamps, values, strict=True)), strict=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _stamp_cut(count: int) -> struct.Struct:
+    """The cut of a timestamp column of ``count`` entries into 8-byte strings."""
+    return struct.Struct("8s" * count)
+
+
+@functools.lru_cache(maxsize=64)
+def _value_cut(length: int, count: int) -> struct.Struct:
+    """The cut of ``count`` joined values of ``length`` bytes each."""
+    return struct.Struct(f"{length}s" * count)
+
+
 def _new_live_pairs(piece: list[Entry], keys: list[bytes], txn_id: int) -> Iterator[Any]:
     """(key, header + value) of entries new to the DBI and live. Their headers differ
     only in the timestamp, the first 8 bytes, so each value is the packed timestamp and
@@ -438,8 +579,13 @@ def _new_live_pairs(piece: list[Entry], keys: list[bytes], txn_id: int) -> Itera
     return zip(keys, values, strict=True)
 
 
-def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
-    """Lists of up to ``size`` entries: the reader's checked chunks where it has them."""
+def _batches(entries: Iterable[Entry], size: int) -> Iterator[Batch]:
+    """Lists of up to ``size`` entries: the reader's checked chunks where it has them,
+    the column runs of a version-3 reader first."""
+    columns = getattr(entries, "column_chunks", None)
+    if columns is not None:
+        yield from columns(size)
+        return
     chunks = getattr(entries, "chunks", None)  # a format's EntryStream
     if chunks is not None:
         yield from chunks(size)
@@ -452,6 +598,8 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
 # reverse or integer keys: LMDB's order is not the bytes' order
 _OTHER_ORDER = MDB_REVERSEKEY | MDB_INTEGERKEY
 _STAMP_BYTES = 8
+# a flags column of live entries, to compare a run's flags with at once
+_ZEROS = bytes(BATCH_MAX_ENTRIES)
 _FLAGS_BYTE = 17  # the header's flags: after timestamp (8), txn id (8) and version (1)
 _PACK_STAMP = struct.Struct(">Q").pack  # the first field of HEADER_STRUCT
 _KEY = operator.itemgetter(0)

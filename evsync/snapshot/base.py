@@ -18,6 +18,7 @@ before it is handed out, which the receiver applies as it reads instead.
 from __future__ import annotations
 
 import abc
+import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,12 +30,64 @@ KINDS = (KIND_FULL, KIND_DELTA)
 # The identity an evs.zst header map carries (see evs.py); kept with the header type
 # because SnapshotHeader.to_wire() writes it.
 FORMAT_NAME = "evsync-snapshot"
-# 2: the entries in zstd frames of ~1 MiB, each checked before it is used (evs.py);
-# 1: one zstd frame for the whole object, still read
-FORMAT_VERSION = 2
+# 3: each zstd frame of entries holds them column-wise (keys, timestamps, flags and
+# values each as one blob), so a merge compares runs without an object per entry;
+# 2: the entries in zstd frames of ~1 MiB as msgpack arrays, each frame checked before
+# it is used (evs.py); 1: one zstd frame for the whole object; both still read
+FORMAT_VERSION = 3
 
 Entry = tuple[bytes, int, int, bytes]
 """key, timestamp_ns, flags, application value (without the LMDB header)."""
+# a timestamp in a column of them: 8 bytes, big-endian, as in the LMDB value header
+STAMP_BYTES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A run of one DBI's entries column-wise, as a format-version-3 block holds them and
+    its reader checked them: the merge compares a run already stored, and builds the
+    values of new keys, from these blobs without a Python object per entry.
+
+    ``keys`` are the entries' keys; ``stamps`` their timestamps, 8 bytes big-endian
+    each; ``flags`` one byte each; entry i's application value is
+    ``values[offsets[i]:offsets[i + 1]]`` (``offsets`` has one more item than ``keys``;
+    ``values`` may be shared with other runs of the same block)."""
+
+    keys: list[bytes]
+    stamps: bytes
+    flags: bytes
+    values: bytes
+    offsets: list[int]
+    #: every value of the run has this many bytes (None when they differ)
+    value_length: int | None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def sub(self, start: int, stop: int) -> Columns:
+        """Entries ``start`` to ``stop`` (indices within this run) as a run of their own."""
+        stop = min(stop, len(self.keys))
+        return Columns(
+            self.keys[start:stop],
+            self.stamps[start * STAMP_BYTES : stop * STAMP_BYTES],
+            self.flags[start:stop],
+            self.values,
+            self.offsets[start : stop + 1],
+            self.value_length,
+        )
+
+    def value_list(self) -> list[bytes]:
+        """The application values, one bytes object each."""
+        cut = self.values.__getitem__
+        return list(map(cut, map(slice, self.offsets, self.offsets[1:])))
+
+    def stamp_list(self) -> tuple[int, ...]:
+        """The timestamps as integers."""
+        return struct.unpack(f">{len(self.keys)}Q", self.stamps)
+
+    def entries(self) -> list[Entry]:
+        """The run as entries, one tuple each (the general merge path takes those)."""
+        return list(zip(self.keys, self.stamp_list(), self.flags, self.value_list(), strict=True))
 
 
 @dataclass(frozen=True)

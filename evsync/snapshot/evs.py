@@ -13,6 +13,12 @@ FRAME_ENTRIES, the trailer at the end of the last; version 1, still read: one fr
                       in strictly increasing key order
     trailer map       {"trailer": true, "entries": total}
 
+Version 3 (written now) keeps the header map alone in its frame and the trailer map
+after the last block, in its frame, and holds the entries as one block a frame:
+``[n, keys, key lengths (uint16 BE), timestamps (uint64 BE), flags (a byte each),
+values, value lengths (uint32 BE)]``, every column but n a msgpack bin (DESIGN §4);
+a block is checked whole before any entry of it is used.
+
 The reader rejects a truncated frame, a bad checksum, a foreign format or version,
 counts that disagree, malformed entries and keys out of order with
 :class:`~evsync.errors.CorruptObjectError`; it never yields an entry it has not checked.
@@ -27,11 +33,12 @@ interface, the way the sender and the receiver use it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import accumulate, islice
 from typing import IO, Any, Protocol
 
 import msgpack
@@ -48,6 +55,8 @@ from evsync.snapshot.base import (
     FORMAT_NAME,
     FORMAT_VERSION,
     KINDS,
+    STAMP_BYTES,
+    Columns,
     DbiInfo,
     Entry,
     SnapshotFormat,
@@ -98,7 +107,7 @@ FRAME_BYTES = 1 << 20
 # and never reaches into the next frame, so a frame of 8,192 small records is one txn
 # (frames of 13,000 took two each: 151 commits for 1 M records instead of 123)
 FRAME_ENTRIES = 8192
-WRITABLE_VERSIONS = (1, FORMAT_VERSION)
+WRITABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 # ... and a reader takes no frame that inflates past this: one entry at the cap, and
 # a frame's worth of entries before it
 FRAME_MAX_INFLATED = MAX_ENTRY_BYTES + FRAME_BYTES
@@ -107,6 +116,17 @@ FRAME_MAX_INFLATED = MAX_ENTRY_BYTES + FRAME_BYTES
 HEADER_MAX_BYTES = 16 << 20
 # the first version whose entries come in frames of their own
 FRAMED_VERSION = 2
+# the first version whose frames hold their entries column-wise, one block a frame
+COLUMNS_VERSION = 3
+# a block's fields: entry count, keys, key lengths, timestamps, flags, values, value lengths
+BLOCK_FIELDS = 7
+# bytes of one key length (big-endian uint16: keys are at most 511 bytes) and of one
+# value length (big-endian uint32: values stay under the entry cap) in a block
+KEY_LENGTH_BYTES = 2
+VALUE_LENGTH_BYTES = 4
+# bytes a block spends on one entry beside its key and value: the two lengths, the
+# timestamp and the flags byte
+BLOCK_ENTRY_OVERHEAD = KEY_LENGTH_BYTES + VALUE_LENGTH_BYTES + STAMP_BYTES + 1
 # msgpack framing of one entry at most: array header 1, key 2 + ts 9 + flags 2 + value 5
 ENTRY_FRAMING_BYTES = 19
 # the most key and value bytes one entry may carry
@@ -114,6 +134,8 @@ MAX_ENTRY_DATA = MAX_ENTRY_BYTES - ENTRY_FRAMING_BYTES
 # a list of msgpack objects, and the inflated bytes they were decoded from
 Batch = tuple[list[Any], int]
 _KEY = operator.itemgetter(0)
+_STAMP = operator.itemgetter(1)
+_FLAGS = operator.itemgetter(2)
 _VALUE = operator.itemgetter(3)
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
@@ -158,6 +180,17 @@ def write_snapshot(
     # last. Each frame is compressed with its own content checksum, so a reader checks
     # each before it hands out any of its entries.
     out.write(cctx.compress(msgpack.packb(wire, use_bin_type=True)))
+    if version >= COLUMNS_VERSION:
+        # one block a frame; the trailer goes in the last block's frame, as in version 2,
+        # so that a cut or corrupt end of the object loses the last entries with it
+        held: bytes | None = None
+        for block in _column_blocks(header, dbi_entries, stats):
+            if held is not None:
+                out.write(cctx.compress(held))
+            held = block
+        trailer = msgpack.packb({"trailer": True, "entries": stats.entries}, use_bin_type=True)
+        out.write(cctx.compress(trailer if held is None else held + trailer))
+        return stats
     buf = bytearray()
     in_frame = 0
     for piece, count in pieces:
@@ -206,6 +239,100 @@ def _packed_pieces(
         stats.per_dbi.append(count)
         stats.entries += count
     yield pack({"trailer": True, "entries": stats.entries}), 0
+
+
+# A part of a block as a source hands it out: keys, timestamps (8 bytes big-endian each,
+# joined), flags (a byte each), values
+ColumnPart = tuple[list[bytes], bytes, bytes, "list[bytes] | tuple[bytes, ...]"]
+
+
+def _column_blocks(
+    header: SnapshotHeader, dbi_entries: Iterable[Iterable[Entry]], stats: WriteStats
+) -> Iterator[bytes]:
+    """Version 3 after the header: each DBI's entries as packed blocks of at most
+    FRAME_BYTES (or one bigger entry) and FRAME_ENTRIES. Counts as
+    :func:`_packed_pieces` does; the caller writes the trailer."""
+    dbis = iter(dbi_entries)
+    for info in header.dbis:
+        count = 0
+        parts: list[ColumnPart] = []
+        in_block = held = 0
+        for part in _column_parts(next(dbis)):
+            keys, values = part[0], part[3]
+            sizes = list(map(operator.add, map(len, keys), map(len, values)))
+            biggest = max(sizes)
+            if biggest > MAX_ENTRY_DATA:
+                i = sizes.index(biggest)
+                raise _entry_too_large(info, (keys[i], 0, 0, values[i]))
+            size = sum(sizes)
+            pieces = [part] if size <= FRAME_BYTES else _single_parts(part)
+            for piece in pieces:
+                piece_size = size if len(pieces) == 1 else len(piece[0][0]) + len(piece[3][0])
+                if parts and (
+                    held + piece_size > FRAME_BYTES or in_block + len(piece[0]) > FRAME_ENTRIES
+                ):
+                    yield _pack_block(parts)
+                    parts, in_block, held = [], 0, 0
+                parts.append(piece)
+                in_block += len(piece[0])
+                held += piece_size
+            count += len(keys)
+            stats.raw_bytes += size
+        if parts:
+            yield _pack_block(parts)
+        if count != info.entries:
+            raise ValueError(
+                f"DBI {info.name!r}: header promised {info.entries} entries, wrote {count}"
+            )
+        stats.per_dbi.append(count)
+        stats.entries += count
+
+
+def _column_parts(entries: Iterable[Entry]) -> Iterator[ColumnPart]:
+    """The entries as column parts: the source's own (a dump cuts them so from its
+    cursor chunks) or cut from its entry lists."""
+    parts = getattr(entries, "column_parts", None)
+    if parts is not None:
+        for part in parts():
+            if part[0]:
+                yield part
+        return
+    for chunk in _entry_chunks(entries):
+        n = len(chunk)
+        try:
+            stamps = struct.pack(f">{n}Q", *map(_STAMP, chunk))
+            flags = bytes(map(_FLAGS, chunk))
+        except (struct.error, ValueError) as exc:
+            raise ValueError(f"an entry's timestamp or flags do not fit: {exc}") from None
+        yield list(map(_KEY, chunk)), stamps, flags, list(map(_VALUE, chunk))
+
+
+def _single_parts(part: ColumnPart) -> list[ColumnPart]:
+    """A part of big values cut into parts of one entry each, so that a block stays
+    near FRAME_BYTES and a value bigger than that is alone in its block."""
+    keys, stamps, flags, values = part
+    return [
+        ([keys[i]], stamps[i * STAMP_BYTES : (i + 1) * STAMP_BYTES], flags[i : i + 1], [values[i]])
+        for i in range(len(keys))
+    ]
+
+
+def _pack_block(parts: list[ColumnPart]) -> bytes:
+    """One block: ``[n, keys, key lengths, timestamps, flags, values, value lengths]``."""
+    keys = [k for part in parts for k in part[0]] if len(parts) > 1 else parts[0][0]
+    values: Any = [v for part in parts for v in part[3]] if len(parts) > 1 else parts[0][3]
+    n = len(keys)
+    block = (
+        n,
+        _JOIN(keys),
+        struct.pack(f">{n}H", *map(len, keys)),
+        _JOIN([part[1] for part in parts]),
+        _JOIN([part[2] for part in parts]),
+        _JOIN(values),
+        struct.pack(f">{n}I", *map(len, values)),
+    )
+    packed: bytes = msgpack.packb(block, use_bin_type=True)
+    return packed
 
 
 def _entry_chunks(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
@@ -755,6 +882,141 @@ class DbiEntries:
         return chunk
 
 
+_ZEROS = bytes(FRAME_ENTRIES)
+
+
+class ColumnDbiEntries:
+    """One DBI's entries from a version-3 object, block by block, each block checked
+    whole before any of it is handed out: as column runs with :meth:`column_chunks`
+    (what the merge takes), as entry lists with :meth:`chunks`, or one by one."""
+
+    def __init__(self, objects: _ObjectStream, info: DbiInfo) -> None:
+        self.info = info
+        self._objects = objects
+        self._index = 0
+        self._prev: Any = None
+        self._order = None if info.transform else _key_order(info.flags)
+        self._block: Columns | None = None
+        self._pos = 0
+
+    def column_chunks(self, size: int = FRAME_ENTRIES) -> Iterator[Columns]:
+        """The remaining entries as runs of at most ``size`` entries, never across blocks."""
+        while self._index < self.info.entries:
+            block = self._block
+            if block is None or self._pos >= len(block):
+                block, self._pos = self._next_block(), 0
+                self._block = block
+            run = block if self._pos == 0 and len(block) <= size else None
+            if run is None:
+                run = block.sub(self._pos, self._pos + size)
+            self._pos += len(run)
+            self._index += len(run)
+            if self._pos >= len(block):
+                self._block = None  # not held beside the next block while it is read
+            yield run
+            del run, block
+
+    def chunks(self, size: int = CHECK_CHUNK) -> Iterator[list[Entry]]:
+        """The remaining entries in lists of at most ``size`` entries."""
+        for run in self.column_chunks(size):
+            yield run.entries()
+
+    def __iter__(self) -> Iterator[Entry]:
+        for chunk in self.chunks():
+            yield from chunk
+
+    def _next_block(self) -> Columns:
+        info = self.info
+        got = self._objects.take(1)
+        if not got:
+            raise CorruptObjectError(
+                f"truncated: DBI {info.name!r} has {self._index} of {info.entries} entries"
+            )
+        block = _check_block(got[0], info, self._index, self._prev, self._order)
+        if self._index + len(block) > info.entries:
+            raise CorruptObjectError(
+                f"DBI {info.name!r}: a block holds more entries than the header counts"
+            )
+        last = block.keys[-1]
+        self._prev = last if self._order is None else self._order(last)
+        return block
+
+
+def _check_block(obj: Any, info: DbiInfo, first: int, prev: Any, order: Any) -> Columns:
+    """A version-3 block as a checked run, or CorruptObjectError in one line naming what
+    is wrong: field types, column lengths that disagree with the count or with each
+    other, key or entry sizes, keys not strictly increasing (after ``prev``)."""
+    where = f"DBI {info.name!r} block at entry {first}"
+    if not (type(obj) is tuple and len(obj) == BLOCK_FIELDS):
+        raise CorruptObjectError(f"{where}: not a {BLOCK_FIELDS}-field block")
+    n, keys, key_lengths, stamps, flags, values, value_lengths = obj
+    if type(n) is not int or not 0 < n <= FRAME_ENTRIES:
+        raise CorruptObjectError(f"{where}: entry count {n!r:.40} is not 1..{FRAME_ENTRIES}")
+    if set(map(type, obj[1:])) != _ONLY_BYTES:
+        raise CorruptObjectError(f"{where}: a column is not a binary string")
+    for name, column, width in (
+        ("key lengths", key_lengths, KEY_LENGTH_BYTES),
+        ("timestamps", stamps, STAMP_BYTES),
+        ("flags", flags, 1),
+        ("value lengths", value_lengths, VALUE_LENGTH_BYTES),
+    ):
+        if len(column) != n * width:
+            raise CorruptObjectError(
+                f"{where}: {name} column of {len(column)} bytes for {n} entries"
+            )
+    klens = _lengths("H", n).unpack(key_lengths)
+    vlens = _lengths("I", n).unpack(value_lengths)
+    if min(klens) < 1 or max(klens) > MAX_KEY_BYTES:
+        raise CorruptObjectError(f"{where}: a key length outside 1..{MAX_KEY_BYTES}")
+    if sum(klens) != len(keys):
+        raise CorruptObjectError(
+            f"{where}: key lengths add up to {sum(klens)}, the keys column has {len(keys)}"
+        )
+    if sum(vlens) != len(values):
+        raise CorruptObjectError(
+            f"{where}: value lengths add up to {sum(vlens)}, the values column has {len(values)}"
+        )
+    if max(vlens) + max(klens) > MAX_ENTRY_DATA and (
+        max(map(operator.add, klens, vlens)) > MAX_ENTRY_DATA
+    ):
+        raise ObjectTooLargeError(f"{where}: an entry larger than {MAX_ENTRY_BYTES >> 20} MiB")
+    key_length = klens[0] if min(klens) == max(klens) else None
+    if key_length is not None:
+        key_list = list(_uniform_cut(key_length, n).unpack(keys))
+    else:
+        bounds = [0, *accumulate(klens)]
+        key_list = list(map(keys.__getitem__, map(slice, bounds, bounds[1:])))
+    sort_keys = key_list if order is None else list(map(order, key_list))
+    if (prev is not None and not prev < sort_keys[0]) or not all(
+        map(operator.lt, sort_keys, islice(sort_keys, 1, None))
+    ):
+        index = first + next(
+            (i for i in range(n) if (sort_keys[i - 1] if i else prev) is not None
+             and not (sort_keys[i - 1] if i else prev) < sort_keys[i]),
+            0,
+        )
+        raise CorruptObjectError(f"DBI {info.name!r} entry {index}: keys out of order")
+    if info.transform:
+        for index, key in enumerate(key_list, first):
+            _check_transformed_key(key, info, index)
+    offsets = [0, *accumulate(vlens)]
+    value_length = vlens[0] if min(vlens) == max(vlens) else None
+    return Columns(key_list, stamps, flags, values, offsets, value_length)
+
+
+@functools.lru_cache(maxsize=64)
+def _lengths(code: str, n: int) -> struct.Struct:
+    """The unpacking of a column of ``n`` big-endian lengths."""
+    return struct.Struct(f">{n}{code}")
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_cut(length: int, n: int) -> struct.Struct:
+    """The cut of ``n`` joined strings of ``length`` bytes each (keys of one length are
+    common, and compiling a layout costs about as much as using it)."""
+    return struct.Struct(f"{length}s" * n)
+
+
 class SnapshotReader:
     """Read an object as a stream: the header first, then each DBI's entries in order.
 
@@ -774,6 +1036,7 @@ class SnapshotReader:
         self._verified = verified
         read, version = _peek_version(source)
         framed = isinstance(version, int) and version >= FRAMED_VERSION
+        self._columns = isinstance(version, int) and version >= COLUMNS_VERSION
         #: every entry handed out comes from a zstd frame whose checksum passed, so
         #: what is read may be applied as it is read (version 2; DESIGN §4)
         self.checks_as_it_reads = framed
@@ -787,13 +1050,17 @@ class SnapshotReader:
             raise CorruptObjectError("the header's zstd frame holds more than the header")
         self._consumed = False
 
-    def dbis(self) -> Iterator[tuple[DbiInfo, DbiEntries]]:
+    def dbis(self) -> Iterator[tuple[DbiInfo, DbiEntries | ColumnDbiEntries]]:
         """Yield (DbiInfo, entries) in header order; each DBI's entries must be read in turn."""
         if self._consumed:
             raise RuntimeError("a SnapshotReader can be read once")
         self._consumed = True
         for info in self.header.dbis:
-            entries = DbiEntries(self._objects, info, check=not self._verified)
+            entries: DbiEntries | ColumnDbiEntries
+            if self._columns:
+                entries = ColumnDbiEntries(self._objects, info)
+            else:
+                entries = DbiEntries(self._objects, info, check=not self._verified)
             yield info, entries
             _drain(entries.chunks())  # what the caller left, to stay in step
         self._finish()
