@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,12 +209,16 @@ class TestOwnCommits:
         an application commit after it gives one."""
         queue = HintQueue("main")
         observer = TxnObserver(lenv, queue)
+        # Re-entrant here only, so this thread can commit and report under the lock
+        # while the watcher's check waits until own() has run (as the syncer does when
+        # it reports its merge before the watcher reads the txn id).
+        observer._lock = threading.RLock()  # type: ignore[assignment]
         watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
         watcher.start()
         try:
-            with observer._lock:  # the watcher's check waits until own() has run
+            with observer._lock:
                 commit(lenv, b"merge")
-            observer.own([lenv.last_txn_id()])
+                observer.own([lenv.last_txn_id()])
             assert not queue.wait(QUIET_SECONDS).local
             commit(lenv, b"app")
             assert queue.wait(HINT_TIMEOUT).local
