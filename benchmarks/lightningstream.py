@@ -10,8 +10,9 @@ ratios compare like with like on the same machine state:
   object (full dump, one read txn; the ``.pb.gz`` writer spools the DBI's KVs to a
   temporary file because a DBI's length prefix comes before its entries);
 * ``read+merge``: what the receiver does with a fetched object, into an empty LMDB:
-  ``verify`` (a whole read, every check), then a second read with ``verified=True``
-  merged by ``Merger`` (native mode, batched write txns);
+  ``.evs.zst`` is read once, each frame checked before it is handed out; ``.pb.gz``
+  is verified whole (``verify``, every check), then read again with ``verified=True``;
+  both merged by ``Merger`` (native mode, batched write txns);
 * two data shapes: ``fixed`` (the house shape of ``dump_merge.py``: keys ``key%09d``,
   50-byte values) and ``varied`` (10..100-byte values), where the ``.pb.gz`` reader's
   same-shape runs (struct over fixed-size records) rarely apply and each KV takes one
@@ -104,9 +105,13 @@ def merge_step(fmt: SnapshotFormat, obj: Path, dst: Path) -> float:
     try:
         t0 = time.perf_counter()
         with obj.open("rb") as f, collector_paused():  # as the syncer does
-            fmt.verify(f)
-            f.seek(0)
-            result = Merger(lenv).merge(fmt.reader(f, verified=True).dbis())
+            stream = fmt.open_checked(f)  # one pass where the format checks as it reads
+            if stream is None:
+                f.seek(0)
+                fmt.verify(f)
+                f.seek(0)
+                stream = fmt.reader(f, verified=True)
+            result = Merger(lenv).merge(stream.dbis())
         seconds = time.perf_counter() - t0
         assert result.entries == result.written, result
         return seconds
