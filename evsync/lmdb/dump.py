@@ -87,20 +87,22 @@ class NativeEntries:
 
     def column_parts(
         self,
-    ) -> Iterator[tuple[list[bytes], bytes, bytes, list[bytes] | tuple[bytes, ...]]]:
+    ) -> Iterator[tuple[list[bytes], bytes, bytes, list[bytes] | tuple[bytes, ...], list[int]]]:
         """The entries column-wise, what a format-version-3 writer packs: per cursor
         chunk (keys, timestamps joined 8 bytes big-endian each, flags a byte each,
-        values), cut by one ``struct`` unpack that keeps each timestamp as its 8 stored
-        bytes, so that no integer, entry tuple or msgpack call is made per entry."""
+        values, their lengths), cut by one ``struct`` unpack that keeps each timestamp
+        as its 8 stored bytes, so that no integer, entry tuple or msgpack call is made
+        per entry."""
         items = self._cursor.iternext(keys=True, values=True)
         while chunk := list(itertools.islice(items, self._chunk)):
             keys = list(map(_FIRST, chunk))
             values = list(map(_SECOND, chunk))
             del chunk
             lengths = list(map(len, values))
-            shortest = min(lengths)
+            uniform = lengths.count(lengths[0]) == len(lengths)  # one pass, not min and max
+            shortest = lengths[0] if uniform else min(lengths)
             if shortest >= HEADER_SIZE:
-                if shortest == max(lengths):
+                if uniform:
                     layout = _uniform_column_layout(shortest, len(values))
                 else:
                     layout = struct.Struct(">" + "".join(map(_column_format, lengths)))
@@ -111,11 +113,18 @@ class NativeEntries:
                     and not any(fields[3::5])
                     and set(flags) <= _SYNCED_FLAGS
                 ):
-                    yield keys, b"".join(fields[0::5]), bytes(flags), fields[4::5]
+                    # fixed-size records (the common case) need no length per value
+                    value_lengths = (
+                        [shortest - HEADER_SIZE] * len(lengths)
+                        if uniform
+                        else [length - HEADER_SIZE for length in lengths]
+                    )
+                    yield keys, b"".join(fields[0::5]), bytes(flags), fields[4::5], value_lengths
                     continue
             entries = [self._entry(key, value) for key, value in zip(keys, values, strict=True)]
             stamps = struct.pack(f">{len(entries)}Q", *map(_STAMP, entries))
-            yield keys, stamps, bytes(map(_FLAGS, entries)), list(map(_VALUE, entries))
+            app_values = list(map(_VALUE, entries))
+            yield keys, stamps, bytes(map(_FLAGS, entries)), app_values, list(map(len, app_values))
 
     def _entries(self, chunk: list[tuple[bytes, bytes]]) -> list[Entry]:
         keys = list(map(_FIRST, chunk))

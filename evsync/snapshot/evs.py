@@ -242,8 +242,10 @@ def _packed_pieces(
 
 
 # A part of a block as a source hands it out: keys, timestamps (8 bytes big-endian each,
-# joined), flags (a byte each), values
-ColumnPart = tuple[list[bytes], bytes, bytes, "list[bytes] | tuple[bytes, ...]"]
+# joined), flags (a byte each), values, the values' lengths (a dump knows them already)
+ColumnPart = tuple[list[bytes], bytes, bytes, "list[bytes] | tuple[bytes, ...]", list[int]]
+# A part as a block holds it: the part and its keys' lengths
+_Held = tuple[ColumnPart, list[int]]
 
 
 def _column_blocks(
@@ -255,26 +257,30 @@ def _column_blocks(
     dbis = iter(dbi_entries)
     for info in header.dbis:
         count = 0
-        parts: list[ColumnPart] = []
+        parts: list[_Held] = []
         in_block = held = 0
         for part in _column_parts(next(dbis)):
-            keys, values = part[0], part[3]
-            sizes = list(map(operator.add, map(len, keys), map(len, values)))
-            biggest = max(sizes)
-            if biggest > MAX_ENTRY_DATA:
-                i = sizes.index(biggest)
-                raise _entry_too_large(info, (keys[i], 0, 0, values[i]))
-            size = sum(sizes)
-            pieces = [part] if size <= FRAME_BYTES else _single_parts(part)
+            keys, values, value_lengths = part[0], part[3], part[4]
+            key_lengths = list(map(len, keys))
+            # The longest key plus the longest value bounds every entry; only a part
+            # that may hold an oversize entry pays for a size per entry.
+            if max(key_lengths) + max(value_lengths) > MAX_ENTRY_DATA:
+                sizes = list(map(operator.add, key_lengths, value_lengths))
+                biggest = max(sizes)
+                if biggest > MAX_ENTRY_DATA:
+                    i = sizes.index(biggest)
+                    raise _entry_too_large(info, (keys[i], 0, 0, values[i]))
+            size = sum(key_lengths) + sum(value_lengths)
+            pieces = [(part, key_lengths)] if size <= FRAME_BYTES else _single_parts(part)
             for piece in pieces:
-                piece_size = size if len(pieces) == 1 else len(piece[0][0]) + len(piece[3][0])
+                piece_size = size if len(pieces) == 1 else piece[1][0] + piece[0][4][0]
                 if parts and (
-                    held + piece_size > FRAME_BYTES or in_block + len(piece[0]) > FRAME_ENTRIES
+                    held + piece_size > FRAME_BYTES or in_block + len(piece[1]) > FRAME_ENTRIES
                 ):
                     yield _pack_block(parts)
                     parts, in_block, held = [], 0, 0
                 parts.append(piece)
-                in_block += len(piece[0])
+                in_block += len(piece[1])
                 held += piece_size
             count += len(keys)
             stats.raw_bytes += size
@@ -304,32 +310,40 @@ def _column_parts(entries: Iterable[Entry]) -> Iterator[ColumnPart]:
             flags = bytes(map(_FLAGS, chunk))
         except (struct.error, ValueError) as exc:
             raise ValueError(f"an entry's timestamp or flags do not fit: {exc}") from None
-        yield list(map(_KEY, chunk)), stamps, flags, list(map(_VALUE, chunk))
+        values = list(map(_VALUE, chunk))
+        yield list(map(_KEY, chunk)), stamps, flags, values, list(map(len, values))
 
 
-def _single_parts(part: ColumnPart) -> list[ColumnPart]:
+def _single_parts(part: ColumnPart) -> list[_Held]:
     """A part of big values cut into parts of one entry each, so that a block stays
     near FRAME_BYTES and a value bigger than that is alone in its block."""
-    keys, stamps, flags, values = part
+    keys, stamps, flags, values, value_lengths = part
     return [
-        ([keys[i]], stamps[i * STAMP_BYTES : (i + 1) * STAMP_BYTES], flags[i : i + 1], [values[i]])
+        (
+            (
+                [keys[i]],
+                stamps[i * STAMP_BYTES : (i + 1) * STAMP_BYTES],
+                flags[i : i + 1],
+                [values[i]],
+                [value_lengths[i]],
+            ),
+            [len(keys[i])],
+        )
         for i in range(len(keys))
     ]
 
 
-def _pack_block(parts: list[ColumnPart]) -> bytes:
+def _pack_block(parts: list[_Held]) -> bytes:
     """One block: ``[n, keys, key lengths, timestamps, flags, values, value lengths]``."""
-    keys = [k for part in parts for k in part[0]] if len(parts) > 1 else parts[0][0]
-    values: Any = [v for part in parts for v in part[3]] if len(parts) > 1 else parts[0][3]
-    n = len(keys)
+    # Each column joined part by part, then the parts joined: no list of every entry.
     block = (
-        n,
-        _JOIN(keys),
-        struct.pack(f">{n}H", *map(len, keys)),
-        _JOIN([part[1] for part in parts]),
-        _JOIN([part[2] for part in parts]),
-        _JOIN(values),
-        struct.pack(f">{n}I", *map(len, values)),
+        sum(len(lengths) for _part, lengths in parts),
+        _JOIN([_JOIN(part[0]) for part, _lengths in parts]),
+        _JOIN([struct.pack(f">{len(lengths)}H", *lengths) for _part, lengths in parts]),
+        _JOIN([part[1] for part, _lengths in parts]),
+        _JOIN([part[2] for part, _lengths in parts]),
+        _JOIN([_JOIN(part[3]) for part, _lengths in parts]),
+        _JOIN([struct.pack(f">{len(part[4])}I", *part[4]) for part, _lengths in parts]),
     )
     packed: bytes = msgpack.packb(block, use_bin_type=True)
     return packed
