@@ -506,10 +506,12 @@ def _columns_unchanged(cursor: Any, run: Columns, start: int, stop: int) -> bool
     stored = list(map(_RUN_VALUE, got))
     del got
     lengths = list(map(len, stored))
-    shortest, longest = min(lengths), max(lengths)
-    if shortest < HEADER_SIZE or sum(lengths) > RUN_COMPARE_MAX_BYTES:
+    alike = lengths.count(lengths[0]) == len(lengths)  # one pass, not a min and a max
+    shortest = lengths[0] if alike else min(lengths)
+    total = shortest * len(lengths) if alike else sum(lengths)
+    if shortest < HEADER_SIZE or total > RUN_COMPARE_MAX_BYTES:
         return False
-    if shortest == longest:
+    if alike:
         if run.value_length != shortest - HEADER_SIZE:
             return False  # the run's values have other lengths (or not all one length)
         layout = _uniform_stamp_layout(shortest, len(stored))
@@ -517,7 +519,7 @@ def _columns_unchanged(cursor: Any, run: Columns, start: int, stop: int) -> bool
         layout = struct.Struct(">" + "".join(map(_stamp_field_format, lengths)))
     fields = layout.unpack(b"".join(stored))
     values = fields[2::3]
-    if shortest != longest:
+    if not alike:
         offsets = run.offsets[start : stop + 1]
         if list(map(len, values)) != list(map(operator.sub, offsets[1:], offsets)):
             return False

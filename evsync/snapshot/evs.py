@@ -980,7 +980,12 @@ def _check_block(obj: Any, info: DbiInfo, first: int, prev: Any, order: Any) -> 
             )
     klens = _lengths("H", n).unpack(key_lengths)
     vlens = _lengths("I", n).unpack(value_lengths)
-    if min(klens) < 1 or max(klens) > MAX_KEY_BYTES:
+    # one count finds the common case, lengths all alike, without a min and a max
+    keys_alike = klens.count(klens[0]) == n
+    kmin, kmax = (klens[0], klens[0]) if keys_alike else (min(klens), max(klens))
+    values_alike = vlens.count(vlens[0]) == n
+    vmax = vlens[0] if values_alike else max(vlens)
+    if kmin < 1 or kmax > MAX_KEY_BYTES:
         raise CorruptObjectError(f"{where}: a key length outside 1..{MAX_KEY_BYTES}")
     if sum(klens) != len(keys):
         raise CorruptObjectError(
@@ -990,11 +995,11 @@ def _check_block(obj: Any, info: DbiInfo, first: int, prev: Any, order: Any) -> 
         raise CorruptObjectError(
             f"{where}: value lengths add up to {sum(vlens)}, the values column has {len(values)}"
         )
-    if max(vlens) + max(klens) > MAX_ENTRY_DATA and (
+    if vmax + kmax > MAX_ENTRY_DATA and (
         max(map(operator.add, klens, vlens)) > MAX_ENTRY_DATA
     ):
         raise ObjectTooLargeError(f"{where}: an entry larger than {MAX_ENTRY_BYTES >> 20} MiB")
-    key_length = klens[0] if min(klens) == max(klens) else None
+    key_length = klens[0] if keys_alike else None
     if key_length is not None:
         key_list = list(_uniform_cut(key_length, n).unpack(keys))
     else:
@@ -1014,7 +1019,7 @@ def _check_block(obj: Any, info: DbiInfo, first: int, prev: Any, order: Any) -> 
         for index, key in enumerate(key_list, first):
             _check_transformed_key(key, info, index)
     offsets = [0, *accumulate(vlens)]
-    value_length = vlens[0] if min(vlens) == max(vlens) else None
+    value_length = vlens[0] if values_alike else None
     return Columns(key_list, stamps, flags, values, offsets, value_length)
 
 
