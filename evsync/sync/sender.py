@@ -188,6 +188,8 @@ class Sender:
             bool(force_every) and time.monotonic() - self.last_store_mono >= force_every
         )
         if txn_id <= self.ledger.last_synced and not forced:
+            if self.finder is not None:
+                self.finder.follow(txn_id)  # merges only: LMDB may reuse their pages
             return True
         if not only_once and not self.backoff.ready():
             self.stamp_local_changes()  # stamped now, not at 1 ns by a restart's seed

@@ -29,7 +29,7 @@ from evsync.snapshot import SnapshotReader
 from evsync.storage.memory import MemoryStore
 from evsync.triggers.base import Batch
 from tests.helpers import Writer
-from tests.unit.test_syncer import app_put, fill, make_syncer, stored
+from tests.unit.test_syncer import app_put, fill, make_syncer, read, stored
 
 MAX_DBS = 8
 MAP_SIZE = 8 << 20  # small, so that a workload can fill it and grow the map
@@ -491,6 +491,52 @@ class TestPins:
         assert walked == scanned
         assert harness.seen.paths == {pagewalk.PATH_PAGEWALK: 1}
 
+    def test_merges_alone_move_the_pin_up(self, harness: Harness) -> None:
+        """follow(): with only evsync's own merges since the pin, the pin moves to the
+        LMDB's last txn, and the next delta (after a local change) still equals the
+        scan and is served by the page walk."""
+        harness.full()
+        for i in range(3):
+            last = harness.commit([("put", b"records", key(100 + i), 40)], merge=True)
+        harness.finder.follow(last)
+        assert harness.finder.pinned_txn == last
+        harness.since_txn = last  # the sender's since: the ledger's last synced txn
+        harness.commit([("put", b"records", key(7), 40)])
+        scanned, walked = harness.delta()
+        assert walked == scanned
+        assert harness.seen.paths == {pagewalk.PATH_PAGEWALK: 1}
+
+    def test_follow_keeps_the_pin_when_the_lmdb_moved_on(self, harness: Harness) -> None:
+        """follow() of a txn the LMDB has already passed (a commit came in between,
+        which may hold a local change) keeps the old pin."""
+        harness.full()
+        first = harness.finder.pinned_txn
+        merged = harness.commit([("put", b"records", key(100), 40)], merge=True)
+        harness.commit([("put", b"records", key(7), 40)])
+        harness.finder.follow(merged)
+        assert harness.finder.pinned_txn == first
+
+    def test_following_merges_keeps_the_file_from_growing(self, tmp_path: Path) -> None:
+        """A pin held behind many one-record merges makes LMDB take fresh pages for each
+        (the file grows by megabytes); moved up after each merge, the pages are reused
+        and the file stays within a few pages of its size."""
+        sizes = {}
+        for follow in (False, True):
+            lenv = open_lenv(tmp_path / f"follow-{follow}")
+            h = Harness(lenv)
+            load(h, 2000)
+            h.full()
+            start = pagewalk.data_file(lenv).stat().st_size
+            for i in range(300):
+                txn_id = h.commit([("put", b"records", key(i * 7 % 2000), 40)], merge=True)
+                if follow:
+                    h.finder.follow(txn_id)
+            sizes[follow] = pagewalk.data_file(lenv).stat().st_size - start
+            h.finder.close()
+            lenv.close()
+        assert sizes[False] > 300 * 4096  # at least a fresh page per merge when pinned
+        assert sizes[True] <= 64 * 4096
+
     def test_close_releases_everything(self, harness: Harness) -> None:
         """close() aborts both snapshots (the env may close next)."""
         harness.full()
@@ -532,6 +578,38 @@ class TestInTheSender:
         finally:
             a.close()
 
+    def test_a_receiver_pins_its_newest_merge(self, tmp_path: Path) -> None:
+        """On an instance whose LMDB changes only by merges, each step that finds
+        nothing to upload moves the pin to the LMDB's last txn (LMDB may then reuse the
+        pages the merges replaced), and its next local change is a page-walk delta."""
+        store = MemoryStore()
+        a = make_syncer("a", tmp_path, store)
+        b = make_syncer("b", tmp_path, store)
+        try:
+            fill(a)
+            a.run_once()
+            app_put(b, b"own", b"v", 10)
+            b.run_once()
+            finder = b.sender.finder
+            assert finder is not None
+            for i in range(3):
+                app_put(a, b"fill-%d" % i, b"changed", 5000 + i)
+                a.step(Batch(local=True))
+                b.step(Batch(remote={"a": stored(store, "a")[-1]}))
+                assert read_value(b, b"fill-%d" % i) == b"changed"
+                assert finder.pinned_txn == b.lenv.last_txn_id()
+            app_put(b, b"own", b"v2", 20)
+            b.step(Batch(local=True))
+            names = stored(store, "b")
+            assert names[-1].is_delta
+            reader = SnapshotReader(store.open(names[-1].name))
+            assert [[e[0] for e in es] for _, es in reader.dbis()] == [[b"own"]]
+            deltas = "evsync_change_finder_deltas_total"
+            assert _count(b.metrics.registry, deltas, path=pagewalk.PATH_PAGEWALK) == 1
+        finally:
+            a.close()
+            b.close()
+
     def test_store_retries_release_an_old_pin(self, tmp_path: Path) -> None:
         """In a storage outage, a pin behind the LMDB past its age limit is released and
         the failed delta's own snapshot is not kept (an outage must not pin pages for
@@ -560,3 +638,9 @@ class TestInTheSender:
             assert finder.pinned_txn == a.lenv.last_txn_id()
         finally:
             a.close()
+
+
+def read_value(syncer: Any, key: bytes) -> bytes | None:
+    """The application value of ``key`` in the syncer's records DBI."""
+    got = read(syncer, key)
+    return got[0] if got is not None else None
