@@ -18,6 +18,10 @@ class BoundedNames:
         while len(self._names) > self.limit:
             del self._names[next(iter(self._names))]
 
+    def discard(self, name: str) -> None:
+        """Forget ``name`` if it is remembered."""
+        self._names.pop(name, None)
+
     def __contains__(self, name: object) -> bool:
         return name in self._names
 

@@ -519,6 +519,7 @@ class Receiver:
             self.carried.drop_through(instance, name.name)  # older ones are not needed
         if carried:
             self.recorder.carried_merged()
+            self.queue.merged_carried(name.name)  # its announcement only confirms it
         self.recorder.merged(
             instance,
             name,

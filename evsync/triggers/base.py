@@ -46,6 +46,10 @@ MAX_GONE_NAMES = 4096
 # gap that only a listing bridges, and listings are rate-limited). Past this many per
 # drain the newest name still goes through and the listing fills the gap.
 MAX_SUPERSEDED_NAMES = 1024
+# Names of objects merged from carried bytes whose announcement has not come yet (its
+# hint then only confirms the merge and need not wake the loop); the oldest forgotten
+# past this many, whose announcements then wake the loop as any news.
+MAX_CONFIRMABLE_NAMES = 1024
 # Why a hint was ignored (``HintQueue.ignored_by_reason``).
 IGNORED_GONE = "gone"
 IGNORED_UNLISTED = "too_many_unlisted_instances"
@@ -116,6 +120,12 @@ class HintQueue:
         #: objects carried inside notifications, until the receiver takes them
         self.carried = CarriedObjects()
         self._carried_new: list[SnapshotName] = []
+        #: merged from carried bytes, announcement still to come (see merged_carried)
+        self._confirmable = BoundedNames(MAX_CONFIRMABLE_NAMES)
+        #: a queued remote name wants the loop now (not only confirmations)
+        self._urgent = False
+        #: announcements that only confirmed a carried merge, queued without a wake-up
+        self.confirmations = 0
 
     def put_carried(self, source: str, name: str, data: bytes) -> bool:
         """An object carried by a notification (its bytes, unverified): held for the
@@ -155,10 +165,26 @@ class HintQueue:
                 self._local = True
             else:
                 new = self._put_remote(hint)
-            if new:
-                self.first[hint.source] += 1
-                self._cond.notify_all()
-            return new
+            if not new:
+                return False
+            self.first[hint.source] += 1
+            if hint.name is not None and hint.name in self._confirmable:
+                # it only confirms what the loop merged from the companion: taken at the
+                # loop's next wake-up (at most its idle timeout), as if it came late
+                self._confirmable.discard(hint.name)
+                self.confirmations += 1
+                return True
+            self._urgent = self._urgent or not hint.local
+            self._cond.notify_all()
+            return True
+
+    def merged_carried(self, name: str) -> None:
+        """The loop merged ``name`` from carried bytes. The hint that names it next (its
+        announcement after the store) only confirms that merge (DESIGN §7), so it is
+        queued without waking the loop: a step for it would find nothing to do. Any
+        announcement may come that late; the loop drains it with its next batch."""
+        with self._cond:
+            self._confirmable.add(name)
 
     def _put_remote(self, hint: Hint) -> bool:
         parsed = readable_name(hint.name or "", self.db)
@@ -247,12 +273,13 @@ class HintQueue:
     def wait(self, timeout: float | None) -> Batch:
         """Block until something is queued, ``timeout`` passes or stop; then drain."""
         with self._cond:
-            if not (self._local or self._remote or self._stop or self._carried_new):
+            if not (self._local or self._urgent or self._stop or self._carried_new):
                 self._cond.wait(timeout)
             batch = Batch(
                 self._local, self._remote, self._stop, self._carried_new, self._superseded
             )
             self._local = False
+            self._urgent = False
             self._remote = {}
             self._carried_new = []
             self._superseded = []

@@ -247,6 +247,59 @@ class TestWaiting:
         assert time.monotonic() - start < 1
 
 
+class TestConfirmations:
+    """An announcement of an object merged from its companion only confirms it."""
+
+    def test_a_confirming_announcement_does_not_wake_the_loop(self) -> None:
+        """After merged_carried(name), the hint naming it is queued without a wake-up:
+        wait() returns only at its timeout, with the name in the batch."""
+        q = HintQueue("main")
+        n = name("a", T)
+        q.merged_carried(n)
+        assert q.put(Hint("mqtt", name=n))
+        start = time.monotonic()
+        batch = q.wait(0.2)
+        assert time.monotonic() - start >= 0.15
+        assert batch.remote["a"].name == n
+        assert q.confirmations == 1
+
+    def test_a_confirmation_rides_with_the_next_news(self) -> None:
+        """A queued confirmation is drained with the next hint that wakes the loop."""
+        q = HintQueue("main")
+        q.merged_carried(name("a", T))
+        q.put(Hint("mqtt", name=name("a", T)))
+        q.put(Hint("mqtt", name=name("b", T + 1)))
+        start = time.monotonic()
+        batch = q.wait(10)
+        assert time.monotonic() - start < 1
+        assert set(batch.remote) == {"a", "b"}
+
+    def test_other_names_still_wake_the_loop(self) -> None:
+        """Only the merged name is a confirmation: a newer name of the same instance,
+        or a carried name that was not merged (its bytes failed, say), wakes the loop."""
+        q = HintQueue("main")
+        q.merged_carried(name("a", T))
+        q.put(Hint("mqtt", name=name("a", T + 1)))
+        start = time.monotonic()
+        assert list(q.wait(10).remote) == ["a"]
+        assert time.monotonic() - start < 1
+        assert q.confirmations == 0
+
+    def test_a_name_confirms_once(self) -> None:
+        """A name stops being a confirmation once its hint came: the instance forgotten
+        and the name hinted again, it wakes the loop as news."""
+        q = HintQueue("main")
+        n = name("a", T)
+        q.merged_carried(n)
+        q.put(Hint("mqtt", name=n))
+        q.wait(0)
+        q.forget_instance("a")
+        q.put(Hint("mqtt", name=n))
+        start = time.monotonic()
+        assert list(q.wait(10).remote) == ["a"]
+        assert time.monotonic() - start < 1
+
+
 class TestNewestPerInstance:
     """The listing picks each instance's newest evsync object of the db."""
 

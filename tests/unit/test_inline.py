@@ -468,6 +468,36 @@ class TestReceiverInline:
         assert store.calls["open"] == opens
         assert b.instances["a"].stored == delta and not b.instances["a"].provisional
 
+    def test_the_announcement_of_a_carried_merge_confirms_without_a_wake_up(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Once a carried delta is merged, its announcement is queued as a confirmation
+        (no wake-up of the loop, which would step for nothing); drained later, it
+        confirms the position with no GET. Carried bytes that failed do not make their
+        announcement a confirmation: it still wakes the loop to fetch the object."""
+        a, b = started_pair(tmp_path, store)
+        wire(a, b)
+        app_put(a, b"k", b"v1", 2000)
+        a.step(Batch(local=True))
+        delta = stored(store, "a")[-1]
+        b.step(b.queue.wait(0))
+        assert b.instances["a"].provisional == {delta.name}
+        assert b.queue.put(Hint("mqtt", name=delta.name))
+        assert b.queue.confirmations == 1
+        opens = store.calls["open"]
+        b.step(b.queue.wait(0.05))
+        assert store.calls["open"] == opens
+        assert b.instances["a"].stored == delta and not b.instances["a"].provisional
+        app_put(a, b"k", b"v2", 3000)
+        a.sender.on_encoded.clear()  # the next delta's bytes arrive broken instead
+        a.step(Batch(local=True))
+        bad = stored(store, "a")[-1]
+        good = store.open(bad.name).read()
+        b.queue.put_carried("mqtt", bad.name, good[:-1] + bytes([good[-1] ^ 0xFF]))
+        b.step(b.queue.wait(0))
+        assert b.queue.put(Hint("mqtt", name=bad.name))
+        assert b.queue.confirmations == 1  # news, not a confirmation
+
     def test_a_run_of_carried_deltas_chains_without_a_get(
         self, tmp_path: Path, store: MemoryStore
     ) -> None:
