@@ -23,10 +23,11 @@ from evsync.config import LmdbConfig, LmdbOptions
 from evsync.lmdb import pagewalk
 from evsync.lmdb.dump import DumpResult, dump_native, dump_native_delta
 from evsync.lmdb.env import LmdbEnv
-from evsync.lmdb.header import FLAG_DELETED, encode_value
+from evsync.lmdb.header import FLAG_DELETED, encode_value, parse_header
 from evsync.lmdb.pagewalk import ChangeFinder
 from evsync.snapshot import SnapshotReader
 from evsync.storage.memory import MemoryStore
+from evsync.sync.state import TxnLedger
 from evsync.triggers.base import Batch
 from tests.helpers import Writer
 from tests.unit.test_syncer import app_put, fill, make_syncer, read, stored
@@ -195,6 +196,14 @@ ROUND = st.tuples(
 )
 
 
+# A local commit, a merge (evsync's own txn), an upload decision (True: stored), a map growth
+STEP = st.one_of(
+    st.tuples(st.sampled_from(["local", "merge", "merge"]), st.lists(OP, min_size=1, max_size=6)),
+    st.tuples(st.just("decide"), st.sampled_from([True, True, False])),
+    st.tuples(st.just("grow"), st.none()),
+)
+
+
 class TestAgreesWithTheScan:
     """Property tests: over random workloads the finder's delta equals the scan's."""
 
@@ -220,6 +229,65 @@ class TestAgreesWithTheScan:
                         lenv.grow_map()  # py-lmdb closes the pin: the finder must notice
                     scanned, walked = h.delta(store=stored)
                     assert walked == scanned
+            finally:
+                h.finder.close()
+                lenv.close()
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(steps=st.lists(STEP, min_size=1, max_size=24))
+    def test_random_interleavings_with_follow(self, steps: list[tuple[str, Any]]) -> None:
+        """Local commits and merges in any order, the sender's upload decisions between
+        them (follow() when no txn is past the ledger's last synced one, else a delta;
+        its store may fail), map growths: the delta equals the scan and holds exactly the
+        local entries no stored object carries; a followed pin never makes it scan."""
+        with tempfile.TemporaryDirectory() as tmp:
+            lenv = open_lenv(Path(tmp) / "lmdb")
+            h, ledger, local = Harness(lenv), TxnLedger(), set[int]()
+            try:
+                load(h, 2000)
+                h.full()
+                ledger.synced_up_to(shipped := h.since_txn)
+                for kind, arg in steps:
+                    if kind == "grow":
+                        lenv.grow_map()
+                    elif kind != "decide":
+                        txn_id = h.commit(arg)
+                        if kind == "merge":
+                            ledger.merged([txn_id])
+                        else:
+                            local.add(txn_id)
+                    elif (last := lenv.last_txn_id()) <= ledger.last_synced:
+                        h.finder.follow(last)
+                        assert h.finder.pinned_txn in (None, last)
+                    else:
+                        h.since_txn, h.skip = max(shipped, ledger.last_synced), ledger.merge_txns
+                        with lenv.begin() as txn:
+                            want = {
+                                (n, bytes(k))
+                                for n in DBIS
+                                for k, v in txn.cursor(db=h.db(n))
+                                if parse_header(v).txn_id in local
+                            }
+                        scanned, walked = h.delta(store=arg)
+                        assert walked == scanned
+                        got = {
+                            (i.name, e[0])
+                            for i, es in SnapshotReader(io.BytesIO(walked)).dbis()
+                            for e in es
+                        }
+                        assert got == want
+                        if not got or arg:  # an empty delta: evsync's own txns only
+                            ledger.synced_up_to(last)
+                        if got and arg:
+                            ledger.shipped(shipped := last)
+                            local.clear()
+                    assert set(h.seen.reasons) <= {
+                        pagewalk.PIN_LOST,
+                        pagewalk.NO_PIN,
+                        pagewalk.EMPTY_DBI,
+                    }
+                    held = [r for r in str(lenv.env.readers()).splitlines()[1:] if r[-1:].isdigit()]
+                    assert len(held) <= 1  # the pin alone holds a snapshot between decisions
             finally:
                 h.finder.close()
                 lenv.close()
