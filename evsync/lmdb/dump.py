@@ -41,6 +41,12 @@ from evsync.snapshot.base import (
 )
 from evsync.snapshot.evs import EVS_ZST
 
+# Said with a value that carries no valid header: nothing of the db uploads until it goes.
+HEADER_ADVICE = (
+    "with schema_tracks_changes: true every value must start with the 24-byte header of "
+    "docs/design.md §2; rewrite or delete this key, or set schema_tracks_changes: false "
+    "for an application that writes plain values"
+)
 _TXN_ID = struct.Struct(">Q").unpack_from  # the header's txn id, at offset 8
 
 
@@ -369,7 +375,8 @@ def _entry(lenv: LmdbEnv, key: bytes, value: bytes, dbi: bytes) -> Entry:
         header = parse_header(value)
     except HeaderError as exc:
         raise LmdbError(
-            f"lmdb {lenv.name}: DBI {dbi.decode(errors='replace')!r} key {bytes(key)[:64]!r}: {exc}"
+            f"lmdb {lenv.name}: DBI {dbi.decode(errors='replace')!r} key {bytes(key)[:64]!r}: "
+            f"{exc} ({HEADER_ADVICE})"
         ) from None
     return key, header.timestamp, header.flags & SYNC_FLAG_MASK, value[header.offset :]
 

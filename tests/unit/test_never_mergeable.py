@@ -187,6 +187,27 @@ class TestValueOverTheEntryCap:
         with pytest.raises(EntryTooLargeError, match=r"DBI 'records' key b'k': its value of"):
             write_snapshot(io.BytesIO(), header, [[(b"k", TS, 0, big)]])
 
+    def test_a_value_without_a_header_fails_the_dump_saying_what_to_do(
+        self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A plain value (no native header) in a schema_tracks_changes LMDB: the dump
+        fails with one line naming the DBI and key and saying how to fix it (rewrite or
+        delete the key, or shadow mode), the store check fails and nothing is
+        uploaded."""
+        m = Metrics()
+        a = syncer(tmp_path, store, m)
+        with a.lenv.begin(write=True) as txn:
+            txn.put(b"raw", b"no header", db=a.lenv.open_dbi(b"records", txn, create_flags=0))
+        with caplog.at_level(logging.ERROR):
+            a.run_once()
+        lines = [r.getMessage() for r in caplog.records if "cannot dump" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert "DBI 'records' key b'raw': value too short for a header" in lines[0]
+        assert "rewrite or delete this key" in lines[0]
+        assert "schema_tracks_changes: false" in lines[0]
+        assert a.health.failing("store")
+        assert objects(store, "b") == []
+
     def test_a_value_over_the_cap_fails_the_dump_with_one_line(
         self, tmp_path: Path, store: MemoryStore, caplog: pytest.LogCaptureFixture
     ) -> None:
