@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import operator
 import struct
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import accumulate, islice
@@ -140,33 +139,6 @@ _FLAGS = operator.itemgetter(2)
 _VALUE = operator.itemgetter(3)
 _HEADER_KEYS = ("db", "instance", "timestamp_ns", "txn_id", "kind", "dbis")
 
-# zstd contexts kept per thread and reset for each frame: making a decompression context
-# costs ~10 µs and its buffers, four times per small object (the header peek and each
-# frame); the receive step of a one-record delta took 0.52-0.78 ms instead of 1.1 ms.
-_DCTX = threading.local()
-
-
-def _frame_compressor(level: int) -> Any:
-    """This thread's compressor for whole frames at ``level`` (``compress()`` calls
-    only, which leave nothing pending in it); making one costs ~13 µs an object."""
-    cctxs: dict[int, Any] | None = getattr(_DCTX, "cctxs", None)
-    if cctxs is None:
-        cctxs = _DCTX.cctxs = {}
-    cctx = cctxs.get(level)
-    if cctx is None:
-        cctx = cctxs[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    return cctx
-
-
-def _frame_decompressor() -> Any:
-    """A decompressor for one whole frame, read before control leaves the caller (it
-    shares this thread's context with the next one asked for, so it must not outlive
-    it: never held across a ``yield``)."""
-    dctx = getattr(_DCTX, "dctx", None)
-    if dctx is None:
-        dctx = _DCTX.dctx = zstandard.ZstdDecompressor()
-    return dctx.decompressobj()
-
 
 # ------------------------------------------------------------------ writing
 
@@ -189,12 +161,7 @@ def write_snapshot(
     if version not in WRITABLE_VERSIONS:
         raise ValueError(f"cannot write format version {version}")
     stats = WriteStats()
-    # version 1 streams through one writer; later ones compress each frame in one call
-    cctx = (
-        zstandard.ZstdCompressor(level=level, write_checksum=True)
-        if version == 1
-        else _frame_compressor(level)
-    )
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
     wire = dataclasses.replace(header, version=version).to_wire()
     pieces = _packed_pieces(header, dbi_entries, stats)
     if version == 1:
@@ -517,7 +484,7 @@ def _peek_version(source: _Readable) -> tuple[bytes, Any]:
     it cannot tell): decompressed only as far as the header. Never raises for a bad
     object: the reader of the older layout then reads it and names what is wrong."""
     read: list[bytes] = []
-    dctx = _frame_decompressor()
+    dctx = zstandard.ZstdDecompressor().decompressobj()
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=False,
@@ -570,7 +537,7 @@ def _frame_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batc
             raise CorruptObjectError(f"data after zstd frame {frame - 1} is not a zstd frame")
         if not pending[pos + len(ZSTD_MAGIC)] & ZSTD_CONTENT_CHECKSUM_FLAG:
             raise CorruptObjectError(f"zstd frame {frame} has no content checksum")
-        dctx = _frame_decompressor()  # done with before this frame's objects are yielded
+        dctx = zstandard.ZstdDecompressor().decompressobj()
         unpacker = _unpacker()
         objects: list[Any] = []
         frame_bytes = 0

@@ -72,28 +72,6 @@ class TestRoundTrip:
         assert read_all(data) == entries
 
 
-    def test_readers_interleaved_in_one_thread_read_their_own_entries(self) -> None:
-        """The zstd context a thread shares across frames is never held between two of
-        them: two objects of several blocks each, read a block at a time in turn (and a
-        third opened and read whole in between), each give back exactly their entries."""
-        a = [(b"a%06d" % i, T + i, 0, b"A" * (i % 7)) for i in range(20_000)]
-        b = [(b"b%06d" % i, T + i, int(i % 3 == 0), b"B" * (i % 5)) for i in range(20_000)]
-        small = [(b"s", T, 0, b"one")]
-        blocks = []
-        for data in (encode(a), encode(b)):
-            reader = SnapshotReader(io.BytesIO(data))
-            _info, entries = next(iter(reader.dbis()))
-            blocks.append(iter(entries))
-        got: list[list[Entry]] = [[], []]
-        for _round in range(4):
-            for i, it in enumerate(blocks):
-                got[i] += list(itertools.islice(it, 6000))
-                assert read_all(encode(small)) == small
-        for i, it in enumerate(blocks):
-            got[i] += list(it)
-        assert got == [a, b]
-
-
 class TestOldVersions:
     """Objects written before version 3 still read and merge."""
 
