@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +42,10 @@ def run_status(args: argparse.Namespace) -> int:
 
     config = load(args)
     data = bucket_status(config) if args.bucket else daemon_status(config, args.url)
+    if not args.bucket:
+        note = other_instance_note(config.instance, data, daemon_url(config, args.url))
+        if note:
+            print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif args.bucket:
@@ -48,6 +53,19 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print_daemon(data)
     return 0
+
+
+def other_instance_note(instance: str, data: dict[str, Any], target: str) -> str | None:
+    """A line for stderr when the daemon that answered is another instance than the
+    config names (two instances on one host, the address of the other one's)."""
+    theirs = data.get("instance")
+    if not theirs or theirs == instance:
+        return None
+    return (
+        f"evsync: note: the daemon at {target} is instance {theirs!r}, not {instance!r} as "
+        f"this config says; point EVSYNC_HTTP (http.address) or --url at {instance!r}'s "
+        "address to see it"
+    )
 
 
 def daemon_url(config: Config, url: str | None) -> str:

@@ -757,3 +757,20 @@ class TestStatusLagColumn:
         assert _lag(0.012) == "12ms"
         assert _lag(1.8 * 86400) == "1.8d"
         assert _lag(None) == "-"
+
+
+class TestStatusNamesTheInstance:
+    """`evsync status` says so when the daemon that answered is another instance."""
+
+    def test_another_instance_is_named_on_stderr(self) -> None:
+        """The daemon at the address says it is `one`, the config is `two`'s: one note
+        naming both and the variable to set; nothing for the config's own instance or
+        a reply without an instance."""
+        from evsync.cli.status import other_instance_note
+
+        url = "http://127.0.0.1:8500/status"
+        note = other_instance_note("two", {"instance": "one"}, url)
+        assert note is not None
+        assert "'one', not 'two'" in note and "EVSYNC_HTTP" in note and url in note
+        assert other_instance_note("one", {"instance": "one"}, url) is None
+        assert other_instance_note("one", {}, url) is None
