@@ -210,9 +210,16 @@ class Receiver:
         if self.too_old(name):
             self.queue.forget_instance(instance)  # frees a hint-only instance's slot
             return
+        st = self.peers.instances.get(instance)
+        provisional = set(st.provisional) if st is not None else set()
         self.peers.note(
             instance, name, own_done=self.recorder.stats.startup_done, carried=carried
         )
+        if provisional and st is not None and not st.provisional:
+            floor = st.merged.name if st.merged is not None else ""
+            dropped = {n for n in provisional if n > floor}
+            if dropped:  # the position fell back (DESIGN §7): their hints are news again
+                self.queue.not_confirmable(dropped)
 
     def check_own_names(self, names: Iterable[SnapshotName]) -> None:
         """Listed objects of this instance: the newest one that this process neither
@@ -519,7 +526,8 @@ class Receiver:
             self.carried.drop_through(instance, name.name)  # older ones are not needed
         if carried:
             self.recorder.carried_merged()
-            self.queue.merged_carried(name.name)  # its announcement only confirms it
+            if name.name in st.provisional:  # not confirmed yet: its announcement will
+                self.queue.merged_carried(name.name)
         self.recorder.merged(
             instance,
             name,

@@ -186,6 +186,13 @@ class HintQueue:
         with self._cond:
             self._confirmable.add(name)
 
+    def not_confirmable(self, names: Iterable[str]) -> None:
+        """The loop dropped these provisional merges (its position fell back): a hint
+        naming one is news again and wakes the loop."""
+        with self._cond:
+            for name in names:
+                self._confirmable.discard(name)
+
     def _put_remote(self, hint: Hint) -> bool:
         parsed = readable_name(hint.name or "", self.db)
         if parsed is None or (self.accepts is not None and not self.accepts(parsed)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -497,6 +498,48 @@ class TestReceiverInline:
         b.step(b.queue.wait(0))
         assert b.queue.put(Hint("mqtt", name=bad.name))
         assert b.queue.confirmations == 1  # news, not a confirmation
+
+    def test_news_after_a_fallback_still_wakes_the_loop(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A carried merge that the position then falls back from (a name between the
+        stored position and it turned up, DESIGN §7) is no longer a confirmation: its
+        announcement is news, wakes the loop at once and brings the object by GET."""
+        a, b = started_pair(tmp_path, store)
+        wire(a, b)
+        app_put(a, b"k1", b"v1", 2000)
+        a.step(Batch(local=True))
+        x = stored(store, "a")[-1]
+        b.step(b.queue.wait(0))
+        assert b.instances["a"].provisional == {x.name}
+        z = SnapshotName.build("main", "a", x.timestamp_ns - 1000)
+        assert b.queue.put(Hint("mqtt", name=z.name))
+        b.step(b.queue.wait(0))  # falls back; Z answers 404
+        st = b.instances["a"]
+        assert st.merged is not None and st.merged.name < x.name and not st.provisional
+        assert b.queue.put(Hint("mqtt", name=x.name))
+        start = time.monotonic()
+        batch = b.queue.wait(3)
+        assert time.monotonic() - start < 1
+        opens = store.calls["open"]
+        b.step(batch)
+        assert store.calls["open"] > opens
+        assert b.instances["a"].stored == x
+
+    def test_a_merge_confirmed_at_once_leaves_nothing_to_confirm(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A carried delta whose announcement came in before (or with) its merge is
+        confirmed by that merge: the queue keeps no confirmation for it."""
+        a, b = started_pair(tmp_path, store)
+        wire(a, b)
+        app_put(a, b"k1", b"v1", 2000)
+        a.step(Batch(local=True))
+        x = stored(store, "a")[-1]
+        b.queue.put(Hint("mqtt", name=x.name))
+        b.step(b.queue.wait(0))
+        assert not b.instances["a"].provisional
+        assert x.name not in b.queue._confirmable
 
     def test_a_run_of_carried_deltas_chains_without_a_get(
         self, tmp_path: Path, store: MemoryStore
