@@ -41,9 +41,12 @@ def run_status(args: argparse.Namespace) -> int:
     from evsync.cli import load
 
     config = load(args)
-    data = bucket_status(config) if args.bucket else daemon_status(config, args.url)
-    if not args.bucket:
-        note = other_instance_note(config.instance, data, daemon_url(config, args.url))
+    if args.bucket:
+        data = bucket_status(config)
+    else:
+        target = daemon_url(config, args.url)
+        data = daemon_status(target)
+        note = other_instance_note(config.instance, data, target)
         if note:
             print(note, file=sys.stderr)
     if args.json:
@@ -83,9 +86,8 @@ def daemon_url(config: Config, url: str | None) -> str:
     return f"http://{host}:{port}/status"
 
 
-def daemon_status(config: Config, url: str | None) -> dict[str, Any]:
-    """GET the daemon's /status."""
-    target = daemon_url(config, url)
+def daemon_status(target: str) -> dict[str, Any]:
+    """GET the daemon's /status at ``target`` (:func:`daemon_url`)."""
     try:
         with urllib.request.urlopen(target, timeout=STATUS_TIMEOUT_SECONDS) as resp:  # noqa: S310
             result: dict[str, Any] = json.load(resp)

@@ -355,19 +355,23 @@ class ChangeFinder:
         """The snapshot of ``txn`` (a dump's read txn, about to close) becomes pending: a
         second read txn is opened on it, kept only if it sees the same txn."""
         self._drop_pending()
+        self._pending = self._snapshot_at(int(txn.id()), names)
+
+    def _snapshot_at(self, txn_id: int, names: Iterable[bytes]) -> _Pin | None:
+        """A new read txn on the LMDB's snapshot with each DBI's root, or None unless it
+        sees exactly ``txn_id`` (a commit came in between: the older pin stays), the map
+        grew under us, or a DBI is gone."""
         try:
             held = self.lenv.env.begin()
         except lmdb.Error:
-            return  # a map that grew under us: no pin this time, the pin stays
-        if int(held.id()) != int(txn.id()):
-            held.abort()  # a commit came in between: keep the older pin
-            return
+            return None
         try:
-            roots = read_roots(held, names)
+            if int(held.id()) == txn_id:
+                return _Pin(held, read_roots(held, names), self.clock())
         except FallbackError:
-            held.abort()
-            return
-        self._pending = _Pin(held, roots, self.clock())
+            pass
+        held.abort()
+        return None
 
     def stored(self) -> None:
         """The pending snapshot's object is stored (or needed none): it becomes the pin."""
@@ -395,20 +399,10 @@ class ChangeFinder:
         pin = self._pin
         if pin is None or pin.txn_id >= synced_txn or self._pending is not None:
             return
-        try:
-            held = self.lenv.env.begin()
-        except lmdb.Error:
-            return  # a map that grew under us: the old pin stays, up to its age
-        if int(held.id()) != synced_txn:
-            held.abort()  # a commit came in between: it may hold a local change
-            return
-        try:
-            roots = read_roots(held, pin.roots)
-        except FallbackError:
-            held.abort()  # a DBI went away: the next delta falls back anyway
-            return
-        self._drop_pin()
-        self._pin = _Pin(held, roots, self.clock())
+        followed = self._snapshot_at(synced_txn, pin.roots)
+        if followed is not None:
+            self._drop_pin()
+            self._pin = followed
 
     def expire(self, last_txn_id: int | None = None) -> None:
         """Release snapshots held longer than the limit behind an LMDB that moved on; a

@@ -122,6 +122,8 @@ class Receiver:
         self.store = store
         self.source = source
         self.peers = peers
+        # merges the position fell back from: their announcements are news again
+        peers.on_fallback = queue.not_confirmable
         self.ledger = ledger
         self.recorder = recorder
         self.queue = queue
@@ -210,16 +212,9 @@ class Receiver:
         if self.too_old(name):
             self.queue.forget_instance(instance)  # frees a hint-only instance's slot
             return
-        st = self.peers.instances.get(instance)
-        provisional = set(st.provisional) if st is not None else set()
         self.peers.note(
             instance, name, own_done=self.recorder.stats.startup_done, carried=carried
         )
-        if provisional and st is not None and not st.provisional:
-            floor = st.merged.name if st.merged is not None else ""
-            dropped = {n for n in provisional if n > floor}
-            if dropped:  # the position fell back (DESIGN §7): their hints are news again
-                self.queue.not_confirmable(dropped)
 
     def check_own_names(self, names: Iterable[SnapshotName]) -> None:
         """Listed objects of this instance: the newest one that this process neither

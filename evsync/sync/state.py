@@ -11,7 +11,7 @@ Plain data with small rules (what counts as news, what is pending); no I/O.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,8 @@ class Peers:
         self.waiting_for: set[str] = set()
         #: the newest timestamp of a verified object of this instance (see own_named)
         self.own_newest_ns = 0
+        #: called with the provisional names a fallback of the position dropped (DESIGN §7)
+        self.on_fallback: Callable[[set[str]], None] = lambda _names: None
 
     def own_named(self, name: SnapshotName) -> None:
         """A verified object of this instance exists under ``name`` (stored, merged or
@@ -101,9 +103,11 @@ class Peers:
             _drop_copies(st)
         elif name.is_copy and st.follows_chain:
             return False  # its chain carries the same data
-        at_or_before = st.merged is not None and name.name <= st.merged.name
-        if at_or_before and (carried or not _behind_provisional(st, name)):
-            return False
+        if st.merged is not None and name.name <= st.merged.name:
+            provisional = st.provisional  # replaced, not changed, by a fallback
+            if carried or not _behind_provisional(st, name):
+                return False
+            self.on_fallback(provisional)
         if not carried:
             st.announced.add(name.name)
         if name.name not in st.known:

@@ -412,6 +412,17 @@ def wire(sender: Syncer, receiver: Syncer) -> list[str]:
     return carried
 
 
+def committed_delta(
+    a: Syncer, store: MemoryStore, key: bytes, value: bytes, ts: int
+) -> SnapshotName:
+    """One record committed on A and A's step for it: the delta it stored."""
+    app_put(a, key, value, ts)
+    a.step(Batch(local=True))
+    delta = stored(store, "a")[-1]
+    assert delta.is_delta
+    return delta
+
+
 def started_pair(tmp_path: Path, store: MemoryStore) -> tuple[Syncer, Syncer]:
     """A with a full object stored, B having merged it, A's small deltas wired to B."""
     a = make_syncer("a", tmp_path, store)
@@ -478,9 +489,7 @@ class TestReceiverInline:
         announcement a confirmation: it still wakes the loop to fetch the object."""
         a, b = started_pair(tmp_path, store)
         wire(a, b)
-        app_put(a, b"k", b"v1", 2000)
-        a.step(Batch(local=True))
-        delta = stored(store, "a")[-1]
+        delta = committed_delta(a, store, b"k", b"v1", 2000)
         b.step(b.queue.wait(0))
         assert b.instances["a"].provisional == {delta.name}
         assert b.queue.put(Hint("mqtt", name=delta.name))
@@ -489,10 +498,8 @@ class TestReceiverInline:
         b.step(b.queue.wait(0.05))
         assert store.calls["open"] == opens
         assert b.instances["a"].stored == delta and not b.instances["a"].provisional
-        app_put(a, b"k", b"v2", 3000)
         a.sender.on_encoded.clear()  # the next delta's bytes arrive broken instead
-        a.step(Batch(local=True))
-        bad = stored(store, "a")[-1]
+        bad = committed_delta(a, store, b"k", b"v2", 3000)
         good = store.open(bad.name).read()
         b.queue.put_carried("mqtt", bad.name, good[:-1] + bytes([good[-1] ^ 0xFF]))
         b.step(b.queue.wait(0))
@@ -507,9 +514,7 @@ class TestReceiverInline:
         announcement is news, wakes the loop at once and brings the object by GET."""
         a, b = started_pair(tmp_path, store)
         wire(a, b)
-        app_put(a, b"k1", b"v1", 2000)
-        a.step(Batch(local=True))
-        x = stored(store, "a")[-1]
+        x = committed_delta(a, store, b"k1", b"v1", 2000)
         b.step(b.queue.wait(0))
         assert b.instances["a"].provisional == {x.name}
         z = SnapshotName.build("main", "a", x.timestamp_ns - 1000)
@@ -533,9 +538,7 @@ class TestReceiverInline:
         confirmed by that merge: the queue keeps no confirmation for it."""
         a, b = started_pair(tmp_path, store)
         wire(a, b)
-        app_put(a, b"k1", b"v1", 2000)
-        a.step(Batch(local=True))
-        x = stored(store, "a")[-1]
+        x = committed_delta(a, store, b"k1", b"v1", 2000)
         b.queue.put(Hint("mqtt", name=x.name))
         b.step(b.queue.wait(0))
         assert not b.instances["a"].provisional
