@@ -44,7 +44,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from evsync import faults
-from evsync.config import MqttConfig
+from evsync.bounded import BoundedNames
+from evsync.config import MAX_MQTT_INLINE_BYTES, MqttConfig
 from evsync.metrics import INLINE_MALFORMED, Metrics
 from evsync.triggers.base import SOURCE_MQTT, HintQueue, Trigger, hint_names
 from evsync.triggers.s3events import (
@@ -80,6 +81,11 @@ MALFORMED_LOG_INTERVAL = 60.0
 # so the message would leave late. On loopback the broker answers in well under 1 ms;
 # a slow broker delays the store by this much at most.
 COMPANION_SEND_SECONDS = 0.02
+# Names whose companion went out, kept until their announcement (which follows the
+# store at once); past this the oldest are forgotten (their store failed).
+MAX_CARRIED_NAMES = 64
+# Below ``<topic>/<db>/<instance>``: the announcements of objects a companion carried.
+CARRIED_SUBTOPIC = "/carried"
 # With the ``published`` fault armed, the companion is waited for this long (the broker
 # takes it) before the process may die: the test means "died after publishing".
 FAULT_PUBLISH_WAIT_SECONDS = 5.0
@@ -184,7 +190,13 @@ class MqttSource(Trigger):
         self._pending: dict[str, tuple[str, bytes]] = {}
         #: the greatest name announced (or pending) per db: an older one is not retained
         self._newest_announced: dict[str, str] = {}
+        #: names whose companion the broker took: their announcement goes to the
+        #: ``carried`` topic, which receivers that take companions do not hear
+        self._carried_names = BoundedNames(MAX_CARRIED_NAMES)
         self._pending_lock = threading.Lock()
+        #: companions are merged up to the protocol's limit, whatever this instance's
+        #: own: it does not hear their objects' announcements (DESIGN §7)
+        self._accepted = MAX_MQTT_INLINE_BYTES if cfg.inline_max_bytes else 0
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ client set-up
@@ -243,8 +255,11 @@ class MqttSource(Trigger):
         if reason_code.is_failure:
             self._fail(f"broker refused the connection: {reason_code}")
             return
-        subs = [(subscription_for(t), self.cfg.qos) for t in self.cfg.topics]
+        subs = subscriptions(self.cfg)
         client.subscribe(subs)
+        stale = stale_subscriptions(self.cfg)
+        if stale:  # an older version's, kept by the persistent session: heard twice
+            client.unsubscribe(stale)
         self.connected.set()  # before taking the pending ones: see announce()
         self.failing_since = None
         self.failed = False
@@ -282,9 +297,7 @@ class MqttSource(Trigger):
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         self.messages += 1
         try:
-            events, carried = parse_announcement(
-                msg.payload, self.cfg.inline_max_bytes, self.instance
-            )
+            events, carried = parse_announcement(msg.payload, self._accepted, self.instance)
         except MalformedInlineError as exc:
             self._malformed(msg.topic, str(exc))
             if self.metrics is not None and exc.db in self.queues:
@@ -345,6 +358,10 @@ class MqttSource(Trigger):
         """Publish an S3-event-shaped message for a stored object: retained unless its
         name sorts at or below one announced before for ``db``."""
         topic = announcement_topic(self.cfg, db, self.instance)
+        with self._pending_lock:
+            if name in self._carried_names:
+                self._carried_names.discard(name)
+                topic += CARRIED_SUBTOPIC
         payload = announcement(
             self.bucket or "",
             self.prefix + name,
@@ -367,9 +384,13 @@ class MqttSource(Trigger):
     def announce_carried(self, db: str, name: str, data: bytes) -> None:
         """Publish a small object's inline companion, before its store, if connected
         (never queued: the announcement after the store still comes); not retained, so
-        the retained message stays the announcement of a stored object."""
+        the retained message stays the announcement of a stored object. It names the
+        newest object stored before it (``evsync.stored``), and once the broker took it
+        the object's announcement goes to the ``carried`` topic (DESIGN §7)."""
         if len(data) > self.cfg.inline_max_bytes or not self.connected.is_set():
             return
+        with self._pending_lock:
+            stored = self._newest_announced.get(db)
         payload = inline_companion(
             self.bucket or "",
             self.prefix + name,
@@ -377,12 +398,16 @@ class MqttSource(Trigger):
             db=db,
             instance=self.instance,
             origin=self.origin,
+            stored=None if stored is None else self.prefix + stored,
         )
         topic = announcement_topic(self.cfg, db, self.instance)
         info = self._client.publish(topic, payload, qos=self.cfg.qos, retain=False)
         armed = faults.armed("published")
         with contextlib.suppress(RuntimeError, ValueError):  # lost connection, queue full
             info.wait_for_publish(FAULT_PUBLISH_WAIT_SECONDS if armed else COMPANION_SEND_SECONDS)
+        if info.is_published():
+            with self._pending_lock:
+                self._carried_names.add(name)
 
     def status(self) -> dict[str, object]:
         """Connection state and counters."""
@@ -420,6 +445,38 @@ def _address_of(cfg: MqttConfig) -> tuple[str, int]:
 def announcement_topic(cfg: MqttConfig, db: str, instance: str) -> str:
     """Where an instance announces the objects of one db: under the first topic."""
     return f"{cfg.topics[0].rstrip('/#+').rstrip('/')}/{db}/{instance}"
+
+
+def takes_companions(cfg: MqttConfig) -> bool:
+    """Whether this instance merges companions, and so hears its peers' small deltas
+    from them alone: its first topic, when given without a wildcard, is then subscribed
+    down to the announcement level only, not to the ``carried`` topics below it."""
+    first = cfg.topics[0]
+    return cfg.inline_max_bytes > 0 and not first.endswith(("#", "+"))
+
+
+def subscriptions(cfg: MqttConfig) -> list[tuple[str, int]]:
+    """The topic filters this instance subscribes to, with the configured QoS.
+
+    Every topic ``t`` is subscribed as ``t/#`` (``t`` and everything under it); for an
+    instance that takes companions the first one is ``t``, ``t/+`` and ``t/+/+``
+    instead: S3 events on ``t`` (or one level below) and the announcements and
+    companions on ``t/<db>/<instance>``, but not ``t/<db>/<instance>/carried``, where a
+    sender announces the objects whose companion already went out (DESIGN §7)."""
+    topics = [subscription_for(t) for t in cfg.topics]
+    if takes_companions(cfg):
+        first = cfg.topics[0].rstrip("/")
+        topics[0:1] = [first, f"{first}/+", f"{first}/+/+"]
+    return [(t, cfg.qos) for t in dict.fromkeys(topics)]
+
+
+def stale_subscriptions(cfg: MqttConfig) -> list[str]:
+    """Filters an older evsync subscribed to that this one no longer does: ``t/#`` of the
+    first topic, when :func:`subscriptions` splits it."""
+    if not takes_companions(cfg):
+        return []
+    stale = subscription_for(cfg.topics[0])
+    return [] if stale in (t for t, _ in subscriptions(cfg)) else [stale]
 
 
 # ``--only-once`` waits this long for the broker to take its announcements.

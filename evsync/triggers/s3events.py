@@ -98,7 +98,9 @@ def parse_announcement(
         return events, None
     if own_instance is not None and meta.get("instance") == own_instance:
         return events, None
-    return events, _parse_inline(meta, inline_max_bytes)
+    carried = _parse_inline(meta, inline_max_bytes)
+    stored = _parse_stored(meta, carried)
+    return (events if stored is None else [*events, stored]), carried
 
 
 def _parse_inline(meta: dict[str, Any], max_bytes: int) -> InlineObject:
@@ -121,8 +123,8 @@ def _parse_inline(meta: dict[str, Any], max_bytes: int) -> InlineObject:
         raise MalformedInlineError(f"inline object {key!r} without an integer size", db)
     if size > max_bytes:
         raise MalformedInlineError(
-            f"inline object {key!r} of {size} bytes is over this instance's "
-            f"notify.mqtt.inline_max_bytes ({max_bytes})",
+            f"inline object {key!r} of {size} bytes is over the {max_bytes} a companion "
+            "may carry",
             db,
         )
     try:
@@ -136,6 +138,23 @@ def _parse_inline(meta: dict[str, Any], max_bytes: int) -> InlineObject:
     origin = meta.get("bucket")
     return InlineObject(
         bucket, key, body, db, instance, origin if isinstance(origin, str) else ""
+    )
+
+
+def _parse_stored(meta: dict[str, Any], carried: InlineObject) -> ObjectEvent | None:
+    """The companion's ``evsync.stored``: the sender's newest object stored before this
+    one, as an event of the carried object's bucket (DESIGN §7: it confirms what an
+    announcement would have)."""
+    stored = meta.get("stored")
+    if stored is None:
+        return None
+    key = stored.get("key") if isinstance(stored, dict) else None
+    if not isinstance(key, str) or not key:
+        raise MalformedInlineError(
+            f"inline object {carried.key!r}: evsync.stored without a key string", carried.db
+        )
+    return ObjectEvent(
+        carried.bucket, key, "ObjectCreated:Put", ANNOUNCEMENT_SOURCE, origin=carried.origin
     )
 
 
@@ -274,10 +293,19 @@ def announcement(
 
 
 def inline_companion(
-    bucket: str, key: str, data: bytes, *, db: str, instance: str, origin: str | None = None
+    bucket: str,
+    key: str,
+    data: bytes,
+    *,
+    db: str,
+    instance: str,
+    origin: str | None = None,
+    stored: str | None = None,
 ) -> bytes:
     """The message that carries a small object before it is stored: S3-event-shaped with
-    no record (readers of S3 events ignore it), the object in ``evsync.inline``."""
+    no record (readers of S3 events ignore it), the object in ``evsync.inline``, and in
+    ``evsync.stored`` the key of the sender's newest object already stored (the
+    confirmation its announcement would bring, DESIGN §7)."""
     meta: dict[str, Any] = {"db": db, "instance": instance}
     if origin:
         meta["bucket"] = origin
@@ -287,4 +315,6 @@ def inline_companion(
         "size": len(data),
         "data": binascii.b2a_base64(data, newline=False).decode("ascii"),
     }
+    if stored:
+        meta["stored"] = {"key": stored}
     return json.dumps({"Records": [], "evsync": meta}).encode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from evsync.triggers.s3events import inline_companion
 from tests.helpers import AwsServer, Instance, Mosquitto, free_port, wait_for
 from tests.integration.test_notifications import PUSH_DEADLINE, mqtt_notify
-from tests.integration.test_operations import http_on, sample
+from tests.integration.test_operations import http_on, sample, status
 from tests.reliability.proxy import ChaosProxy
 
 pytestmark = pytest.mark.integration
@@ -154,6 +155,78 @@ class TestInlineDeltas:
         a.writer.put("k", "v1")
         wait_for(lambda: b.writer.get("k") == "v1", timeout=PUSH_DEADLINE, what="b to read v1")
         assert FORGED not in b.log().split("is not base64", 1)[1]
+
+
+class Listener:
+    """A plain subscriber to ``<topic>/#``, as a reader of S3 events would be: the topic of
+    every message it hears."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.topics: list[str] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda _c, _u, msg: self.topics.append(msg.topic)
+        self.client.on_subscribe = lambda *_args: self.subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(f"{topic}/#", qos=1)
+        self.client.loop_start()
+        assert self.subscribed.wait(5), "the listener's subscription was not acknowledged"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class TestOneMessagePerDelta:
+    """Peers that take companions hear a small delta once; everyone else as before."""
+
+    def test_a_peer_hears_each_small_delta_once(
+        self, instances: Make, s3_storage: dict[str, Any], mosquitto: Mosquitto, topic: str
+    ) -> None:
+        """Three one-record deltas from A: B (companions on) receives one MQTT message
+        each and fetches none; C (companions off) fetches each after its announcement; a
+        plain ``<topic>/#`` subscriber hears each companion and each announcement, the
+        latter on ``<topic>/main/a/carried``."""
+        pb, pc = free_port(), free_port()
+        a = instances("a", s3_storage, notify=mqtt_notify(mosquitto, topic)).start()
+        b = instances("b", s3_storage, notify=mqtt_notify(mosquitto, topic),
+                      http=http_on(pb)).start()
+        c = instances("c", s3_storage, notify=mqtt_notify(mosquitto, topic, inline_max_bytes=0),
+                      http=http_on(pc)).start()
+        wait_for(lambda: all("mqtt: connected" in i.log() for i in (a, b, c)),
+                 what="all three to connect")
+        fill(a)
+        a.writer.put("k", "v0")
+        for peer in (b, c):
+            wait_for(lambda p=peer: p.writer.get("k") == "v0", timeout=PUSH_DEADLINE,
+                     what="the peers to read v0")
+        listener = Listener(mosquitto, topic)
+        try:
+            time.sleep(ANNOUNCE_SETTLE)  # v0's messages, and the retained ones, delivered
+            listener.topics.clear()
+            heard = status(pb)["push_sources"]["mqtt"]["messages"]
+            downloaded_b = metric(pb, DOWNLOADED, db="main")
+            downloaded_c = metric(pc, DOWNLOADED, db="main")
+            stored_before = deltas(a)
+            for i in (1, 2, 3):
+                a.writer.put("k", f"v{i}")
+                for peer in (b, c):
+                    wait_for(lambda p=peer, i=i: p.writer.get("k") == f"v{i}",
+                             timeout=PUSH_DEADLINE, what=f"the peers to read v{i}")
+            wait_for(lambda: deltas(a) >= stored_before + 3, what="a to store its deltas")
+            time.sleep(ANNOUNCE_SETTLE)
+            assert deltas(a) == stored_before + 3, "each write was one delta"
+            assert status(pb)["push_sources"]["mqtt"]["messages"] == heard + 3
+            assert metric(pb, DOWNLOADED, db="main") == downloaded_b
+            assert metric(pc, DOWNLOADED, db="main") > downloaded_c
+            carried = [t for t in listener.topics if t == f"{topic}/main/a/carried"]
+            companions = [t for t in listener.topics if t == f"{topic}/main/a"]
+            assert (len(carried), len(companions)) == (3, 3), listener.topics
+        finally:
+            listener.close()
 
 
 class TestInlineFailures:

@@ -10,8 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from paho.mqtt.client import topic_matches_sub
 
 from evsync.config import MqttConfig, load_config_text
 from evsync.config.schema import DEFAULT_MQTT_INLINE_MAX_BYTES, MAX_MQTT_INLINE_BYTES
@@ -24,7 +26,7 @@ from evsync.sync import receiver as receiver_mod
 from evsync.sync.state import Peers
 from evsync.triggers.base import Batch, Hint, HintQueue
 from evsync.triggers.carried import CarriedObjects
-from evsync.triggers.mqtt import MqttSource
+from evsync.triggers.mqtt import MqttSource, stale_subscriptions, subscriptions
 from evsync.triggers.s3events import (
     MAX_MESSAGE_BYTES,
     MalformedInlineError,
@@ -99,7 +101,7 @@ class TestCompanionMessage:
             (lambda m: m["inline"].update(size="12"), "without an integer size"),
             (lambda m: m["inline"].pop("key"), "without db, instance, bucket, key or data"),
             (lambda m: m.update(inline=[1]), "without db, instance, bucket, key or data"),
-            (lambda m: m["inline"].update(size=INLINE + 1), "over this instance's"),
+            (lambda m: m["inline"].update(size=INLINE + 1), "a companion may carry"),
         ],
     )
     def test_unusable_objects_raise_a_one_line_reason(self, mutate: object, reason: str) -> None:
@@ -800,3 +802,237 @@ class TestReceiverInline:
         with pytest.raises(AssertionError):
             self.test_a_restarted_sender_with_its_clock_behind(tmp_path, store)
 
+
+
+def published(src: MqttSource, *, taken: bool = True) -> list[tuple[str, bytes, bool]]:
+    """Connect ``src`` to a stand-in for paho's publish: (topic, payload, retain) of each
+    message, in order; ``taken``: whether the broker acknowledges them."""
+    sent: list[tuple[str, bytes, bool]] = []
+
+    def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        sent.append((topic, payload, retain))
+        return SimpleNamespace(wait_for_publish=lambda _timeout: None, is_published=lambda: taken)
+
+    src._client.publish = publish
+    src.connected.set()
+    return sent
+
+
+class TestOneMessagePerCarriedDelta:
+    """A receiver that takes companions hears a small delta once (DESIGN §7): the
+    companion names the sender's last stored object, and the object's own announcement
+    goes to a ``carried`` topic such receivers do not subscribe to."""
+
+    TOPIC = "evsync/events"
+    TIP = SnapshotName.build("main", "a", NS).name
+    DELTA = SnapshotName.build("main", "a", 2 * NS, extras=(delta_extra(NS),)).name
+
+    def sender(self) -> MqttSource:
+        cfg = MqttConfig(url="mqtt://127.0.0.1:1", topics=(self.TOPIC,))
+        return MqttSource(cfg, "a", {}, bucket="bkt", prefix="p/", origin="s3://bkt/p/")
+
+    def test_the_companion_names_the_last_stored_object(self) -> None:
+        """After the tip is stored and announced, the next delta's companion says the
+        tip is stored (with the prefix, as an S3 key)."""
+        src = self.sender()
+        sent = published(src)
+        src.announce("main", self.TIP, 10)
+        src.announce_carried("main", self.DELTA, b"delta bytes")
+        meta = json.loads(sent[1][1])["evsync"]
+        assert meta["stored"] == {"key": "p/" + self.TIP}
+        assert meta["inline"]["key"] == "p/" + self.DELTA
+
+    def test_a_first_companion_names_nothing(self) -> None:
+        """Before anything was stored the companion has no ``stored``."""
+        src = self.sender()
+        sent = published(src)
+        src.announce_carried("main", self.DELTA, b"delta bytes")
+        assert "stored" not in json.loads(sent[0][1])["evsync"]
+
+    def test_a_carried_object_is_announced_on_the_carried_topic(self) -> None:
+        """The announcement of an object whose companion the broker took goes below the
+        instance's topic, retained; the next object, not carried, goes to the topic."""
+        src = self.sender()
+        sent = published(src)
+        src.announce_carried("main", self.DELTA, b"delta bytes")
+        src.announce("main", self.DELTA, 10)
+        later = SnapshotName.build("main", "a", 3 * NS).name
+        src.announce("main", later, 10)
+        topics = [(t, r) for t, _p, r in sent[1:]]
+        assert topics == [(f"{self.TOPIC}/main/a/carried", True), (f"{self.TOPIC}/main/a", True)]
+
+    def test_a_companion_the_broker_did_not_take_leaves_the_announcement_heard(self) -> None:
+        """No acknowledgement in time (broker slow or gone): receivers may lack the
+        bytes, so the announcement goes where every receiver hears it."""
+        src = self.sender()
+        sent = published(src, taken=False)
+        src.announce_carried("main", self.DELTA, b"delta bytes")
+        src.announce("main", self.DELTA, 10)
+        assert sent[1][0] == f"{self.TOPIC}/main/a"
+
+    def test_receivers_parse_the_stored_name_as_a_hint(self) -> None:
+        """The companion's ``stored`` reaches the queue as the name of a stored object,
+        beside the carried bytes."""
+        queue = HintQueue("main", own_instance="b")
+        queue.listed(["a"])
+        payload = inline_companion("bkt", self.DELTA, b"obj", db="main", instance="a",
+                                   origin="s3://bkt/", stored=self.TIP)
+        mqtt_source({"main": queue})._on_message(None, None, message(payload))
+        batch = queue.wait(0)
+        assert [n.name for n in batch.carried] == [self.DELTA]
+        assert {n.name for n in (*batch.remote.values(), *batch.superseded)} >= {self.TIP}
+
+    def test_a_stored_field_without_a_key_is_malformed(self) -> None:
+        """``stored`` that names nothing: the companion is malformed, as any field."""
+        message_ = json.loads(companion())
+        message_["evsync"]["stored"] = {"key": 3}
+        with pytest.raises(MalformedInlineError, match=r"evsync\.stored without a key"):
+            parse_announcement(json.dumps(message_).encode(), INLINE)
+
+    def test_a_receiver_takes_companions_over_its_own_limit(self) -> None:
+        """A receiver whose own inline_max_bytes is smaller than the sender's still takes
+        the companion (up to the protocol's limit): it does not hear the announcement."""
+        queue = HintQueue("main", own_instance="b")
+        queue.listed(["a"])
+        data = b"x" * 4096
+        mqtt_source({"main": queue}, 1024)._on_message(
+            None, None, message(inline_companion("bkt", self.DELTA, data, db="main",
+                                                 instance="a", origin="s3://bkt/"))
+        )
+        assert queue.carried.take(SnapshotName.parse(self.DELTA)) == data
+
+    @pytest.mark.parametrize(
+        ("inline", "topics", "carried_heard"),
+        [
+            (INLINE, ("evsync/events",), False),
+            (INLINE, ("evsync/events/",), False),
+            (0, ("evsync/events",), True),
+            (INLINE, ("evsync/events/#",), True),
+            (INLINE, ("other", "evsync/events"), True),
+        ],
+    )
+    def test_who_hears_what(
+        self, inline: int, topics: tuple[str, ...], carried_heard: bool
+    ) -> None:
+        """Every receiver hears companions, announcements and S3 events on the topic and
+        one level below; only a receiver that takes companions on its first topic (no
+        wildcard given) does not hear the carried announcements."""
+        cfg = MqttConfig(url="mqtt://127.0.0.1:1", topics=topics, inline_max_bytes=inline)
+        filters = [f for f, _qos in subscriptions(cfg)]
+
+        def heard(topic: str) -> bool:
+            return any(topic_matches_sub(f, topic) for f in filters)
+
+        assert all(heard(t) for t in ("evsync/events", "evsync/events/x", "evsync/events/main/a"))
+        assert heard("evsync/events/main/a/carried") is carried_heard
+        assert len(filters) == len(set(filters))
+
+    def test_an_older_versions_subscription_is_dropped(self) -> None:
+        """The persistent session keeps an older evsync's ``t/#``: a receiver that splits
+        it unsubscribes from it (else it would hear everything twice); others keep it."""
+        on = MqttConfig(url="mqtt://127.0.0.1:1", topics=("evsync/events",))
+        off = MqttConfig(url="mqtt://127.0.0.1:1", topics=("evsync/events",), inline_max_bytes=0)
+        assert stale_subscriptions(on) == ["evsync/events/#"]
+        assert stale_subscriptions(off) == []
+
+
+class Broker:
+    """A stand-in for the broker between MqttSources: a message goes, in order, to every
+    receiver one of whose subscriptions matches its topic; counts what each heard."""
+
+    def __init__(self) -> None:
+        self.receivers: list[tuple[MqttSource, list[str]]] = []
+        self.heard: dict[str, list[str]] = {}
+
+    def sender(self, instance: str, syncer: Syncer) -> MqttSource:
+        cfg = MqttConfig(url="mqtt://127.0.0.1:1", inline_max_bytes=INLINE)
+        src = MqttSource(cfg, instance, {}, bucket="bkt")
+
+        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+            for receiver, filters in self.receivers:
+                if any(topic_matches_sub(f, topic) for f in filters):
+                    self.heard[receiver.instance].append(topic)
+                    receiver._on_message(None, None, SimpleNamespace(topic=topic, payload=payload))
+            return SimpleNamespace(wait_for_publish=lambda _t: None, is_published=lambda: True)
+
+        src._client.publish = publish
+        src.connected.set()
+        syncer.sender.inline_max_bytes = INLINE
+        syncer.sender.on_encoded.append(src.announce_carried)
+        syncer.sender.on_stored.append(src.announce)
+        return src
+
+    def receiver(self, instance: str, syncer: Syncer, inline: int = INLINE) -> None:
+        cfg = MqttConfig(url="mqtt://127.0.0.1:1", inline_max_bytes=inline)
+        src = MqttSource(cfg, instance, {"main": syncer.queue}, bucket="bkt")
+        syncer.queue.listed(["a"])
+        self.receivers.append((src, [f for f, _q in subscriptions(cfg)]))
+        self.heard[instance] = []
+
+
+class TestThroughTheBroker:
+    """Sender and receiver syncers with their MqttSources and the subscriptions they
+    make: what a receiver hears per delta, and that the provisional rules still hold."""
+
+    def test_a_delta_is_one_message_and_its_predecessor_is_confirmed(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """Five one-record deltas: B hears one message each (the companion), merges each
+        without a GET, and each companion confirms the delta before it, so at most the
+        newest merge is provisional. A receiver with companions off hears the carried
+        announcements and fetches the deltas."""
+        a, b = started_pair(tmp_path, store)
+        c = make_syncer("c", tmp_path, store)
+        assert c.run_once()
+        broker = Broker()
+        broker.sender("a", a)
+        broker.receiver("b", b)
+        broker.receiver("c", c, inline=0)
+        gets = store.calls["open"]
+        deltas = []
+        for i in range(5):
+            deltas.append(committed_delta(a, store, b"k", f"v{i + 1}".encode(), 2000 + i))
+            b.step(b.queue.wait(0))
+            assert read(b, b"k") == (f"v{i + 1}".encode(), 2000 + i, False)
+            st = b.instances["a"]
+            assert st.merged == deltas[-1]
+            assert st.provisional <= {deltas[-1].name}
+            if i:
+                assert st.stored == deltas[-2]
+        assert store.calls["open"] == gets  # B fetched nothing
+        assert len(broker.heard["b"]) == 5
+        assert not any(t.endswith("/carried") for t in broker.heard["b"])
+        assert len(broker.heard["c"]) == 10  # companion and announcement, each
+        c.step(c.queue.wait(0))
+        assert read(c, b"k") == (b"v5", 2004, False)
+        assert store.calls["open"] > gets  # C did
+
+    def test_a_restarted_sender_with_its_clock_behind_is_still_heard(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """The sender dies after publishing a companion (never stored) and restarts with
+        its clock behind: the restart full object is not carried, so its announcement
+        reaches B on the instance's topic, B's provisional position falls back and the
+        change committed just before the crash arrives."""
+        a, b = started_pair(tmp_path, store)
+        broker = Broker()
+        broker.sender("a", a)
+        broker.receiver("b", b)
+        store.fail = True  # the PUT never happens: the process died
+        app_put(a, b"k1", b"published", 2000)
+        a.step(Batch(local=True))
+        b.step(b.queue.wait(0))
+        assert read(b, b"k1") == (b"published", 2000, False)
+        lost = b.instances["a"].merged
+        assert lost is not None and b.instances["a"].provisional == {lost.name}
+        app_put(a, b"k2", b"after the publish", 2100)
+        a.close()
+        store.fail = False
+        behind = lost.timestamp_ns - 5 * NS
+        ticks = iter(range(behind, behind + NS, 1000))
+        a2 = make_syncer("a", tmp_path, store, clock_ns=lambda: next(ticks))
+        broker.sender("a", a2)
+        assert a2.run_once()
+        b.step(b.queue.wait(0))
+        assert read(b, b"k2") == (b"after the publish", 2100, False)
+        assert not b.instances["a"].provisional
