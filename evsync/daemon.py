@@ -140,6 +140,7 @@ class Daemon:
         cfg = self.config
         observer = TxnObserver(syncer.lenv, syncer.queue)
         syncer.on_own_commits.append(observer.own)
+        syncer.step_windows.append(observer.syncer_step)
         triggers: list[Trigger] = []
         if cfg.notify.watch_lmdb:
             triggers.append(LmdbWatcher(syncer.cfg.data_file, observer))

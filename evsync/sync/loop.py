@@ -15,10 +15,12 @@ and :meth:`Syncer.metrics_state`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lmdb
@@ -144,6 +146,9 @@ class Syncer:
         #: come after the decision), right after each: the LMDB watcher's observer takes
         #: them as seen, so they do not wake the loop for a step with nothing to do
         self.on_own_commits: list[Callable[[list[int]], None]] = []
+        #: entered around each step of :meth:`run` (the LMDB watcher's observer: it
+        #: holds what it notices until the step's own commits are reported)
+        self.step_windows: list[Callable[[], AbstractContextManager[None]]] = []
         self.receiver.on_merged.append(lambda _name, txn_ids: self._own_commits(txn_ids))
         if self.ls_writer is not None:
             self.receiver.on_merged.append(self.ls_writer.merged)
@@ -240,7 +245,10 @@ class Syncer:
             if batch.stop or self.stop_event.is_set():
                 break
             try:
-                self.step(batch)
+                with contextlib.ExitStack() as windows:
+                    for window in self.step_windows:
+                        windows.enter_context(window())
+                    self.step(batch)
                 step_backoff.succeeded()
             except Exception as exc:  # noqa: BLE001 - the daemon keeps serving whatever hit
                 self._failed("sync step", exc, step_backoff)
@@ -305,6 +313,8 @@ class Syncer:
         self.refresh_lmdb_stats()
         if self.gate.blocks():
             return
+        if batch.relist:
+            self.receiver.relist_later()
         for name in batch.carried:
             self.receiver.note_carried(name)
         for name in batch.superseded:  # links of a chain that a newer name hid
@@ -349,6 +359,8 @@ class Syncer:
             return MAX_IDLE_SECONDS
         now = time.monotonic()
         deadlines = [MAX_IDLE_SECONDS]
+        if self.receiver.relist_at is not None:
+            deadlines.append(self.receiver.relist_at - now)
         forced_in = self.sender.forced_due_in(now)
         if forced_in is not None and not (self.receive_only or self.ls_only):
             deadlines.append(forced_in)

@@ -78,6 +78,11 @@ STOP_CHECK_EVERY = 1024
 # ``--only-once``): forged hints for names that do not exist must not list the bucket
 # once each. The periodic listing runs regardless.
 RELIST_MIN_SECONDS = 5.0
+# Carried bytes lost before anything named their object (refused, failed, unreadable):
+# the sender's PUT is likely still running, so a listing now would not show the object,
+# and receivers that take companions do not hear its announcement. A listing this long
+# after the loss names it (DESIGN §7).
+CARRIED_RELIST_DELAY_SECONDS = 2.0
 
 # ``--only-once`` starts over after a listing at most this often: a bucket that keeps
 # listing an object it cannot serve (an inconsistent store) must not loop forever.
@@ -135,6 +140,8 @@ class Receiver:
         self.on_merged: list[Callable[[SnapshotName, list[int]], None]] = []
         #: a listing is needed to decide what exists (set after a name turned out gone)
         self.relist = False
+        #: monotonic time after which a listing is needed (carried bytes were lost)
+        self.relist_at: float | None = None
         self.list_backoff = Backoff(RETRY_BACKOFF_START, config.storage_retry_interval)
         self._load_backoff: dict[str, Backoff] = {}
         #: wall time (ns) of this thread's last successful listing
@@ -153,6 +160,12 @@ class Receiver:
 
     # ------------------------------------------------------------------ names
 
+    def relist_later(self) -> None:
+        """A listing once the store of a carried object that was lost has likely
+        completed (CARRIED_RELIST_DELAY_SECONDS from now, or later if one is asked)."""
+        at = time.monotonic() + CARRIED_RELIST_DELAY_SECONDS
+        self.relist_at = at if self.relist_at is None else max(self.relist_at, at)
+
     def list_bucket(self, *, startup: bool) -> bool:
         """List the db's objects and note every name; False when the listing failed.
 
@@ -160,7 +173,7 @@ class Receiver:
         but they still count as present: an instance with nothing valid left in the
         bucket is no longer waited for.
         """
-        self._listed_at = time.monotonic()
+        self._listed_at = started = time.monotonic()
         try:
             objects = self.store.list(db_prefix(self.db))
         except StorageError as exc:
@@ -177,6 +190,8 @@ class Receiver:
         self.listed_ok_ns = self.clock_ns()
         self.list_backoff.succeeded()
         self.relist = False
+        if self.relist_at is not None and self.relist_at <= started:
+            self.relist_at = None
         present: set[str] = set()
         checkpoints: set[str] = set()
         for obj in objects:
@@ -198,7 +213,10 @@ class Receiver:
 
     def relist_due(self, *, retry: bool = False) -> bool:
         """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
-        return self.relist and (retry or time.monotonic() - self._listed_at >= RELIST_MIN_SECONDS)
+        now = time.monotonic()
+        if self.relist_at is not None and now >= self.relist_at:
+            return True
+        return self.relist and (retry or now - self._listed_at >= RELIST_MIN_SECONDS)
 
     def note_name(self, instance: str, name: SnapshotName, *, carried: bool = False) -> None:
         """A name from a hint or a listing (``carried``: from a notification that carried
@@ -482,6 +500,7 @@ class Receiver:
             return
         self.peers.forget_newest(instance, name)
         self.relist = True
+        self.relist_later()  # the listing just asked for may run before the store ends
 
     def _open_checked(
         self, fmt: SnapshotFormat, data: IO[bytes], name: SnapshotName

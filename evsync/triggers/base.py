@@ -80,6 +80,8 @@ class Batch:
     #: the other new names, oldest first: superseded in ``remote`` by a newer name of their
     #: instance before the drain, and still links of its delta chain
     superseded: list[SnapshotName] = field(default_factory=list)
+    #: a carried object was refused or unreadable: a listing after its store would name it
+    relist: bool = False
 
 
 class HintQueue:
@@ -126,14 +128,16 @@ class HintQueue:
         self._urgent = False
         #: announcements that only confirmed a carried merge, queued without a wake-up
         self.confirmations = 0
+        self._relist = False
 
     def put_carried(self, source: str, name: str, data: bytes) -> bool:
         """An object carried by a notification (its bytes, unverified): held for the
         receiver, and the syncer woken. Not a hint: the queue's newest name per instance
-        stays as it was, so the announcement that follows the store still counts as
-        news (it confirms the object is in the bucket, DESIGN §7). Returns True when
-        held; the same filters as hints apply, and an instance no hint or listing has
-        named yet is not taken this way (its first objects come by GET)."""
+        stays as it was, so a later hint naming the object (the next companion's
+        ``stored``, a listing, or an announcement) still counts as news (it confirms the
+        object is in the bucket, DESIGN §7). Returns True when held; the same filters as
+        hints apply, and an instance no hint or listing has named yet is not taken this
+        way: the loop is asked for a listing instead (:meth:`want_listing`)."""
         parsed = readable_name(name, self.db)
         with self._cond:
             self.received[source] += 1
@@ -147,6 +151,7 @@ class HintQueue:
                 return False
             instance = parsed.instance
             if instance not in self._listed and instance not in self._newest_seen:
+                self._relist = True  # no announcement of it will come where we listen
                 return False
             if not self.carried.add(parsed, data):
                 return False
@@ -178,9 +183,17 @@ class HintQueue:
             self._cond.notify_all()
             return True
 
+    def want_listing(self) -> None:
+        """A carried object was lost on the way (a companion that cannot be read): the
+        loop asks for a listing once its store has likely completed (DESIGN §7). No
+        wake-up: that listing is seconds away."""
+        with self._cond:
+            self._relist = True
+
     def merged_carried(self, name: str) -> None:
-        """The loop merged ``name`` from carried bytes. The hint that names it next (its
-        announcement after the store) only confirms that merge (DESIGN §7), so it is
+        """The loop merged ``name`` from carried bytes. The hint that names it next (the
+        sender's next companion, or its announcement) only confirms that merge (DESIGN
+        §7), so it is
         queued without waking the loop: a step for it would find nothing to do. Any
         announcement may come that late; the loop drains it with its next batch."""
         with self._cond:
@@ -283,8 +296,14 @@ class HintQueue:
             if not (self._local or self._urgent or self._stop or self._carried_new):
                 self._cond.wait(timeout)
             batch = Batch(
-                self._local, self._remote, self._stop, self._carried_new, self._superseded
+                self._local,
+                self._remote,
+                self._stop,
+                self._carried_new,
+                self._superseded,
+                self._relist,
             )
+            self._relist = False
             self._local = False
             self._urgent = False
             self._remote = {}

@@ -13,9 +13,12 @@ on reconnect; and one whose name sorts below a name already announced for its db
 checkpoint, stored after the deltas made during its dump, DESIGN §7) is published
 without the retain flag, so the retained message stays the newest name.
 A delta up to ``inline_max_bytes`` also goes out before its store, inside an inline
-companion on the same topic (not retained, never queued while disconnected: the
-announcement after the store still comes); received companions hand their object to
-the db's queue (:meth:`HintQueue.put_carried`).
+companion on the same topic (not retained, never queued while disconnected), naming the
+sender's newest stored object; once the broker acknowledged a companion, its object's
+announcement goes one level down, to ``<topic>/<db>/<instance>/carried``, which
+instances that take companions do not subscribe to (:func:`subscriptions`): they hear
+a small delta once. Received companions hand their object to the db's queue
+(:meth:`HintQueue.put_carried`).
 
 Message size: with MQTT 5 (``protocol: 5``) the CONNECT carries a maximum packet size
 just above the parser's cap, so the broker drops a larger message instead of sending
@@ -193,6 +196,8 @@ class MqttSource(Trigger):
         #: names whose companion the broker took: their announcement goes to the
         #: ``carried`` topic, which receivers that take companions do not hear
         self._carried_names = BoundedNames(MAX_CARRIED_NAMES)
+        #: message ids an MQTT 5 broker acknowledged with a failure, oldest first
+        self._refused_mids: dict[int, None] = {}
         self._pending_lock = threading.Lock()
         #: companions are merged up to the protocol's limit, whatever this instance's
         #: own: it does not hear their objects' announcements (DESIGN §7)
@@ -219,6 +224,7 @@ class MqttSource(Trigger):
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def _address(self) -> tuple[str, int]:
@@ -300,22 +306,38 @@ class MqttSource(Trigger):
             events, carried = parse_announcement(msg.payload, self._accepted, self.instance)
         except MalformedInlineError as exc:
             self._malformed(msg.topic, str(exc))
-            if self.metrics is not None and exc.db in self.queues:
-                self.metrics.inline_objects.labels(exc.db, INLINE_MALFORMED).inc()
+            queue = self.queues.get(exc.db)
+            if queue is not None:
+                queue.want_listing()  # its object is not announced where we listen
+                if self.metrics is not None:
+                    self.metrics.inline_objects.labels(exc.db, INLINE_MALFORMED).inc()
             return
         except MalformedEventError as exc:
             self._malformed(msg.topic, str(exc))
             return
-        if carried is not None:
-            self._carried(carried)
         foreign = [e for e in events if is_foreign(e, self.bucket, self.origin)]
         if foreign:
             self._other_bucket(msg.topic, foreign[0].origin or foreign[0].bucket, len(foreign))
+        # the hints first: a companion's ``stored`` may make its instance known, which
+        # the queue asks of carried bytes
         hint_names(
             self.queues.values(),
             SOURCE_MQTT,
             object_names(events, self.bucket, self.prefix, self.origin),
         )
+        if carried is not None:
+            self._carried(carried)
+
+    def _on_publish(
+        self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _properties: Any
+    ) -> None:
+        """An MQTT 5 broker may acknowledge a message it refused (quota, size, ACL): such a
+        companion was not taken (paho counts it as published all the same)."""
+        if getattr(reason_code, "is_failure", False):
+            with self._pending_lock:
+                self._refused_mids[mid] = None
+                while len(self._refused_mids) > MAX_CARRIED_NAMES:
+                    del self._refused_mids[next(iter(self._refused_mids))]
 
     def _carried(self, obj: InlineObject) -> None:
         """A companion's object, to its db's queue when it is of our bucket and prefix."""
@@ -383,8 +405,9 @@ class MqttSource(Trigger):
 
     def announce_carried(self, db: str, name: str, data: bytes) -> None:
         """Publish a small object's inline companion, before its store, if connected
-        (never queued: the announcement after the store still comes); not retained, so
-        the retained message stays the announcement of a stored object. It names the
+        (never queued: the announcement after the store still comes, heard at least by
+        those that do not take companions); not retained, so the retained message stays
+        the announcement of a stored object. It names the
         newest object stored before it (``evsync.stored``), and once the broker took it
         the object's announcement goes to the ``carried`` topic (DESIGN §7)."""
         if len(data) > self.cfg.inline_max_bytes or not self.connected.is_set():
@@ -405,8 +428,12 @@ class MqttSource(Trigger):
         armed = faults.armed("published")
         with contextlib.suppress(RuntimeError, ValueError):  # lost connection, queue full
             info.wait_for_publish(FAULT_PUBLISH_WAIT_SECONDS if armed else COMPANION_SEND_SECONDS)
-        if info.is_published():
-            with self._pending_lock:
+        with self._pending_lock:
+            refused = info.mid in self._refused_mids
+            self._refused_mids.pop(info.mid, None)
+            # at QoS 0 nothing says the broker took it (nor queues it for a receiver away
+            # for a moment): its announcement stays where every receiver hears it
+            if info.is_published() and not refused and self.cfg.qos > 0:
                 self._carried_names.add(name)
 
     def status(self) -> dict[str, object]:
@@ -471,12 +498,17 @@ def subscriptions(cfg: MqttConfig) -> list[tuple[str, int]]:
 
 
 def stale_subscriptions(cfg: MqttConfig) -> list[str]:
-    """Filters an older evsync subscribed to that this one no longer does: ``t/#`` of the
-    first topic, when :func:`subscriptions` splits it."""
-    if not takes_companions(cfg):
+    """Filters of the first topic that the persistent session may keep from a run with
+    another setting (or an older evsync) and this one does not make: ``t/#`` when
+    :func:`subscriptions` splits it, the split ones when it does not (both would deliver
+    every message twice)."""
+    first = cfg.topics[0]
+    if first.endswith(("#", "+")):
         return []
-    stale = subscription_for(cfg.topics[0])
-    return [] if stale in (t for t, _ in subscriptions(cfg)) else [stale]
+    plain = first.rstrip("/")
+    split = [plain, f"{plain}/+", f"{plain}/+/+"]
+    made = {t for t, _ in subscriptions(cfg)}
+    return [t for t in (subscription_for(first), *split) if t not in made]
 
 
 # ``--only-once`` waits this long for the broker to take its announcements.

@@ -90,7 +90,8 @@ def parse_announcement(
     and ``inline_max_bytes`` admits it (0: companions are read as the empty messages
     they are); a companion of ``own_instance`` (an echo of our own) is not decoded.
     Raises :class:`MalformedInlineError` for a companion whose object is unusable (its
-    records, none, are lost with it: the announcement follows)."""
+    records, none, are lost with it: the sender's next companion, an announcement or a
+    listing names the object)."""
     data = _load(payload)
     events = _parse(data, depth=0)
     meta = data.get("evsync") if isinstance(data, dict) else None

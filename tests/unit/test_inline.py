@@ -811,7 +811,9 @@ def published(src: MqttSource, *, taken: bool = True) -> list[tuple[str, bytes, 
 
     def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
         sent.append((topic, payload, retain))
-        return SimpleNamespace(wait_for_publish=lambda _timeout: None, is_published=lambda: taken)
+        return SimpleNamespace(
+            mid=len(sent), wait_for_publish=lambda _timeout: None, is_published=lambda: taken
+        )
 
     src._client.publish = publish
     src.connected.set()
@@ -928,12 +930,15 @@ class TestOneMessagePerCarriedDelta:
         assert len(filters) == len(set(filters))
 
     def test_an_older_versions_subscription_is_dropped(self) -> None:
-        """The persistent session keeps an older evsync's ``t/#``: a receiver that splits
-        it unsubscribes from it (else it would hear everything twice); others keep it."""
+        """The persistent session keeps the filters of an earlier run (an older evsync's
+        ``t/#``, or the split ones before companions were turned off): each run drops
+        the form it does not make, else it would hear everything twice."""
         on = MqttConfig(url="mqtt://127.0.0.1:1", topics=("evsync/events",))
         off = MqttConfig(url="mqtt://127.0.0.1:1", topics=("evsync/events",), inline_max_bytes=0)
         assert stale_subscriptions(on) == ["evsync/events/#"]
-        assert stale_subscriptions(off) == []
+        assert stale_subscriptions(off) == ["evsync/events", "evsync/events/+", "evsync/events/+/+"]
+        given = MqttConfig(url="mqtt://127.0.0.1:1", topics=("evsync/#",))
+        assert stale_subscriptions(given) == []
 
 
 class Broker:
@@ -953,7 +958,9 @@ class Broker:
                 if any(topic_matches_sub(f, topic) for f in filters):
                     self.heard[receiver.instance].append(topic)
                     receiver._on_message(None, None, SimpleNamespace(topic=topic, payload=payload))
-            return SimpleNamespace(wait_for_publish=lambda _t: None, is_published=lambda: True)
+            return SimpleNamespace(
+                mid=0, wait_for_publish=lambda _t: None, is_published=lambda: True
+            )
 
         src._client.publish = publish
         src.connected.set()
@@ -1036,3 +1043,134 @@ class TestThroughTheBroker:
         b.step(b.queue.wait(0))
         assert read(b, b"k2") == (b"after the publish", 2100, False)
         assert not b.instances["a"].provisional
+
+
+# For the tests below: the listing after lost carried bytes, soon enough to wait for.
+SHORT_RELIST_DELAY = 0.05
+
+
+class TestLostCarriedBytesAreNamedByAListing:
+    """A receiver that takes companions does not hear a carried object's announcement:
+    when the bytes are lost it asks for a listing once the store has likely completed
+    (found by the review of cc4d9d4)."""
+
+    @pytest.mark.parametrize("hears_carried", [False, True])
+    def test_carried_bytes_that_fail_before_the_put_are_fetched_after_it(
+        self,
+        tmp_path: Path,
+        store: MemoryStore,
+        monkeypatch: pytest.MonkeyPatch,
+        no_relist_pause: None,
+        hears_carried: bool,
+    ) -> None:
+        """B merges the companion while A's PUT is still in flight and the merge fails
+        for now: the listing asked for at once runs before the PUT and cannot show the
+        object; the one CARRIED_RELIST_DELAY_SECONDS later does, and B fetches it. The
+        same with B on a wildcard topic (it hears the carried announcement too)."""
+        monkeypatch.setattr(receiver_mod, "CARRIED_RELIST_DELAY_SECONDS", SHORT_RELIST_DELAY)
+        a, b = started_pair(tmp_path, store)
+        broker = Broker()
+        broker.sender("a", a)
+        broker.receiver("b", b)
+        if hears_carried:
+            broker.receivers[-1] = (broker.receivers[-1][0], ["evsync/#"])
+        a.sender.on_encoded.append(lambda *_args: b.step(b.queue.wait(0)))  # before the PUT
+        real = b.receiver._apply
+        calls: list[int] = []
+
+        def failing_once(*args: object) -> object:
+            calls.append(1)
+            if len(calls) == 1:
+                raise LmdbError("transient")
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(b.receiver, "_apply", failing_once)
+        committed_delta(a, store, b"k", b"v1", 2000)
+        assert len(calls) == 1  # tried, and failed, before the PUT
+        time.sleep(SHORT_RELIST_DELAY * 2)
+        for _ in range(3):  # the loop's wake-ups, past the backoff
+            b.receiver._load_backoff.clear()
+            b.step(b.queue.wait(0))
+        assert read(b, b"k") == (b"v1", 2000, False)
+        assert b.receiver.relist_at is None
+
+    def test_a_companion_of_an_unknown_instance_asks_for_a_listing(self) -> None:
+        """Carried bytes of an instance no listing or hint named yet are not taken; the
+        queue hands the loop a request for a listing instead of dropping it silently."""
+        queue = HintQueue("main", own_instance="b")
+        name = SnapshotName.build("main", "a", NS).name
+        assert not queue.put_carried("mqtt", name, b"obj")
+        assert queue.wait(0).relist
+        assert not queue.wait(0).relist  # once
+
+    def test_a_malformed_companion_asks_for_a_listing(self) -> None:
+        """A companion that cannot be read: its object is not announced where this
+        receiver listens, so the loop is asked for a listing."""
+        queue = HintQueue("main", own_instance="b")
+        payload = json.loads(companion(b"obj", SnapshotName.build("main", "a", NS).name))
+        payload["evsync"]["inline"]["size"] = 99
+        mqtt_source({"main": queue})._on_message(
+            None, None, message(json.dumps(payload).encode())
+        )
+        assert queue.wait(0).relist
+
+    def test_the_listing_waits_for_the_delay(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A batch asking for a listing sets its time CARRIED_RELIST_DELAY_SECONDS ahead:
+        not due at once, due after, and the loop's idle timeout wakes it then; a listing
+        begun after that time clears it."""
+        monkeypatch.setattr(receiver_mod, "CARRIED_RELIST_DELAY_SECONDS", SHORT_RELIST_DELAY)
+        b = make_syncer("b", tmp_path, store)
+        assert b.run_once()
+        b.step(Batch(relist=True))
+        assert b.receiver.relist_at is not None and not b.receiver.relist_due()
+        assert b._idle_timeout() <= SHORT_RELIST_DELAY
+        time.sleep(SHORT_RELIST_DELAY * 2)
+        assert b.receiver.relist_due()
+        b.step(Batch())
+        assert b.receiver.relist_at is None
+
+    def test_the_stored_hint_comes_before_the_carried_bytes(self) -> None:
+        """A companion whose ``stored`` is the first name of its instance this receiver
+        hears: the hint makes the instance known, so the carried bytes are taken."""
+        queue = HintQueue("main", own_instance="b")
+        tip = SnapshotName.build("main", "a", NS).name
+        delta = SnapshotName.build("main", "a", 2 * NS, extras=(delta_extra(NS),)).name
+        payload = inline_companion("bkt", delta, b"obj", db="main", instance="a",
+                                   origin="s3://bkt/", stored=tip)
+        mqtt_source({"main": queue})._on_message(None, None, message(payload))
+        assert queue.carried.take(SnapshotName.parse(delta)) == b"obj"
+
+
+class TestWhenTheBrokerDidNotTakeTheCompanion:
+    """The announcement goes to the ``carried`` topic only when the broker acknowledged
+    the companion (found by the review of cc4d9d4)."""
+
+    def test_at_qos_0_the_announcement_stays_heard(self) -> None:
+        """At ``qos: 0`` nothing acknowledges a companion, and the broker does not queue
+        it for a receiver away for a moment: the announcement goes to the instance's
+        topic."""
+        cfg = MqttConfig(url="mqtt://127.0.0.1:1", qos=0)
+        src = MqttSource(cfg, "a", {}, bucket="bkt")
+        sent = published(src)
+        delta = TestOneMessagePerCarriedDelta.DELTA
+        src.announce_carried("main", delta, b"delta bytes")
+        src.announce("main", delta, 10)
+        assert [t for t, _p, _r in sent] == ["evsync/main/a", "evsync/main/a"]
+
+    def test_a_refusing_acknowledgement_leaves_the_announcement_heard(self) -> None:
+        """An MQTT 5 PUBACK with a failure reason (quota, size, not authorised): paho
+        counts the companion as published, evsync does not."""
+        src = TestOneMessagePerCarriedDelta().sender()
+        sent = published(src)
+        refused = SimpleNamespace(is_failure=True)
+        src._on_publish(None, None, 1, refused, None)  # the companion's mid (the 1st message)
+        delta = TestOneMessagePerCarriedDelta.DELTA
+        src.announce_carried("main", delta, b"delta bytes")
+        src.announce("main", delta, 10)
+        assert sent[1][0] == f"{TestOneMessagePerCarriedDelta.TOPIC}/main/a"
+        later = SnapshotName.build("main", "a", 3 * NS, extras=(delta_extra(2 * NS),)).name
+        src.announce_carried("main", later, b"delta bytes")  # mid 3: acknowledged
+        src.announce("main", later, 10)
+        assert sent[3][0].endswith("/carried")

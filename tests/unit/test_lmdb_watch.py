@@ -224,3 +224,59 @@ class TestOwnCommits:
             assert queue.wait(HINT_TIMEOUT).local
         finally:
             watcher.stop()
+
+
+class TestDuringASyncerStep:
+    """TxnObserver.syncer_step: what the watcher notices while the syncer steps waits
+    for the step's end, when the step's own commits are known."""
+
+    def test_a_merge_noticed_before_it_is_reported_wakes_nothing(self, lenv: LmdbEnv) -> None:
+        """The watcher reads the txn id between the merge's commit and its report (the
+        race it used to win 0.6 times per received delta): no hint, then or at the end."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        with observer.syncer_step():
+            commit(lenv, b"merge")
+            assert not observer.check(SOURCE_WATCHER)
+            observer.own([lenv.last_txn_id()])
+        assert not queue.wait(0).local
+
+    def test_an_application_commit_during_the_step_wakes_the_loop_after_it(
+        self, lenv: LmdbEnv
+    ) -> None:
+        """An application commit between the step's own ones is hinted when the step
+        ends, credited to the source that noticed it."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        with observer.syncer_step():
+            commit(lenv, b"merge")
+            merge = lenv.last_txn_id()
+            commit(lenv, b"app")
+            assert not observer.check(SOURCE_WATCHER)
+            assert not queue.wait(0).local  # not during the step
+            observer.own([merge])
+        assert queue.wait(0).local
+        assert queue.first[SOURCE_WATCHER] == 1
+
+    def test_a_step_that_fails_still_lets_the_commit_through(self, lenv: LmdbEnv) -> None:
+        """A step that raises before reporting anything: the commit noticed during it is
+        hinted as it ends, and later ones as before."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        with pytest.raises(RuntimeError), observer.syncer_step():
+            commit(lenv, b"app")
+            observer.check(SOURCE_WATCHER)
+            raise RuntimeError("step failed")
+        assert queue.wait(0).local
+        commit(lenv, b"app2")
+        assert observer.check(SOURCE_WATCHER)
+
+    def test_nothing_noticed_means_no_check(self, lenv: LmdbEnv) -> None:
+        """A step during which the watcher noticed nothing ends without a hint even if a
+        commit came (the watcher will notice that one itself)."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        with observer.syncer_step():
+            commit(lenv, b"app")
+        assert not queue.wait(0).local
+        assert observer.check(SOURCE_WATCHER)
