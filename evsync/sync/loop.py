@@ -360,7 +360,9 @@ class Syncer:
         now = time.monotonic()
         deadlines = [MAX_IDLE_SECONDS]
         if self.receiver.relist_at is not None:
-            deadlines.append(self.receiver.relist_at - now)
+            # not before the listing's backoff ends: a failing bucket must not spin the loop
+            at = max(self.receiver.relist_at, self.receiver.list_backoff.not_before)
+            deadlines.append(at - now)
         forced_in = self.sender.forced_due_in(now)
         if forced_in is not None and not (self.receive_only or self.ls_only):
             deadlines.append(forced_in)

@@ -1142,6 +1142,22 @@ class TestLostCarriedBytesAreNamedByAListing:
         mqtt_source({"main": queue})._on_message(None, None, message(payload))
         assert queue.carried.take(SnapshotName.parse(delta)) == b"obj"
 
+    def test_a_failing_bucket_does_not_spin_the_loop(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The listing asked for after lost carried bytes fails: the loop's idle timeout
+        waits for the listing's backoff instead of coming back at once, again and again."""
+        monkeypatch.setattr(receiver_mod, "CARRIED_RELIST_DELAY_SECONDS", SHORT_RELIST_DELAY)
+        b = make_syncer("b", tmp_path, store)
+        assert b.run_once()
+        b.step(Batch(relist=True))
+        time.sleep(SHORT_RELIST_DELAY * 2)
+        store.fail = True
+        b.step(Batch())  # the listing fails: backoff
+        assert b.receiver.relist_at is not None
+        assert not b.receiver.list_backoff.ready()
+        assert b._idle_timeout() > SHORT_RELIST_DELAY
+
 
 class TestWhenTheBrokerDidNotTakeTheCompanion:
     """The announcement goes to the ``carried`` topic only when the broker acknowledged
