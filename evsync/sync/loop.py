@@ -333,12 +333,26 @@ class Syncer:
         self.startup_rules.resume_if_unblocked()
         self._check_own_objects()
         self.receiver.merge_pending(include_own=bool(self.waiting_for), retry=False)
+        self._note_confirmations(batch.confirmed)
         if not self.waiting_for:
             self.stats.startup_done = True
             self._mark_in_sync()
         self._maybe_upload()
         self._maybe_write_ls()
         self._maybe_sweep()
+
+    def _note_confirmations(self, names: list[str]) -> None:
+        """Names that only confirm carried merges: noted after the merges, so the change
+        that woke the loop is not kept waiting for them (any confirmation may come that
+        late, DESIGN §7). One that turns out to be news after all (a fallback dropped its
+        merge meanwhile) is merged at once, as a name noted before the merges would be."""
+        if not names:
+            return
+        for raw in names:
+            name = SnapshotName.parse(raw)
+            self.receiver.note_name(name.instance, name)
+        if self.peers.pending(include_own=False):
+            self.receiver.merge_pending(include_own=bool(self.waiting_for), retry=False)
 
     def _maybe_upload(self, *, only_once: bool = False) -> bool:
         """The sender's turn, unless this instance only receives (or, imitating LS, writes

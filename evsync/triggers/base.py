@@ -82,6 +82,9 @@ class Batch:
     superseded: list[SnapshotName] = field(default_factory=list)
     #: a carried object was refused or unreadable: a listing after its store would name it
     relist: bool = False
+    #: names that only confirm carried merges (DESIGN §7), unparsed, oldest first: the
+    #: loop notes them after its merges, off the path of the change that woke it
+    confirmed: list[str] = field(default_factory=list)
 
 
 class HintQueue:
@@ -129,6 +132,7 @@ class HintQueue:
         #: announcements that only confirmed a carried merge, queued without a wake-up
         self.confirmations = 0
         self._relist = False
+        self._confirmed: list[str] = []
 
     def put_carried(self, source: str, name: str, data: bytes) -> bool:
         """An object carried by a notification (its bytes, unverified): held for the
@@ -165,6 +169,13 @@ class HintQueue:
         """Queue a hint; returns True when it told the syncer something new."""
         with self._cond:
             self.received[hint.source] += 1
+            if hint.name is not None and hint.name in self._confirmable:
+                # it only confirms what the loop merged from the companion: taken at the
+                # loop's next wake-up (at most its idle timeout), as if it came late
+                self._confirmable.discard(hint.name)
+                self._confirmed.append(hint.name)
+                self.confirmations += 1
+                return True
             if hint.local:
                 new = not self._local
                 self._local = True
@@ -173,12 +184,6 @@ class HintQueue:
             if not new:
                 return False
             self.first[hint.source] += 1
-            if hint.name is not None and hint.name in self._confirmable:
-                # it only confirms what the loop merged from the companion: taken at the
-                # loop's next wake-up (at most its idle timeout), as if it came late
-                self._confirmable.discard(hint.name)
-                self.confirmations += 1
-                return True
             self._urgent = self._urgent or not hint.local
             self._cond.notify_all()
             return True
@@ -302,8 +307,10 @@ class HintQueue:
                 self._carried_new,
                 self._superseded,
                 self._relist,
+                self._confirmed,
             )
             self._relist = False
+            self._confirmed = []
             self._local = False
             self._urgent = False
             self._remote = {}

@@ -315,18 +315,20 @@ class MqttSource(Trigger):
         except MalformedEventError as exc:
             self._malformed(msg.topic, str(exc))
             return
+        # the carried bytes first: they wake the loop, and the hints (a companion's
+        # ``stored``, a confirmation) are read while it merges
+        held = self._carried(carried) if carried is not None else True
         foreign = [e for e in events if is_foreign(e, self.bucket, self.origin)]
         if foreign:
             self._other_bucket(msg.topic, foreign[0].origin or foreign[0].bucket, len(foreign))
-        # the hints first: a companion's ``stored`` may make its instance known, which
-        # the queue asks of carried bytes
         hint_names(
             self.queues.values(),
             SOURCE_MQTT,
             object_names(events, self.bucket, self.prefix, self.origin),
         )
-        if carried is not None:
-            self._carried(carried)
+        if not held and events:
+            assert carried is not None
+            self._carried(carried)  # the ``stored`` hint may have made its instance known
 
     def _on_publish(
         self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _properties: Any
@@ -339,13 +341,15 @@ class MqttSource(Trigger):
                 while len(self._refused_mids) > MAX_CARRIED_NAMES:
                     del self._refused_mids[next(iter(self._refused_mids))]
 
-    def _carried(self, obj: InlineObject) -> None:
-        """A companion's object, to its db's queue when it is of our bucket and prefix."""
+    def _carried(self, obj: InlineObject) -> bool:
+        """A companion's object, to its db's queue when it is of our bucket and prefix;
+        False when the queue did not take it."""
         event = ObjectEvent(obj.bucket, obj.key, "ObjectCreated:Put", origin=obj.origin)
         queue = self.queues.get(obj.db)
         names = object_names([event], self.bucket, self.prefix, self.origin)
         if queue is not None and names and names[0].startswith(obj.db + "__"):
-            queue.put_carried(SOURCE_MQTT, names[0], obj.data)
+            return queue.put_carried(SOURCE_MQTT, names[0], obj.data)
+        return True  # not ours: nothing to take again
 
     def _other_bucket(self, topic: str, theirs: str, count: int) -> None:
         """Counted; said once a minute (a shared broker carries them all the time)."""

@@ -1131,7 +1131,7 @@ class TestLostCarriedBytesAreNamedByAListing:
         b.step(Batch())
         assert b.receiver.relist_at is None
 
-    def test_the_stored_hint_comes_before_the_carried_bytes(self) -> None:
+    def test_the_stored_hint_makes_the_instance_known_for_the_bytes(self) -> None:
         """A companion whose ``stored`` is the first name of its instance this receiver
         hears: the hint makes the instance known, so the carried bytes are taken."""
         queue = HintQueue("main", own_instance="b")
@@ -1190,3 +1190,36 @@ class TestWhenTheBrokerDidNotTakeTheCompanion:
         src.announce_carried("main", later, b"delta bytes")  # mid 3: acknowledged
         src.announce("main", later, 10)
         assert sent[3][0].endswith("/carried")
+
+
+class TestConfirmationsAfterTheMerges:
+    """The loop notes names that only confirm carried merges after its merges (the
+    change that woke it is not kept waiting), with the same effect as before them."""
+
+    def test_a_confirmation_noted_after_the_merge_confirms(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A batch with delta 2's carried bytes and the confirmation of delta 1: both
+        merged, delta 1 the stored position, only delta 2 provisional."""
+        a, b = started_pair(tmp_path, store)
+        carried = wire(a, b)
+        d1 = committed_delta(a, store, b"k", b"v1", 2000)
+        b.step(b.queue.wait(0))
+        b.queue.put(Hint("mqtt", name=d1.name))  # d1's confirmation, queued unparsed
+        d2 = committed_delta(a, store, b"k", b"v2", 2100)
+        batch = b.queue.wait(0)
+        assert batch.confirmed == [d1.name] and [n.name for n in batch.carried] == carried[1:]
+        b.step(batch)
+        st = b.instances["a"]
+        assert st.merged == d2 and st.stored == d1 and st.provisional == {d2.name}
+
+    def test_one_that_turns_out_to_be_news_is_merged_in_the_same_step(
+        self, tmp_path: Path, store: MemoryStore
+    ) -> None:
+        """A confirmation whose name this receiver has not merged (its position fell back
+        meanwhile, say) is news: merged in the step that noted it, from the bucket."""
+        a, b = started_pair(tmp_path, store)
+        d1 = committed_delta(a, store, b"k", b"v1", 2000)
+        b.step(Batch(confirmed=[d1.name]))
+        assert read(b, b"k") == (b"v1", 2000, False)
+        assert b.instances["a"].merged == d1
