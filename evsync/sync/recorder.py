@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from evsync.config import Config
 from evsync.errors import (
@@ -108,6 +108,17 @@ class Recorder:
         self._last_logged: dict[str, tuple[float, str]] = {}
         self._vanished = 0
         self._vanished_logged_at = -math.inf
+        #: metric children of this db, made once: ``labels()`` costs more than the
+        #: update, and a received delta updates eight (docs/benchmarks.md)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        """``family.labels(self.db, *labels)``, made once."""
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(self.db, *labels)
+        return child
 
     # ------------------------------------------------------------------ log streaks
 
@@ -194,7 +205,7 @@ class Recorder:
 
     def clock_skew(self, instance: str, name: SnapshotName, ahead: float) -> None:
         """A remote object's timestamp is ``ahead`` seconds past this host's clock."""
-        self.metrics.clock_skew.labels(self.db, instance).set(ahead)
+        self._child(self.metrics.clock_skew, instance).set(ahead)
         threshold = self._clock_skew_threshold
         if threshold and ahead > threshold:
             self.metrics.clock_skew_warnings.labels(self.db, instance).inc()
@@ -222,7 +233,7 @@ class Recorder:
 
     def carried_merged(self) -> None:
         """An object was merged from the notification that carried it, without a GET."""
-        self.metrics.inline_objects.labels(self.db, INLINE_MERGED).inc()
+        self._child(self.metrics.inline_objects, INLINE_MERGED).inc()
 
     def carried_invalid(self, name: SnapshotName, exc: Exception) -> None:
         """Bytes a notification carried for ``name`` failed verification (or the LMDB can
@@ -276,6 +287,7 @@ class Recorder:
         for family in (m.clock_skew, m.clock_skew_warnings, m.load_failures):
             with contextlib.suppress(KeyError):
                 family.remove(self.db, instance)
+            self._children.pop((id(family), (instance,)), None)
         for key in (f"skew-{instance}", f"load-{instance}", f"merge-{instance}"):
             self.end_streak(key)
 
@@ -357,13 +369,13 @@ class Recorder:
         self.stats.entries_merged += result.entries
         self.stats.entries_written += result.written
         m = self.metrics
-        m.objects_loaded.labels(self.db, instance).inc()
-        m.entries_merged.labels(self.db).inc(result.entries)
-        m.entries_written.labels(self.db).inc(result.written)
-        m.merge_seconds.labels(self.db).observe(seconds)
+        self._child(m.objects_loaded, instance).inc()
+        self._child(m.entries_merged).inc(result.entries)
+        self._child(m.entries_written).inc(result.written)
+        self._child(m.merge_seconds).observe(seconds)
         m.observe_write_lock(self.db, result.longest_txn_seconds)
         if not own:
-            m.propagation_lag.labels(self.db).observe(lag_seconds)
+            self._child(m.propagation_lag).observe(lag_seconds)
         log.info(
             "db %s: merged %s (%d entries, %d written, %d txns, %.1f ms, lag %.1f ms)",
             self.db,

@@ -209,6 +209,25 @@ class TestClockSkew:
         assert value(m, "evsync_clock_skew_seconds", db="main", instance="x") == pytest.approx(-2)
 
 
+    def test_a_forgotten_instance_is_exported_again_when_it_returns(self, tmp_path: Path) -> None:
+        """The recorder makes each metric child once; forgetting an instance drops its
+        series and the child, so a later object of it shows up again (a stale child
+        would count into nothing)."""
+        from evsync.snapshot.name import SnapshotName
+        from evsync.sync.recorder import Recorder
+        from tests.unit.test_syncer import make_config
+
+        m = Metrics()
+        rec = Recorder("main", make_config("b", tmp_path)[0], m)
+        name = SnapshotName.build("main", "x", NOW)
+        rec.clock_skew("x", name, 3.0)
+        rec.forget_instance("x")
+        labels = {"db": "main", "instance": "x"}
+        assert m.registry.get_sample_value("evsync_clock_skew_seconds", labels) is None
+        rec.clock_skew("x", name, 4.0)
+        assert value(m, "evsync_clock_skew_seconds", db="main", instance="x") == pytest.approx(4)
+
+
 class TestOwnNames:
     """A sender's new objects always sort after its objects already in the bucket."""
 
