@@ -140,7 +140,7 @@ class Daemon:
         cfg = self.config
         observer = TxnObserver(syncer.lenv, syncer.queue)
         syncer.on_own_commits.append(observer.own)
-        syncer.step_windows.append(observer.syncer_step)
+        syncer.merge_windows.append(observer.merging)
         triggers: list[Trigger] = []
         if cfg.notify.watch_lmdb:
             triggers.append(LmdbWatcher(syncer.cfg.data_file, observer))

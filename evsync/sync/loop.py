@@ -146,9 +146,11 @@ class Syncer:
         #: come after the decision), right after each: the LMDB watcher's observer takes
         #: them as seen, so they do not wake the loop for a step with nothing to do
         self.on_own_commits: list[Callable[[list[int]], None]] = []
-        #: entered around each step of :meth:`run` (the LMDB watcher's observer: it
-        #: holds what it notices until the step's own commits are reported)
-        self.step_windows: list[Callable[[], AbstractContextManager[None]]] = []
+        #: entered around the part of each step that merges and records the in-sync
+        #: mark (the LMDB watcher's observer: it holds what it notices until those own
+        #: commits are reported); not around the upload, whose retries wait for the
+        #: application's commits (shadow mode stamps them, ``Sender._sleep``)
+        self.merge_windows: list[Callable[[], AbstractContextManager[None]]] = []
         self.receiver.on_merged.append(lambda _name, txn_ids: self._own_commits(txn_ids))
         if self.ls_writer is not None:
             self.receiver.on_merged.append(self.ls_writer.merged)
@@ -245,10 +247,7 @@ class Syncer:
             if batch.stop or self.stop_event.is_set():
                 break
             try:
-                with contextlib.ExitStack() as windows:
-                    for window in self.step_windows:
-                        windows.enter_context(window())
-                    self.step(batch)
+                self.step(batch)
                 step_backoff.succeeded()
             except Exception as exc:  # noqa: BLE001 - the daemon keeps serving whatever hit
                 self._failed("sync step", exc, step_backoff)
@@ -313,6 +312,17 @@ class Syncer:
         self.refresh_lmdb_stats()
         if self.gate.blocks():
             return
+        with contextlib.ExitStack() as windows:
+            for window in self.merge_windows:
+                windows.enter_context(window())
+            self._receive(batch)
+        self._maybe_upload()
+        self._maybe_write_ls()
+        self._maybe_sweep()
+
+    def _receive(self, batch: Batch) -> None:
+        """The step's receiving part: the batch's names noted, what they bring merged, the
+        in-sync mark recorded."""
         if batch.relist:
             self.receiver.relist_later()
         for name in batch.carried:
@@ -337,9 +347,6 @@ class Syncer:
         if not self.waiting_for:
             self.stats.startup_done = True
             self._mark_in_sync()
-        self._maybe_upload()
-        self._maybe_write_ls()
-        self._maybe_sweep()
 
     def _note_confirmations(self, names: list[str]) -> None:
         """Names that only confirm carried merges: noted after the merges, so the change

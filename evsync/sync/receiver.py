@@ -23,6 +23,7 @@ the loop's thread.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -142,6 +143,7 @@ class Receiver:
         self.relist = False
         #: monotonic time after which a listing is needed (carried bytes were lost)
         self.relist_at: float | None = None
+        self._lost_at = -math.inf  # monotonic time carried bytes were last lost
         self.list_backoff = Backoff(RETRY_BACKOFF_START, config.storage_retry_interval)
         self._load_backoff: dict[str, Backoff] = {}
         #: wall time (ns) of this thread's last successful listing
@@ -162,9 +164,13 @@ class Receiver:
 
     def relist_later(self) -> None:
         """A listing once the store of a carried object that was lost has likely
-        completed (CARRIED_RELIST_DELAY_SECONDS from now, or later if one is asked)."""
-        at = time.monotonic() + CARRIED_RELIST_DELAY_SECONDS
-        self.relist_at = at if self.relist_at is None else max(self.relist_at, at)
+        completed, CARRIED_RELIST_DELAY_SECONDS from now. One already asked for keeps its
+        time (a stream of losses must not put it off for ever); a loss it may come too
+        early for asks again after it, at most every RELIST_MIN_SECONDS."""
+        now = time.monotonic()
+        self._lost_at = now
+        if self.relist_at is None:
+            self.relist_at = now + CARRIED_RELIST_DELAY_SECONDS
 
     def list_bucket(self, *, startup: bool) -> bool:
         """List the db's objects and note every name; False when the listing failed.
@@ -192,6 +198,10 @@ class Receiver:
         self.relist = False
         if self.relist_at is not None and self.relist_at <= started:
             self.relist_at = None
+            if self._lost_at + CARRIED_RELIST_DELAY_SECONDS > started:  # too early for it
+                self.relist_at = max(
+                    self._lost_at + CARRIED_RELIST_DELAY_SECONDS, started + RELIST_MIN_SECONDS
+                )
         present: set[str] = set()
         checkpoints: set[str] = set()
         for obj in objects:
@@ -214,7 +224,7 @@ class Receiver:
     def relist_due(self, *, retry: bool = False) -> bool:
         """A listing is asked for and may run now (``retry``: ``--only-once``, at once)."""
         now = time.monotonic()
-        if self.relist_at is not None and now >= self.relist_at:
+        if self.relist_at is not None and now >= self.relist_at and self.list_backoff.ready():
             return True
         return self.relist and (retry or now - self._listed_at >= RELIST_MIN_SECONDS)
 

@@ -52,35 +52,35 @@ class TxnObserver:
         self.queue = queue
         self._lock = threading.Lock()
         self._seen = lenv.last_txn_id()
-        self._in_step = False
+        self._merging = False
         #: the source of a check made during a step, made again when the step ends
         self._deferred: str | None = None
 
     @contextlib.contextmanager
-    def syncer_step(self) -> Iterator[None]:
-        """Around one step of the syncer: a commit noticed meanwhile is checked when the
-        step ends, after :meth:`own` took the step's own txns as seen. The step's merges
-        commit while it runs, and a watcher that read the txn id before :meth:`own` was
-        told of them woke the loop for a step with nothing to do (0.6 of them per
-        received delta, docs/benchmarks.md). An application commit during the step
-        still wakes the loop once the step ends: a hint then could not be taken
-        earlier, the loop being busy with this step."""
+    def merging(self) -> Iterator[None]:
+        """Around the part of a syncer step that merges: a commit noticed meanwhile is
+        checked when that part ends, after :meth:`own` took its txns as seen. A watcher
+        that read the txn id between a merge's commit and its report woke the loop for
+        a step with nothing to do (0.6 of them per received delta, docs/benchmarks.md).
+        An application commit meanwhile still wakes the loop once the part ends: the
+        loop, busy merging, could not have taken the hint earlier, and the upload
+        decision comes after it."""
         with self._lock:
-            self._in_step = True
+            self._merging = True
         try:
             yield
         finally:
             with self._lock:
-                self._in_step = False
+                self._merging = False
                 deferred, self._deferred = self._deferred, None
             if deferred is not None:
                 self.check(deferred)
 
     def check(self, source: str) -> bool:
         """Read the txn id; queue a local hint from ``source`` when it moved (during a
-        syncer step: once the step ends)."""
+        syncer's merges: once they end)."""
         with self._lock:  # read and compare together, so _seen never moves backwards
-            if self._in_step:
+            if self._merging:
                 self._deferred = self._deferred or source
                 return False
             try:

@@ -1159,6 +1159,45 @@ class TestLostCarriedBytesAreNamedByAListing:
         assert b._idle_timeout() > SHORT_RELIST_DELAY
 
 
+    def test_the_delayed_listing_respects_the_backoff_while_the_bucket_fails(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The delayed listing is due, the bucket is down and another object is pending
+        (its GET fails): the first failed listing starts the backoff, and the steps after
+        it (companions waking the loop) do not list again, once per pending instance,
+        until it ends (found by a review)."""
+        monkeypatch.setattr(receiver_mod, "CARRIED_RELIST_DELAY_SECONDS", SHORT_RELIST_DELAY)
+        a, b = started_pair(tmp_path, store)
+        delta = committed_delta(a, store, b"k", b"v1", 2000)  # stored, not carried
+        b.receiver.relist_later()
+        time.sleep(SHORT_RELIST_DELAY * 2)
+        store.fail = True
+        before = store.calls["list"]
+        b.queue.put(Hint("mqtt", name=delta.name))
+        b.step(b.queue.wait(0))
+        for _ in range(5):
+            b.step(Batch())
+        assert store.calls["list"] - before <= 1
+
+    def test_a_steady_stream_of_losses_does_not_put_the_listing_off_for_ever(
+        self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Carried bytes lost at every wake-up, closer together than the delay (forged
+        companions, say): the first loss's listing still comes when due, and the losses
+        after it ask for one more, RELIST_MIN_SECONDS later (found by a review: each
+        loss pushed the listing on, and none ever ran)."""
+        monkeypatch.setattr(receiver_mod, "CARRIED_RELIST_DELAY_SECONDS", SHORT_RELIST_DELAY)
+        monkeypatch.setattr(receiver_mod, "RELIST_MIN_SECONDS", SHORT_RELIST_DELAY * 4)
+        _a, b = started_pair(tmp_path, store)
+        before = store.calls["list"]
+        t0 = time.monotonic()
+        b.step(Batch(relist=True))
+        while time.monotonic() - t0 < SHORT_RELIST_DELAY * 10:
+            time.sleep(SHORT_RELIST_DELAY / 2)
+            b.step(Batch(relist=True))
+        listings = store.calls["list"] - before
+        assert 1 <= listings <= 3  # one when due, then at most one per RELIST_MIN_SECONDS
+
 class TestWhenTheBrokerDidNotTakeTheCompanion:
     """The announcement goes to the ``carried`` topic only when the broker acknowledged
     the companion (found by the review of cc4d9d4)."""

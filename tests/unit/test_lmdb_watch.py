@@ -226,16 +226,16 @@ class TestOwnCommits:
             watcher.stop()
 
 
-class TestDuringASyncerStep:
-    """TxnObserver.syncer_step: what the watcher notices while the syncer steps waits
-    for the step's end, when the step's own commits are known."""
+class TestWhileTheSyncerMerges:
+    """TxnObserver.merging: what the watcher notices while the syncer merges waits
+    for the merging to end, when its own commits are known."""
 
     def test_a_merge_noticed_before_it_is_reported_wakes_nothing(self, lenv: LmdbEnv) -> None:
         """The watcher reads the txn id between the merge's commit and its report (the
         race it used to win 0.6 times per received delta): no hint, then or at the end."""
         queue = HintQueue("main")
         observer = TxnObserver(lenv, queue)
-        with observer.syncer_step():
+        with observer.merging():
             commit(lenv, b"merge")
             assert not observer.check(SOURCE_WATCHER)
             observer.own([lenv.last_txn_id()])
@@ -248,7 +248,7 @@ class TestDuringASyncerStep:
         ends, credited to the source that noticed it."""
         queue = HintQueue("main")
         observer = TxnObserver(lenv, queue)
-        with observer.syncer_step():
+        with observer.merging():
             commit(lenv, b"merge")
             merge = lenv.last_txn_id()
             commit(lenv, b"app")
@@ -263,7 +263,7 @@ class TestDuringASyncerStep:
         hinted as it ends, and later ones as before."""
         queue = HintQueue("main")
         observer = TxnObserver(lenv, queue)
-        with pytest.raises(RuntimeError), observer.syncer_step():
+        with pytest.raises(RuntimeError), observer.merging():
             commit(lenv, b"app")
             observer.check(SOURCE_WATCHER)
             raise RuntimeError("step failed")
@@ -276,7 +276,7 @@ class TestDuringASyncerStep:
         commit came (the watcher will notice that one itself)."""
         queue = HintQueue("main")
         observer = TxnObserver(lenv, queue)
-        with observer.syncer_step():
+        with observer.merging():
             commit(lenv, b"app")
         assert not queue.wait(0).local
         assert observer.check(SOURCE_WATCHER)

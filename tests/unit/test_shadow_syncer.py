@@ -18,6 +18,7 @@ from evsync.snapshot.name import SnapshotName
 from evsync.storage.memory import MemoryStore
 from evsync.sync import Syncer
 from evsync.triggers.base import Batch, Hint, HintQueue
+from evsync.triggers.lmdb_watch import TxnObserver
 
 DBI = b"records"
 
@@ -232,6 +233,38 @@ class TestStampsDuringAnOutage:
             clock.now = NOW + 10 * NS
             app_put(a, b"k", b"local")
             a.queue.put(Hint("watcher", local=True))
+
+        store.down, store.during_outage = True, app_writes
+        app_put(a, b"first", b"v2")
+        a.step(Batch(local=True))  # the store fails after its retries
+        a.close()
+
+        store.down = False
+        remote_object(store, "b", NOW + 9 * NS, b"k", b"remote")
+        clock.now = NOW + 20 * NS
+        a = shadow_syncer("a", tmp_path, store, clock)
+        assert a.run_once()
+        assert app_get(a, b"k") == b"local"
+        a.close()
+
+    def test_the_same_with_the_watchers_observer_wired(self, tmp_path: Path) -> None:
+        """As above, with the hint coming the daemon's way: the LMDB watcher's observer,
+        wired as the daemon wires it (its merge window), notices the commit. The window
+        covers the step's merges, not the upload's retries, so the hint reaches the
+        retry wait and the write is stamped (found by a review: with the window around
+        the whole step the hint waited for the step's end and B's older value won)."""
+        store, clock = _OutageStore(), _Clock()
+        a = shadow_syncer("a", tmp_path, store, clock, storage_retry_count=3)
+        app_put(a, b"first", b"v")
+        a.startup(retry_forever=True)
+        observer = TxnObserver(a.lenv, a.queue)
+        a.on_own_commits.append(observer.own)
+        a.merge_windows.append(observer.merging)
+
+        def app_writes() -> None:
+            clock.now = NOW + 10 * NS
+            app_put(a, b"k", b"local")
+            observer.check("watcher")  # inotify saw the commit
 
         store.down, store.during_outage = True, app_writes
         app_put(a, b"first", b"v2")
