@@ -198,9 +198,9 @@ class HintQueue:
     def merged_carried(self, name: str) -> None:
         """The loop merged ``name`` from carried bytes. The hint that names it next (the
         sender's next companion, or its announcement) only confirms that merge (DESIGN
-        §7), so it is
-        queued without waking the loop: a step for it would find nothing to do. Any
-        announcement may come that late; the loop drains it with its next batch."""
+        §7), so it is queued without waking the loop: a step for it would find nothing
+        to do. Any confirmation may come that late; the loop drains it with its next
+        batch."""
         with self._cond:
             self._confirmable.add(name)
 

@@ -196,8 +196,8 @@ class MqttSource(Trigger):
         #: names whose companion the broker took: their announcement goes to the
         #: ``carried`` topic, which receivers that take companions do not hear
         self._carried_names = BoundedNames(MAX_CARRIED_NAMES)
-        #: message ids an MQTT 5 broker acknowledged with a failure, oldest first
-        self._refused_mids: dict[int, None] = {}
+        #: message ids (as text) an MQTT 5 broker acknowledged with a failure
+        self._refused_mids = BoundedNames(MAX_CARRIED_NAMES)
         self._pending_lock = threading.Lock()
         #: companions are merged up to the protocol's limit, whatever this instance's
         #: own: it does not hear their objects' announcements (DESIGN §7)
@@ -337,9 +337,7 @@ class MqttSource(Trigger):
         companion was not taken (paho counts it as published all the same)."""
         if getattr(reason_code, "is_failure", False):
             with self._pending_lock:
-                self._refused_mids[mid] = None
-                while len(self._refused_mids) > MAX_CARRIED_NAMES:
-                    del self._refused_mids[next(iter(self._refused_mids))]
+                self._refused_mids.add(str(mid))
 
     def _carried(self, obj: InlineObject) -> bool:
         """A companion's object, to its db's queue when it is of our bucket and prefix;
@@ -433,8 +431,8 @@ class MqttSource(Trigger):
         with contextlib.suppress(RuntimeError, ValueError):  # lost connection, queue full
             info.wait_for_publish(FAULT_PUBLISH_WAIT_SECONDS if armed else COMPANION_SEND_SECONDS)
         with self._pending_lock:
-            refused = info.mid in self._refused_mids
-            self._refused_mids.pop(info.mid, None)
+            refused = str(info.mid) in self._refused_mids
+            self._refused_mids.discard(str(info.mid))
             # at QoS 0 nothing says the broker took it (nor queues it for a receiver away
             # for a moment): its announcement stays where every receiver hears it
             if info.is_published() and not refused and self.cfg.qos > 0:
@@ -496,9 +494,14 @@ def subscriptions(cfg: MqttConfig) -> list[tuple[str, int]]:
     sender announces the objects whose companion already went out (DESIGN §7)."""
     topics = [subscription_for(t) for t in cfg.topics]
     if takes_companions(cfg):
-        first = cfg.topics[0].rstrip("/")
-        topics[0:1] = [first, f"{first}/+", f"{first}/+/+"]
+        topics[0:1] = _down_to_announcements(cfg.topics[0])
     return [(t, cfg.qos) for t in dict.fromkeys(topics)]
+
+
+def _down_to_announcements(topic: str) -> list[str]:
+    """``t``, ``t/+`` and ``t/+/+``: a plain topic down to the announcement level."""
+    plain = topic.rstrip("/")
+    return [plain, f"{plain}/+", f"{plain}/+/+"]
 
 
 def stale_subscriptions(cfg: MqttConfig) -> list[str]:
@@ -509,10 +512,9 @@ def stale_subscriptions(cfg: MqttConfig) -> list[str]:
     first = cfg.topics[0]
     if first.endswith(("#", "+")):
         return []
-    plain = first.rstrip("/")
-    split = [plain, f"{plain}/+", f"{plain}/+/+"]
     made = {t for t, _ in subscriptions(cfg)}
-    return [t for t in (subscription_for(first), *split) if t not in made]
+    forms = [subscription_for(first), *_down_to_announcements(first)]
+    return [t for t in forms if t not in made]
 
 
 # ``--only-once`` waits this long for the broker to take its announcements.

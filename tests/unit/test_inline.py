@@ -414,6 +414,23 @@ def wire(sender: Syncer, receiver: Syncer) -> list[str]:
     return carried
 
 
+def fail_merge_once(
+    monkeypatch: pytest.MonkeyPatch, syncer: Syncer, error: Exception
+) -> list[int]:
+    """The syncer's next merge raises ``error``, later ones merge; returns the calls."""
+    real = syncer.receiver._apply
+    calls: list[int] = []
+
+    def failing_once(*args: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(syncer.receiver, "_apply", failing_once)
+    return calls
+
+
 def committed_delta(
     a: Syncer, store: MemoryStore, key: bytes, value: bytes, ts: int
 ) -> SnapshotName:
@@ -625,16 +642,7 @@ class TestReceiverInline:
         app_put(a, b"k", b"v1", 2000)
         a.step(Batch(local=True))
         delta = stored(store, "a")[-1]
-        real = b.receiver._apply
-        calls = []
-
-        def failing_once(*args: object) -> object:
-            calls.append(1)
-            if len(calls) == 1:
-                raise error("refused")
-            return real(*args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(b.receiver, "_apply", failing_once)
+        calls = fail_merge_once(monkeypatch, b, error("refused"))
         opens = store.calls["open"]
         b.step(b.queue.wait(0))
         b.receiver._load_backoff.clear()  # past the backoff: a retry may run
@@ -969,11 +977,15 @@ class Broker:
         syncer.sender.on_stored.append(src.announce)
         return src
 
-    def receiver(self, instance: str, syncer: Syncer, inline: int = INLINE) -> None:
+    def receiver(
+        self, instance: str, syncer: Syncer, inline: int = INLINE, filters: list[str] | None = None
+    ) -> None:
+        """A receiver subscribed as its config says, or to ``filters``."""
         cfg = MqttConfig(url="mqtt://127.0.0.1:1", inline_max_bytes=inline)
         src = MqttSource(cfg, instance, {"main": syncer.queue}, bucket="bkt")
         syncer.queue.listed(["a"])
-        self.receivers.append((src, [f for f, _q in subscriptions(cfg)]))
+        made = [f for f, _q in subscriptions(cfg)]
+        self.receivers.append((src, made if filters is None else filters))
         self.heard[instance] = []
 
 
@@ -1071,20 +1083,9 @@ class TestLostCarriedBytesAreNamedByAListing:
         a, b = started_pair(tmp_path, store)
         broker = Broker()
         broker.sender("a", a)
-        broker.receiver("b", b)
-        if hears_carried:
-            broker.receivers[-1] = (broker.receivers[-1][0], ["evsync/#"])
+        broker.receiver("b", b, filters=["evsync/#"] if hears_carried else None)
         a.sender.on_encoded.append(lambda *_args: b.step(b.queue.wait(0)))  # before the PUT
-        real = b.receiver._apply
-        calls: list[int] = []
-
-        def failing_once(*args: object) -> object:
-            calls.append(1)
-            if len(calls) == 1:
-                raise LmdbError("transient")
-            return real(*args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(b.receiver, "_apply", failing_once)
+        calls = fail_merge_once(monkeypatch, b, LmdbError("transient"))
         committed_delta(a, store, b"k", b"v1", 2000)
         assert len(calls) == 1  # tried, and failed, before the PUT
         time.sleep(SHORT_RELIST_DELAY * 2)

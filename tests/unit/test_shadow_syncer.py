@@ -218,53 +218,33 @@ class TestStampsDuringAnOutage:
     during the outage does not seed them at 1 ns, where an older remote value would win
     (issue 16 §6)."""
 
+    @pytest.mark.parametrize("through_observer", [False, True])
     def test_a_write_during_store_retries_beats_an_older_remote_value(
-        self, tmp_path: Path
+        self, tmp_path: Path, through_observer: bool
     ) -> None:
         """A commits k during the retries of a failing store (its local hint arrives
         meanwhile), restarts during the outage, then merges B's value of k stamped 1 s
-        before A's write: A's value stays and is what A uploads."""
-        store, clock = _OutageStore(), _Clock()
-        a = shadow_syncer("a", tmp_path, store, clock, storage_retry_count=3)
-        app_put(a, b"first", b"v")
-        a.startup(retry_forever=True)
-
-        def app_writes() -> None:
-            clock.now = NOW + 10 * NS
-            app_put(a, b"k", b"local")
-            a.queue.put(Hint("watcher", local=True))
-
-        store.down, store.during_outage = True, app_writes
-        app_put(a, b"first", b"v2")
-        a.step(Batch(local=True))  # the store fails after its retries
-        a.close()
-
-        store.down = False
-        remote_object(store, "b", NOW + 9 * NS, b"k", b"remote")
-        clock.now = NOW + 20 * NS
-        a = shadow_syncer("a", tmp_path, store, clock)
-        assert a.run_once()
-        assert app_get(a, b"k") == b"local"
-        a.close()
-
-    def test_the_same_with_the_watchers_observer_wired(self, tmp_path: Path) -> None:
-        """As above, with the hint coming the daemon's way: the LMDB watcher's observer,
-        wired as the daemon wires it (its merge window), notices the commit. The window
-        covers the step's merges, not the upload's retries, so the hint reaches the
-        retry wait and the write is stamped (found by a review: with the window around
-        the whole step the hint waited for the step's end and B's older value won)."""
+        before A's write: A's value stays and is what A uploads. ``through_observer``:
+        the hint comes the daemon's way, from the LMDB watcher's observer wired with its
+        merge window, which covers the step's merges and not the upload's retries (found
+        by a review: with the window around the whole step the hint waited for the
+        step's end and B's older value won)."""
         store, clock = _OutageStore(), _Clock()
         a = shadow_syncer("a", tmp_path, store, clock, storage_retry_count=3)
         app_put(a, b"first", b"v")
         a.startup(retry_forever=True)
         observer = TxnObserver(a.lenv, a.queue)
-        a.on_own_commits.append(observer.own)
-        a.merge_windows.append(observer.merging)
+        if through_observer:
+            a.on_own_commits.append(observer.own)
+            a.merge_windows.append(observer.merging)
 
         def app_writes() -> None:
             clock.now = NOW + 10 * NS
             app_put(a, b"k", b"local")
-            observer.check("watcher")  # inotify saw the commit
+            if through_observer:
+                observer.check("watcher")  # inotify saw the commit
+            else:
+                a.queue.put(Hint("watcher", local=True))
 
         store.down, store.during_outage = True, app_writes
         app_put(a, b"first", b"v2")
