@@ -87,6 +87,8 @@ PERF = "perf"  # linux-tools: per-thread CPU of a receiver with --perf
 STAGE_WRAPPER = Path(__file__).resolve().parent / "stage_timers.py"
 STAGES_DIR = "stages"  # under the cluster's temp dir
 STAGES_ENV = "EVSYNC_STAGE_TIMERS"  # stage_timers.OUT_ENV
+PY_SPY = "py-spy"  # --py-spy: a sampling profiler from PyPI, found on PATH
+PY_SPY_RATE = 1000  # samples per second
 PERF_START_SECONDS = 0.5  # perf attaches to every thread before phase (c) starts
 # one werkzeug access-log line: "METHOD /bucket/key?query HTTP/1.1" (ANSI colours for errors)
 MOTO_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP/')
@@ -106,6 +108,7 @@ class Result:
     burst_from_first_ms: float = float("nan")
     burst_from_last_ms: float = float("nan")
     burst_timeout: bool = False
+    burst_commit_ms: list[float] = field(default_factory=list)  # each burst commit's wall time
     burst_requests: Counter[str] = field(default_factory=Counter)  # S3 requests of phase (b)
     #: phase (c): CPU ms per merged delta and per merged full object, over all receivers
     cpu_ms_per_delta: float = float("nan")
@@ -170,6 +173,21 @@ class Node:
         with txn:
             raw = txn.get(key)
             return raw is not None and raw[parse_header(raw).offset :] == value
+
+    def lacks_from(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``items`` from the first one this LMDB does not hold (empty: holds them all),
+        read in one txn."""
+        try:
+            txn = self.env.begin(db=self.env.open_db(prop.DBI))
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            txn = self.env.begin(db=self.env.open_db(prop.DBI))
+        with txn:
+            for i, (key, value) in enumerate(items):
+                raw = txn.get(key)
+                if raw is None or raw[parse_header(raw).offset :] != value:
+                    return items[i:]
+        return []
 
     def cpu_seconds(self) -> float:
         """utime + stime of the daemon process so far."""
@@ -251,13 +269,17 @@ def wait_all(nodes: list[Node], key: bytes, value: bytes, deadline: float) -> fl
 
 
 def wait_many(nodes: list[Node], items: list[tuple[bytes, bytes]], deadline: float) -> float | None:
-    """perf_counter() once every node holds every (key, value); None on timeout."""
+    """perf_counter() once every node holds every (key, value); None on timeout.
+
+    A pass reads each node's remaining items in one read txn and stops at the first one
+    it lacks: the time all are held is the same, and a pass costs about a get per node
+    instead of one per item (a pass over every item of a 16-instance burst, a txn per
+    get, kept a core busy while the daemons converged, and slowed what it measured)."""
     pending = {n.name: list(items) for n in nodes}
     by_name = {n.name: n for n in nodes}
     while pending:
         for name in list(pending):
-            node = by_name[name]
-            left = [kv for kv in pending[name] if not node.holds(*kv)]
+            left = by_name[name].lacks_from(pending[name])
             if left:
                 pending[name] = left
             else:
@@ -318,6 +340,7 @@ class Options:
     max_chain: int  # 0: evsync's default
     perf: bool  # per-thread CPU of the first receiver in phase (c)
     stage_timers: bool  # daemons run under stage_timers.py
+    py_spy: Path | None  # collapsed stacks of the first receiver in phase (c)
     prop: prop.Options
 
 
@@ -474,7 +497,9 @@ def burst(nodes: list[Node], result: Result, opts: Options) -> None:
         for k, node in enumerate(nodes):
             key = prop.record_key((k * BURST_WRITES + j) % opts.records)
             value = f"b-{node.name}-{j}".encode()
+            t0 = time.perf_counter()
             t_last = node.write(key, value)
+            result.burst_commit_ms.append((t_last - t0) * 1000)
             items.append((key, value))
     # a key written twice (records < N x 20) keeps the later value everywhere
     final = list(dict(items).items())
@@ -502,6 +527,7 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
     idle_rate = (sum(r.cpu_seconds() for r in receivers) - idle0) / IDLE_SECONDS
     loaded0 = sum(r.metrics()["loaded"] for r in receivers)
     perf = ThreadClock(receivers[0]) if opts.perf else None
+    spy = StackSampler(receivers[0], opts.py_spy) if opts.py_spy is not None else None
     if opts.stage_timers:
         signal_all(receivers, signal.SIGUSR1)  # stage_timers.py: zero the timers
     cpu = {"delta": 0.0, "full": 0.0}
@@ -531,6 +557,8 @@ def receive_cost(nodes: list[Node], result: Result, opts: Options) -> None:
         signal_all(receivers, signal.SIGUSR2)  # ... and write them
         time.sleep(SETTLE_SECONDS)
         result.stages = receiver_stages(receivers, stages)
+    if spy is not None:
+        spy.stop()
     if perf is not None:
         objects = (count["delta"] + count["full"]) // len(receivers)
         result.thread_ms = [ms / objects for ms in perf.stop()] if objects else []
@@ -573,6 +601,30 @@ class ThreadClock:
         # CSV rows: thread, value (ms), unit, event, ...; "<not counted>" for idle threads
         ms = [float(r[1]) for r in rows if len(r) > 1 and r[1].replace(".", "", 1).isdigit()]
         return sorted(ms, reverse=True)
+
+
+class StackSampler:
+    """``py-spy record`` on one daemon: its threads' Python stacks sampled through phase
+    (c), written as collapsed stacks (one "frame;frame;... count" line per stack) for
+    ``benchmarks/stacks.py`` to sum per function."""
+
+    def __init__(self, node: Node, out: Path) -> None:
+        assert node.daemon is not None
+        spy = shutil.which(PY_SPY)
+        if spy is None:
+            raise SystemExit(f"--py-spy: {PY_SPY} not found (pip install py-spy)")
+        command = [spy, "record", "--format", "raw", "--threads", "--nonblocking", "--gil"]
+        self.proc = subprocess.Popen(
+            [*command, "--rate", str(PY_SPY_RATE), "-o", str(out), "-p", str(node.daemon.proc.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(PERF_START_SECONDS)
+
+    def stop(self) -> None:
+        """End the sampling; py-spy writes the file as it exits."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(prop.STOP_TIMEOUT)
 
 
 def keep_or_remove(workdir: Path, n: int, keep_dir: Path | None) -> None:
@@ -627,6 +679,13 @@ def print_table(results: list[Result]) -> None:
             f"Mosquitto {r.mosquitto_cpu_s * 1000 / max(r.writes, 1):.2f} ms per write"
         )
         b = r.burst_requests
+        if r.burst_commit_ms:
+            commits = sorted(r.burst_commit_ms)
+            print(
+                f"N={r.n}: the burst's {len(commits)} commits took "
+                f"{sum(commits):.0f} ms in all (p50 {prop.percentile(commits, 0.5):.2f} ms, "
+                f"max {commits[-1]:.1f} ms each)"
+            )
         print(
             f"N={r.n}: the burst stored {b['put-delta']} deltas and {b['put-full']} full "
             f"objects and fetched {b['get-delta']} deltas and {b['get-full']} full objects"
@@ -695,6 +754,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "syncer-thread CPU per receive-path stage in phase c",
     )
     p.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="phase c: sample the first receiver's Python stacks with py-spy into FILE "
+        "(collapsed stacks; benchmarks/stacks.py sums them per function)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: sizes 2,4, 10 s, 1000 records, 20 phase-c writes (unless given)",
@@ -750,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_chain,
             args.perf,
             args.stage_timers,
+            args.py_spy,
             popts,
         )
         prop.print_machine(source_hash)

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import operator
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import accumulate, islice
@@ -402,6 +403,35 @@ def _frame_start(source: _Readable) -> bytes:
     return start
 
 
+# Idle decompressors kept per thread: making one allocates and frees a zstd context
+# (~8 us, a quarter of verifying a one-record delta, whose object has four frames).
+MAX_IDLE_DECOMPRESSORS = 4
+
+
+class _IdleDecompressors(threading.local):
+    """This thread's ZstdDecompressors not in use. One serves one frame at a time (the
+    stream object it makes shares its context), so it comes back only once that frame
+    is read to its end or given up with the function that read it; one left inside an
+    abandoned frame is the garbage collector's."""
+
+    def __init__(self) -> None:
+        self.idle: list[zstandard.ZstdDecompressor] = []
+
+
+_IDLE = _IdleDecompressors()
+
+
+def _take_decompressor() -> zstandard.ZstdDecompressor:
+    idle = _IDLE.idle
+    return idle.pop() if idle else zstandard.ZstdDecompressor()
+
+
+def _give_back(decompressor: zstandard.ZstdDecompressor) -> None:
+    idle = _IDLE.idle
+    if len(idle) < MAX_IDLE_DECOMPRESSORS:
+        idle.append(decompressor)
+
+
 def _inflate(dctx: Any, compressed: bytes) -> bytes:
     """One decompress call; anything past the end of the one frame is corruption."""
     if dctx.eof:
@@ -423,7 +453,8 @@ def _msgpack_batches(source: _Readable, max_inflated: int | None) -> Iterator[Ba
 
     Each list comes with the inflated bytes fed since the last one (about what its
     objects hold). Past ``max_inflated`` inflated bytes in all, ObjectTooLargeError."""
-    dctx = zstandard.ZstdDecompressor().decompressobj()
+    decompressor = _take_decompressor()
+    dctx = decompressor.decompressobj()
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=False,
@@ -454,6 +485,7 @@ def _msgpack_batches(source: _Readable, max_inflated: int | None) -> Iterator[Ba
         chunk = source.read(READ_CHUNK)
     if not dctx.eof:
         raise CorruptObjectError("truncated: the zstd frame does not end")
+    _give_back(decompressor)
     if not _nothing_pending(unpacker):
         raise CorruptObjectError("truncated: the msgpack stream ends inside an object")
 
@@ -483,8 +515,16 @@ def _peek_version(source: _Readable) -> tuple[bytes, Any]:
     """The bytes read from ``source`` and the version its header map claims (None when
     it cannot tell): decompressed only as far as the header. Never raises for a bad
     object: the reader of the older layout then reads it and names what is wrong."""
+    decompressor = _take_decompressor()
+    try:
+        return _peek(source, decompressor.decompressobj())
+    finally:
+        _give_back(decompressor)  # the frame is given up here whatever was read
+
+
+def _peek(source: _Readable, dctx: Any) -> tuple[bytes, Any]:
+    """:func:`_peek_version` with the frame's decompression stream given."""
     read: list[bytes] = []
-    dctx = zstandard.ZstdDecompressor().decompressobj()
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=False,
@@ -513,6 +553,23 @@ def _peek_version(source: _Readable) -> tuple[bytes, Any]:
     return b"".join(read), None
 
 
+def _checked_frame_start(
+    source: _Readable, pending: bytes, pos: int, frame: int
+) -> tuple[bytes, int]:
+    """``pending[pos:]`` (read on as far as needed) starts zstd frame number ``frame``,
+    whose header promises a content checksum; the bytes and position to inflate from."""
+    while len(pending) - pos <= len(ZSTD_MAGIC):
+        more = source.read(READ_CHUNK)
+        if not more:
+            raise CorruptObjectError(f"truncated: zstd frame {frame} is cut off")
+        pending, pos = pending[pos:] + more, 0
+    if pending[pos : pos + len(ZSTD_MAGIC)] != ZSTD_MAGIC:
+        raise CorruptObjectError(f"data after zstd frame {frame - 1} is not a zstd frame")
+    if not pending[pos + len(ZSTD_MAGIC)] & ZSTD_CONTENT_CHECKSUM_FLAG:
+        raise CorruptObjectError(f"zstd frame {frame} has no content checksum")
+    return pending, pos
+
+
 def _frame_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batch]:
     """The msgpack objects of a version-2 object, one zstd frame at a time: a frame is
     inflated whole and its content checksum checked (by zstd, at the frame's end)
@@ -528,16 +585,9 @@ def _frame_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batc
             pending, pos = source.read(READ_CHUNK), 0
             if not pending:
                 return  # ended between two frames: the stream's own checks say if early
-        while len(pending) - pos <= len(ZSTD_MAGIC):
-            more = source.read(READ_CHUNK)
-            if not more:
-                raise CorruptObjectError(f"truncated: zstd frame {frame} is cut off")
-            pending, pos = pending[pos:] + more, 0
-        if pending[pos : pos + len(ZSTD_MAGIC)] != ZSTD_MAGIC:
-            raise CorruptObjectError(f"data after zstd frame {frame - 1} is not a zstd frame")
-        if not pending[pos + len(ZSTD_MAGIC)] & ZSTD_CONTENT_CHECKSUM_FLAG:
-            raise CorruptObjectError(f"zstd frame {frame} has no content checksum")
-        dctx = zstandard.ZstdDecompressor().decompressobj()
+        pending, pos = _checked_frame_start(source, pending, pos, frame)
+        decompressor = _take_decompressor()
+        dctx = decompressor.decompressobj()
         unpacker = _unpacker()
         objects: list[Any] = []
         frame_bytes = 0
@@ -570,6 +620,7 @@ def _frame_batches(source: _Readable, max_inflated: int | None) -> Iterator[Batc
             data = b""
         if dctx.unused_data:
             pending, pos = dctx.unused_data + pending[pos:], 0
+        _give_back(decompressor)  # the frame ended: its stream object is done with
         if not _nothing_pending(unpacker):
             raise CorruptObjectError(f"zstd frame {frame} ends inside a msgpack object")
         del unpacker  # its buffer must not sit beside the objects while they are used

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import select
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
@@ -39,6 +41,9 @@ IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_Q_OVERFLOW = 0x00004000  # events were lost: look anyway
 WATCH_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+# while the syncer merges: its commits only modify (it keeps the file open), so leaving
+# IN_MODIFY out mutes them; a replaced or new file is still heard
+QUIET_MASK = WATCH_MASK & ~IN_MODIFY
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
 # One read takes every event queued so far (an LMDB commit makes two: pages, then meta).
 READ_BYTES = 64 * 1024
@@ -55,6 +60,11 @@ class TxnObserver:
         self._merging = False
         #: the source of a check made during a step, made again when the step ends
         self._deferred: str | None = None
+        #: called with True as the syncer's merges begin and with False as they end: the
+        #: inotify watcher stops hearing commits meanwhile (each merge's commit woke its
+        #: thread twice, for a txn id the syncer was about to take as its own), and the
+        #: txn id is read when they end instead
+        self.quiet_hooks: list[Callable[[bool], None]] = []
 
     @contextlib.contextmanager
     def merging(self) -> Iterator[None]:
@@ -65,14 +75,21 @@ class TxnObserver:
         An application commit meanwhile still wakes the loop once the part ends: the
         loop, busy merging, could not have taken the hint earlier, and the upload
         decision comes after it."""
+        hooks = list(self.quiet_hooks)
         with self._lock:
             self._merging = True
+        for hook in hooks:
+            hook(True)
         try:
             yield
         finally:
+            for hook in hooks:  # heard again before the txn id is read below
+                hook(False)
             with self._lock:
                 self._merging = False
                 deferred, self._deferred = self._deferred, None
+            if deferred is None and hooks:
+                deferred = SOURCE_WATCHER  # a commit meanwhile made no event
             if deferred is not None:
                 self.check(deferred)
 
@@ -146,10 +163,12 @@ class LmdbWatcher(Trigger):
         self._fd: int | None = None
         self._wake: tuple[int, int] | None = None
         self._fallback: _WatchdogLmdbWatcher | None = None
+        self._fd_lock = threading.Lock()  # the syncer mutes the watch; stop() closes it
+        self._directory = os.fsencode(self.data_file.parent)
 
     def start(self) -> None:
         try:
-            self._fd = _open_inotify(os.fsencode(self.data_file.parent))
+            self._fd = _open_inotify(self._directory)
         except OSError as exc:
             log.info(
                 "lmdb %s: inotify unavailable (%s); watching %s with watchdog",
@@ -161,7 +180,21 @@ class LmdbWatcher(Trigger):
             self._fallback.start()
             return
         self._wake = os.pipe()
+        self.txn.quiet_hooks.append(self._quiet)
         super().start()
+
+    def _quiet(self, quiet: bool) -> None:
+        """Mute the watch's modify events (``quiet``) or hear them again; the syncer's
+        thread calls this around its merges. A failure is only logged: the txn id is
+        read after the merges either way, and an unmuted watch costs only CPU."""
+        with self._fd_lock:
+            if self._fd is None:
+                return
+            try:
+                mask = QUIET_MASK if quiet else WATCH_MASK
+                _set_watch(self._fd, self._directory, mask)
+            except OSError as exc:
+                log.debug("lmdb %s: cannot change the inotify watch: %s", self.txn.lenv.name, exc)
 
     def run(self) -> None:
         fd, wake = self._fd, self._wake
@@ -194,31 +227,50 @@ class LmdbWatcher(Trigger):
             self._fallback.stop()
             return
         self._stop.set()
+        with contextlib.suppress(ValueError):
+            self.txn.quiet_hooks.remove(self._quiet)
         if self._wake is not None:
             os.write(self._wake[1], b"x")
         super().stop()
-        for fd in (self._fd, *(self._wake or ())):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._wake = None
+        with self._fd_lock:
+            for fd in (self._fd, *(self._wake or ())):
+                if fd is not None:
+                    os.close(fd)
+            self._fd = self._wake = None
+
+
+@functools.cache  # find_library runs ldconfig: once, not at every mute
+def _libc_inotify() -> tuple[Any, Any]:
+    """libc's inotify_init1 and inotify_add_watch; OSError when there are none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return libc.inotify_init1, libc.inotify_add_watch
+    except (OSError, AttributeError) as exc:  # not Linux
+        raise OSError(f"no inotify in the C library: {exc}") from None
 
 
 def _open_inotify(directory: bytes) -> int:
     """A non-blocking inotify descriptor watching ``directory``; OSError when unavailable."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        init, add_watch = libc.inotify_init1, libc.inotify_add_watch
-    except (OSError, AttributeError) as exc:  # not Linux
-        raise OSError(f"no inotify in the C library: {exc}") from None
+    init, _add_watch = _libc_inotify()
     fd = init(os.O_CLOEXEC | os.O_NONBLOCK)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-    if add_watch(fd, directory, WATCH_MASK) < 0:
-        err = ctypes.get_errno()
+    try:
+        _set_watch(fd, directory, WATCH_MASK)
+    except OSError:
         os.close(fd)
-        raise OSError(err, f"inotify_add_watch: {os.strerror(err)}")
+        raise
     return int(fd)
+
+
+def _set_watch(fd: int, directory: bytes, mask: int) -> None:
+    """Watch ``directory`` on ``fd`` for ``mask`` (replacing the mask of a watch already
+    there: its queued events stay, and no IN_IGNORED event is made)."""
+    _init, add_watch = _libc_inotify()
+    if add_watch(fd, directory, mask) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_add_watch: {os.strerror(err)}")
 
 
 def concerns(data: bytes, name: bytes) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -276,6 +279,96 @@ class TestWhileTheSyncerMerges:
         commit came (the watcher will notice that one itself)."""
         queue = HintQueue("main")
         observer = TxnObserver(lenv, queue)
+        with observer.merging():
+            commit(lenv, b"app")
+        assert not queue.wait(0).local
+        assert observer.check(SOURCE_WATCHER)
+
+
+def app_commit_in_another_process(lenv: LmdbEnv, key: str) -> None:
+    """One write txn by a second process, as the application's would be."""
+    tool = [sys.executable, "-m", "evsync.tools.lmdb_write"]
+    subprocess.run(
+        [*tool, lenv.cfg.path, "put", "records", key, "v"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+class TestMutedWhileTheSyncerMerges:
+    """With the inotify watcher running, TxnObserver.merging mutes its modify events
+    (each merge's commit woke the watcher's thread twice) and reads the txn id itself
+    when the merges end."""
+
+    @staticmethod
+    def counting_checks(observer: TxnObserver) -> list[str]:
+        """The sources of every check made on ``observer`` from now on."""
+        calls: list[str] = []
+        check = observer.check
+
+        def counted(source: str) -> bool:
+            calls.append(source)
+            return check(source)
+
+        observer.check = counted  # type: ignore[method-assign]
+        return calls
+
+    def test_the_merges_own_commits_do_not_wake_the_watcher(self, lenv: LmdbEnv) -> None:
+        """Commits made and reported inside the merging part reach the watcher's thread
+        as no event at all (no check of the txn id from it), give no hint when the part
+        ends, and a commit after it is heard again."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
+        watcher.start()
+        try:
+            calls = self.counting_checks(observer)
+            with observer.merging():
+                for i in range(3):
+                    commit(lenv, b"merge%d" % i)
+                    observer.own([lenv.last_txn_id()])
+                time.sleep(QUIET_SECONDS)  # time for events to come, if any were made
+                assert calls == []
+            assert not queue.wait(QUIET_SECONDS).local
+            commit(lenv, b"app")
+            assert queue.wait(HINT_TIMEOUT).local
+            assert queue.first[SOURCE_WATCHER] == 1
+        finally:
+            watcher.stop()
+
+    def test_an_application_commit_while_muted_is_hinted_when_the_merges_end(
+        self, lenv: LmdbEnv
+    ) -> None:
+        """Another process commits while the syncer merges (its event is muted): the
+        hint comes as the merging part ends, credited to the watcher, and only then."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
+        watcher.start()
+        try:
+            with observer.merging():
+                commit(lenv, b"merge")
+                merge = lenv.last_txn_id()
+                app_commit_in_another_process(lenv, "app")
+                observer.own([merge])
+                assert not queue.wait(QUIET_SECONDS).local
+            assert queue.wait(0).local
+            assert queue.first[SOURCE_WATCHER] == 1
+        finally:
+            watcher.stop()
+
+    def test_a_stopped_watcher_is_not_muted_any_more(self, lenv: LmdbEnv) -> None:
+        """Once the watcher stopped (its descriptor closed), the merging part neither
+        touches it nor reads the txn id for it: with no watcher, a commit meanwhile is
+        left to whoever notices it."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
+        watcher.start()
+        assert observer.quiet_hooks
+        watcher.stop()
+        assert observer.quiet_hooks == []
         with observer.merging():
             commit(lenv, b"app")
         assert not queue.wait(0).local
