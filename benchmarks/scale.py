@@ -125,6 +125,9 @@ class Result:
     writes: int = 0
     moto_cpu_s: float = 0.0  # the servers' CPU over phase (a)
     mosquitto_cpu_s: float = 0.0
+    #: CPU seconds over the burst (first commit until all hold all): daemons, moto,
+    #: Mosquitto, this process
+    burst_cpu_s: dict[str, float] = field(default_factory=dict)
     load_before: float = 0.0
     load_after: float = 0.0
 
@@ -222,6 +225,18 @@ def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process so far, from /proc (10 ms ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
+
+
+def burst_cpu(nodes: list[Node], servers: tuple[int, int]) -> dict[str, float]:
+    """CPU seconds so far of the daemons (all), moto, Mosquitto and this process: where
+    a burst's time goes on a machine they share."""
+    own = os.times()
+    return {
+        "daemons": sum(n.cpu_seconds() for n in nodes),
+        "moto": process_cpu_seconds(servers[0]),
+        "mosquitto": process_cpu_seconds(servers[1]),
+        "benchmark": own.user + own.system,
+    }
 
 
 def preload(env: lmdb.Environment, count: int, stamp_ns: int) -> None:
@@ -385,7 +400,9 @@ def run_size(n: int, opts: Options, services: prop.Services, moto_log_path: Path
         )
         time.sleep(SETTLE_SECONDS)
         moto_log.mark()
+        cpu0 = burst_cpu(nodes, servers)
         burst(nodes, result, opts)
+        result.burst_cpu_s = {k: v - cpu0[k] for k, v in burst_cpu(nodes, servers).items()}
         result.burst_requests = moto_log.counts()
         time.sleep(SETTLE_SECONDS)
         receive_cost(nodes, result, opts)
@@ -679,6 +696,14 @@ def print_table(results: list[Result]) -> None:
             f"Mosquitto {r.mosquitto_cpu_s * 1000 / max(r.writes, 1):.2f} ms per write"
         )
         b = r.burst_requests
+        if r.burst_cpu_s and not r.burst_timeout:
+            span = r.burst_from_first_ms / 1000
+            parts = ", ".join(f"{k} {v:.2f} s" for k, v in r.burst_cpu_s.items())
+            total = sum(r.burst_cpu_s.values())
+            print(
+                f"N={r.n}: CPU over the burst ({span:.2f} s, {os.cpu_count()} CPUs): {parts}; "
+                f"{total:.2f} s in all, {total / span:.2f} CPUs busy"
+            )
         if r.burst_commit_ms:
             commits = sorted(r.burst_commit_ms)
             print(
