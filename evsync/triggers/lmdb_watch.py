@@ -165,6 +165,10 @@ class LmdbWatcher(Trigger):
         self._fallback: _WatchdogLmdbWatcher | None = None
         self._fd_lock = threading.Lock()  # the syncer mutes the watch; stop() closes it
         self._directory = os.fsencode(self.data_file.parent)
+        #: the directory as the watch knows it (its inode): a mute or unmute by path
+        #: would miss the watch once the directory moved, and leave it muted
+        self._dir_fd: int | None = None
+        self._watched = self._directory
 
     def start(self) -> None:
         try:
@@ -180,6 +184,10 @@ class LmdbWatcher(Trigger):
             self._fallback.start()
             return
         self._wake = os.pipe()
+        with contextlib.suppress(OSError):
+            self._dir_fd = os.open(self._directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            if os.path.isdir(f"/proc/self/fd/{self._dir_fd}"):  # no /proc: by path
+                self._watched = os.fsencode(f"/proc/self/fd/{self._dir_fd}")
         self.txn.quiet_hooks.append(self._quiet)
         super().start()
 
@@ -191,10 +199,14 @@ class LmdbWatcher(Trigger):
             if self._fd is None:
                 return
             try:
-                mask = QUIET_MASK if quiet else WATCH_MASK
-                _set_watch(self._fd, self._directory, mask)
+                _set_watch(self._fd, self._watched, QUIET_MASK if quiet else WATCH_MASK)
             except OSError as exc:
-                log.debug("lmdb %s: cannot change the inotify watch: %s", self.txn.lenv.name, exc)
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "lmdb %s: cannot change the inotify watch: %s",
+                    self.txn.lenv.name,
+                    exc,
+                )
 
     def run(self) -> None:
         fd, wake = self._fd, self._wake
@@ -233,10 +245,11 @@ class LmdbWatcher(Trigger):
             os.write(self._wake[1], b"x")
         super().stop()
         with self._fd_lock:
-            for fd in (self._fd, *(self._wake or ())):
+            for fd in (self._fd, self._dir_fd, *(self._wake or ())):
                 if fd is not None:
                     os.close(fd)
-            self._fd = self._wake = None
+            self._fd = self._dir_fd = self._wake = None
+            self._watched = self._directory
 
 
 @functools.cache  # find_library runs ldconfig: once, not at every mute

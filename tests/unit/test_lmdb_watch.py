@@ -373,3 +373,39 @@ class TestMutedWhileTheSyncerMerges:
             commit(lenv, b"app")
         assert not queue.wait(0).local
         assert observer.check(SOURCE_WATCHER)
+
+    def test_the_watch_hears_again_after_its_directory_moved_while_muted(
+        self, lenv: LmdbEnv, tmp_path: Path
+    ) -> None:
+        """The LMDB's directory is renamed while the syncer merges (the env, its files
+        open, goes on): the unmute must reach the watch made at start (it follows the
+        directory's inode), not fail on the old path and leave modify events muted."""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
+        watcher.start()
+        try:
+            with observer.merging():
+                os.rename(lenv.cfg.path, tmp_path / "moved")
+            queue.wait(0)
+            commit(lenv, b"app")
+            assert queue.wait(HINT_TIMEOUT).local
+        finally:
+            watcher.stop()
+
+    def test_the_watch_is_unmuted_before_the_txn_id_is_read(self, lenv: LmdbEnv) -> None:
+        """An application commit between the read and the unmute would make no event
+        and find the id already read: the hooks hear False before the read."""
+        order: list[str] = []
+        observer = TxnObserver(lenv, HintQueue("main"))
+        observer.quiet_hooks.append(lambda quiet: order.append(f"quiet={quiet}"))
+        read = lenv.last_txn_id
+
+        def reading() -> int:
+            order.append("read")
+            return read()
+
+        lenv.last_txn_id = reading  # type: ignore[method-assign]
+        with observer.merging():
+            pass
+        assert order == ["quiet=True", "quiet=False", "read"]
