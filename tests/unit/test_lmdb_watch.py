@@ -409,3 +409,24 @@ class TestMutedWhileTheSyncerMerges:
         with observer.merging():
             pass
         assert order == ["quiet=True", "quiet=False", "read"]
+
+    def test_a_commit_that_makes_only_modify_events_is_hinted_when_the_merges_end(
+        self, lenv: LmdbEnv
+    ) -> None:
+        """An application that keeps the LMDB open (its commits make modify events
+        only, no close event) commits while the syncer merges: only the txn-id read at
+        the end can find it. (A process that commits and exits is also heard by its
+        close event, which the mute keeps.)"""
+        queue = HintQueue("main")
+        observer = TxnObserver(lenv, queue)
+        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
+        watcher.start()
+        try:
+            with observer.merging():
+                commit(lenv, b"merge")
+                observer.own([lenv.last_txn_id()])
+                commit(lenv, b"app")  # this process keeps the env open: no close event
+                assert not queue.wait(QUIET_SECONDS).local
+            assert queue.wait(0).local
+        finally:
+            watcher.stop()
