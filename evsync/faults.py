@@ -11,7 +11,9 @@ test can end the crashes without restarting anything. When ``EVSYNC_FAULTS`` is 
 
 Points:
 
-- ``upload``: each read of an object's bytes while the storage backend sends it;
+- ``upload``: each read of an object's bytes for the storage backend to send (an S3
+  object up to 8 MiB is read whole, once, before its PUT; a bigger one while its parts
+  go out);
 - ``stored``: right after a store succeeded, before evsync has recorded it;
 - ``published``: right after a delta went out inside its MQTT companion, before its
   store began (the broker has taken the message: see :func:`armed`);

@@ -404,8 +404,10 @@ def _frame_start(source: _Readable) -> bytes:
 
 
 # Idle decompressors kept per thread: making one allocates and frees a zstd context
-# (~8 us, a quarter of verifying a one-record delta, whose object has four frames).
-MAX_IDLE_DECOMPRESSORS = 4
+# (~8 us, a quarter of verifying a one-record delta, whose object has four frames). An
+# idle one keeps its window buffer (2.5-9 MB after a big frame): two is what a reader
+# needs (the header's peek, then one frame at a time).
+MAX_IDLE_DECOMPRESSORS = 2
 
 
 class _IdleDecompressors(threading.local):

@@ -74,13 +74,14 @@ class TxnObserver:
         a step with nothing to do (0.6 of them per received delta, docs/benchmarks.md).
         An application commit meanwhile still wakes the loop once the part ends: the
         loop, busy merging, could not have taken the hint earlier, and the upload
-        decision comes after it."""
+        decision comes after it. The inotify watcher is muted meanwhile
+        (:attr:`quiet_hooks`), so the txn id is then read whether or not an event came."""
         hooks = list(self.quiet_hooks)
         with self._lock:
             self._merging = True
-        for hook in hooks:
-            hook(True)
         try:
+            for hook in hooks:
+                hook(True)
             yield
         finally:
             for hook in hooks:  # heard again before the txn id is read below

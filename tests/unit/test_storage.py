@@ -370,6 +370,33 @@ class TestS3Store:
         assert not data.closed
         s3.close()
 
+    def test_a_small_body_is_one_put_object_of_its_bytes(self) -> None:
+        """A body up to SINGLE_PUT_MAX_BYTES goes up as one PutObject whose body is the
+        bytes after the current position (not through s3transfer, whose machinery cost
+        a small delta's store ~0.4 ms of CPU more)."""
+        from botocore.stub import Stubber
+
+        from evsync.config import S3Options
+        from evsync.storage.s3 import S3Store
+        from tests.helpers import free_port
+
+        options = S3Options(
+            bucket="bkt",
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            access_key="k",
+            secret_key="s",
+        )
+        s3 = S3Store(options)
+        body = io.BytesIO(b"skip" + b"object")
+        body.read(4)
+        with Stubber(s3._client) as stub:
+            stub.add_response(
+                "put_object", {}, {"Bucket": "bkt", "Key": NAMES[0], "Body": b"object"}
+            )
+            s3.store(NAMES[0], body)
+            stub.assert_no_pending_responses()
+        s3.close()
+
     def test_exists_is_a_head(self) -> None:
         """exists() is one HEAD: True when it answers, False on a 404, and a 5xx raises
         StorageUnavailableError (worth a retry, not "gone")."""
