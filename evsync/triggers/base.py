@@ -134,22 +134,24 @@ class HintQueue:
         self._relist = False
         self._confirmed: list[str] = []
 
-    def put_carried(self, source: str, name: str, data: bytes) -> bool:
+    def put_carried(self, source: str, name: str, data: bytes, *, again: bool = False) -> bool:
         """An object carried by a notification (its bytes, unverified): held for the
         receiver, and the syncer woken. Not a hint: the queue's newest name per instance
         stays as it was, so a later hint naming the object (the next companion's
         ``stored``, a listing, or an announcement) still counts as news (it confirms the
         object is in the bucket, DESIGN §7). Returns True when held; the same filters as
         hints apply, and an instance no hint or listing has named yet is not taken this
-        way: the loop is asked for a listing instead (:meth:`want_listing`)."""
+        way: the loop is asked for a listing instead (:meth:`want_listing`). ``again``:
+        the same message's bytes offered a second time, not counted again."""
         parsed = readable_name(name, self.db)
+        count = 0 if again else 1
         with self._cond:
-            self.received[source] += 1
+            self.received[source] += count
             if parsed is None or (self.accepts is not None and not self.accepts(parsed)):
-                self.ignored[source] += 1
+                self.ignored[source] += count
                 return False
             if parsed.instance == self.own_instance:
-                self.own_echoes[source] += 1
+                self.own_echoes[source] += count
                 return False
             if parsed.name in self._rejected or parsed.name in self._gone:
                 return False

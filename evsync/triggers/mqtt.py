@@ -328,7 +328,8 @@ class MqttSource(Trigger):
         )
         if not held and events:
             assert carried is not None
-            self._carried(carried)  # the ``stored`` hint may have made its instance known
+            # the ``stored`` hint may have made its instance known
+            self._carried(carried, again=True)
 
     def _on_publish(
         self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _properties: Any
@@ -339,14 +340,14 @@ class MqttSource(Trigger):
             with self._pending_lock:
                 self._refused_mids.add(str(mid))
 
-    def _carried(self, obj: InlineObject) -> bool:
+    def _carried(self, obj: InlineObject, *, again: bool = False) -> bool:
         """A companion's object, to its db's queue when it is of our bucket and prefix;
         False when the queue did not take it."""
         event = ObjectEvent(obj.bucket, obj.key, "ObjectCreated:Put", origin=obj.origin)
         queue = self.queues.get(obj.db)
         names = object_names([event], self.bucket, self.prefix, self.origin)
         if queue is not None and names and names[0].startswith(obj.db + "__"):
-            return queue.put_carried(SOURCE_MQTT, names[0], obj.data)
+            return queue.put_carried(SOURCE_MQTT, names[0], obj.data, again=again)
         return True  # not ours: nothing to take again
 
     def _other_bucket(self, topic: str, theirs: str, count: int) -> None:

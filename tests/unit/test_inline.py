@@ -1134,7 +1134,8 @@ class TestLostCarriedBytesAreNamedByAListing:
 
     def test_the_stored_hint_makes_the_instance_known_for_the_bytes(self) -> None:
         """A companion whose ``stored`` is the first name of its instance this receiver
-        hears: the hint makes the instance known, so the carried bytes are taken."""
+        hears: the hint makes the instance known, so the carried bytes are taken; the
+        bytes, offered twice, count as received once (and the hint once)."""
         queue = HintQueue("main", own_instance="b")
         tip = SnapshotName.build("main", "a", NS).name
         delta = SnapshotName.build("main", "a", 2 * NS, extras=(delta_extra(NS),)).name
@@ -1142,6 +1143,7 @@ class TestLostCarriedBytesAreNamedByAListing:
                                    origin="s3://bkt/", stored=tip)
         mqtt_source({"main": queue})._on_message(None, None, message(payload))
         assert queue.carried.take(SnapshotName.parse(delta)) == b"obj"
+        assert queue.received["mqtt"] == 2
 
     def test_a_failing_bucket_does_not_spin_the_loop(
         self, tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
