@@ -621,9 +621,12 @@ class ThreadClock:
 
 
 class StackSampler:
-    """``py-spy record`` on one daemon: its threads' Python stacks sampled through phase
-    (c), written as collapsed stacks (one "frame;frame;... count" line per stack) for
-    ``benchmarks/stacks.py`` to sum per function."""
+    """``py-spy record`` on one daemon: the Python stack of whichever thread holds the
+    GIL, sampled through phase (c) without pausing the process (``--gil``: without it a
+    thread in a system call, an fsync or a select, is sampled as busy), written as
+    collapsed stacks (one "frame;frame;... count" line per stack) for
+    ``benchmarks/stacks.py`` to sum per function. Sampling this way yields few samples
+    (a few hundred over phase c): a rough map, not a measurement."""
 
     def __init__(self, node: Node, out: Path) -> None:
         assert node.daemon is not None
