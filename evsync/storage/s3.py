@@ -186,8 +186,10 @@ class S3Store(BlobStore):
     def store(self, name: str, data: IO[bytes]) -> None:
         try:
             body = _small_body(data)
+            etag = None
             if body is not None:
-                self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=body)
+                resp = self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=body)
+                etag = _etag(resp)
             else:
                 self._client.upload_fileobj(
                     _Unclosable(data),  # s3transfer closes the body on a failure; we retry
@@ -199,7 +201,7 @@ class S3Store(BlobStore):
             inner = getattr(exc, "last_exception", None) or exc
             raise self._wrap(inner, f"put {name}") from None
         if self.options.use_update_marker and _ls_reads(name):
-            self._update_marker(name, deleted=False)
+            self._update_marker(name, deleted=False, etag=etag)
 
     def delete(self, name: str) -> None:
         try:
@@ -211,15 +213,16 @@ class S3Store(BlobStore):
         if self.options.use_update_marker and _ls_reads(name):
             self._update_marker(name, deleted=True)
 
-    def _update_marker(self, name: str, *, deleted: bool) -> None:
-        """Tell LS readers that the bucket changed, as LS writers do. A marker that
-        cannot be written is logged and left: the object is stored, and LS lists again
-        within update_marker_force_list_interval anyway."""
-        etag = ""
+    def _update_marker(self, name: str, *, deleted: bool, etag: str | None = None) -> None:
+        """Tell LS readers that the bucket changed, as LS writers do; ``etag``: the stored
+        object's, when its PUT answered it (else a HEAD asks). A marker that cannot be
+        written is logged and left: the object is stored, and LS lists again within
+        update_marker_force_list_interval anyway."""
         try:
-            if not deleted:
-                head = self._client.head_object(Bucket=self.bucket, Key=self._key(name))
-                etag = str(head.get("ETag", "")).strip('"')
+            if deleted:
+                etag = ""
+            elif not etag:
+                etag = _etag(self._client.head_object(Bucket=self.bucket, Key=self._key(name)))
             body = f"{name}:{etag}:{time.time_ns()}:{'true' if deleted else 'false'}"
             self._client.put_object(
                 Bucket=self.bucket, Key=self._key(UPDATE_MARKER_NAME), Body=body.encode()
@@ -236,6 +239,11 @@ class S3Store(BlobStore):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _etag(response: dict[str, Any]) -> str:
+    """A PutObject's or HeadObject's ETag, unquoted ("" when it has none)."""
+    return str(response.get("ETag", "")).strip('"')
 
 
 def _small_body(data: IO[bytes]) -> bytes | None:

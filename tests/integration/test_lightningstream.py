@@ -69,6 +69,7 @@ class TestUpdateMarker:
         assert name in keys(aws, bucket) and name.startswith("main__a__")
         assert name.endswith(".pb.gz")
         assert etag and int(nanos) > 0 and deleted == "false"
+        assert etag == aws.client().head_object(Bucket=bucket, Key=name)["ETag"].strip('"')
 
     def test_no_marker_by_default(
         self, instances: Callable[..., Instance], s3_storage: dict[str, Any],

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -396,6 +397,43 @@ class TestS3Store:
             s3.store(NAMES[0], body)
             stub.assert_no_pending_responses()
         s3.close()
+
+    def test_the_update_marker_takes_the_etag_the_put_answered(self) -> None:
+        """With use_update_marker, a small ``.pb.gz`` store is its PutObject and the
+        marker's PutObject naming the ETag that PUT answered: no HEAD in between."""
+        from botocore.stub import ANY, Stubber
+
+        from evsync.config import S3Options
+        from evsync.storage.s3 import UPDATE_MARKER_NAME, S3Store
+        from tests.helpers import free_port
+
+        options = S3Options(
+            bucket="bkt",
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            access_key="k",
+            secret_key="s",
+            use_update_marker=True,
+        )
+        s3 = S3Store(options)
+        name = "main__a__20231114-221320-000000001.pb.gz"
+        markers: list[bytes] = []
+        with Stubber(s3._client) as stub:
+            stored = {"Bucket": "bkt", "Key": name, "Body": b"gz"}
+            marker = {"Bucket": "bkt", "Key": UPDATE_MARKER_NAME, "Body": ANY}
+            stub.add_response("put_object", {"ETag": '"abc123"'}, stored)
+            stub.add_response("put_object", {}, marker)
+
+            def keep_marker(params: dict[str, Any], **_kw: Any) -> None:
+                if params["Key"] == UPDATE_MARKER_NAME:
+                    markers.append(params["Body"])
+
+            s3._client.meta.events.register("before-parameter-build.s3.PutObject", keep_marker)
+            s3.store(name, io.BytesIO(b"gz"))
+            stub.assert_no_pending_responses()
+        s3.close()
+        assert len(markers) == 1
+        marker_name, etag, _ns, deleted = markers[0].decode().split(":")
+        assert (marker_name, etag, deleted) == (name, "abc123", "false")
 
     def test_exists_is_a_head(self) -> None:
         """exists() is one HEAD: True when it answers, False on a 404, and a 5xx raises
