@@ -70,6 +70,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
 
 
 EXTERNAL_ENDPOINT_VAR = "EVSYNC_TEST_AWS_ENDPOINT"
+STOP_TIMEOUT = 20  # seconds a daemon has to stop after SIGTERM
+ABORT_TIMEOUT = 10  # then SIGABRT, for the stacks of its threads
 
 
 class AwsServer:
@@ -233,10 +235,16 @@ class Instance:
             return None
         self.proc.send_signal(sig)
         try:
-            code = self.proc.wait(timeout=20)
+            code = self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+            # SIGABRT: the daemon's faulthandler prints its threads' stacks to its log
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                code = self.proc.wait(timeout=ABORT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+            print(f"{self.name} did not stop in {STOP_TIMEOUT}s; its log:\n{self.log()[-8000:]}")
         self.proc = None
         return code
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import threading
@@ -144,6 +145,9 @@ def _install_signal_handlers(stop: threading.Event) -> None:
         log.info("received %s", signal.Signals(signum).name)
         stop.set()
 
+    # A crash in C code (or SIGABRT from a supervisor, or the test suite, giving up on a
+    # stop) prints every thread's Python stack to stderr first: where a hang was
+    faulthandler.enable()
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     # A graceful stop too (its default would kill the daemon mid-upload); evsync keeps no
