@@ -52,6 +52,13 @@ def start_watcher(lenv: LmdbEnv, queue: HintQueue) -> LmdbWatcher:
     return watcher
 
 
+def start_observed(lenv: LmdbEnv) -> tuple[HintQueue, TxnObserver, LmdbWatcher]:
+    """A started watcher, its observer and their queue."""
+    queue = HintQueue("main")
+    watcher = start_watcher(lenv, queue)
+    return queue, watcher.txn, watcher
+
+
 def event(name: bytes, mask: int = IN_MODIFY) -> bytes:
     """One inotify event as the kernel lays it out (name padded with NULs)."""
     padded = name + b"\0" * (16 - len(name) % 16)
@@ -318,10 +325,7 @@ class TestMutedWhileTheSyncerMerges:
         """Commits made and reported inside the merging part reach the watcher's thread
         as no event at all (no check of the txn id from it), give no hint when the part
         ends, and a commit after it is heard again."""
-        queue = HintQueue("main")
-        observer = TxnObserver(lenv, queue)
-        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
-        watcher.start()
+        queue, observer, watcher = start_observed(lenv)
         try:
             calls = self.counting_checks(observer)
             with observer.merging():
@@ -342,10 +346,7 @@ class TestMutedWhileTheSyncerMerges:
     ) -> None:
         """Another process commits while the syncer merges (its event is muted): the
         hint comes as the merging part ends, credited to the watcher, and only then."""
-        queue = HintQueue("main")
-        observer = TxnObserver(lenv, queue)
-        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
-        watcher.start()
+        queue, observer, watcher = start_observed(lenv)
         try:
             with observer.merging():
                 commit(lenv, b"merge")
@@ -362,10 +363,7 @@ class TestMutedWhileTheSyncerMerges:
         """Once the watcher stopped (its descriptor closed), the merging part neither
         touches it nor reads the txn id for it: with no watcher, a commit meanwhile is
         left to whoever notices it."""
-        queue = HintQueue("main")
-        observer = TxnObserver(lenv, queue)
-        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
-        watcher.start()
+        queue, observer, watcher = start_observed(lenv)
         assert observer.quiet_hooks
         watcher.stop()
         assert observer.quiet_hooks == []
@@ -380,10 +378,7 @@ class TestMutedWhileTheSyncerMerges:
         """The LMDB's directory is renamed while the syncer merges (the env, its files
         open, goes on): the unmute must reach the watch made at start (it follows the
         directory's inode), not fail on the old path and leave modify events muted."""
-        queue = HintQueue("main")
-        observer = TxnObserver(lenv, queue)
-        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
-        watcher.start()
+        queue, observer, watcher = start_observed(lenv)
         try:
             with observer.merging():
                 os.rename(lenv.cfg.path, tmp_path / "moved")
@@ -417,10 +412,7 @@ class TestMutedWhileTheSyncerMerges:
         only, no close event) commits while the syncer merges: only the txn-id read at
         the end can find it. (A process that commits and exits is also heard by its
         close event, which the mute keeps.)"""
-        queue = HintQueue("main")
-        observer = TxnObserver(lenv, queue)
-        watcher = LmdbWatcher(Path(lenv.cfg.path) / "data.mdb", observer)
-        watcher.start()
+        queue, observer, watcher = start_observed(lenv)
         try:
             with observer.merging():
                 commit(lenv, b"merge")

@@ -346,25 +346,30 @@ class TestMemoryStore:
         assert get(mem, NAMES[0]) == b"abc"
 
 
+def unreachable_s3(bucket: str, **options: Any) -> Any:
+    """An S3Store whose endpoint is a free loopback port nothing listens on."""
+    from evsync.config import S3Options
+    from evsync.storage.s3 import S3Store
+    from tests.helpers import free_port
+
+    return S3Store(
+        S3Options(
+            bucket=bucket,
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            access_key="k",
+            secret_key="s",
+            **options,
+        )
+    )
+
+
 class TestS3Store:
     """The s3 backend's own duties, against an endpoint where nothing listens."""
 
     def test_a_failed_upload_leaves_the_file_open_for_the_retry(self) -> None:
         """boto3's upload closes its body when the PUT fails; the syncer retries with the same
         spooled file, so the store must hand boto3 a body whose close() does nothing."""
-        from evsync.config import S3Options
-        from evsync.storage.s3 import S3Store
-        from tests.helpers import free_port
-
-        options = S3Options(
-            bucket="down",
-            endpoint_url=f"http://127.0.0.1:{free_port()}",
-            access_key="k",
-            secret_key="s",
-            dial_timeout=0.5,
-            read_timeout=0.5,
-        )
-        s3 = S3Store(options)
+        s3 = unreachable_s3("down", dial_timeout=0.5, read_timeout=0.5)
         data = io.BytesIO(b"object")
         with pytest.raises(StorageUnavailableError):
             s3.store(NAMES[0], data)
@@ -377,17 +382,7 @@ class TestS3Store:
         a small delta's store ~0.4 ms of CPU more)."""
         from botocore.stub import Stubber
 
-        from evsync.config import S3Options
-        from evsync.storage.s3 import S3Store
-        from tests.helpers import free_port
-
-        options = S3Options(
-            bucket="bkt",
-            endpoint_url=f"http://127.0.0.1:{free_port()}",
-            access_key="k",
-            secret_key="s",
-        )
-        s3 = S3Store(options)
+        s3 = unreachable_s3("bkt")
         body = io.BytesIO(b"skip" + b"object")
         body.read(4)
         with Stubber(s3._client) as stub:
@@ -403,18 +398,9 @@ class TestS3Store:
         marker's PutObject naming the ETag that PUT answered: no HEAD in between."""
         from botocore.stub import ANY, Stubber
 
-        from evsync.config import S3Options
-        from evsync.storage.s3 import UPDATE_MARKER_NAME, S3Store
-        from tests.helpers import free_port
+        from evsync.storage.s3 import UPDATE_MARKER_NAME
 
-        options = S3Options(
-            bucket="bkt",
-            endpoint_url=f"http://127.0.0.1:{free_port()}",
-            access_key="k",
-            secret_key="s",
-            use_update_marker=True,
-        )
-        s3 = S3Store(options)
+        s3 = unreachable_s3("bkt", use_update_marker=True)
         name = "main__a__20231114-221320-000000001.pb.gz"
         markers: list[bytes] = []
         with Stubber(s3._client) as stub:
@@ -440,17 +426,7 @@ class TestS3Store:
         StorageUnavailableError (worth a retry, not "gone")."""
         from botocore.stub import Stubber
 
-        from evsync.config import S3Options
-        from evsync.storage.s3 import S3Store
-        from tests.helpers import free_port
-
-        options = S3Options(
-            bucket="bkt",
-            endpoint_url=f"http://127.0.0.1:{free_port()}",
-            access_key="k",
-            secret_key="s",
-        )
-        s3 = S3Store(options)
+        s3 = unreachable_s3("bkt")
         with Stubber(s3._client) as stub:
             stub.add_response("head_object", {"ContentLength": 1})
             stub.add_client_error("head_object", "404", http_status_code=404)
